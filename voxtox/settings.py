@@ -72,6 +72,15 @@ class EmbedderSettings(BaseModel):
     batch_size: int = 64
 
 
+class PipelineSettings(BaseModel):
+    """How the labelling flow cuts work into tasks."""
+
+    workers: int = Field(1, ge=1, description="tasks run at once by the local thread runner")
+    unit_speech_s: float = Field(
+        300.0, gt=0, description="seconds of speech per transcription task (batched together)"
+    )
+
+
 class SplitSettings(BaseModel):
     """How `--split auto` assigns sources (by content hash, so a source never changes split)."""
 
@@ -112,6 +121,7 @@ class Settings(BaseSettings):
     labeller: LabellerSettings = LabellerSettings()
     embedder: EmbedderSettings = EmbedderSettings()
     split: SplitSettings = SplitSettings()
+    pipeline: PipelineSettings = PipelineSettings()
 
     @classmethod
     def settings_customise_sources(

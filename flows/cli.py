@@ -1,0 +1,182 @@
+"""The `voxtox` command line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+# Quieten library chatter before those libraries are imported.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from voxtox.settings import Settings
+
+app = typer.Typer(
+    help="voxtox: label voice chat for toxicity without human annotators.",
+    no_args_is_help=True,
+    pretty_print_exceptions=False,
+)
+labeller_app = typer.Typer(help="The text toxicity labeller.", no_args_is_help=True)
+app.add_typer(labeller_app, name="labeller")
+console = Console()
+
+SPLITS = ("train", "val", "test", "auto")
+
+
+def load_settings(data_dir: Path | None = None, **nested: dict[str, object]) -> Settings:
+    """Settings from env/TOML, with command-line values layered on top."""
+    settings = Settings()
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    for section, values in nested.items():
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            current = getattr(settings, section)
+            settings = settings.model_copy(update={section: current.model_copy(update=given)})
+    return settings
+
+
+def print_table(table, title: str | None = None, max_rows: int = 50) -> None:  # noqa: ANN001
+    """Print a pyarrow table (binary and long list columns abbreviated)."""
+    view = Table(title=title, show_lines=False)
+    for name in table.column_names:
+        view.add_column(name, overflow="fold")
+    for row in table.slice(0, max_rows).to_pylist():
+        view.add_row(*[_cell(value) for value in row.values()])
+    console.print(view)
+    if table.num_rows > max_rows:
+        console.print(f"... {table.num_rows - max_rows} more rows (use --format csv for all)")
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, dict) and "bytes" in value:
+        return f"<audio {len(value['bytes'] or b'')} bytes>"
+    if isinstance(value, list) and len(value) > 6:
+        return f"[{len(value)} values]"
+    return "" if value is None else str(value)
+
+
+@app.command()
+def label(
+    inputs: Annotated[list[str], typer.Argument(help="directories, globs, files or CSV/JSONL manifests")],
+    split: Annotated[str, typer.Option(help="train, val, test, or auto (by content hash)")] = "train",
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    labeller: Annotated[str | None, typer.Option(help="labeller checkpoint dir or name")] = None,
+    asr_model: Annotated[str | None, typer.Option(help="faster-whisper model dir or name")] = None,
+    dask: Annotated[str | None, typer.Option(help="Dask scheduler address, e.g. tcp://host:8786")] = None,
+) -> None:
+    """Transcribe, label and embed voice audio into Parquet shards (a Prefect flow)."""
+    if split not in SPLITS:
+        raise typer.BadParameter(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+    from voxtox.flows.label import label_flow, task_runner_for
+
+    settings = load_settings(data_dir, labeller={"model": labeller}, asr={"model": asr_model})
+    if dask:
+        settings = settings.model_copy(update={"dask_address": dask})
+    flow = label_flow.with_options(task_runner=task_runner_for(settings))
+    report = flow(inputs=list(inputs), split=split, settings=settings)
+    summary = Table(title="voxtox label", show_header=False)
+    for key, value in vars(report).items():
+        summary.add_row(key, str(value))
+    console.print(summary)
+    console.print(f"Query it: voxtox query \"SELECT lang, count(*) FROM clips GROUP BY lang\"")
+
+
+@app.command()
+def query(
+    sql: Annotated[str | None, typer.Argument(help="SQL over the views clips, rejects, sources")] = None,
+    table: Annotated[str | None, typer.Option(help="show a whole view, e.g. rejects")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    output: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+    limit: Annotated[int, typer.Option(help="rows shown in table format")] = 50,
+) -> None:
+    """Run SQL against the DuckDB catalog of labelled data."""
+    from voxtox.storage.catalog import Catalog, CatalogError
+
+    if (sql is None) == (table is None):
+        raise typer.BadParameter("give either SQL or --table NAME")
+    settings = load_settings(data_dir)
+    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog.refresh_views()
+    if table is None:
+        statement = sql
+    else:  # audio bytes are no use in a terminal
+        statement = f"SELECT * {'EXCLUDE (audio) ' if table == 'clips' else ''}FROM {table}"
+    try:
+        result = catalog.query(statement)
+    except CatalogError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from error
+    if output == "csv":
+        import pyarrow.csv as pacsv
+
+        printable = result.drop_columns([n for n in ("audio", "text_embedding") if n in result.column_names])
+        pacsv.write_csv(printable, "/dev/stdout")
+    elif output == "json":
+        import json
+
+        for row in result.to_pylist():
+            console.print_json(json.dumps({k: _cell(v) for k, v in row.items()}))
+    else:
+        print_table(result, max_rows=limit)
+
+
+@labeller_app.command("bootstrap")
+def labeller_bootstrap(
+    out: Annotated[Path | None, typer.Option(help="checkpoint dir (default: the model store's voxtox-labeller)")] = None,
+    per_class: Annotated[int, typer.Option(help="training sentences per class and language")] = 60,
+    epochs: Annotated[int, typer.Option(help="passes over the data")] = 3,
+) -> None:
+    """Fine-tune a quick labeller on the built-in seed corpus (about a minute on 2 cores)."""
+    from voxtox.models.bootstrap_labeller import train_bootstrap_labeller
+
+    settings = load_settings()
+    target = out or settings.model_cache_dir / "voxtox-labeller"
+    with console.status("fine-tuning the bootstrap labeller"):
+        train_bootstrap_labeller(settings, target, per_class=per_class, epochs=epochs)
+    console.print(f"labeller written to {target}")
+
+
+@labeller_app.command("predict")
+def labeller_predict(
+    texts: Annotated[list[str], typer.Argument(help="texts to score")],
+    checkpoint: Annotated[str | None, typer.Option(help="labeller dir or name")] = None,
+) -> None:
+    """Print the six class probabilities and decisions for each text."""
+    from voxtox.labels import CLASSES
+    from voxtox.models.labeller import TextLabeller
+    from voxtox.storage.model_store import resolve_model
+
+    settings = load_settings()
+    path = resolve_model(checkpoint or settings.labeller.model, settings.model_cache_dir)
+    labeller = TextLabeller(path)
+    probs = labeller.predict_proba(list(texts))
+    decisions = labeller.decide(probs)
+    view = Table("text", *CLASSES)
+    for text, row, decided in zip(texts, probs, decisions, strict=True):
+        view.add_row(text, *[f"{'[bold]' if d else ''}{p:.2f}" for p, d in zip(row, decided, strict=True)])
+    console.print(view)
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="where the demo's audio, shards and catalog go")] = Path("voxtox-demo"),
+) -> None:
+    """The quick start: make multilingual voice-chat-like audio, label it, show the results."""
+    from voxtox.flows.demo import run_demo
+
+    run_demo(load_settings(data_dir), console)
+
+
+if __name__ == "__main__":
+    app()

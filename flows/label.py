@@ -1,0 +1,182 @@
+"""The labelling flow: raw voice audio in, labelled Parquet shards out, DuckDB views refreshed.
+
+ingest (per input) -> transcribe (per unit of sources, batched ASR) -> label -> embed -> write
+(per unit), then rejects and the catalog's views. Tasks pass paths and small manifests only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger, runtime, unmapped
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from voxtox.labels import CLASSES
+from voxtox.settings import Settings
+from voxtox.storage.catalog import Catalog
+from voxtox.storage.model_store import resolve_model
+from voxtox.storage.schema import label_column
+from voxtox.tasks.decode import discover_inputs
+from voxtox.tasks.embed import embed_task, resolve_text_encoder
+from voxtox.tasks.ingest import PreparedSource, SourceRejection, ingest_task
+from voxtox.tasks.label import label_task
+from voxtox.tasks.transcribe import transcribe_task
+from voxtox.tasks.write import WrittenUnit, write_rejections_task, write_task
+
+
+@dataclass
+class LabelReport:
+    run_id: str
+    n_inputs: int
+    n_skipped: int
+    n_sources: int
+    n_rejected_inputs: int
+    n_clips: int
+    n_rejected_segments: int
+    n_dropped_short: int
+    audio_s: float
+    speech_s: float
+    wall_s: float
+    data_dir: str
+
+
+def make_units(sources: list[PreparedSource], unit_speech_s: float) -> list[list[PreparedSource]]:
+    """Group sources so each transcription task has about `unit_speech_s` of speech to batch."""
+    units: list[list[PreparedSource]] = []
+    current: list[PreparedSource] = []
+    speech = 0.0
+    for source in sources:
+        current.append(source)
+        speech += source.speech_s
+        if speech >= unit_speech_s:
+            units.append(current)
+            current, speech = [], 0.0
+    if current:
+        units.append(current)
+    return units
+
+
+def task_runner_for(settings: Settings) -> TaskRunner:
+    if settings.dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=settings.dask_address)
+    return ThreadPoolTaskRunner(max_workers=settings.pipeline.workers)
+
+
+def _run_id() -> str:
+    flow_run_id = runtime.flow_run.id
+    return str(flow_run_id) if flow_run_id else uuid.uuid4().hex
+
+
+def _publish_summary(report: LabelReport, catalog: Catalog) -> None:
+    """Prefect artifacts: the run's counts, and clips per language and class."""
+    create_markdown_artifact(
+        key="label-summary",
+        markdown="## Labelling run\n\n"
+        + "\n".join(f"- **{k}**: {v}" for k, v in asdict(report).items()),
+        description="voxtox label: what this run did",
+    )
+    if not report.n_clips:
+        return
+    sums = ", ".join(f"sum({label_column(c)}::INT) AS {c}" for c in CLASSES)
+    rows = catalog.query(
+        f"SELECT lang, count(*) AS clips, round(sum(duration_s) / 60, 2) AS minutes, {sums} "
+        f"FROM clips WHERE run_id = '{report.run_id}' GROUP BY lang ORDER BY lang"
+    ).to_pylist()
+    create_table_artifact(
+        key="label-counts", table=rows, description="clips and label decisions per language"
+    )
+
+
+@flow(name="label", log_prints=True)
+def label_flow(
+    inputs: list[str], split: str = "train", settings: Settings | None = None
+) -> LabelReport:
+    """Label every input (directory, glob, file or manifest) into the catalog's shards."""
+    started = time.perf_counter()
+    settings = settings or Settings()
+    logger = get_run_logger()
+    run_id = _run_id()
+    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    work = settings.work_dir / run_id
+    # Resolve every model first: a missing one fails the run before any work is done.
+    asr_dir = resolve_model(settings.asr.model, settings.model_cache_dir)
+    labeller_dir = resolve_model(settings.labeller.model, settings.model_cache_dir)
+    encoder = resolve_text_encoder(settings)
+
+    uris = sorted({uri for spec in inputs for uri in discover_inputs(spec)})
+    known = frozenset(catalog.known_sources())
+    logger.info("%d inputs, %d sources already in the catalog", len(uris), len(known))
+    ingested = [
+        f.result()
+        for f in ingest_task.map(uris, unmapped(split), unmapped(settings), unmapped(work), unmapped(known))
+    ]
+    prepared = [r for r in ingested if isinstance(r, PreparedSource)]
+    rejected = [r for r in ingested if isinstance(r, SourceRejection)]
+    written: list[WrittenUnit] = []
+    if rejected:
+        written.append(write_rejections_task(rejected, settings.shards_dir, run_id))
+
+    writes = []
+    for index, unit in enumerate(make_units(prepared, settings.pipeline.unit_speech_s)):
+        transcribed = transcribe_task.submit(unit, asr_dir, settings, work / f"unit-{index:04d}")
+        labelled = label_task.submit(transcribed, labeller_dir, settings)
+        embedded = embed_task.submit(labelled, encoder, settings)
+        writes.append(
+            write_task.submit(
+                unit, embedded, transcribed, settings.shards_dir, settings.asr.model, run_id
+            )
+        )
+    written += _wait_with_progress(writes, len(prepared))
+    catalog.refresh_views()
+    shutil.rmtree(work, ignore_errors=True)
+
+    report = LabelReport(
+        run_id=run_id,
+        n_inputs=len(uris),
+        n_skipped=sum(r is None for r in ingested),
+        n_sources=len(prepared),
+        n_rejected_inputs=len(rejected),
+        n_clips=sum(w.n_clips for w in written),
+        n_rejected_segments=sum(w.n_rejects for w in written) - len(rejected),
+        n_dropped_short=sum(p.dropped_short for p in prepared),
+        audio_s=round(sum(p.duration_s for p in prepared), 2),
+        speech_s=round(sum(p.speech_s for p in prepared), 2),
+        wall_s=round(time.perf_counter() - started, 2),
+        data_dir=str(settings.data_dir),
+    )
+    _publish_summary(report, catalog)
+    return report
+
+
+def _wait_with_progress(writes: list, n_sources: int) -> list[WrittenUnit]:
+    """Collect write results as they finish, with a terminal bar and a Prefect progress artifact."""
+    done: list[WrittenUnit] = []
+    artifact = create_progress_artifact(progress=0.0, key="label-progress", description="sources written")
+    with Progress(
+        TextColumn("labelling"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} sources"),
+        TimeElapsedColumn(),
+    ) as bar:
+        task = bar.add_task("label", total=max(n_sources, 1))
+        for future in as_completed(writes):
+            result = future.result()
+            done.append(result)
+            bar.advance(task, result.n_sources)
+            finished = sum(w.n_sources for w in done)
+            update_progress_artifact(artifact, progress=100.0 * finished / max(n_sources, 1))
+    return done

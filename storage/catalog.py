@@ -1,0 +1,72 @@
+"""The DuckDB catalog: a database file whose views read the Parquet shards.
+
+Views are globs over the shard directories, so any DuckDB client that opens the catalog sees
+new shards without a rebuild. A table that has no shard yet has no view; `refresh_views` adds
+it once its first shard exists (the labelling flow calls it at the end of every run).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from voxtox.storage.schema import PARTITIONS
+from voxtox.storage.shards import shard_files
+
+HIVE_TYPES = {"split": "VARCHAR", "lang": "VARCHAR", "date": "DATE"}
+
+
+class CatalogError(RuntimeError):
+    """A query the catalog cannot answer, said in words a user can act on."""
+
+
+class Catalog:
+    def __init__(self, database: Path, shards_root: Path) -> None:
+        self.database = database
+        self.shards_root = shards_root
+
+    def _view_sql(self, name: str) -> str:
+        pattern = (self.shards_root.resolve() / name / "**" / "*.parquet").as_posix()
+        types = {c: HIVE_TYPES[c] for c in PARTITIONS[name]}
+        hive_types = "{" + ", ".join(f"'{k}': '{v}'" for k, v in types.items()) + "}"
+        return (
+            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{pattern}', "
+            f"hive_partitioning = true, union_by_name = true, hive_types = {hive_types})"
+        )
+
+    def refresh_views(self) -> list[str]:
+        """(Re)create a view for every table that has shards; returns their names."""
+        self.database.parent.mkdir(parents=True, exist_ok=True)
+        present = [name for name in PARTITIONS if shard_files(self.shards_root, name)]
+        with duckdb.connect(str(self.database)) as con:
+            for name in present:
+                con.execute(self._view_sql(name))
+        return present
+
+    def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+        if not self.database.exists():
+            self.refresh_views()
+        return duckdb.connect(str(self.database), read_only=read_only)
+
+    def query(self, sql: str) -> pa.Table:
+        with self.connect() as con:
+            try:
+                return con.execute(sql).fetch_arrow_table()
+            except duckdb.CatalogException as error:
+                raise CatalogError(
+                    f"{error}\n(tables appear once data exists: run `voxtox label` first; "
+                    f"catalog: {self.database})"
+                ) from error
+
+    def known_sources(self) -> set[str]:
+        """Content hashes of sources that finished labelling (their `sources` row exists)."""
+        files = shard_files(self.shards_root, "sources")
+        if not files:
+            return set()
+        with duckdb.connect() as con:
+            rows = con.execute(
+                "SELECT DISTINCT source_sha256 FROM read_parquet(?)", [[str(f) for f in files]]
+            ).fetchall()
+        return {row[0] for row in rows}

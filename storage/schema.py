@@ -1,0 +1,107 @@
+"""The data contract (DESIGN.md §5): Parquet schemas of the tables voxtox writes.
+
+Tables, each a directory of hive-partitioned shards under `<data_dir>/shards/`:
+- `clips`   one row per labelled segment (split=/lang=/date=): audio, transcript, labels, embedding
+- `rejects` inputs or segments that could not be used, with the reason (date=)
+- `sources` one row per source that finished labelling; its presence means "done" (date=)
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from voxtox.labels import CLASSES
+
+SCHEMA_VERSION = "1"
+METADATA_VERSION_KEY = b"voxtox.schema_version"
+METADATA_TABLE_KEY = b"voxtox.table"
+
+#: Like Hugging Face datasets' Audio feature: encoded bytes plus a file name.
+AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+#: Partition columns live in the directory names, not inside the files.
+PARTITIONS: dict[str, tuple[str, ...]] = {
+    "clips": ("split", "lang", "date"),
+    "rejects": ("date",),
+    "sources": ("date",),
+}
+
+
+def prob_column(name: str) -> str:
+    return f"prob_{name}"
+
+
+def label_column(name: str) -> str:
+    return f"label_{name}"
+
+
+def clips_schema(embedding_dim: int) -> pa.Schema:
+    fields = [
+        ("clip_id", pa.string()),
+        ("source_sha256", pa.string()),
+        ("source_uri", pa.string()),
+        ("segment_kind", pa.string()),  # "sentence" (training rows) or "evaluation" (1-60 s)
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("duration_s", pa.float64()),
+        ("lang_prob", pa.float32()),
+        ("transcript", pa.string()),
+        ("asr_avg_logprob", pa.float32()),
+        ("asr_no_speech_prob", pa.float32()),
+        ("asr_compression_ratio", pa.float32()),
+        *[(prob_column(c), pa.float32()) for c in CLASSES],
+        *[(label_column(c), pa.bool_()) for c in CLASSES],
+        ("asr_model", pa.string()),
+        ("labeller_model", pa.string()),
+        ("text_encoder_model", pa.string()),
+        ("text_embedding", pa.list_(pa.float32(), embedding_dim)),
+        ("audio", AUDIO_TYPE),
+        ("labelled_at", pa.timestamp("us", tz="UTC")),
+        ("run_id", pa.string()),
+    ]
+    return _with_metadata(pa.schema(fields), "clips")
+
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        ("source_uri", pa.string()),
+        ("source_sha256", pa.string()),  # null when the file could not be read at all
+        ("stage", pa.string()),  # ingest, chunk, transcribe, sentence
+        ("reason", pa.string()),  # a stable code, e.g. "truncated", "no_speech"
+        ("detail", pa.string()),  # the same in words
+        ("start_s", pa.float64()),  # null for a whole-source reject
+        ("end_s", pa.float64()),
+        ("transcript", pa.string()),
+        ("rejected_at", pa.timestamp("us", tz="UTC")),
+        ("run_id", pa.string()),
+    ]
+)
+
+SOURCES_SCHEMA = pa.schema(
+    [
+        ("source_sha256", pa.string()),
+        ("source_uri", pa.string()),
+        ("split", pa.string()),
+        ("duration_s", pa.float64()),
+        ("original_rate", pa.int32()),
+        ("channels", pa.int32()),
+        ("codec", pa.string()),
+        ("n_chunks", pa.int32()),
+        ("n_dropped_short", pa.int32()),
+        ("speech_s", pa.float64()),
+        ("n_clips", pa.int32()),
+        ("n_rejected_segments", pa.int32()),
+        ("labelled_at", pa.timestamp("us", tz="UTC")),
+        ("run_id", pa.string()),
+    ]
+)
+
+
+def _with_metadata(schema: pa.Schema, table: str) -> pa.Schema:
+    return schema.with_metadata(
+        {METADATA_VERSION_KEY: SCHEMA_VERSION.encode(), METADATA_TABLE_KEY: table.encode()}
+    )
+
+
+REJECTS_SCHEMA = _with_metadata(REJECTS_SCHEMA, "rejects")
+SOURCES_SCHEMA = _with_metadata(SOURCES_SCHEMA, "sources")

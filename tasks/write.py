@@ -1,0 +1,180 @@
+"""Write stage: final clips (with inline FLAC audio), rejects and sources rows, per source."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import soundfile
+from prefect import task
+
+from voxtox.storage.schema import REJECTS_SCHEMA, SOURCES_SCHEMA, clips_schema
+from voxtox.storage.shards import remove_source, replace_source, write_partitioned
+from voxtox.tasks.decode import SAMPLE_RATE
+from voxtox.tasks.ingest import PreparedSource, SourceRejection
+from voxtox.tasks.transcribe import TranscribedUnit
+
+
+@dataclass(frozen=True)
+class WrittenUnit:
+    n_sources: int
+    n_clips: int
+    n_rejects: int
+    shards: list[str]
+
+
+def clip_id(source_sha256: str, kind: str, start_s: float, end_s: float) -> str:
+    """Content hash of a clip: the same audio span of the same source always has the same id."""
+    key = f"{source_sha256}:{kind}:{round(start_s * 1000)}:{round(end_s * 1000)}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def encode_flac(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def _partition_date(moment: datetime) -> str:
+    return moment.date().isoformat()
+
+
+def build_clips(
+    source: PreparedSource, rows: pa.Table, asr_model: str, run_id: str, now: datetime
+) -> pa.Table:
+    """Final clip rows of one source, in the clips schema plus the partition columns."""
+    samples = np.load(source.staged_audio, mmap_mode="r")
+    starts = rows["start_s"].to_pylist()
+    ends = rows["end_s"].to_pylist()
+    kinds = rows["segment_kind"].to_pylist()
+    ids = [clip_id(source.source_sha256, k, s, e) for k, s, e in zip(kinds, starts, ends, strict=True)]
+    audio = [
+        {
+            "bytes": encode_flac(np.asarray(samples[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)])),
+            "path": f"{cid}.flac",
+        }
+        for cid, s, e in zip(ids, starts, ends, strict=True)
+    ]
+    n = rows.num_rows
+    dim = rows.schema.field("text_embedding").type.list_size
+    schema = clips_schema(dim)
+    extra = {
+        "clip_id": pa.array(ids, pa.string()),
+        "duration_s": pc.subtract(rows["end_s"], rows["start_s"]),
+        "asr_model": pa.array([asr_model] * n, pa.string()),
+        "audio": pa.array(audio, schema.field("audio").type),
+        "labelled_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+        "run_id": pa.array([run_id] * n, pa.string()),
+    }
+    columns = {f.name: extra[f.name] if f.name in extra else rows[f.name] for f in schema}
+    table = pa.table(columns, schema=schema)
+    return (
+        table.append_column("split", rows["split"])
+        .append_column("lang", rows["lang"])
+        .append_column("date", pa.array([_partition_date(now)] * n, pa.string()))
+    )
+
+
+def _rejects_table(records: list[dict], run_id: str, now: datetime) -> pa.Table:
+    stamped = [{**r, "rejected_at": now, "run_id": run_id} for r in records]
+    table = pa.Table.from_pylist(stamped, REJECTS_SCHEMA)
+    return table.append_column("date", pa.array([_partition_date(now)] * len(records), pa.string()))
+
+
+def _source_table(source: PreparedSource, n_clips: int, n_rejected: int, run_id: str, now: datetime) -> pa.Table:
+    record = {
+        "source_sha256": source.source_sha256,
+        "source_uri": source.uri,
+        "split": source.split,
+        "duration_s": source.duration_s,
+        "original_rate": source.original_rate,
+        "channels": source.channels,
+        "codec": source.codec,
+        "n_chunks": len(source.chunks),
+        "n_dropped_short": source.dropped_short,
+        "speech_s": source.speech_s,
+        "n_clips": n_clips,
+        "n_rejected_segments": n_rejected,
+        "labelled_at": now,
+        "run_id": run_id,
+    }
+    table = pa.Table.from_pylist([record], SOURCES_SCHEMA)
+    return table.append_column("date", pa.array([_partition_date(now)], pa.string()))
+
+
+def write_sources(
+    sources: list[PreparedSource],
+    embedded: Path,
+    dropped: Path,
+    shards_root: Path,
+    asr_model: str,
+    run_id: str,
+) -> WrittenUnit:
+    """Replace each source's shards with this run's rows (idempotent per source)."""
+    clips_all = pq.read_table(embedded)
+    dropped_all = pq.read_table(dropped).to_pylist()
+    now = datetime.now(UTC)
+    shards: list[str] = []
+    n_clips = n_rejects = 0
+    for source in sources:
+        rows = clips_all.filter(pc.equal(clips_all["source_sha256"], source.source_sha256))
+        clips = build_clips(source, rows, asr_model, run_id, now)
+        rejected = [r for r in dropped_all if r["source_sha256"] == source.source_sha256]
+        rejects = _rejects_table(rejected, run_id, now)
+        marker = _source_table(source, clips.num_rows, rejects.num_rows, run_id, now)
+        shards += [str(p) for p in replace_source(shards_root, source.key, clips, rejects, marker)]
+        n_clips += clips.num_rows
+        n_rejects += rejects.num_rows
+    return WrittenUnit(len(sources), n_clips, n_rejects, shards)
+
+
+def rejection_key(rejection: SourceRejection) -> str:
+    basis = rejection.source_sha256 or hashlib.sha256(rejection.uri.encode()).hexdigest()
+    return basis[:24]
+
+
+def write_rejections(rejections: list[SourceRejection], shards_root: Path, run_id: str) -> WrittenUnit:
+    """Record inputs that could not be used; a rerun replaces their rows instead of adding."""
+    now = datetime.now(UTC)
+    shards = []
+    for rejection in rejections:
+        record = {
+            "source_uri": rejection.uri,
+            "source_sha256": rejection.source_sha256,
+            "stage": rejection.stage,
+            "reason": rejection.reason,
+            "detail": rejection.detail,
+            "start_s": None,
+            "end_s": None,
+            "transcript": None,
+        }
+        key = rejection_key(rejection)
+        remove_source(shards_root, "rejects", key)
+        shards += write_partitioned(shards_root, "rejects", _rejects_table([record], run_id, now), key)
+    return WrittenUnit(0, 0, len(rejections), [str(p) for p in shards])
+
+
+@task(name="write")
+def write_task(
+    sources: list[PreparedSource],
+    embedded: str,
+    unit: TranscribedUnit,
+    shards_root: Path,
+    asr_model: str,
+    run_id: str,
+) -> WrittenUnit:
+    return write_sources(sources, Path(embedded), Path(unit.dropped), shards_root, asr_model, run_id)
+
+
+@task(name="write-rejects")
+def write_rejections_task(
+    rejections: list[SourceRejection], shards_root: Path, run_id: str
+) -> WrittenUnit:
+    return write_rejections(rejections, shards_root, run_id)
