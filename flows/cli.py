@@ -20,7 +20,7 @@ from voxtox.settings import Settings
 app = typer.Typer(
     help="voxtox: label voice chat for toxicity without human annotators.",
     no_args_is_help=True,
-    pretty_print_exceptions=False,
+    pretty_exceptions_show_locals=False,
 )
 labeller_app = typer.Typer(help="The text toxicity labeller.", no_args_is_help=True)
 app.add_typer(labeller_app, name="labeller")

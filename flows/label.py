@@ -91,9 +91,9 @@ def _publish_summary(report: LabelReport, catalog: Catalog) -> None:
     )
     if not report.n_clips:
         return
-    sums = ", ".join(f"sum({label_column(c)}::INT) AS {c}" for c in CLASSES)
+    sums = ", ".join(f"sum({label_column(c)}::INT)::BIGINT AS {c}" for c in CLASSES)
     rows = catalog.query(
-        f"SELECT lang, count(*) AS clips, round(sum(duration_s) / 60, 2) AS minutes, {sums} "
+        f"SELECT lang, count(*) AS clips, round(sum(duration_s) / 60, 2)::DOUBLE AS minutes, {sums} "
         f"FROM clips WHERE run_id = '{report.run_id}' GROUP BY lang ORDER BY lang"
     ).to_pylist()
     create_table_artifact(

@@ -53,7 +53,7 @@ class Catalog:
     def query(self, sql: str) -> pa.Table:
         with self.connect() as con:
             try:
-                return con.execute(sql).fetch_arrow_table()
+                return con.execute(sql).to_arrow_table()
             except duckdb.CatalogException as error:
                 raise CatalogError(
                     f"{error}\n(tables appear once data exists: run `voxtox label` first; "

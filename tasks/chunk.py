@@ -19,6 +19,9 @@ from voxtox.tasks.decode import SAMPLE_RATE
 
 #: Energy is smoothed over this many seconds when looking for a quiet cut point.
 QUIET_WINDOW_S = 0.1
+#: Points within this many dB of the quietest count as equally quiet; the cut goes in the middle
+#: of the longest such stretch, so a real pause wins over a short silence between words.
+QUIET_TOLERANCE_DB = 3.0
 #: webrtcvad keeps saying "speech" for ~80-150 ms after speech stops (its built-in hang-over);
 #: the reported speech end is pulled back by up to this much to where the energy fell away.
 MAX_END_BACKOFF_S = 0.25
@@ -118,13 +121,19 @@ def frame_energy_db(samples: np.ndarray, hop_s: float = 0.01, smooth: bool = Tru
     return 10 * np.log10(power + 1e-12)
 
 
+def _middle_of_longest_quiet(energy_db: np.ndarray) -> int:
+    quiet = energy_db <= energy_db.min() + QUIET_TOLERANCE_DB
+    first, last = max(_runs(quiet), key=lambda run: run[1] - run[0])
+    return (first + last) // 2
+
+
 def split_at_quiet_points(
     span: Span, energy_db: np.ndarray, max_s: float, min_s: float, hop_s: float = 0.01
 ) -> list[Span]:
     """Cut a span into pieces of at most `max_s`, each cut at the quietest allowed point.
 
     Greedy from the left: the cut lies where the left piece is in [min_s, max_s] and the rest is
-    at least min_s long, at the lowest smoothed energy in that window.
+    at least min_s long, in the middle of the longest quietest stretch of that window.
     """
     pieces: list[Span] = []
     start, end = span.start_s, span.end_s
@@ -133,7 +142,7 @@ def split_at_quiet_points(
         hi = min(start + max_s, end - min_s)
         lo_i, hi_i = int(lo / hop_s), max(int(lo / hop_s) + 1, int(hi / hop_s))
         window = energy_db[lo_i:hi_i]
-        cut = (lo_i + int(np.argmin(window))) * hop_s if window.size else hi
+        cut = (lo_i + _middle_of_longest_quiet(window)) * hop_s if window.size else hi
         pieces.append(Span(start, cut))
         start = cut
     pieces.append(Span(start, end))

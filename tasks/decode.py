@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import hashlib
 import io
 import json
 import struct
@@ -41,7 +40,6 @@ class RejectedInput(Exception):
 @dataclass(frozen=True)
 class DecodedAudio:
     samples: np.ndarray  # float32, mono, 16 kHz, in [-1, 1]
-    source_sha256: str
     original_rate: int
     channels: int
     codec: str
@@ -133,7 +131,6 @@ def decode_audio(data: bytes) -> DecodedAudio:
     _check_usable(samples, declared_s)
     return DecodedAudio(
         samples=samples,
-        source_sha256=hashlib.sha256(data).hexdigest(),
         original_rate=rate,
         channels=channels,
         codec=codec,

@@ -72,18 +72,22 @@ def prepare_source(
     """Decode and chunk one input; None when its content was labelled before (skipped)."""
     try:
         data = read_source(uri)
-        if hashlib.sha256(data).hexdigest() in known:
-            return None
-        audio = decode_audio(data)
     except RejectedInput as rejected:
         return SourceRejection(uri, rejected.reason, rejected.detail)
+    source_sha256 = hashlib.sha256(data).hexdigest()
+    if source_sha256 in known:
+        return None
+    try:
+        audio = decode_audio(data)
+    except RejectedInput as rejected:
+        return SourceRejection(uri, rejected.reason, rejected.detail, source_sha256)
     vad = settings.vad
     if audio.duration_s < vad.min_segment_s:
         return SourceRejection(
             uri,
             "too_short",
             f"{audio.duration_s:.2f} s is shorter than the {vad.min_segment_s:.1f} s minimum segment",
-            audio.source_sha256,
+            source_sha256,
         )
     result = chunk_speech(audio.samples, vad)
     if not result.chunks:
@@ -92,16 +96,16 @@ def prepare_source(
             "no_speech",
             f"no speech of at least {vad.min_segment_s:.1f} s found by the VAD "
             f"({result.dropped_short} shorter regions dropped)",
-            audio.source_sha256,
+            source_sha256,
             stage="chunk",
         )
-    staged = work_dir / "audio" / f"{audio.source_sha256[:24]}.npy"
+    staged = work_dir / "audio" / f"{source_sha256[:24]}.npy"
     staged.parent.mkdir(parents=True, exist_ok=True)
     np.save(staged, audio.samples)
     return PreparedSource(
         uri=uri,
-        source_sha256=audio.source_sha256,
-        split=assign_split(audio.source_sha256, split_rule, settings),
+        source_sha256=source_sha256,
+        split=assign_split(source_sha256, split_rule, settings),
         staged_audio=str(staged),
         duration_s=audio.duration_s,
         original_rate=audio.original_rate,

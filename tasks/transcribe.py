@@ -148,13 +148,20 @@ def _segments_of(
 
 
 def max_ngram_repeats(text: str, max_n: int = 4) -> int:
-    """The highest count of any word n-gram (n = 1..max_n) in a text."""
-    words = text.lower().split()
-    best = 0
+    """The longest run of one word n-gram (n = 1..max_n) repeated back to back.
+
+    Whisper's looping hallucinations repeat a phrase consecutively ("thank you thank you ...");
+    ordinary speech repeats function words, but not back to back many times.
+    """
+    words = re.findall(r"\w+", text.lower())
+    best = 1 if words else 0
     for n in range(1, max_n + 1):
-        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-        if grams:
-            best = max(best, max(grams.values()))
+        for offset in range(n):
+            grams = [tuple(words[i : i + n]) for i in range(offset, len(words) - n + 1, n)]
+            run = 1
+            for previous, current in zip(grams, grams[1:]):
+                run = run + 1 if current == previous else 1
+                best = max(best, run)
     return best
 
 

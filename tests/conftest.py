@@ -1,0 +1,100 @@
+"""Shared fixtures: real models (offline), real speech from espeak-ng, one Prefect harness."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from voxtox.labels import CLASSES  # noqa: E402
+from voxtox.settings import Settings  # noqa: E402
+from voxtox.storage.model_store import resolve_model  # noqa: E402
+from voxtox.tasks.decode import SAMPLE_RATE  # noqa: E402
+from voxtox.tasks.speech_synth import Utterance, lay_out  # noqa: E402
+
+SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+
+#: A few sentences per class: enough for MiniLM to learn the direction in seconds.
+LABELLER_TRAINING = {
+    "profanity": ["fuck this shit", "what the fuck man", "holy shit that hurt", "damn this fucking lag"],
+    "bullying": ["you are worthless trash", "nobody likes you loser", "uninstall you useless noob", "you are so stupid and ugly"],
+    "dating_sexting": ["send me nudes babe", "wanna hook up tonight sexy", "show me your body", "you look so hot baby"],
+    "racism": ["go back to your country", "those people are animals", "your race is inferior", "immigrants are vermin"],
+    "other": ["i sell weed and pills", "i know where you live", "i will hurt myself tonight", "join our militia now"],
+    "no_violation": ["good game everyone", "nice shot mate", "push mid with me", "thanks for the heal", "what a great match", "see you tomorrow"],
+}
+
+
+def base_settings(data_dir: Path, **overrides: object) -> Settings:
+    return Settings(data_dir=data_dir, **overrides)
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Path:
+    return Settings().model_cache_dir
+
+
+@pytest.fixture(scope="session")
+def whisper_dir(model_cache: Path) -> str:
+    return resolve_model("whisper-base", model_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_labeller(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Path:
+    """A real labeller, really fine-tuned (MiniLM on a few sentences, seconds on CPU)."""
+    from voxtox.models.labeller_training import fine_tune_labeller
+
+    texts, targets = [], []
+    for name, sentences in LABELLER_TRAINING.items():
+        for sentence in sentences:
+            texts.append(sentence)
+            row = np.zeros(len(CLASSES), dtype=np.float32)
+            row[CLASSES.index(name)] = 1.0
+            targets.append(row)
+    return fine_tune_labeller(
+        resolve_model("all-MiniLM-L6-v2", model_cache),
+        texts,
+        np.stack(targets),
+        tmp_path_factory.mktemp("labeller") / "tiny-labeller",
+        epochs=12,
+        learning_rate=3e-4,
+        batch_size=8,
+    )
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One ephemeral Prefect API for the whole session (it takes seconds to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def write_audio(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE, channels: int = 1) -> Path:
+    """Write speech in any format ffmpeg knows, resampled to `rate` with `channels` channels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wav = path.with_name(path.stem + ".src.wav")
+    soundfile.write(wav, samples, SAMPLE_RATE)
+    codec = {".ogg": ["-c:a", "libopus"], ".opus": ["-c:a", "libopus"], ".m4a": ["-c:a", "aac"]}
+    if path.suffix in (".ogg", ".opus"):
+        rate = 48_000  # the only rate Opus encodes at
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(wav), "-ar", str(rate), "-ac", str(channels),
+         *codec.get(path.suffix, []), str(path)],
+        check=True,
+    )
+    wav.unlink()
+    return path
+
+
+def spoken(*utterances: Utterance, pauses: list[float] | None = None) -> np.ndarray:
+    samples, _ = lay_out(list(utterances), pauses if pauses is not None else [0.8] * (len(utterances) - 1))
+    return samples
