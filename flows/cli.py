@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from voxtox.labels import CLASSES
 from voxtox.settings import Settings
 
 app = typer.Typer(
@@ -27,6 +28,17 @@ app.add_typer(labeller_app, name="labeller")
 console = Console()
 
 SPLITS = ("train", "val", "test", "auto")
+#: What `voxtox query --table NAME` shows: the columns a person reads (SQL gives the rest).
+TABLE_COLUMNS = {
+    "clips": "source_uri, split, lang, round(start_s, 2) AS start_s, round(end_s, 2) AS end_s, "
+    "transcript, concat_ws(', ', "
+    + ", ".join(f"CASE WHEN label_{c} THEN '{c}' END" for c in CLASSES)
+    + ") AS labels",
+    "rejects": "source_uri, stage, reason, detail, round(start_s, 2) AS start_s, "
+    "round(end_s, 2) AS end_s",
+    "sources": "source_uri, split, round(duration_s, 2) AS duration_s, n_chunks, n_clips, "
+    "n_rejected_segments, labelled_at",
+}
 
 
 def load_settings(data_dir: Path | None = None, **nested: dict[str, object]) -> Settings:
@@ -108,10 +120,7 @@ def query(
     settings = load_settings(data_dir)
     catalog = Catalog(settings.catalog_path, settings.shards_dir)
     catalog.refresh_views()
-    if table is None:
-        statement = sql
-    else:  # audio bytes are no use in a terminal
-        statement = f"SELECT * {'EXCLUDE (audio) ' if table == 'clips' else ''}FROM {table}"
+    statement = sql if table is None else f"SELECT {TABLE_COLUMNS.get(table, '*')} FROM {table}"
     try:
         result = catalog.query(statement)
     except CatalogError as error:
@@ -153,7 +162,6 @@ def labeller_predict(
     checkpoint: Annotated[str | None, typer.Option(help="labeller dir or name")] = None,
 ) -> None:
     """Print the six class probabilities and decisions for each text."""
-    from voxtox.labels import CLASSES
     from voxtox.models.labeller import TextLabeller
     from voxtox.storage.model_store import resolve_model
 

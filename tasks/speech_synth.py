@@ -30,7 +30,7 @@ SILENCE_LEVEL = 0.01
 class Utterance:
     text: str
     lang: str
-    variant: str = "m1"
+    variant: str | None = None  # espeak-ng voice variant (m1..m7, f1..f5): another speaker
     words_per_minute: int = 130
     pitch: int = 50
 
@@ -51,7 +51,7 @@ def require_espeak() -> str:
 
 def speak(utterance: Utterance) -> np.ndarray:
     """16 kHz mono float32 speech, trimmed to where it is audible."""
-    voice = f"{ESPEAK_VOICES[utterance.lang]}+{utterance.variant}"
+    voice = ESPEAK_VOICES[utterance.lang] + (f"+{utterance.variant}" if utterance.variant else "")
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "u.wav"
         subprocess.run(

@@ -16,6 +16,7 @@ from functools import lru_cache
 from math import ceil
 from pathlib import Path
 
+import ctranslate2
 import numpy as np
 import pyarrow as pa
 from faster_whisper import WhisperModel
@@ -65,12 +66,19 @@ def load_whisper(model_dir: str, device: str, compute_type: str, cpu_threads: in
 
 
 def _language_of(
-    model: WhisperModel, encoder_output: object, n: int, forced: str | None
+    model: WhisperModel, encoder_output: object, n: int, settings: AsrSettings
 ) -> list[tuple[str, float]]:
-    if forced or not model.model.is_multilingual:
-        return [(forced or "en", 1.0)] * n
-    detected = model.model.detect_language(encoder_output)
-    return [(ranked[0][0].strip("<|>"), float(ranked[0][1])) for ranked in detected]
+    """(code, probability) per window: forced, or the most likely (among allowed) languages."""
+    if settings.language or not model.model.is_multilingual:
+        return [(settings.language or "en", 1.0)] * n
+    allowed = set(settings.languages or [])
+    languages = []
+    for ranked in model.model.detect_language(encoder_output):
+        candidates = [(token.strip("<|>"), float(p)) for token, p in ranked]
+        if allowed:
+            candidates = [c for c in candidates if c[0] in allowed] or candidates
+        languages.append(candidates[0])
+    return languages
 
 
 def transcribe_windows(
@@ -78,13 +86,50 @@ def transcribe_windows(
 ) -> list[list[AsrSegment]]:
     """Decode up to `settings.batch_size` windows (each at most 30 s) in one batch.
 
+    Windows whose greedy/beam result looks like a failure (looping or improbable text) are
+    decoded again at rising sampling temperatures, as Whisper itself does.
     Returns, per window, its segments with times relative to the window's start.
     """
     if not windows:
         return []
+    results = _decode(model, windows, settings, temperature=0.0)
+    for temperature in settings.fallback_temperatures:
+        failing = [i for i, segments in enumerate(results) if _failed(segments, settings)]
+        if not failing:
+            break
+        ctranslate2.set_random_seed(settings.fallback_seed)
+        retried = _decode(model, [windows[i] for i in failing], settings, temperature)
+        for index, segments in zip(failing, retried, strict=True):
+            if _score(segments, settings) > _score(results[index], settings):
+                results[index] = segments
+    return results
+
+
+def _failed(segments: list[AsrSegment], settings: AsrSettings) -> bool:
+    """Whisper's fallback rule: too repetitive or too improbable, unless it is silence."""
+    if not segments:
+        return False
+    first = segments[0]  # scores are per window, shared by its segments
+    if first.no_speech_prob > settings.no_speech_threshold:
+        return False
+    return first.avg_logprob < settings.log_prob_threshold or any(
+        s.compression_ratio > settings.compression_ratio_threshold for s in segments
+    )
+
+
+def _score(segments: list[AsrSegment], settings: AsrSettings) -> tuple[bool, bool, float]:
+    """Passing beats failing, not looping beats looping, then the more probable decoding wins."""
+    looping = any(s.compression_ratio > settings.compression_ratio_threshold for s in segments)
+    probable = segments[0].avg_logprob if segments else -np.inf
+    return (not _failed(segments, settings), not looping, probable)
+
+
+def _decode(
+    model: WhisperModel, windows: list[np.ndarray], settings: AsrSettings, temperature: float
+) -> list[list[AsrSegment]]:
     features = np.stack([pad_or_trim(model.feature_extractor(w)[..., :-1]) for w in windows])
     encoder_output = model.encode(features)
-    languages = _language_of(model, encoder_output, len(windows), settings.language)
+    languages = _language_of(model, encoder_output, len(windows), settings)
     tokenizers = {
         lang: Tokenizer(
             model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=lang
@@ -93,15 +138,20 @@ def transcribe_windows(
     }
     prompts = [model.get_prompt(tokenizers[lang], previous_tokens=[]) for lang, _ in languages]
     any_tokenizer = next(iter(tokenizers.values()))
+    sampling = (
+        {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": temperature}
+        if temperature > 0
+        else {"beam_size": settings.beam_size}
+    )
     results = model.model.generate(
         encoder_output,
         prompts,
-        beam_size=settings.beam_size,
         max_length=model.max_length,
         suppress_blank=True,
         suppress_tokens=get_suppressed_tokens(any_tokenizer, [-1]),
         return_scores=True,
         return_no_speech_prob=True,
+        **sampling,
     )
     return [
         _segments_of(model, tokenizers[lang], result, len(window), lang, lang_prob)

@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 import soundfile
 
+# CTranslate2's int8 results depend on the OpenMP thread count: pin it for every process the
+# tests start (the Dask test gives its workers the same), so runs are comparable bit for bit.
+ASR_THREADS = "2"
+os.environ["OMP_NUM_THREADS"] = ASR_THREADS
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -98,3 +102,24 @@ def write_audio(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE, channe
 def spoken(*utterances: Utterance, pauses: list[float] | None = None) -> np.ndarray:
     samples, _ = lay_out(list(utterances), pauses if pauses is not None else [0.8] * (len(utterances) - 1))
     return samples
+
+
+def make_broken_inputs(directory: Path, speech: np.ndarray) -> dict[str, str]:
+    """The five kinds of broken input the flow must reject; file name -> expected reason."""
+    good = write_audio(directory / "good-source.wav", speech)
+    data = good.read_bytes()
+    (directory / "truncated.wav").write_bytes(data[: len(data) // 3])
+    good.unlink()
+    (directory / "zero.wav").write_bytes(b"")
+    (directory / "notes.wav").write_text("this is a text file renamed to .wav\n" * 20)
+    nan = speech.copy()
+    nan[100:200] = np.nan
+    soundfile.write(directory / "nan.wav", nan, SAMPLE_RATE, subtype="FLOAT")
+    soundfile.write(directory / "blip.wav", speech[SAMPLE_RATE : int(1.2 * SAMPLE_RATE)], SAMPLE_RATE)
+    return {
+        "truncated.wav": "truncated",
+        "zero.wav": "empty",
+        "notes.wav": "not_audio",
+        "nan.wav": "invalid_samples",
+        "blip.wav": "too_short",
+    }

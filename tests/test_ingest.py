@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import spoken, write_audio
+from conftest import make_broken_inputs, spoken, write_audio
 from voxtox.settings import Settings, VadSettings
 from voxtox.tasks.chunk import chunk_speech, detect_speech
 from voxtox.tasks.decode import SAMPLE_RATE, RejectedInput, discover_inputs, load_audio
@@ -42,27 +42,6 @@ def test_stereo_44k_is_downmixed_not_one_channel_dropped(tmp_path: Path, speech:
     # Speech on the right channel alone is still there after the downmix (FFmpeg mixes at -3 dB).
     assert np.abs(audio.samples).max() == pytest.approx(np.abs(speech).max() / np.sqrt(2), rel=0.05)
     assert len(chunk_speech(audio.samples, VadSettings()).chunks) == 1
-
-
-def make_broken_inputs(directory: Path, speech: np.ndarray) -> dict[str, str]:
-    """The five kinds of broken input the flow must reject; file name -> expected reason."""
-    good = write_audio(directory / "good-source.wav", speech)
-    data = good.read_bytes()
-    (directory / "truncated.wav").write_bytes(data[: len(data) // 3])
-    good.unlink()
-    (directory / "zero.wav").write_bytes(b"")
-    (directory / "notes.wav").write_text("this is a text file renamed to .wav\n" * 20)
-    nan = speech.copy()
-    nan[100:200] = np.nan
-    soundfile.write(directory / "nan.wav", nan, SAMPLE_RATE, subtype="FLOAT")
-    soundfile.write(directory / "blip.wav", speech[SAMPLE_RATE : int(1.2 * SAMPLE_RATE)], SAMPLE_RATE)
-    return {
-        "truncated.wav": "truncated",
-        "zero.wav": "empty",
-        "notes.wav": "not_audio",
-        "nan.wav": "invalid_samples",
-        "blip.wav": "too_short",
-    }
 
 
 def test_broken_inputs_are_rejected_with_reasons(tmp_path: Path, speech: np.ndarray) -> None:

