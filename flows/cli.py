@@ -143,16 +143,16 @@ def query(
 @labeller_app.command("bootstrap")
 def labeller_bootstrap(
     out: Annotated[Path | None, typer.Option(help="checkpoint dir (default: the model store's voxtox-labeller)")] = None,
-    per_class: Annotated[int, typer.Option(help="training sentences per class and language")] = 60,
+    per_family: Annotated[int, typer.Option(help="training sentences per seed-corpus family")] = 4,
     epochs: Annotated[int, typer.Option(help="passes over the data")] = 3,
 ) -> None:
-    """Fine-tune a quick labeller on the built-in seed corpus (about a minute on 2 cores)."""
+    """Fine-tune the quick-start labeller on the built-in seed corpus (1-3 minutes on 2 cores)."""
     from voxtox.models.bootstrap_labeller import train_bootstrap_labeller
 
     settings = load_settings()
     target = out or settings.model_cache_dir / "voxtox-labeller"
-    with console.status("fine-tuning the bootstrap labeller"):
-        train_bootstrap_labeller(settings, target, per_class=per_class, epochs=epochs)
+    with console.status("fine-tuning the quick-start labeller"):
+        train_bootstrap_labeller(settings.model_cache_dir, target, per_family=per_family, epochs=epochs)
     console.print(f"labeller written to {target}")
 
 

