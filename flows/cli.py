@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -78,6 +80,18 @@ def _cell(value: object) -> str:
     return "" if value is None else str(value)
 
 
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Print problems a user can fix (a missing model or input) as one line, not a traceback."""
+    from voxtox.storage.model_store import ModelNotFoundError
+
+    try:
+        yield
+    except (ModelNotFoundError, FileNotFoundError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+
+
 @app.command()
 def label(
     inputs: Annotated[list[str], typer.Argument(help="directories, globs, files or CSV/JSONL manifests")],
@@ -90,11 +104,13 @@ def label(
     """Transcribe, label and embed voice audio into Parquet shards (a Prefect flow)."""
     if split not in SPLITS:
         raise typer.BadParameter(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
-    from voxtox.flows.label import label_flow, task_runner_for
+    from voxtox.flows.label import label_flow, preflight, task_runner_for
 
     settings = load_settings(data_dir, labeller={"model": labeller}, asr={"model": asr_model})
     if dask:
         settings = settings.model_copy(update={"dask_address": dask})
+    with user_errors():
+        preflight(list(inputs), settings)  # fail fast, before a Prefect API is started
     flow = label_flow.with_options(task_runner=task_runner_for(settings))
     report = flow(inputs=list(inputs), split=split, settings=settings)
     summary = Table(title="voxtox label", show_header=False)
@@ -166,8 +182,8 @@ def labeller_predict(
     from voxtox.storage.model_store import resolve_model
 
     settings = load_settings()
-    path = resolve_model(checkpoint or settings.labeller.model, settings.model_cache_dir)
-    labeller = TextLabeller(path)
+    with user_errors():
+        labeller = TextLabeller(resolve_model(checkpoint or settings.labeller.model, settings.model_cache_dir))
     probs = labeller.predict_proba(list(texts))
     decisions = labeller.decide(probs)
     view = Table("text", *CLASSES)
@@ -183,7 +199,8 @@ def demo(
     """The quick start: make multilingual voice-chat-like audio, label it, show the results."""
     from voxtox.flows.demo import run_demo
 
-    run_demo(load_settings(data_dir), console)
+    with user_errors():
+        run_demo(load_settings(data_dir), console)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,14 @@ ingest (per input) -> transcribe (per unit of sources, batched ASR) -> label -> 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import duckdb
 from prefect import flow, get_run_logger, runtime, unmapped
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -50,6 +52,24 @@ class LabelReport:
     speech_s: float
     wall_s: float
     data_dir: str
+
+
+@dataclass(frozen=True)
+class ResolvedModels:
+    asr: str
+    labeller: str
+    text_encoder: str
+
+
+def preflight(inputs: list[str], settings: Settings) -> tuple[list[str], ResolvedModels]:
+    """Expand the inputs and resolve every model, so a missing one fails before any work."""
+    uris = sorted({uri for spec in inputs for uri in discover_inputs(spec)})
+    models = ResolvedModels(
+        asr=resolve_model(settings.asr.model, settings.model_cache_dir),
+        labeller=resolve_model(settings.labeller.model, settings.model_cache_dir),
+        text_encoder=resolve_text_encoder(settings),
+    )
+    return uris, models
 
 
 def make_units(sources: list[PreparedSource], unit_speech_s: float) -> list[list[PreparedSource]]:
@@ -112,12 +132,8 @@ def label_flow(
     run_id = _run_id()
     catalog = Catalog(settings.catalog_path, settings.shards_dir)
     work = settings.work_dir / run_id
-    # Resolve every model first: a missing one fails the run before any work is done.
-    asr_dir = resolve_model(settings.asr.model, settings.model_cache_dir)
-    labeller_dir = resolve_model(settings.labeller.model, settings.model_cache_dir)
-    encoder = resolve_text_encoder(settings)
-
-    uris = sorted({uri for spec in inputs for uri in discover_inputs(spec)})
+    uris, models = preflight(inputs, settings)
+    asr_dir, labeller_dir, encoder = models.asr, models.labeller, models.text_encoder
     known = frozenset(catalog.known_sources())
     logger.info("%d inputs, %d sources already in the catalog", len(uris), len(known))
     ingested = [
@@ -141,7 +157,7 @@ def label_flow(
             )
         )
     written += _wait_with_progress(writes, len(prepared))
-    catalog.refresh_views()
+    _refresh_views(catalog, logger)
     shutil.rmtree(work, ignore_errors=True)
 
     report = LabelReport(
@@ -160,6 +176,15 @@ def label_flow(
     )
     _publish_summary(report, catalog)
     return report
+
+
+def _refresh_views(catalog: Catalog, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """Add views for new tables. The shards are written either way, and existing views are
+    globs that already see them, so a catalog held open by another process only costs a warning."""
+    try:
+        catalog.refresh_views()
+    except duckdb.IOException as error:
+        logger.warning("catalog views not refreshed (%s); run `voxtox query` later to add them", error)
 
 
 def _wait_with_progress(writes: list, n_sources: int) -> list[WrittenUnit]:

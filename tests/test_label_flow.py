@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,22 @@ def test_dask_cluster_gives_the_same_rows(first_run, inbox: Path, tiny_labeller:
     np.testing.assert_allclose(
         local.column("prob_profanity").to_numpy(), distributed.column("prob_profanity").to_numpy(), atol=1e-5
     )
+
+
+def test_run_publishes_prefect_artifacts(first_run) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    report, _ = first_run
+
+    def latest(key: str):  # noqa: ANN202
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        return [a for a in found if str(a.flow_run_id) == report.run_id]
+
+    counts = latest("label-counts")
+    assert counts and counts[0].type == "table"
+    assert {row["lang"] for row in json.loads(counts[0].data)} == {"en", "es", "fr", "de", "pt"}
+    assert latest("label-summary")[0].type == "markdown"
+    progress = latest("label-progress")
+    assert progress and progress[0].data == 100.0
