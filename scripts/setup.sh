@@ -20,8 +20,12 @@ command -v "$python" >/dev/null || python=python3
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 echo "== pip install -e .[offline-models,test]"
 log=$(mktemp)
-if ! .venv/bin/python -m pip install -q -e ".[offline-models,test]" >"$log" 2>&1; then
-  cat "$log"; echo "pip install failed (log above)" >&2; exit 1
-fi
+for attempt in 1 2; do  # a second try rides out a transient registry or cache error
+  if .venv/bin/python -m pip install -q -e ".[offline-models,test]" >"$log" 2>&1; then
+    break
+  fi
+  grep -v "is ignored" "$log" >&2
+  [ "$attempt" -eq 2 ] && { echo "pip install failed (log above)" >&2; exit 1; }
+done
 rm -f "$log"
 .venv/bin/python -c "import voxtox.flows.cli"  # fails loudly if the install is broken
