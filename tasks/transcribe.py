@@ -86,33 +86,45 @@ def transcribe_windows(
 ) -> list[list[AsrSegment]]:
     """Decode up to `settings.batch_size` windows (each at most 30 s) in one batch.
 
-    Windows whose greedy/beam result looks like a failure (looping or improbable text) are
-    decoded again at rising sampling temperatures, as Whisper itself does.
-    Returns, per window, its segments with times relative to the window's start.
+    The encoder runs once; windows whose first decoding looks like a failure (looping or
+    improbable text) are decoded again from the same encoder output at rising sampling
+    temperatures, as Whisper itself does. Returns, per window, its segments with times relative
+    to the window's start.
     """
     if not windows:
         return []
-    results = _decode(model, windows, settings, temperature=0.0)
+    features = np.stack([pad_or_trim(model.feature_extractor(w)[..., :-1]) for w in windows])
+    encoded = np.asarray(model.encode(features))  # (windows, frames, width), reused below
+    languages = _language_of(model, _storage(encoded), len(windows), settings)
+    lengths = [len(w) for w in windows]
+    everyone = list(range(len(windows)))
+    results = _decode(model, encoded, everyone, lengths, languages, settings, temperature=0.0)
     for temperature in settings.fallback_temperatures:
         failing = [i for i, segments in enumerate(results) if _failed(segments, settings)]
         if not failing:
             break
         ctranslate2.set_random_seed(settings.fallback_seed)
-        retried = _decode(model, [windows[i] for i in failing], settings, temperature)
+        retried = _decode(model, encoded, failing, lengths, languages, settings, temperature)
         for index, segments in zip(failing, retried, strict=True):
             if _score(segments, settings) > _score(results[index], settings):
                 results[index] = segments
     return results
 
 
+def _storage(array: np.ndarray) -> ctranslate2.StorageView:
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(array))
+
+
 def _failed(segments: list[AsrSegment], settings: AsrSettings) -> bool:
-    """Whisper's fallback rule: too repetitive or too improbable, unless it is silence."""
+    """Whisper's fallback rule: too repetitive or too improbable, unless it is silence
+    (likely no speech *and* improbable text)."""
     if not segments:
         return False
     first = segments[0]  # scores are per window, shared by its segments
-    if first.no_speech_prob > settings.no_speech_threshold:
+    improbable = first.avg_logprob < settings.log_prob_threshold
+    if improbable and first.no_speech_prob > settings.no_speech_threshold:
         return False
-    return first.avg_logprob < settings.log_prob_threshold or any(
+    return improbable or any(
         s.compression_ratio > settings.compression_ratio_threshold for s in segments
     )
 
@@ -125,18 +137,23 @@ def _score(segments: list[AsrSegment], settings: AsrSettings) -> tuple[bool, boo
 
 
 def _decode(
-    model: WhisperModel, windows: list[np.ndarray], settings: AsrSettings, temperature: float
+    model: WhisperModel,
+    encoded: np.ndarray,
+    rows: list[int],
+    lengths: list[int],
+    languages: list[tuple[str, float]],
+    settings: AsrSettings,
+    temperature: float,
 ) -> list[list[AsrSegment]]:
-    features = np.stack([pad_or_trim(model.feature_extractor(w)[..., :-1]) for w in windows])
-    encoder_output = model.encode(features)
-    languages = _language_of(model, encoder_output, len(windows), settings)
+    """Generate text for the encoder outputs `rows`, each with its own language token."""
+    chosen = [languages[i] for i in rows]
     tokenizers = {
         lang: Tokenizer(
             model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=lang
         )
-        for lang, _ in languages
+        for lang, _ in chosen
     }
-    prompts = [model.get_prompt(tokenizers[lang], previous_tokens=[]) for lang, _ in languages]
+    prompts = [model.get_prompt(tokenizers[lang], previous_tokens=[]) for lang, _ in chosen]
     any_tokenizer = next(iter(tokenizers.values()))
     sampling = (
         {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": temperature}
@@ -144,7 +161,7 @@ def _decode(
         else {"beam_size": settings.beam_size}
     )
     results = model.model.generate(
-        encoder_output,
+        _storage(encoded[rows]),
         prompts,
         max_length=model.max_length,
         suppress_blank=True,
@@ -154,8 +171,8 @@ def _decode(
         **sampling,
     )
     return [
-        _segments_of(model, tokenizers[lang], result, len(window), lang, lang_prob)
-        for window, result, (lang, lang_prob) in zip(windows, results, languages, strict=True)
+        _segments_of(model, tokenizers[lang], result, lengths[i], lang, lang_prob)
+        for i, result, (lang, lang_prob) in zip(rows, results, chosen, strict=True)
     ]
 
 
@@ -317,10 +334,9 @@ def sentence_segments(
 
 @dataclass(frozen=True)
 class Window:
-    """An ASR window (at most 30 s) of one chunk of one source."""
+    """An ASR window (at most 30 s) of one source; with packing it may hold several chunks."""
 
     source: int
-    chunk: int
     start_s: float
     end_s: float
 
@@ -333,16 +349,53 @@ class TranscribedUnit:
     n_dropped: int
 
 
-def plan_windows(sources: list[PreparedSource]) -> list[Window]:
-    """Cut every chunk into ASR windows of at most 30 s, at quiet points."""
-    windows = []
+def plan_windows(sources: list[PreparedSource], pack: bool = True) -> list[Window]:
+    """ASR windows of at most 30 s: chunks longer than that are cut at quiet points, and with
+    `pack` consecutive chunks of one source share a window while it stays within 30 s.
+
+    Whisper always encodes 30 s, so a 4 s chunk alone wastes most of an encoder pass; packing
+    is what faster-whisper's batched pipeline does too. The price: one language per window.
+    """
+    windows: list[Window] = []
     for s_index, source in enumerate(sources):
         samples = np.load(source.staged_audio, mmap_mode="r")
         energy = frame_energy_db(np.asarray(samples))
-        for c_index, chunk in enumerate(source.chunks):
+        for chunk in source.chunks:
             for piece in split_at_quiet_points(chunk, energy, MAX_WINDOW_S, min_s=1.0):
-                windows.append(Window(s_index, c_index, piece.start_s, piece.end_s))
+                last = windows[-1] if windows else None
+                if (
+                    pack
+                    and last is not None
+                    and last.source == s_index
+                    and piece.end_s - last.start_s <= MAX_WINDOW_S
+                ):
+                    windows[-1] = Window(s_index, last.start_s, piece.end_s)
+                else:
+                    windows.append(Window(s_index, piece.start_s, piece.end_s))
     return windows
+
+
+def assign_to_chunks(
+    segments: list[AsrSegment], chunks: list[SpeechChunk]
+) -> dict[int, list[AsrSegment]]:
+    """Give each ASR segment to the chunk it overlaps most, trimmed to that chunk."""
+    by_chunk: dict[int, list[AsrSegment]] = {}
+    for segment in segments:
+        overlaps = [
+            min(segment.end_s, c.end_s) - max(segment.start_s, c.start_s) for c in chunks
+        ]
+        best = int(np.argmax(overlaps))
+        if overlaps[best] <= 0:
+            continue  # text placed in a gap between chunks: nothing of it was speech
+        chunk = chunks[best]
+        by_chunk.setdefault(best, []).append(
+            replace(
+                segment,
+                start_s=max(segment.start_s, chunk.start_s),
+                end_s=min(segment.end_s, chunk.end_s),
+            )
+        )
+    return by_chunk
 
 
 def _window_audio(sources: list[PreparedSource], windows: list[Window]) -> list[np.ndarray]:
@@ -365,14 +418,14 @@ def transcribe_all(
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[tuple[int, int], list[AsrSegment]]:
     """ASR segments (times from the source's start) per (source, chunk), batched across files."""
-    windows = plan_windows(sources)
-    segments: dict[tuple[int, int], list[AsrSegment]] = {}
+    windows = plan_windows(sources, settings.pack_chunks)
+    per_source: dict[int, list[AsrSegment]] = {}
     for start in range(0, len(windows), settings.batch_size):
         batch = windows[start : start + settings.batch_size]
         for window, found in zip(
             batch, transcribe_windows(model, _window_audio(sources, batch), settings), strict=True
         ):
-            segments.setdefault((window.source, window.chunk), []).extend(
+            per_source.setdefault(window.source, []).extend(
                 replace(
                     s,
                     start_s=window.start_s + s.start_s,
@@ -382,7 +435,11 @@ def transcribe_all(
             )
         if on_batch:
             on_batch(len(batch))
-    return segments
+    return {
+        (s_index, c_index): segments
+        for s_index, found in per_source.items()
+        for c_index, segments in assign_to_chunks(found, sources[s_index].chunks).items()
+    }
 
 
 def clip_rows(

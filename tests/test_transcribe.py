@@ -117,3 +117,41 @@ def test_batched_decoding_matches_one_at_a_time(multilingual, whisper_dir: str) 
     batched = transcribe_windows(model, audio, asr)
     single = [transcribe_windows(model, [window], asr)[0] for window in audio]
     assert [[s.text for s in w] for w in batched] == [[s.text for s in w] for w in single]
+
+
+def test_unpacked_chunks_each_get_their_own_language(whisper_dir: str, tmp_path: Path) -> None:
+    """With `pack_chunks` off, every VAD chunk is its own window and its own language."""
+    import pyarrow.parquet as pq
+    import soundfile
+
+    from conftest import spoken
+    from voxtox.tasks.decode import SAMPLE_RATE
+    from voxtox.tasks.speech_synth import Utterance
+
+    samples = spoken(
+        Utterance("good game everyone, see you tomorrow night", "en"),
+        Utterance("buena partida amigos, nos vemos mañana por la noche", "es"),
+        pauses=[2.0],
+    )
+    soundfile.write(tmp_path / "switch.wav", samples, SAMPLE_RATE)
+    settings = Settings(data_dir=tmp_path)
+    settings = settings.model_copy(update={"asr": settings.asr.model_copy(update={"pack_chunks": False})})
+    source = prepare_source(str(tmp_path / "switch.wav"), "test", settings, tmp_path)
+    assert isinstance(source, PreparedSource) and len(source.chunks) == 2
+    unit = transcribe_sources([source], whisper_dir, settings, tmp_path / "out")
+    rows = sorted(pq.read_table(unit.transcripts).to_pylist(), key=lambda r: r["start_s"])
+    assert [row["lang"] for row in rows] == ["en", "es"]
+
+
+def test_packing_shares_windows_but_keeps_chunk_rows(multilingual, tmp_path: Path) -> None:
+    from voxtox.tasks.transcribe import assign_to_chunks, plan_windows
+
+    source, _ = multilingual
+    packed, unpacked = plan_windows([source], pack=True), plan_windows([source], pack=False)
+    assert all(w.end_s - w.start_s <= 30.0 for w in packed + unpacked)
+    assert len(packed) <= len(unpacked)
+    # A segment straddling two chunks goes to the one it overlaps most, trimmed to it.
+    first, second = source.chunks[0], source.chunks[1]
+    straddling = segment(first.end_s - 1.0, second.start_s + 3.0)
+    assigned = assign_to_chunks([straddling], source.chunks)
+    assert list(assigned) == [1] and assigned[1][0].start_s == second.start_s
