@@ -1,0 +1,53 @@
+"""The training flow: one `train` task (it can run on a GPU worker), then the curves as Prefect
+artifacts. Under `torchrun` every rank trains directly instead: one flow run per rank would
+record the same run many times over."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from voxtox.settings import Settings
+from voxtox.tasks.train import TrainReport, train_model, train_task
+
+CURVE_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_bce", "train_text", "val_mAP", "val_mAP_low", "val_mAP_high", "epoch_s")
+
+
+def _json_safe(value: float) -> float | None:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def publish_curves(report: TrainReport) -> None:
+    rows = [{k: _json_safe(row[k]) for k in CURVE_COLUMNS} for row in report.history]
+    create_table_artifact(key="train-curves", table=rows, description="voxtox train: metrics per epoch")
+    create_markdown_artifact(
+        key="train-summary",
+        markdown=(
+            f"## Training run\n\n- **run dir**: {report.run_dir}\n- **epochs**: {report.epochs}\n"
+            f"- **steps**: {report.steps}\n- **best epoch**: {report.best_epoch} "
+            f"(validation mAP {report.best_val_mAP:.4f})\n- **wall**: {report.wall_s} s\n"
+        ),
+        description="voxtox train: where the run is and how it went",
+    )
+
+
+@flow(name="train", log_prints=True)
+def train_flow(out: str, settings: Settings | None = None, resume: bool = False) -> TrainReport:
+    """Train the audio-only classifier on the catalog's shards into the run directory `out`."""
+    report = train_task(out, settings or Settings(), resume)
+    publish_curves(report)
+    return report
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def run_training(out: Path, settings: Settings, resume: bool) -> TrainReport:
+    if launched_by_torchrun():
+        return train_model(settings, out, resume)
+    return train_flow(out=str(out), settings=settings, resume=resume)
