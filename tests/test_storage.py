@@ -86,8 +86,19 @@ def test_missing_model_names_what_provides_it(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setitem(model_store.OFFLINE_MODELS, missing.name, missing)
     with pytest.raises(ModelNotFoundError, match="no-such-package-xyz"):
         resolve_model("needs-package", tmp_path)
-    with pytest.raises(ModelNotFoundError, match="voxtox labeller bootstrap"):
-        resolve_model("voxtox-labeller", tmp_path)
+    with pytest.raises(ModelNotFoundError, match="voxtox labeller train"):
+        resolve_model("my-labeller", tmp_path)
+
+
+def test_default_labeller_ships_with_the_package(tmp_path: Path) -> None:
+    from voxtox.models.labeller import TextLabeller
+
+    path = resolve_model("voxtox-labeller", tmp_path)  # nothing in this cache: the shipped one
+    assert Path(path).is_relative_to(model_store.SHIPPED_MODELS)
+    labeller = TextLabeller(path)
+    probs = labeller.predict_proba(["you are a worthless noob, uninstall", "buena partida, nos vemos"])
+    bullying, fine = 1, 5
+    assert probs[0, bullying] > probs[1, bullying] and probs[1, fine] > probs[0, fine]
 
 
 def test_hub_names_pass_through_for_libraries_that_download(tmp_path: Path) -> None:

