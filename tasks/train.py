@@ -27,7 +27,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -178,19 +178,34 @@ def collate_clips(clips: list[Clip]) -> Batch:
     return pad_features([c.features for c in clips], [c.index for c in clips])
 
 
+def collate_windows(clips: list[Clip], window_frames: int) -> Batch:
+    """Cut each clip into windows of at most `window_frames` (paper §4.1: 15 s windows, 15 s
+    stride; a clip's score is the maximum over its windows)."""
+    parts, owners = [], []
+    for clip in clips:
+        for start in range(0, clip.features.shape[1], window_frames):
+            parts.append(clip.features[:, start : start + window_frames])
+            owners.append(clip.index)
+    return pad_features(parts, owners)
+
+
 def window_collate(window_frames: int) -> Callable[[list[Clip]], Batch]:
-    """Collate that cuts each clip into windows of at most `window_frames` (paper §4.1: 15 s
-    windows, 15 s stride; a clip's score is the maximum over its windows)."""
+    return partial(collate_windows, window_frames=window_frames)
 
-    def collate(clips: list[Clip]) -> Batch:
-        parts, owners = [], []
-        for clip in clips:
-            for start in range(0, clip.features.shape[1], window_frames):
-                parts.append(clip.features[:, start : start + window_frames])
-                owners.append(clip.index)
-        return pad_features(parts, owners)
 
-    return collate
+def make_loader(
+    dataset: Dataset[Clip], batches: list[list[int]], workers: int, collate: Callable[[list[Clip]], Batch]
+) -> DataLoader:
+    """Decoding in `workers` processes started by a fork server: forking the trainer itself
+    would copy its threads (Prefect's API client, OpenMP pools) into the workers, which can
+    make them die; the fork server is a clean process."""
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        multiprocessing_context="forkserver" if workers else None,
+    )
 
 
 def bucketed_batches(durations: np.ndarray, batch_size: int, pool: int, seed: int, epoch: int) -> list[list[int]]:
@@ -386,7 +401,7 @@ def validate(model: SpeechToxicityClassifier, clips: ClipIndex, train: TrainSett
     window = int(train.eval_window_s * SAMPLE_RATE / HOP_LENGTH)
     order = np.argsort(clips.durations[mine], kind="stable")
     batches = [[mine[i] for i in order[s : s + train.batch_size]] for s in range(0, len(mine), train.batch_size)]
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=train.num_workers, collate_fn=window_collate(window))
+    loader = make_loader(dataset, batches, train.num_workers, window_collate(window))
     local = predict_scores(model, loader, len(clips), processes.device)
     scored = torch.tensor(mine, dtype=torch.long)
     every = gather_rows(local[scored].to(processes.device)).cpu()
@@ -511,7 +526,7 @@ def _loader(clips: ClipIndex, steps: list[list[list[int]]], n_mels: int, workers
     if not flat:
         return iter(())
     dataset = ClipFeatures(clips, n_mels, max_frames=MAX_FRAMES)
-    loader = iter(DataLoader(dataset, batch_sampler=flat, num_workers=workers, collate_fn=collate_clips))
+    loader = iter(make_loader(dataset, flat, workers, collate_clips))
     return ([next(loader) for _ in step] for step in steps)
 
 
