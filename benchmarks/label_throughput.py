@@ -66,27 +66,6 @@ class Timer:
         self.cpu += time.process_time() - self._cpu
 
 
-def benchmark_labeller(cache: Path, model_cache_dir: Path) -> Path:
-    """A real MiniLM labeller fine-tuned on a few seed-corpus lines (cached; throughput only
-    depends on the backbone, not on how well it was trained)."""
-    out = cache / "labeller-minilm-tiny"
-    if out.is_dir():
-        return out
-    from voxtox.models.bootstrap_labeller import bootstrap_training_set
-    from voxtox.models.labeller_training import fine_tune_labeller
-
-    texts, targets = bootstrap_training_set(per_family=1)
-    return fine_tune_labeller(
-        resolve_model("all-MiniLM-L6-v2", model_cache_dir),
-        texts[:96],
-        targets[:96],
-        out,
-        epochs=2,
-        learning_rate=3e-4,
-        batch_size=16,
-    )
-
-
 def rate(audio_s: float, wall_s: float) -> str:
     return f"{audio_s / wall_s:.2f}" if wall_s > 0 else "inf"
 
@@ -100,7 +79,7 @@ def main() -> None:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--audio-dir", type=Path, default=HERE / ".cache" / "voicechat")
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temporary dir")
-    parser.add_argument("--labeller", default=None, help="checkpoint (default: a tiny MiniLM one)")
+    parser.add_argument("--labeller", default=None, help="checkpoint (default: the pipeline's default labeller)")
     parser.add_argument("--seed", type=int, default=0, help="audio seed")
     args = parser.parse_args()
     files = args.files or max(1, round(args.minutes))
@@ -119,7 +98,7 @@ def main() -> None:
     )
     asr = settings.asr
 
-    cache = HERE / ".cache"  # generated audio and the tiny labeller; never committed
+    cache = HERE / ".cache"  # generated audio; never committed
     cache.mkdir(exist_ok=True)
     if not (cache / ".gitignore").exists():
         (cache / ".gitignore").write_text("*\n")
@@ -133,7 +112,7 @@ def main() -> None:
     with load:
         whisper_dir = resolve_model(asr.model, settings.model_cache_dir)
         model = load_whisper(whisper_dir, asr.device, asr.compute_type, asr.cpu_threads)
-        labeller_dir = args.labeller or str(benchmark_labeller(cache, settings.model_cache_dir))
+        labeller_dir = resolve_model(args.labeller or settings.labeller.model, settings.model_cache_dir)
         labeller = load_labeller(labeller_dir, settings.labeller.max_length, asr.cpu_threads)
         encoder_path = resolve_text_encoder(settings)
         encoder = load_text_encoder(
