@@ -11,7 +11,6 @@ About 45 % of the audio is speech. Files are cached with a manifest; a changed r
 from __future__ import annotations
 
 import json
-import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path

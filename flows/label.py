@@ -11,7 +11,6 @@ import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import duckdb
 from prefect import flow, get_run_logger, runtime, unmapped

@@ -26,7 +26,7 @@ from faster_whisper.transcribe import get_compression_ratio, get_suppressed_toke
 from prefect import task
 
 from voxtox.settings import AsrSettings, SentenceSettings, Settings
-from voxtox.storage.schema import REJECTS_SCHEMA
+from voxtox.storage.schema import REJECTS_SCHEMA, clips_schema
 from voxtox.storage.shards import write_parquet_atomic
 from voxtox.tasks.chunk import SpeechChunk, frame_energy_db, split_at_quiet_points
 from voxtox.tasks.decode import SAMPLE_RATE
@@ -514,22 +514,17 @@ def transcribe_sources(
     return TranscribedUnit(str(transcripts), str(dropped), len(records), len(dropped_records))
 
 
-TRANSCRIPT_SCHEMA = pa.schema(
-    [
-        ("source_sha256", pa.string()),
-        ("source_uri", pa.string()),
-        ("split", pa.string()),
-        ("segment_kind", pa.string()),
-        ("start_s", pa.float64()),
-        ("end_s", pa.float64()),
-        ("lang", pa.string()),
-        ("lang_prob", pa.float32()),
-        ("transcript", pa.string()),
-        ("asr_avg_logprob", pa.float32()),
-        ("asr_no_speech_prob", pa.float32()),
-        ("asr_compression_ratio", pa.float32()),
-    ]
-)
+def _transcript_schema() -> pa.Schema:
+    """The clips schema's ASR columns plus the split and language (partition columns there)."""
+    clips = clips_schema(embedding_dim=1)
+    names = ["source_sha256", "source_uri", "segment_kind", "start_s", "end_s", "lang_prob",
+             "transcript", "asr_avg_logprob", "asr_no_speech_prob", "asr_compression_ratio"]
+    return pa.schema(
+        [clips.field(name) for name in names] + [("split", pa.string()), ("lang", pa.string())]
+    )
+
+
+TRANSCRIPT_SCHEMA = _transcript_schema()
 DROPPED_SCHEMA = pa.schema(
     [f for f in REJECTS_SCHEMA if f.name not in ("rejected_at", "run_id")]
 )

@@ -10,7 +10,6 @@ import pytest
 from voxtox.settings import AsrSettings, SentenceSettings, Settings
 from voxtox.tasks.transcribe import (
     AsrSegment,
-    filter_hallucinations,
     hallucination_reason,
     load_whisper,
     max_ngram_repeats,
