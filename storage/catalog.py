@@ -12,10 +12,34 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from voxtox.storage.schema import PARTITIONS
+from voxtox.labels import CLASSES
+from voxtox.storage.schema import PARTITIONS, human_label_column, label_column
 from voxtox.storage.shards import shard_files
 
 HIVE_TYPES = {"split": "VARCHAR", "lang": "VARCHAR", "date": "DATE"}
+
+#: A labelled span counts for a clip when they overlap by at least this share of the shorter
+#: one: a whole utterance inside a 1-60 s segment counts, and so does either half of an
+#: utterance the VAD cut in two; a span merely touching the clip's edge does not.
+TRUTH_MIN_OVERLAP = 0.5
+
+
+def segment_truth_sql() -> str:
+    """The `segment_truth` view: each clip of a human-labelled source with its true labels."""
+    overlap = "least(c.end_s, h.end_s) - greatest(c.start_s, h.start_s)"
+    shorter = "least(c.end_s - c.start_s, h.end_s - h.start_s)"
+    counts = f"{overlap} >= {TRUTH_MIN_OVERLAP} * {shorter}"
+    labels = ", ".join(
+        f"coalesce(bool_or(h.{label_column(name)}) FILTER (WHERE {counts}), false) AS {human_label_column(name)}"
+        for name in CLASSES
+    )
+    return (
+        "CREATE OR REPLACE VIEW segment_truth AS "
+        f"SELECT c.clip_id, c.source_sha256, c.split, c.segment_kind, c.start_s, c.end_s, {labels}, "
+        f"count(h.source_sha256) FILTER (WHERE {counts}) AS n_human_spans "
+        "FROM clips c JOIN human_labels h USING (source_sha256) "
+        "GROUP BY c.clip_id, c.source_sha256, c.split, c.segment_kind, c.start_s, c.end_s"
+    )
 
 
 class CatalogError(RuntimeError):
@@ -43,6 +67,9 @@ class Catalog:
         with duckdb.connect(str(self.database)) as con:
             for name in present:
                 con.execute(self._view_sql(name))
+            if {"clips", "human_labels"} <= set(present):
+                con.execute(segment_truth_sql())
+                present.append("segment_truth")
         return present
 
     def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:

@@ -4,6 +4,12 @@ Tables, each a directory of hive-partitioned shards under `<data_dir>/shards/`:
 - `clips`   one row per labelled segment (split=/lang=/date=): audio, transcript, labels, embedding
 - `rejects` inputs or segments that could not be used, with the reason (date=)
 - `sources` one row per source that finished labelling; its presence means "done" (date=)
+- `human_labels` one row per human-labelled span of a source (date=): the truth that validation
+  and test are measured against (`voxtox import-labels`; `voxtox synth` writes them)
+
+The catalog also defines the view `segment_truth`: every clip of a source that has human labels,
+with `human_label_<class>` true when a labelled span of that class overlaps the clip by at least
+half of the shorter of the two (see storage/catalog.py).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "clips": ("split", "lang", "date"),
     "rejects": ("date",),
     "sources": ("date",),
+    "human_labels": ("date",),
 }
 
 
@@ -97,6 +104,26 @@ SOURCES_SCHEMA = pa.schema(
 )
 
 
+def human_label_column(name: str) -> str:
+    return f"human_label_{name}"
+
+
+HUMAN_LABELS_SCHEMA = pa.schema(
+    [
+        ("source_sha256", pa.string()),  # joins the clips of the same audio, whatever its path
+        ("source_uri", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("speaker", pa.string()),
+        ("lang", pa.string()),
+        ("text", pa.string()),
+        *[(label_column(c), pa.bool_()) for c in CLASSES],
+        ("label_origin", pa.string()),  # where the labels came from, e.g. "synth" or a file name
+        ("imported_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
 def _with_metadata(schema: pa.Schema, table: str) -> pa.Schema:
     return schema.with_metadata(
         {METADATA_VERSION_KEY: SCHEMA_VERSION.encode(), METADATA_TABLE_KEY: table.encode()}
@@ -105,3 +132,4 @@ def _with_metadata(schema: pa.Schema, table: str) -> pa.Schema:
 
 REJECTS_SCHEMA = _with_metadata(REJECTS_SCHEMA, "rejects")
 SOURCES_SCHEMA = _with_metadata(SOURCES_SCHEMA, "sources")
+HUMAN_LABELS_SCHEMA = _with_metadata(HUMAN_LABELS_SCHEMA, "human_labels")

@@ -88,3 +88,11 @@ def replace_source(
 
 def shard_files(root: Path, name: str) -> list[Path]:
     return sorted((root / name).glob("**/*.parquet"))
+
+
+def replace_human_labels(root: Path, source_sha256: str, labels: pa.Table) -> list[Path]:
+    """Replace one source's human labels (rows in HUMAN_LABELS_SCHEMA plus `date`): importing
+    the same labels again never duplicates them, and a corrected import supersedes the old one."""
+    key = source_sha256[:24]
+    remove_source(root, "human_labels", key)
+    return write_partitioned(root, "human_labels", labels, key) if labels.num_rows else []

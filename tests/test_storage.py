@@ -104,3 +104,56 @@ def test_default_labeller_ships_with_the_package(tmp_path: Path) -> None:
 def test_hub_names_pass_through_for_libraries_that_download(tmp_path: Path) -> None:
     assert resolve_model("intfloat/multilingual-e5-large", tmp_path) == "intfloat/multilingual-e5-large"
     assert resolve_model("Systran/faster-whisper-base", tmp_path) == str(tmp_path / "whisper-base")
+
+
+def _clip_rows(sha: str, spans: list[tuple[float, float]]) -> pa.Table:
+    return pa.table({
+        "clip_id": [f"{sha}-{i}" for i in range(len(spans))],
+        "source_sha256": [sha] * len(spans),
+        "segment_kind": ["evaluation"] * len(spans),
+        "start_s": [s for s, _ in spans],
+        "end_s": [e for _, e in spans],
+        "split": ["test"] * len(spans),
+        "lang": ["en"] * len(spans),
+        "date": ["2026-11-22"] * len(spans),
+    })
+
+
+def _human_rows(sha: str, spans: list[tuple[float, float, str]]) -> pa.Table:
+    from datetime import UTC, datetime
+
+    from voxtox.labels import CLASSES
+    from voxtox.storage.schema import HUMAN_LABELS_SCHEMA
+
+    records = [
+        {"source_sha256": sha, "source_uri": "s.wav", "start_s": s, "end_s": e, "speaker": "a", "lang": "en",
+         "text": "t", **{f"label_{c}": c == cls for c in CLASSES}, "label_origin": "test",
+         "imported_at": datetime.now(UTC)}
+        for s, e, cls in spans
+    ]
+    table = pa.Table.from_pylist(records, HUMAN_LABELS_SCHEMA)
+    return table.append_column("date", pa.array(["2026-11-22"] * len(records)))
+
+
+def test_segment_truth_takes_labels_of_spans_that_overlap_enough(tmp_path: Path) -> None:
+    from voxtox.storage.shards import replace_human_labels, write_partitioned
+
+    write_partitioned(tmp_path, "clips", _clip_rows("abc", [(0.0, 10.0), (10.0, 20.0), (30.0, 40.0)]), "abc")
+    write_partitioned(tmp_path, "clips", _clip_rows("zzz", [(0.0, 5.0)]), "zzz")  # no human labels
+    spans = [(1.0, 3.0, "profanity"), (9.0, 14.0, "racism"), (19.5, 21.0, "bullying"), (22.0, 25.0, "racism")]
+    for _ in range(2):  # importing twice replaces, never duplicates
+        replace_human_labels(tmp_path, "abc", _human_rows("abc", spans))
+    catalog = Catalog(tmp_path / "catalog.duckdb", tmp_path)
+    assert "segment_truth" in catalog.refresh_views()
+    rows = catalog.query(
+        "SELECT clip_id, human_label_profanity AS p, human_label_racism AS r, human_label_bullying AS b, "
+        "n_human_spans AS n FROM segment_truth ORDER BY clip_id"
+    ).to_pylist()
+    assert rows == [
+        # 1-3 s lies inside; 9-14 s overlaps by 1 s of its 5 s: not this clip's
+        {"clip_id": "abc-0", "p": True, "r": False, "b": False, "n": 1},
+        # 9-14 s overlaps by 4 s; 19.5-21 s overlaps by 0.5 s of its 1.5 s: not enough
+        {"clip_id": "abc-1", "p": False, "r": True, "b": False, "n": 1},
+        {"clip_id": "abc-2", "p": False, "r": False, "b": False, "n": 0},  # speech nobody labelled
+    ]
+    assert catalog.query("SELECT count(*) AS n FROM human_labels").to_pylist() == [{"n": 4}]
