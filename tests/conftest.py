@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import soundfile
 
@@ -17,11 +19,16 @@ os.environ["OMP_NUM_THREADS"] = ASR_THREADS
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import torch  # noqa: E402
+from transformers import WhisperConfig, WhisperModel  # noqa: E402
+
 from voxtox.labels import CLASSES  # noqa: E402
 from voxtox.settings import Settings  # noqa: E402
 from voxtox.storage.model_store import resolve_model  # noqa: E402
+from voxtox.storage.schema import clips_schema, label_column, prob_column  # noqa: E402
 from voxtox.tasks.decode import SAMPLE_RATE  # noqa: E402
 from voxtox.tasks.speech_synth import Utterance, lay_out  # noqa: E402
+from voxtox.tasks.write import encode_flac  # noqa: E402
 
 SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 
@@ -123,3 +130,61 @@ def make_broken_inputs(directory: Path, speech: np.ndarray) -> dict[str, str]:
         "nan.wav": "invalid_samples",
         "blip.wav": "too_short",
     }
+
+
+# --- a small trainable world: clips whose class is audible, a Whisper-shaped random encoder ---
+
+TEXT_DIM = 16
+
+
+def synthetic_clips(n: int, split: str, seed: int) -> pa.Table:
+    """Clips of 1-3 s: a tone whose pitch says the class, and a text embedding near the class's
+    direction, so there is something to learn; every class appears in every split."""
+    rng = np.random.default_rng(seed)
+    directions = np.random.default_rng(99).normal(size=(len(CLASSES), TEXT_DIM))
+    records = []
+    for i in range(n):
+        cls = i % len(CLASSES)
+        duration = float(rng.uniform(1.0, 3.0))
+        t = np.arange(int(duration * SAMPLE_RATE)) / SAMPLE_RATE
+        samples = 0.3 * np.sin(2 * np.pi * (200 + 150 * cls) * t) + 0.02 * rng.normal(size=t.size)
+        labels = {label_column(c): c == CLASSES[cls] for c in CLASSES}
+        records.append(
+            {
+                "clip_id": f"{split}-{i:04d}",
+                "source_sha256": f"src-{split}",
+                "source_uri": f"synthetic://{split}",
+                "segment_kind": "sentence",
+                "start_s": 0.0,
+                "end_s": duration,
+                "duration_s": duration,
+                "transcript": f"clip {i} of class {CLASSES[cls]}",
+                **{prob_column(c): float(labels[label_column(c)]) for c in CLASSES},
+                **labels,
+                "text_embedding": (directions[cls] + 0.3 * rng.normal(size=TEXT_DIM)).astype(np.float32).tolist(),
+                "audio": {"bytes": encode_flac(samples.astype(np.float32)), "path": f"{split}-{i}.flac"},
+                "labelled_at": datetime(2026, 1, 1, tzinfo=UTC),
+            }
+        )
+    table = pa.Table.from_pylist(records, schema=clips_schema(TEXT_DIM))
+    return (
+        table.append_column("split", pa.array([split] * n))
+        .append_column("lang", pa.array(["en"] * n))
+        .append_column("date", pa.array(["2026-01-01"] * n))
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Whisper-shaped transformers checkpoint: 2 encoder layers of width 32, random init."""
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
+        decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64, vocab_size=64,
+        max_target_positions=32, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+    )
+    path = tmp_path_factory.mktemp("tiny-whisper") / "tiny-whisper"
+    WhisperModel(config).save_pretrained(path)
+    return path
+
+
