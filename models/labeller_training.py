@@ -39,7 +39,7 @@ from voxtox.models.labeller import (
     clean_text,
 )
 from voxtox.models.labeller_data import LabelledTexts, subsample
-from voxtox.models.labeller_losses import TripleEntropyLoss, masked_bce
+from voxtox.models.labeller_losses import OrdinalSeverityLoss, TripleEntropyLoss, masked_bce
 from voxtox.models.metrics import average_precision, best_f1_thresholds
 from voxtox.models.text_encoder import USEM3, UsemEncoder
 from voxtox.settings import LabellerTrainSettings
@@ -110,8 +110,40 @@ class HeadNet(nn.Module):
         return Forward(logits, features, torch.arange(len(rows)))
 
 
+#: The ordinal severity scale of `loss = "wranksim"`: Davidson's none < offensive < hateful.
+SEVERITY_LEVELS = ("none", "offensive", "hateful")
+#: Classes that place a row on it (a row with none of them is off the scale and left out):
+#: hateful = racism or bullying, offensive = profanity, none = no_violation.
+SEVERITY_CLASSES = {2: ("racism", "bullying"), 1: ("profanity",), 0: ("no_violation",)}
+
+
+def severity_levels(targets: Tensor, mask: Tensor) -> Tensor:
+    """Each row's level on SEVERITY_LEVELS from its (soft) targets, the most severe level whose
+    class reaches 0.5; -1 where none does or a deciding class is unlabelled (masked)."""
+    levels = torch.full((len(targets),), -1, dtype=torch.long)
+    undecided = torch.ones(len(targets), dtype=torch.bool)
+    for level in sorted(SEVERITY_CLASSES, reverse=True):
+        columns = [CLASSES.index(name) for name in SEVERITY_CLASSES[level]]
+        known = mask[:, columns].all(dim=1)
+        hit = (targets[:, columns] >= 0.5).any(dim=1)
+        undecided &= known  # a masked deciding class leaves the row off the scale
+        levels[undecided & hit] = level
+        undecided &= ~hit
+    return levels
+
+
+def row_means(features: Tensor, feature_rows: Tensor, n_rows: int) -> Tensor:
+    """One feature vector per row: the mean of its features (a head has one per row already;
+    a transformer has one per token)."""
+    sums = torch.zeros(n_rows, features.shape[1], dtype=features.dtype).index_add_(0, feature_rows, features)
+    counts = torch.bincount(feature_rows, minlength=n_rows).clamp(min=1).to(features.dtype)
+    return sums / counts[:, None]
+
+
 class TrainingLoss(nn.Module):
-    """BCE, or TripleEntropy with its trainable proxies (which the optimiser must also update)."""
+    """BCE; TripleEntropy with its trainable proxies; or BCE plus an ordinal severity term
+    (large-margin cosine loss + γ·W-RankSim on SEVERITY_LEVELS, weighted by `severity_weight`)
+    on the rows the scale covers. Trainable loss parameters are updated by the optimiser too."""
 
     def __init__(self, config: LabellerTrainSettings, feature_dim: int) -> None:
         super().__init__()
@@ -129,11 +161,32 @@ class TrainingLoss(nn.Module):
             if config.loss == "tripleentropy"
             else None
         )
+        self.severity = (
+            OrdinalSeverityLoss(
+                feature_dim,
+                len(SEVERITY_LEVELS),
+                lam=config.wranksim_lambda,
+                gamma=config.wranksim_gamma,
+                s=config.lmcl_scale,
+                m=config.lmcl_margin,
+                seed=config.seed,
+            )
+            if config.loss == "wranksim"
+            else None
+        )
+        self.severity_weight = config.severity_weight
 
     def forward(self, out: Forward, targets: Tensor, mask: Tensor) -> Tensor:
-        if self.triple is None:
-            return masked_bce(out.logits, targets, mask)
-        return self.triple(out.logits, out.features, targets, mask, out.feature_rows)
+        if self.triple is not None:
+            return self.triple(out.logits, out.features, targets, mask, out.feature_rows)
+        loss = masked_bce(out.logits, targets, mask)
+        if self.severity is not None:
+            levels = severity_levels(targets, mask)
+            on_scale = levels >= 0
+            if on_scale.any():
+                features = row_means(out.features, out.feature_rows, len(targets))
+                loss = loss + self.severity_weight * self.severity(features[on_scale], levels[on_scale])
+        return loss
 
 
 @dataclass

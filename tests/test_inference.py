@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import TEXT_DIM
 from voxtox.labels import CLASSES
 from voxtox.models.inference import WindowScorer, aggregate, window_bounds
 from voxtox.models.speech_classifier import SpeechToxicityClassifier
 from voxtox.models.whisper_encoder import load_speech_encoder
-
-from conftest import TEXT_DIM  # noqa: E402
 
 RATE = 16_000
 

@@ -24,8 +24,11 @@ from voxtox.models.labeller_training import (
     TrainingLoss,
     choose_thresholds,
     precision_threshold,
+    row_means,
+    severity_levels,
     train_labeller,
 )
+from voxtox.models.labeller_losses import masked_bce
 from voxtox.models.metrics import f1_at_threshold
 from voxtox.settings import LabellerTrainSettings
 from voxtox.storage.model_store import resolve_model
@@ -117,7 +120,42 @@ def test_thresholds_use_only_labelled_rows() -> None:
     assert choose_thresholds(data, probs, "precision", 0.99)["racism"] == pytest.approx(0.9)
 
 
-@pytest.mark.parametrize("loss", ["bce", "tripleentropy"])
+def test_severity_levels_follow_none_offensive_hateful() -> None:
+    names = ["no_violation", "profanity", "racism", "bullying", "dating_sexting"]
+    targets = torch.tensor([[1.0 if c == n else 0.0 for c in CLASSES] for n in names])
+    mask = torch.ones_like(targets, dtype=torch.bool)
+    assert severity_levels(targets, mask).tolist() == [0, 1, 2, 2, -1]  # dating is off the scale
+    targets[1, CLASSES.index("racism")] = 0.6  # profane and racist: the most severe level wins
+    assert severity_levels(targets, mask)[1] == 2
+    mask[0, CLASSES.index("racism")] = False  # unknown whether it is hateful: left out
+    assert severity_levels(targets, mask)[0] == -1
+
+
+def test_wranksim_option_trains_the_severity_weights_on_rows_of_the_scale() -> None:
+    data = _tiny_corpus()
+    torch.manual_seed(0)
+    net = HeadNet(UsemHead(8, 4))
+    loss_fn = TrainingLoss(LabellerTrainSettings(loss="wranksim"), 4)
+    targets, mask = torch.tensor(data.targets), torch.tensor(data.mask)
+    out = net.forward_rows(torch.randn(len(data), 8), torch.arange(len(data)))
+    total = loss_fn(out, targets, mask)
+    assert total > masked_bce(out.logits, targets, mask)  # the severity term is added
+    total.backward()
+    assert loss_fn.severity.weight.grad.abs().sum() > 0
+    assert net.head.classifier.bias.grad.abs().sum() > 0
+    # a batch with no row on the scale is plain BCE
+    off_scale = torch.zeros_like(targets)
+    off_scale[:, CLASSES.index("dating_sexting")] = 1.0
+    out = net.forward_rows(torch.randn(len(data), 8), torch.arange(len(data)))
+    assert loss_fn(out, off_scale, mask) == masked_bce(out.logits, off_scale, mask)
+
+
+def test_row_means_average_token_features_per_row() -> None:
+    features = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
+    assert row_means(features, torch.tensor([0, 0, 1]), 2).tolist() == [[2.0, 1.0], [5.0, 5.0]]
+
+
+@pytest.mark.parametrize("loss", ["bce", "tripleentropy", "wranksim"])
 def test_masked_classes_get_no_gradient(loss: str) -> None:
     data = _tiny_corpus()
     data.mask[:, CLASSES.index("other")] = False

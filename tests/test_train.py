@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TEXT_DIM, synthetic_clips  # noqa: E402
 from safetensors.torch import load_file
 from typer.testing import CliRunner
+
+from tests.conftest import TEXT_DIM, synthetic_clips
+from voxtox.settings import Settings, TrainSettings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.shards import write_partitioned
 from voxtox.tasks.train import (
@@ -28,9 +30,6 @@ from voxtox.tasks.train import (
     read_clip_index,
     train_model,
 )
-from voxtox.tasks.write import encode_flac  # noqa: F401
-
-from voxtox.settings import Settings, TrainSettings
 
 RATE = 16_000
 REPO = Path(__file__).resolve().parents[1]

