@@ -277,6 +277,29 @@ def _summarise(
     return {name: metric_ci(point[k], boot[:, k], alpha) for k, name in enumerate(names)}
 
 
+def ap_resamples(
+    y_true: ArrayLike,
+    scores: ArrayLike,
+    counts: ArrayLike,
+    classes: Sequence[Hashable],
+    toxic_classes: Sequence[Hashable],
+) -> tuple[FloatArray, FloatArray]:
+    """Per-class AP plus mAP (last column) on the full set, shape (C + 1,), and on every
+    resample of ``counts``, shape (R, C + 1). Give several systems the same ``counts`` and their
+    distributions are paired: subtract them for the bootstrap distribution of a difference."""
+    y, s = _check_inputs(y_true, scores)
+    toxic_cols = _toxic_columns(classes, toxic_classes, y.shape[1])
+    point = _with_map(average_precision(y, s), toxic_cols)
+    return point, _with_map(bootstrap_ap(y, s, counts)[0], toxic_cols)
+
+
+def summarise_resamples(
+    point: ArrayLike, boot: ArrayLike, classes: Sequence[Hashable], alpha: float = 0.05
+) -> dict[str, MetricCI]:
+    """``MetricCI`` per class and for mAP from ``ap_resamples``-shaped arrays (or differences)."""
+    return _summarise(np.asarray(point, dtype=np.float64), np.asarray(boot, dtype=np.float64), classes, alpha)
+
+
 def evaluate_ap(
     y_true: ArrayLike,
     scores: ArrayLike,

@@ -7,6 +7,7 @@ it once its first shard exists (the labelling flow calls it at the end of every 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import duckdb
@@ -22,6 +23,11 @@ HIVE_TYPES = {"split": "VARCHAR", "lang": "VARCHAR", "date": "DATE"}
 #: one: a whole utterance inside a 1-60 s segment counts, and so does either half of an
 #: utterance the VAD cut in two; a span merely touching the clip's edge does not.
 TRUTH_MIN_OVERLAP = 0.5
+
+#: DuckDB refuses two connections altering the same view at once ("write-write conflict"), and a
+#: read-only connection beside a writing one in the same process; parallel tasks of one flow
+#: would do both. Catalog work is short, so it goes one at a time per process.
+_CATALOG_LOCK = threading.RLock()
 
 
 def segment_truth_sql() -> str:
@@ -64,7 +70,7 @@ class Catalog:
         """(Re)create a view for every table that has shards; returns their names."""
         self.database.parent.mkdir(parents=True, exist_ok=True)
         present = [name for name in PARTITIONS if shard_files(self.shards_root, name)]
-        with duckdb.connect(str(self.database)) as con:
+        with _CATALOG_LOCK, duckdb.connect(str(self.database)) as con:
             for name in present:
                 con.execute(self._view_sql(name))
             if {"clips", "human_labels"} <= set(present):
@@ -78,7 +84,7 @@ class Catalog:
         return duckdb.connect(str(self.database), read_only=read_only)
 
     def query(self, sql: str) -> pa.Table:
-        with self.connect() as con:
+        with _CATALOG_LOCK, self.connect() as con:
             try:
                 return con.execute(sql).to_arrow_table()
             except duckdb.CatalogException as error:

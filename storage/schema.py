@@ -6,6 +6,8 @@ Tables, each a directory of hive-partitioned shards under `<data_dir>/shards/`:
 - `sources` one row per source that finished labelling; its presence means "done" (date=)
 - `human_labels` one row per human-labelled span of a source (date=): the truth that validation
   and test are measured against (`voxtox import-labels`; `voxtox synth` writes them)
+- `evaluations` one row per metric of an evaluation (date=): AP with its interval, paired
+  differences, operating points and calibration (`voxtox evaluate`, `voxtox ablate`)
 
 The catalog also defines the view `segment_truth`: every clip of a source that has human labels,
 with `human_label_<class>` true when a labelled span of that class overlaps the clip by at least
@@ -31,6 +33,7 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "rejects": ("date",),
     "sources": ("date",),
     "human_labels": ("date",),
+    "evaluations": ("date",),
 }
 
 
@@ -133,3 +136,34 @@ def _with_metadata(schema: pa.Schema, table: str) -> pa.Schema:
 REJECTS_SCHEMA = _with_metadata(REJECTS_SCHEMA, "rejects")
 SOURCES_SCHEMA = _with_metadata(SOURCES_SCHEMA, "sources")
 HUMAN_LABELS_SCHEMA = _with_metadata(HUMAN_LABELS_SCHEMA, "human_labels")
+
+
+EVALUATIONS_SCHEMA = _with_metadata(
+    pa.schema(
+        [
+            ("evaluation_id", pa.string()),  # hash of the systems, the data and the options
+            ("evaluated_at", pa.timestamp("us", tz="UTC")),
+            ("split", pa.string()),
+            ("labels", pa.string()),  # "human", or "pipeline" when judged against the pipeline's labels
+            ("aggregation", pa.string()),  # segment score from its windows: max, mean, noisy_or
+            ("resample_by", pa.string()),  # bootstrap unit: segment or source
+            ("n_resamples", pa.int32()),
+            ("system", pa.string()),  # a run's name; for a difference "model − baseline"
+            ("run_dir", pa.string()),
+            ("compared_to", pa.string()),  # the baseline's name for a difference, else null
+            ("kind", pa.string()),  # "model" or "difference"
+            ("lang", pa.string()),  # a language code, or "all"
+            ("metric", pa.string()),  # ap, precision_at_fpr, recall_at_fpr, threshold_at_fpr, ece, ...
+            ("class_name", pa.string()),  # a class, or "mAP" (mean AP of the toxic classes)
+            ("point", pa.float64()),
+            ("low", pa.float64()),
+            ("high", pa.float64()),
+            ("n_valid", pa.int32()),  # resamples where the metric is defined
+            ("n_invalid", pa.int32()),  # resamples without a positive of the class
+            ("excludes_zero", pa.bool_()),  # differences: the interval lies on one side of 0
+            ("n_segments", pa.int32()),
+            ("n_positive", pa.int32()),
+        ]
+    ),
+    "evaluations",
+)

@@ -1,0 +1,289 @@
+"""Ablation grids: the paper's Table 2 (text-injection loss × α, at the last layer) and Table 3
+(injection layer first / middle / last, one loss and α), each cell a training run plus its
+evaluation, all compared with the baseline (α = 1) by paired bootstrap.
+
+A grid file is TOML: `[grid]` (what varies), and the usual settings (`data_dir`, `[train]` for
+what every cell shares, `[evaluate]`). Without `[grid]` the paper's full grid is run, so
+`experiments/paper-table2.toml` works as is. A cell's run directory is `<out>/<cell name>`; a cell
+whose run has `final/` and whose evaluation is saved is done and is not trained again, and a
+cell interrupted mid-training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import get_args
+
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from transformers import WhisperConfig
+
+from voxtox.labels import TOXIC_CLASSES
+from voxtox.models.metrics import MAP_NAME
+from voxtox.models.whisper_encoder import ct2_encoder_config, read_ct2_variables
+from voxtox.settings import Settings, TrainSettings
+from voxtox.storage.model_store import resolve_model
+from voxtox.tasks.evaluate import (
+    EVALUATION_DIR,
+    RESULTS_FILE,
+    Evaluation,
+    default_out_dir,
+    evaluate_runs,
+)
+from voxtox.tasks.evaluation_report import Row, Rows, format_ci, markdown_table
+
+BASELINE = "baseline"
+TEXT_LOSSES: tuple[str, ...] = get_args(TrainSettings.model_fields["loss"].annotation)
+LAYER_NAMES = ("first", "middle", "last")
+TABLE_FILE = "results.md"
+
+
+class Grid(BaseModel):
+    """What varies across the cells (`[grid]` of a grid file); defaults: the paper's grid."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    losses: list[str] = Field([BASELINE, *TEXT_LOSSES], description="Table 2 rows: baseline and text losses")
+    alphas: list[float] = Field([0.1, 0.5, 0.9], description="Table 2: α of every text loss")
+    layers: list[str | int] = Field(list(LAYER_NAMES), description="Table 3: first, middle, last, or layer numbers")
+    layer_loss: str = Field("contrastive", description="Table 3's loss")
+    layer_alpha: float = Field(0.1, gt=0, lt=1, description="Table 3's α")
+    out: Path | None = Field(None, description="where cells' runs go (default runs/<grid file stem>)")
+    workers: int = Field(1, ge=1, description="cells trained at once")
+
+    @field_validator("losses")
+    @classmethod
+    def _known_losses(cls, losses: list[str]) -> list[str]:
+        unknown = [loss for loss in losses if loss != BASELINE and loss not in TEXT_LOSSES]
+        if unknown:
+            raise ValueError(f"unknown losses {unknown}: use {BASELINE} or {', '.join(TEXT_LOSSES)}")
+        return losses
+
+    @field_validator("layer_loss")
+    @classmethod
+    def _known_layer_loss(cls, loss: str) -> str:
+        if loss not in TEXT_LOSSES:
+            raise ValueError(f"layer_loss must be one of {', '.join(TEXT_LOSSES)}, not {loss!r}")
+        return loss
+
+    @field_validator("alphas")
+    @classmethod
+    def _text_alphas(cls, alphas: list[float]) -> list[float]:
+        if any(not 0 <= a < 1 for a in alphas):
+            raise ValueError(f"alphas of a text loss lie in [0, 1) (1 is the baseline), got {alphas}")
+        return alphas
+
+    @field_validator("layers")
+    @classmethod
+    def _known_layers(cls, layers: list[str | int]) -> list[str | int]:
+        unknown = [layer for layer in layers if isinstance(layer, str) and layer not in LAYER_NAMES]
+        if unknown:
+            raise ValueError(f"layers are numbers or {', '.join(LAYER_NAMES)}, not {unknown}")
+        return layers
+
+
+class AblationPlan(BaseModel):
+    """A grid with the settings every cell shares and where it all goes."""
+
+    grid: Grid
+    settings: Settings
+    out: Path
+    source: str  # the grid file
+
+
+class Cell(BaseModel):
+    """One training run of the grid and the table rows it fills."""
+
+    name: str
+    loss: str  # BASELINE or a text loss
+    alpha: float
+    layer: int  # as TrainSettings.layer (-1: the last)
+    rows: list[str]  # "table2" and/or "table3:<layer name>"
+
+
+def load_grid_file(
+    path: Path, data_dir: Path | None = None, out: Path | None = None, workers: int | None = None
+) -> AblationPlan:
+    """Read a grid file: `[grid]` for the grid, the rest as voxtox settings; options given here win."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no grid file {path}")
+    with path.open("rb") as handle:
+        document = tomllib.load(handle)
+    grid = Grid.model_validate(document.pop("grid", {}))
+    settings = Settings(**document)
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    if workers is not None:
+        grid = grid.model_copy(update={"workers": workers})
+    target = out or grid.out or Path("runs") / path.stem
+    return AblationPlan(grid=grid, settings=settings, out=target, source=str(path))
+
+
+def encoder_layer_count(settings: Settings) -> int:
+    """Transformer blocks of the configured speech encoder, read from its config (no weights)."""
+    location = Path(resolve_model(settings.train.encoder, settings.model_cache_dir))
+    if (location / "model.bin").is_file():
+        return ct2_encoder_config(read_ct2_variables(location / "model.bin", prefix="encoder/")).encoder_layers
+    return WhisperConfig.from_pretrained(str(location)).encoder_layers
+
+
+def resolve_layer(layer: str | int, n_layers: int) -> int:
+    """first = block 1, middle = block L/2 (6 of 12, as the paper), last = the encoder's output."""
+    if layer == "first":
+        return 1
+    if layer == "middle":
+        return max(1, n_layers // 2)
+    if layer == "last":
+        return n_layers
+    number = int(layer)
+    return number + n_layers + 1 if number < 0 else number
+
+
+def _alpha_name(alpha: float) -> str:
+    return f"a{alpha:g}"
+
+
+def plan_cells(plan: AblationPlan) -> list[Cell]:
+    """The grid's cells, the baseline first; a run shared by both tables appears once."""
+    grid = plan.grid
+    n_layers = encoder_layer_count(plan.settings)
+    cells: dict[tuple[str, float, int], Cell] = {}
+
+    def add(loss: str, alpha: float, layer: int, row: str) -> None:
+        absolute = resolve_layer(layer, n_layers)
+        key = (loss, alpha, absolute if loss != BASELINE else n_layers)
+        if key not in cells:
+            name = BASELINE if loss == BASELINE else f"{loss}-{_alpha_name(alpha)}"
+            if loss != BASELINE and absolute != n_layers:
+                name += f"-layer{absolute}"
+            cells[key] = Cell(name=name, loss=loss, alpha=alpha, layer=-1 if absolute == n_layers else absolute, rows=[])
+        if row not in cells[key].rows:
+            cells[key].rows.append(row)
+
+    add(BASELINE, 1.0, -1, "table2")
+    for loss in grid.losses:
+        for alpha in [] if loss == BASELINE else grid.alphas:
+            add(loss, alpha, -1, "table2")
+    for layer in grid.layers:
+        add(grid.layer_loss, grid.layer_alpha, resolve_layer(layer, n_layers), f"table3:{layer}")
+    return list(cells.values())
+
+
+def cell_settings(settings: Settings, cell: Cell) -> Settings:
+    options = {"alpha": cell.alpha, "layer": cell.layer} | ({} if cell.loss == BASELINE else {"loss": cell.loss})
+    train = TrainSettings.model_validate(settings.train.model_dump() | options)
+    return settings.model_copy(update={"train": train})
+
+
+def cell_dir(plan: AblationPlan, cell: Cell) -> Path:
+    return plan.out / cell.name
+
+
+def cell_evaluation(plan: AblationPlan, cell: Cell) -> Path:
+    return default_out_dir([cell_dir(plan, cell)], plan.settings.evaluate.split) / RESULTS_FILE
+
+
+def is_trained(plan: AblationPlan, cell: Cell) -> bool:
+    return (cell_dir(plan, cell) / "final" / "model.safetensors").is_file()
+
+
+def is_done(plan: AblationPlan, cell: Cell) -> bool:
+    return is_trained(plan, cell) and cell_evaluation(plan, cell).is_file()
+
+
+def describe_cells(plan: AblationPlan, cells: list[Cell]) -> str:
+    body = [[c.name, c.loss, f"{c.alpha:g}", "last" if c.layer == -1 else c.layer, ", ".join(c.rows),
+             "done" if is_done(plan, c) else "trained, to evaluate" if is_trained(plan, c) else "to train"]
+            for c in cells]
+    return (f"Ablation grid `{plan.source}` → `{plan.out}` ({len(cells)} cells, "
+            f"{sum(is_done(plan, c) for c in cells)} done)\n\n"
+            + markdown_table(["cell", "loss", "α", "layer", "table rows", "state"], body))
+
+
+def preflight(plan: AblationPlan) -> None:
+    """Fail before any training when the cells could not be evaluated (no evaluation segments,
+    no human labels): hours of training would otherwise end in that error."""
+    from voxtox.storage.catalog import Catalog
+    from voxtox.tasks.evaluate import read_eval_set
+
+    settings, options = plan.settings, plan.settings.evaluate
+    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog.refresh_views()
+    read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
+
+
+def run_cell(plan: AblationPlan, cell: Cell) -> dict[str, object]:
+    """Train the cell unless its run is final (resuming an interrupted run), then evaluate it
+    unless its evaluation is saved."""
+    from voxtox.tasks.train import train_model
+
+    run_dir = cell_dir(plan, cell)
+    settings = cell_settings(plan.settings, cell)
+    trained = evaluated = False
+    if not is_trained(plan, cell):
+        train_model(settings, run_dir, resume=True)
+        trained = True
+    if not cell_evaluation(plan, cell).is_file():
+        evaluate_runs([run_dir], settings)
+        evaluated = True
+    return {"cell": cell.name, "run_dir": str(run_dir), "trained": trained, "evaluated": evaluated}
+
+
+# --- the paper's tables ----------------------------------------------------------------------
+
+
+def grid_evaluation(plan: AblationPlan, cells: list[Cell]) -> Evaluation:
+    """Every cell against the baseline on the same resamples (window scores come from each run's
+    cache, so nothing is scored again)."""
+    run_dirs = [cell_dir(plan, c) for c in cells]
+    return evaluate_runs(run_dirs, plan.settings, plan.out / EVALUATION_DIR / plan.settings.evaluate.split)
+
+
+def _cell_text(rows: Rows, cell: Cell, name: str) -> str:
+    found = rows.get("model", cell.name, "all", "ap", name)
+    text = format_ci(found)
+    difference: Row | None = rows.get("difference", f"{cell.name} − {BASELINE}", "all", "ap_difference", name)
+    if difference and difference["excludes_zero"]:
+        text += " ↑" if float(difference["point"]) > 0 else " ↓"  # type: ignore[arg-type]
+    return text
+
+
+def paper_tables(results: Path, cells: list[Cell], n_layers: int) -> str:
+    """Tables 2 and 3 in the paper's shape: AP per toxic class and mAP, in %, with 95% intervals;
+    ↑/↓ where the paired difference to the baseline excludes 0."""
+    rows = Rows(pq.read_table(results))
+    columns = [*TOXIC_CLASSES, MAP_NAME]
+    table2 = [[c.loss if c.loss != BASELINE else "baseline", f"{c.alpha:g}", *(_cell_text(rows, c, n) for n in columns)]
+              for c in cells if "table2" in c.rows]
+    text = "## Table 2: text-injection loss and α (last layer)\n\n"
+    text += markdown_table(["loss", "α", *columns], table2)
+    layer_rows = [(row.split(":", 1)[1], c) for c in cells for row in c.rows if row.startswith("table3:")]
+    if layer_rows:
+        number = {name: resolve_layer(name if name in LAYER_NAMES else int(name), n_layers) for name, _ in layer_rows}
+        layer_rows.sort(key=lambda pair: number[pair[0]])
+        table3 = [[f"{name} ({number[name]} of {n_layers})", f"{c.loss} α={c.alpha:g}",
+                   *(_cell_text(rows, c, n) for n in columns)] for name, c in layer_rows]
+        baseline = next(c for c in cells if c.loss == BASELINE)
+        table3.append(["baseline", "α=1", *(_cell_text(rows, baseline, n) for n in columns)])
+        text += "\n## Table 3: injection layer\n\n" + markdown_table(["layer", "loss", *columns], table3)
+    return text
+
+
+def grid_report(plan: AblationPlan, cells: list[Cell], evaluation: Evaluation) -> str:
+    options = plan.settings.evaluate
+    n_layers = encoder_layer_count(plan.settings)
+    header = (
+        f"# Ablation `{plan.source}`\n\n"
+        f"- data: `{plan.settings.data_dir}`, split `{options.split}`, {evaluation.n_segments} evaluation segments "
+        f"from {evaluation.n_sources} sources, {options.labels} labels"
+        + (" (**not human labels**)" if options.labels == "pipeline" else "") + "\n"
+        f"- encoder `{plan.settings.train.encoder}` ({n_layers} layers), epochs per cell: {plan.settings.train.epochs}; "
+        f"models: `{options.checkpoint}/`\n"
+        f"- AP in %, {options.confidence:.0%} bootstrap percentile intervals over {options.n_resamples} resamples of "
+        f"{'sources' if options.resample_by == 'source' else 'segments'}; ↑/↓: the paired difference to the baseline "
+        "excludes 0 (better / worse)\n"
+        f"- per-language tables, differences with intervals, operating points and calibration: "
+        f"`{evaluation.report}`; plot: `{evaluation.plots[0]}`\n\n"
+    )
+    return header + paper_tables(Path(evaluation.results), cells, n_layers)

@@ -1,0 +1,491 @@
+"""Evaluate stage: score evaluation segments with trained classifiers and measure them as the
+paper does (§4.1, DESIGN.md §2).
+
+- Data: the `clips` rows of a split with `segment_kind = 'evaluation'` (the VAD's 1-60 s
+  segments), judged against their human labels (the catalog's `segment_truth` view). Without
+  human labels evaluation refuses to run unless asked for the pipeline's own labels, and then
+  every output says so (`labels = 'pipeline'`).
+- Scores: each segment cut into 15 s windows with a 15 s stride (the last one shorter), each
+  window scored by the classifier; the segment's score per class is the max over its windows
+  (mean or noisy-OR for study). Window scores are cached per run directory, keyed by the model
+  file and the segments, so comparing a model again or evaluating a grid never rescores it.
+- Metrics: per-class AP and mAP over the four toxic classes with bootstrap percentile intervals;
+  with several systems, one set of resamples (optionally of whole sources, i.e. sessions) serves
+  all, so the differences to the first system (the baseline) are paired; per language as well.
+  Resamples in which a class has no positive are counted (`n_invalid`) and left out of that
+  class's interval. Also precision and recall at 1% false-positive rate and calibration (ECE,
+  optionally after temperature scaling fitted on the validation split).
+- Output: one long table (storage/schema.py EVALUATIONS_SCHEMA), written beside the results and
+  into the `evaluations` shards that the catalog's view of the same name reads; a Markdown report;
+  PNG plots (tasks/evaluation_plots.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile
+import torch
+from prefect import task
+
+from voxtox.labels import CLASSES, TOXIC_CLASSES
+from voxtox.models.inference import WindowScorer, aggregate
+from voxtox.models.metrics import (
+    MetricCI,
+    ap_resamples,
+    bootstrap_counts,
+    expected_calibration_error,
+    fit_temperature,
+    precision_recall_at_fpr,
+    summarise_resamples,
+)
+from voxtox.models.whisper_encoder import SAMPLE_RATE
+from voxtox.settings import EvaluateSettings, Settings
+from voxtox.storage.catalog import Catalog
+from voxtox.storage.schema import EVALUATIONS_SCHEMA, human_label_column, label_column
+from voxtox.storage.shards import (
+    remove_source,
+    shard_files,
+    write_parquet_atomic,
+    write_partitioned,
+)
+from voxtox.tasks.train import load_classifier, read_audio_bytes
+
+EVALUATION_DIR = "evaluation"
+SCORES_DIR = "scores"
+RESULTS_FILE = "evaluation.parquet"
+REPORT_FILE = "report.md"
+AP_PLOT = "ap.png"
+RELIABILITY_PLOT = "reliability.png"
+ALL_LANGUAGES = "all"
+#: Evaluation segments are 1-60 s (DESIGN.md §2); a little slack for float rounding of spans.
+SEGMENT_BOUNDS_S = (1.0 - 1e-3, 60.0 + 1e-3)
+CLIPS_PER_SCORING_BATCH = 64  # segments decoded at once while scoring (bounds memory)
+
+
+class NoHumanLabelsError(ValueError):
+    """The split has evaluation segments but no human labels for them."""
+
+
+# --- the evaluation set ----------------------------------------------------------------------
+
+
+@dataclass
+class EvalSet:
+    """A split's evaluation segments, their truth, and where their audio is."""
+
+    split: str
+    labels: str  # "human" or "pipeline"
+    clip_ids: list[str]
+    sources: np.ndarray  # (n,) source content hash: the session, for grouped resampling
+    langs: np.ndarray  # (n,)
+    durations: np.ndarray  # (n,) seconds
+    truth: np.ndarray  # (n, len(CLASSES)) bool
+    files: list[str]
+    rows: np.ndarray
+    n_without_truth: int = 0  # evaluation segments of the split whose source has no human labels
+
+    def __len__(self) -> int:
+        return len(self.clip_ids)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256("\n".join(self.clip_ids).encode()).hexdigest()[:16]
+
+
+def reported_classes(labels: str) -> tuple[str, ...]:
+    """The toxic classes (the mAP's), then `no_violation`; `other` only when judged against the
+    pipeline's labels (humans do not label it, DESIGN.md §2)."""
+    rest = [c for c in CLASSES if c not in TOXIC_CLASSES and (labels == "pipeline" or c != "other")]
+    return (*TOXIC_CLASSES, *rest)
+
+
+def _has_view(catalog: Catalog, name: str) -> bool:
+    found = catalog.query(f"SELECT count(*) AS n FROM duckdb_views() WHERE view_name = '{name}'")
+    return bool(found["n"][0].as_py())
+
+
+def read_eval_set(
+    catalog: Catalog, shards_root: Path, split: str, labels: str = "human", condition: str = "TRUE"
+) -> EvalSet:
+    """Evaluation segments of `split` (matching the SQL `condition` on `clips`) with their truth."""
+    files = [str(path.resolve()) for path in shard_files(shards_root, "clips")]
+    if not files:
+        raise FileNotFoundError(f"no clips shards under {shards_root}: run `voxtox label` first")
+    low, high = SEGMENT_BOUNDS_S
+    segments = (
+        f"SELECT * FROM clips WHERE split = '{split}' AND segment_kind = 'evaluation' "
+        f"AND duration_s BETWEEN {low} AND {high} AND ({condition})"
+    )
+    n_segments = catalog.query(f"SELECT count(*) AS n FROM ({segments})")["n"][0].as_py()
+    if not n_segments:
+        raise ValueError(f"no evaluation segments (segment_kind = 'evaluation', 1-60 s) in split {split!r} "
+                         f"matching {condition!r}: label {split} audio with `voxtox label --split {split}`")
+    if labels == "human":
+        if not _has_view(catalog, "segment_truth"):
+            raise NoHumanLabelsError(
+                "no human labels in the catalog (table human_labels): import them (`voxtox synth` writes them "
+                "for the synthetic corpus), or evaluate against the pipeline's own labels with --labels pipeline"
+            )
+        truth = ", ".join(f"t.{human_label_column(c)} AS truth_{c}" for c in CLASSES)
+        chosen = (f"SELECT c.clip_id, c.source_sha256, c.lang, c.duration_s, {truth} "
+                  f"FROM ({segments}) c JOIN segment_truth t USING (clip_id)")
+    elif labels == "pipeline":
+        truth = ", ".join(f"{label_column(c)} AS truth_{c}" for c in CLASSES)
+        chosen = f"SELECT clip_id, source_sha256, lang, duration_s, {truth} FROM ({segments})"
+    else:
+        raise ValueError(f"labels must be 'human' or 'pipeline', not {labels!r}")
+    file_list = "[" + ", ".join(f"'{f}'" for f in files) + "]"
+    table = catalog.query(
+        f"WITH chosen AS ({chosen}), located AS (SELECT clip_id, filename, file_row_number FROM "
+        f"read_parquet({file_list}, filename = true, file_row_number = true, union_by_name = true)) "
+        f"SELECT * FROM chosen JOIN located USING (clip_id) ORDER BY clip_id"
+    )
+    if not table.num_rows:
+        raise NoHumanLabelsError(
+            f"none of the {n_segments} evaluation segments of split {split!r} has human labels: import them, "
+            f"or evaluate against the pipeline's own labels with --labels pipeline"
+        )
+    return EvalSet(
+        split=split,
+        labels=labels,
+        clip_ids=table["clip_id"].to_pylist(),
+        sources=np.asarray(table["source_sha256"].to_pylist(), dtype=object),
+        langs=np.asarray([lang or "unknown" for lang in table["lang"].to_pylist()], dtype=object),
+        durations=table["duration_s"].to_numpy(),
+        truth=np.stack([table[f"truth_{c}"].to_numpy(zero_copy_only=False) for c in CLASSES], axis=1).astype(bool),
+        files=table["filename"].to_pylist(),
+        rows=table["file_row_number"].to_numpy(),
+        n_without_truth=int(n_segments - table.num_rows),
+    )
+
+
+def read_segment_audio(file: str, row: int) -> np.ndarray:
+    data = read_audio_bytes(file, row)
+    samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    if rate != SAMPLE_RATE or samples.ndim != 1:
+        raise ValueError(f"{file} row {row}: expected 16 kHz mono audio, got {rate} Hz {samples.shape}")
+    return samples
+
+
+# --- scoring, cached per run directory ---------------------------------------------------------
+
+
+def model_dir(run_dir: Path, checkpoint: str) -> Path:
+    directory = run_dir / checkpoint
+    if not (directory / "model.safetensors").exists():
+        raise FileNotFoundError(f"{directory} holds no model: is {run_dir} a finished `voxtox train` run?")
+    return directory
+
+
+def scores_path(run_dir: Path, split: str, checkpoint: str) -> Path:
+    return run_dir / EVALUATION_DIR / SCORES_DIR / f"{split}-{checkpoint}.parquet"
+
+
+def _scores_key(model: Path, eval_set: EvalSet, options: EvaluateSettings) -> dict[str, object]:
+    weights = (model / "model.safetensors").stat()
+    return {"model": str(model.resolve()), "model_size": weights.st_size, "model_mtime_ns": weights.st_mtime_ns,
+            "segments": eval_set.fingerprint(), "window_s": options.window_s, "stride_s": options.stride_s}
+
+
+def _read_cached(path: Path, key: dict[str, object]) -> list[np.ndarray] | None:
+    if not path.exists():
+        return None
+    table = pq.read_table(path)
+    if json.loads((table.schema.metadata or {}).get(b"voxtox.scores_key", b"{}")) != key:
+        return None
+    return [np.asarray(w, dtype=np.float32).reshape(-1, len(CLASSES)) for w in table["window_probs"].to_pylist()]
+
+
+def score_run(
+    run_dir: Path, eval_set: EvalSet, options: EvaluateSettings, threads: int | None = None
+) -> list[np.ndarray]:
+    """Per segment, its (windows, classes) probabilities under the run's model: from the cache
+    when the same model scored the same segments with the same windows, else scored and cached."""
+    model = model_dir(run_dir, options.checkpoint)
+    key = _scores_key(model, eval_set, options)
+    path = scores_path(run_dir, eval_set.split, options.checkpoint)
+    cached = _read_cached(path, key)
+    if cached is not None:
+        return cached
+    if threads:
+        torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    scorer = WindowScorer(load_classifier(model), options.window_s, options.stride_s, options.batch_size, device)
+    windows: list[np.ndarray] = []
+    for start in range(0, len(eval_set), CLIPS_PER_SCORING_BATCH):
+        chosen = range(start, min(start + CLIPS_PER_SCORING_BATCH, len(eval_set)))
+        windows += scorer.score_many([read_segment_audio(eval_set.files[i], int(eval_set.rows[i])) for i in chosen])
+    table = pa.table({"clip_id": eval_set.clip_ids,
+                      "window_probs": pa.array([w.tolist() for w in windows], pa.list_(pa.list_(pa.float32())))})
+    table = table.replace_schema_metadata({b"voxtox.scores_key": json.dumps(key).encode()})
+    write_parquet_atomic(table, path)
+    return windows
+
+
+def segment_scores(windows: list[np.ndarray], aggregation: str) -> np.ndarray:
+    """(n, classes) segment scores from each segment's window probabilities."""
+    return np.stack([aggregate(w.astype(np.float64), aggregation) for w in windows])  # type: ignore[arg-type]
+
+
+def _logits(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-_logits(probs) / temperature))
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+@dataclass
+class System:
+    """One model's segment scores on the evaluation set (and its fitted temperature, if any)."""
+
+    name: str
+    run_dir: str
+    scores: np.ndarray  # (n, len(CLASSES))
+    temperature: float | None = None
+
+
+@dataclass
+class MetricRow:
+    system: str
+    run_dir: str
+    kind: str  # "model" or "difference"
+    lang: str
+    metric: str
+    class_name: str
+    point: float
+    low: float | None = None
+    high: float | None = None
+    n_valid: int | None = None
+    n_invalid: int | None = None
+    excludes_zero: bool | None = None
+    n_segments: int = 0
+    n_positive: int | None = None
+    compared_to: str | None = None
+
+
+def language_groups(langs: np.ndarray) -> dict[str, np.ndarray]:
+    """All segments, then each language's when there are several."""
+    groups = {ALL_LANGUAGES: np.arange(len(langs))}
+    names = sorted(set(langs.tolist()))
+    if len(names) > 1:
+        groups |= {lang: np.flatnonzero(langs == lang) for lang in names}
+    return groups
+
+
+def _ci_row(system: System, lang: str, metric: str, name: str, ci: MetricCI, n: int, positives: int | None,
+            compared_to: str | None = None) -> MetricRow:
+    difference = compared_to is not None
+    return MetricRow(
+        system=f"{system.name} − {compared_to}" if difference else system.name, run_dir=system.run_dir,
+        kind="difference" if difference else "model", lang=lang, metric=metric, class_name=name, point=ci.point,
+        low=ci.low, high=ci.high, n_valid=ci.n_valid, n_invalid=ci.n_invalid,
+        excludes_zero=ci.excludes_zero if difference else None, n_segments=n, n_positive=positives,
+        compared_to=compared_to,
+    )
+
+
+def _point_rows(system: System, lang: str, y: np.ndarray, scores: np.ndarray, classes: Sequence[str],
+                options: EvaluateSettings) -> list[MetricRow]:
+    """Operating points at `max_fpr` and calibration, per class (no intervals)."""
+    rows = []
+    n = len(y)
+    positives = y.sum(axis=0)
+    points = precision_recall_at_fpr(y, scores, options.max_fpr)
+    ece = expected_calibration_error(y, scores, options.ece_bins)
+    calibrated = None
+    if system.temperature is not None:
+        calibrated = expected_calibration_error(y, apply_temperature(scores, system.temperature), options.ece_bins)
+    for c, name in enumerate(classes):
+        values = {"precision_at_fpr": points[c].precision, "recall_at_fpr": points[c].recall,
+                  "threshold_at_fpr": points[c].threshold, "ece": ece[c]}
+        if calibrated is not None:
+            values["ece_calibrated"] = calibrated[c]
+        rows += [MetricRow(system.name, system.run_dir, "model", lang, metric, name, float(value),
+                           n_segments=n, n_positive=int(positives[c])) for metric, value in values.items()]
+    if system.temperature is not None:
+        rows.append(MetricRow(system.name, system.run_dir, "model", lang, "temperature", ALL_LANGUAGES,
+                              system.temperature, n_segments=n))
+    return rows
+
+
+def measure(eval_set: EvalSet, systems: Sequence[System], options: EvaluateSettings) -> list[MetricRow]:
+    """All metrics of every system per language group; with several systems, the paired
+    difference of each later one to the first (the baseline) on the same resamples."""
+    classes = reported_classes(eval_set.labels)
+    columns = [CLASSES.index(c) for c in classes]
+    alpha = 1.0 - options.confidence
+    rows: list[MetricRow] = []
+    for lang, index in language_groups(eval_set.langs).items():
+        y = eval_set.truth[np.ix_(index, columns)]
+        groups = eval_set.sources[index] if options.resample_by == "source" else None
+        counts = bootstrap_counts(len(index), options.n_resamples, options.seed, groups)
+        positives = [*y.sum(axis=0).astype(int).tolist(), None]
+        distributions = []
+        for system in systems:
+            scores = system.scores[np.ix_(index, columns)]
+            point, boot = ap_resamples(y, scores, counts, classes, TOXIC_CLASSES)
+            distributions.append((point, boot))
+            cis = summarise_resamples(point, boot, classes, alpha)
+            rows += [_ci_row(system, lang, "ap", name, ci, len(index), positives[k])
+                     for k, (name, ci) in enumerate(cis.items())]
+            rows += _point_rows(system, lang, y, scores, classes, options)
+        base_point, base_boot = distributions[0]
+        for system, (point, boot) in zip(systems[1:], distributions[1:], strict=True):
+            cis = summarise_resamples(point - base_point, boot - base_boot, classes, alpha)
+            rows += [_ci_row(system, lang, "ap_difference", name, ci, len(index), positives[k], systems[0].name)
+                     for k, (name, ci) in enumerate(cis.items())]
+    return rows
+
+
+# --- the evaluation as a whole -----------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate_runs` produced: small, so it can be a task's result."""
+
+    evaluation_id: str
+    out_dir: str
+    split: str
+    labels: str
+    systems: list[str]
+    n_segments: int
+    n_sources: int
+    languages: list[str]
+    results: str  # Parquet file of the metric rows
+    report: str  # Markdown file
+    plots: list[str] = field(default_factory=list)
+
+
+def run_names(run_dirs: Sequence[Path]) -> list[str]:
+    """Short names for runs: the directory's name, made unique with its parent's if needed."""
+    names = [p.resolve().name for p in run_dirs]
+    if len(set(names)) < len(names):
+        names = [f"{p.resolve().parent.name}/{p.resolve().name}" for p in run_dirs]
+    if len(set(names)) < len(names):
+        raise ValueError(f"the same run is given twice: {[str(p) for p in run_dirs]}")
+    return names
+
+
+def default_out_dir(run_dirs: Sequence[Path], split: str) -> Path:
+    """`<run>/evaluation/<split>` for one run; `<last run>/evaluation/<split>-vs-<first run>`."""
+    last = run_dirs[-1] / EVALUATION_DIR
+    if len(run_dirs) == 1:
+        return last / split
+    return last / f"{split}-vs-{run_dirs[0].resolve().name}"
+
+
+def evaluation_id(run_dirs: Sequence[Path], eval_set: EvalSet, options: EvaluateSettings) -> str:
+    key = {"runs": [str(p.resolve()) for p in run_dirs], "segments": eval_set.fingerprint(), "split": eval_set.split,
+           "labels": eval_set.labels, "options": options.model_dump(exclude={"batch_size"})}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def results_table(rows: Sequence[MetricRow], evaluation: str, eval_set: EvalSet, options: EvaluateSettings,
+                  when: datetime) -> pa.Table:
+    context = {"evaluation_id": evaluation, "evaluated_at": when, "split": eval_set.split, "labels": eval_set.labels,
+               "aggregation": options.aggregation, "resample_by": options.resample_by,
+               "n_resamples": options.n_resamples}
+    records = []
+    for row in rows:
+        record = context | vars(row)
+        for name in ("point", "low", "high"):  # NaN means undefined: store it as null
+            value = record[name]
+            record[name] = None if value is None or not np.isfinite(value) else float(value)
+        records.append(record)
+    return pa.Table.from_pylist(records, schema=EVALUATIONS_SCHEMA)
+
+
+def save_to_catalog(table: pa.Table, settings: Settings, evaluation: str) -> None:
+    """Replace this evaluation's rows in the `evaluations` shards and refresh the catalog views."""
+    root = settings.shards_dir
+    remove_source(root, "evaluations", evaluation)
+    date = table["evaluated_at"][0].as_py().date().isoformat()
+    write_partitioned(root, "evaluations", table.append_column("date", pa.array([date] * table.num_rows)), evaluation)
+    Catalog(settings.catalog_path, root).refresh_views()
+
+
+def fit_temperatures(run_dirs: Sequence[Path], settings: Settings, classes: Sequence[str]) -> list[float]:
+    """Per run, the temperature minimising the BCE of its validation segment scores."""
+    options = settings.evaluate
+    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    val = read_eval_set(catalog, settings.shards_dir, "val", options.labels, options.filter)
+    columns = [CLASSES.index(c) for c in classes]
+    temperatures = []
+    for run_dir in run_dirs:
+        scores = segment_scores(score_run(run_dir, val, options, settings.train.threads), options.aggregation)
+        temperatures.append(fit_temperature(_logits(scores[:, columns]), val.truth[:, columns]))
+    return temperatures
+
+
+def evaluate_runs(run_dirs: Sequence[Path], settings: Settings, out_dir: Path | None = None) -> Evaluation:
+    """Score and measure runs on the evaluation segments of `settings.evaluate.split`: the first
+    run is the baseline of the paired differences. Writes `evaluation.parquet`, `report.md` and
+    the plots to `out_dir`, and the rows to the catalog's `evaluations` table."""
+    from voxtox.tasks.evaluation_plots import plot_ap_bars, plot_reliability
+    from voxtox.tasks.evaluation_report import report_markdown
+
+    if not run_dirs:
+        raise ValueError("give at least one run directory")
+    options = settings.evaluate
+    run_dirs = [Path(p) for p in run_dirs]
+    names = run_names(run_dirs)
+    for run_dir in run_dirs:
+        model_dir(run_dir, options.checkpoint)
+    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog.refresh_views()
+    eval_set = read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
+    classes = reported_classes(eval_set.labels)
+    temperatures: list[float | None] = [None] * len(run_dirs)
+    if options.calibrate:
+        temperatures = list(fit_temperatures(run_dirs, settings, classes))
+    systems = []
+    for name, run_dir, temperature in zip(names, run_dirs, temperatures, strict=True):
+        windows = score_run(run_dir, eval_set, options, settings.train.threads)
+        systems.append(System(name, str(run_dir), segment_scores(windows, options.aggregation), temperature))
+    rows = measure(eval_set, systems, options)
+    ident = evaluation_id(run_dirs, eval_set, options)
+    table = results_table(rows, ident, eval_set, options, datetime.now(UTC))
+    out = out_dir or default_out_dir(run_dirs, options.split)
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(table, out / RESULTS_FILE)
+    save_to_catalog(table, settings, ident)
+    plots = [plot_ap_bars(table, out / AP_PLOT),
+             plot_reliability(eval_set, systems, classes, options, out / RELIABILITY_PLOT)]
+    (out / REPORT_FILE).write_text(report_markdown(table, eval_set, options))
+    return Evaluation(
+        evaluation_id=ident, out_dir=str(out), split=eval_set.split, labels=eval_set.labels, systems=names,
+        n_segments=len(eval_set), n_sources=len(set(eval_set.sources.tolist())),
+        languages=sorted(set(eval_set.langs.tolist())), results=str(out / RESULTS_FILE),
+        report=str(out / REPORT_FILE), plots=[str(p) for p in plots],
+    )
+
+
+@task(name="score-run")
+def score_run_task(run_dir: str, settings: Settings) -> str:
+    """Score one run's model on the evaluation segments (cached), so runs score in parallel."""
+    options = settings.evaluate
+    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog.refresh_views()
+    eval_set = read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
+    score_run(Path(run_dir), eval_set, options, settings.train.threads)
+    return str(scores_path(Path(run_dir), options.split, options.checkpoint))
+
+
+@task(name="evaluate-runs")
+def evaluate_task(run_dirs: list[str], settings: Settings, out_dir: str | None = None) -> Evaluation:
+    return evaluate_runs([Path(p) for p in run_dirs], settings, Path(out_dir) if out_dir else None)
