@@ -229,6 +229,22 @@ class ServeSettings(BaseModel):
         return self
 
 
+class NightlySettings(BaseModel):
+    """The `nightly` flow: label what arrived, train when there is enough new data, evaluate,
+    and promote the new model only when it is better with confidence."""
+
+    runs_dir: Path | None = Field(None, description="where nightly runs and `current` live; None: <data_dir>/runs")
+    min_new_clips: int = Field(
+        200, ge=0, description="train a candidate when at least this many training clips arrived since the current model"
+    )
+    default_split: Literal["train", "val", "test", "auto"] = Field(
+        "auto", description="split of inbox audio outside train/, val/ and test/ subdirectories"
+    )
+    promote_first: bool = Field(
+        True, description="with no current model, the first candidate becomes current (there is nothing to beat)"
+    )
+
+
 def _default_toml() -> Path | None:
     configured = os.environ.get("VOXTOX_CONFIG")
     if configured:
@@ -259,6 +275,7 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     serve: ServeSettings = ServeSettings()
+    nightly: NightlySettings = NightlySettings()
 
     @classmethod
     def settings_customise_sources(
@@ -293,3 +310,8 @@ class Settings(BaseSettings):
     def inbox_dir(self) -> Path:
         """Where new audio arrives for the scheduled flows."""
         return self.serve.inbox or self.data_dir / "inbox"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where the nightly flow trains its candidates and keeps `current`."""
+        return self.nightly.runs_dir or self.data_dir / "runs"

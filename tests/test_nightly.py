@@ -1,0 +1,104 @@
+"""The nightly flow end to end on a small inbox: label, import truth, train, evaluate, promote;
+a rerun of the same night redoes nothing; a candidate no better than the current one is not
+promoted."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import soundfile
+
+from tests.conftest import LABELLER_TRAINING
+from voxtox.flows.nightly import decide, inbox_inputs, nightly_flow
+from voxtox.settings import Settings
+from voxtox.tasks.decode import SAMPLE_RATE
+from voxtox.tasks.speech_synth import VARIANTS, Utterance, lay_out
+
+#: Sessions per split; each speaks three sentences of three different classes.
+SESSIONS = {"train": 4, "val": 2, "test": 2}
+
+
+def _write_split(inbox: Path, split: str, rng: random.Random) -> list[dict]:
+    truth = []
+    for index in range(SESSIONS[split]):
+        classes = rng.sample(sorted(LABELLER_TRAINING), 3)
+        utterances = [Utterance(rng.choice(LABELLER_TRAINING[c]), "en", rng.choice(VARIANTS), 140) for c in classes]
+        samples, placed = lay_out(utterances, [1.2, 1.2])
+        path = inbox / split / f"{split}-{index}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(path, samples, SAMPLE_RATE)
+        truth += [
+            {"audio": f"../{split}/{path.name}", "start_s": p.start_s, "end_s": p.end_s, "labels": [c], "lang": "en",
+             "text": p.utterance.text}
+            for p, c in zip(placed, classes, strict=True)
+        ]
+    return truth
+
+
+@pytest.fixture(scope="module")
+def inbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("inbox")
+    rng = random.Random(3)
+    for split in SESSIONS:
+        rows = _write_split(root, split, rng)
+        if split != "train":  # human labels exist for validation and test only
+            (root / "truth").mkdir(exist_ok=True)
+            (root / "truth" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def nightly_settings(data_dir: Path, encoder: Path) -> Settings:
+    settings = Settings(data_dir=data_dir)
+    return settings.model_copy(update={
+        "asr": settings.asr.model_copy(update={"languages": ["en"]}),
+        "train": settings.train.model_copy(update={
+            "encoder": str(encoder), "epochs": 1, "batch_size": 2, "grad_accum": 1, "num_workers": 0,
+            "threads": 1, "learning_rate": 1e-3, "val_resamples": 20, "checkpoint_every": 1000,
+        }),
+        "evaluate": settings.evaluate.model_copy(update={"n_resamples": 50}),
+        "nightly": settings.nightly.model_copy(update={"min_new_clips": 1}),
+    })
+
+
+def test_inbox_layout_maps_directories_to_splits(tmp_path: Path) -> None:
+    for name in ("train/a.wav", "test/b.wav", "truth/t.jsonl", "loose.wav", ".hidden"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert inbox_inputs(tmp_path, "auto") == {
+        "train": [str(tmp_path / "train")], "test": [str(tmp_path / "test")], "auto": [str(tmp_path / "loose.wav")]
+    }
+    with pytest.raises(FileNotFoundError, match="inbox"):
+        inbox_inputs(tmp_path / "missing", "auto")
+
+
+def test_promotion_needs_an_interval_above_zero() -> None:
+    assert decide((0.05, 0.01, 0.09)).promoted
+    assert not decide((0.05, -0.01, 0.09)).promoted
+    assert not decide((0.0, 0.0, 0.0)).promoted  # the same model: no evidence of improvement
+    assert not decide(None).promoted
+
+
+def test_nightly_labels_trains_evaluates_promotes_and_reruns_idempotently(
+    inbox: Path, tiny_whisper: Path, tmp_path: Path, prefect_harness: None
+) -> None:
+    settings = nightly_settings(tmp_path / "data", tiny_whisper)
+    first = nightly_flow(inbox=str(inbox), settings=settings, night="2026-11-21")
+    assert set(first.labelled_clips) == {"train", "val", "test"} and first.labelled_clips["train"] > 0
+    assert first.imported_label_spans == 3 * (SESSIONS["val"] + SESSIONS["test"])
+    assert first.trained_now and first.promoted, first.reason
+    current = settings.runs_dir / "current"
+    assert current.is_symlink() and current.resolve() == Path(first.candidate).resolve()
+    assert Path(first.evaluation_report).exists()
+
+    again = nightly_flow(inbox=str(inbox), settings=settings, night="2026-11-21")
+    assert sum(again.labelled_clips.values()) == 0 and again.skipped_sources == sum(SESSIONS.values())
+    assert not again.trained_now and not again.promoted and "already the current" in again.reason
+
+    # Another night, the same data and seed: an identical model cannot beat the current one.
+    second = nightly_flow(inbox=str(inbox), settings=settings, night="2026-11-22", force_train=True)
+    assert second.trained_now and not second.promoted, second.reason
+    assert "does not exclude 0" in second.reason or "undefined" in second.reason
+    assert current.resolve() == Path(first.candidate).resolve()
