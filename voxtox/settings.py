@@ -211,7 +211,7 @@ class ServeSettings(BaseModel):
     flows: list[str] = Field(["nightly", "label"], description="deployments to serve: nightly, label")
     cron: str = Field("0 2 * * *", description="the nightly flow's schedule, in `timezone`")
     label_cron: str | None = Field(
-        None, description="also label the inbox on this schedule; None: the label deployment runs on demand"
+        None, description="also label inbox/train/ on this schedule; None: the label deployment runs on demand"
     )
     timezone: str | None = Field(None, description="IANA zone of the schedules; None: this machine's zone")
     inbox: Path | None = Field(None, description="where new audio arrives; None: <data_dir>/inbox")

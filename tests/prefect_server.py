@@ -1,0 +1,322 @@
+"""Real servers for the tests and scripts/screenshot_ui.py: a Prefect server started with
+`prefect server start` (what docker-compose.yml runs), a PostgreSQL cluster from Debian's
+binaries, `voxtox serve`, and a headless Chromium. Nothing here needs Docker or a network."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.responses import DeploymentResponse
+
+T = TypeVar("T")
+BIN = Path(sys.executable).parent
+#: Debian's chromium-headless-shell (what scripts/setup.sh installs), else a full Chromium.
+CHROMIUM_NAMES = ("chromium-headless-shell", "chromium", "chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], T], timeout_s: float, what: str, poll_s: float = 0.5) -> T:
+    """Call `check` until it returns something truthy; fail with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(poll_s)
+    raise TimeoutError(f"{what} did not happen within {timeout_s:.0f} s")
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 20) -> None:
+    """SIGTERM, then SIGKILL if it will not go."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def load_compose(path: Path) -> dict[str, Any]:
+    """docker-compose.yml as Compose reads it with an empty environment: `${NAME:-default}`
+    becomes its default."""
+    import yaml
+
+    def interpolate(value: Any) -> Any:
+        if isinstance(value, str):
+            return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: m.group(2) or "", value)
+        if isinstance(value, list):
+            return [interpolate(v) for v in value]
+        if isinstance(value, dict):
+            return {k: interpolate(v) for k, v in value.items()}
+        return value
+
+    return interpolate(yaml.safe_load(path.read_text()))
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+
+def postgres_bin_dir() -> Path | None:
+    """Where initdb and pg_ctl are: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).resolve().parent
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free loopback port; yields its asyncpg URL.
+
+    PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` user
+    (Debian's package creates it) and its directory lives outside pytest's root-only tmp.
+    """
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        raise FileNotFoundError("PostgreSQL binaries not found (Debian: apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="voxtox-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", free_port()
+
+    def pg(tool: str, *args: str) -> None:
+        subprocess.run([*as_user, str(bin_dir / tool), *args], check=True, capture_output=True, cwd=root)
+
+    try:
+        pg("initdb", "-D", str(data), "-U", "prefect", "--auth=trust", "-E", "UTF8", "--no-sync")
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        pg("pg_ctl", "-D", str(data), "-o", options, "-l", str(root / "postgres.log"), "-w", "start")
+        try:
+            pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "prefect")
+            yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect"
+        finally:
+            pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- Prefect server and voxtox serve --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    url: str  # the UI's root; the API is under /api
+    env: dict[str, str]  # what a client process needs to talk to it
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+    def flow_run_page(self, flow_run_id: UUID | str) -> str:
+        return f"{self.url}/runs/flow-run/{flow_run_id}"
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+#: `prefect server start`: the API, the UI and the background services in one process.
+ALL_IN_ONE = (("prefect", "server", "start"),)
+
+
+@contextmanager
+def prefect_server(
+    home: Path,
+    database_url: str | None = None,
+    commands: tuple[tuple[str, ...], ...] = ALL_IN_ONE,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 180,
+) -> Iterator[PrefectServer]:
+    """Prefect's server on a free loopback port, state in `home` (SQLite there by default).
+
+    `commands` are `prefect ...` command lines started side by side, the first one serving the
+    API and UI: `prefect server start` by default, or the webserver and services apart (compose).
+    `env` adds server settings (e.g. Redis messaging)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    home.mkdir(parents=True, exist_ok=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    common = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    server_env = base | common | (env or {}) | {
+        "PREFECT_API_DATABASE_CONNECTION_URL": database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_UI_API_URL": f"{url}/api",  # what the browser's UI calls
+    }
+    processes: list[tuple[subprocess.Popen, Path]] = []
+    try:
+        for index, (program, *args) in enumerate(commands):
+            log = home / f"server-{index}.log"
+            with log.open("w") as out:
+                executable = str(BIN / program) if (BIN / program).exists() else program
+                processes.append((subprocess.Popen([executable, *args], env=server_env, stdout=out, stderr=subprocess.STDOUT), log))
+
+        def up() -> bool:
+            for process, log in processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{process.args} exited with {process.returncode}:\n{log_tail(log)}")
+            return _healthy(url)
+
+        wait_until(up, timeout_s, "the Prefect server start")
+        client_env = base | common | {"PREFECT_API_URL": f"{url}/api", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+        yield PrefectServer(url=url, env=client_env)
+    finally:
+        for process, _ in reversed(processes):
+            stop(process)
+
+
+@contextmanager
+def redis_server(directory: Path) -> Iterator[int]:
+    """Debian's redis-server on a free loopback port, nothing persisted; yields the port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("redis-server not found (Debian: apt-get install redis-server)")
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        def ready() -> bool:
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_until(ready, 30, "redis-server listening")
+        yield port
+    finally:
+        stop(process)
+
+
+@contextmanager
+def voxtox_serve(
+    server: PrefectServer, data_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """`voxtox ARGS` (e.g. `serve --flow label`) against the server, data in `data_dir`."""
+    env = server.env | {"VOXTOX_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")} | (env or {})
+    log = data_dir / "serve.log"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        process = subprocess.Popen([str(BIN / "voxtox"), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        stop(process)
+
+
+def run_served_deployment(
+    server: PrefectServer,
+    data_dir: Path,
+    deployment: str,
+    *serve_args: str,
+    env: dict[str, str] | None = None,
+    scheduled: bool = False,
+    timeout_s: float = 300,
+) -> tuple[DeploymentResponse, FlowRun]:
+    """Start `voxtox serve`, wait for it to register `deployment`, run that deployment once
+    through the API (as the UI's "Run" button does) or, if `scheduled`, wait for its schedule
+    to start a run; return the deployment and its first finished flow run."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.exceptions import ObjectNotFound
+
+    with voxtox_serve(server, data_dir, *serve_args, env=env) as serving, SyncPrefectClient(server.api_url) as client:
+
+        def registered() -> DeploymentResponse | None:
+            if serving.poll() is not None:
+                raise RuntimeError(f"voxtox serve exited with {serving.returncode}:\n{log_tail(data_dir / 'serve.log')}")
+            try:
+                return client.read_deployment_by_name(deployment)
+            except ObjectNotFound:
+                return None
+
+        registration = wait_until(registered, 120, f"voxtox serve registering {deployment}")
+        if not scheduled:
+            client.create_flow_run_from_deployment(registration.id)
+        of_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[registration.id]))
+
+        def finished() -> FlowRun | None:
+            runs = client.read_flow_runs(deployment_filter=of_deployment)
+            return next((run for run in runs if run.state and run.state.is_final()), None)
+
+        try:
+            return registration, wait_until(finished, timeout_s, f"a run of {deployment} finishing", poll_s=1)
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}\n{log_tail(data_dir / 'serve.log')}") from error
+
+
+# --- Chromium -------------------------------------------------------------------------------
+
+
+def chromium() -> str | None:
+    return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
+
+
+def _chromium_args(width: int, height: int) -> list[str]:
+    return [
+        "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--mute-audio", "--no-first-run",
+        f"--window-size={width},{height}",
+        # Let the single-page UI fetch from the API and render before the page is captured.
+        "--virtual-time-budget=20000",
+    ]
+
+
+def screenshot(page: str, out: Path, width: int = 1440, height: int = 1000) -> Path:
+    """A headless Chromium's screenshot of `page` (PNG)."""
+    browser = chromium()
+    if browser is None:
+        raise FileNotFoundError("no Chromium (Debian: apt-get install chromium-headless-shell)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [browser, *_chromium_args(width, height), f"--user-data-dir={profile}", f"--screenshot={out}", page],
+            check=True, capture_output=True, timeout=120,
+        )
+    return out
+
+
+def rendered_text(page: str) -> str:
+    """The DOM of `page` after the UI's scripts ran (Chromium's --dump-dom)."""
+    browser = chromium()
+    if browser is None:
+        raise FileNotFoundError("no Chromium (Debian: apt-get install chromium-headless-shell)")
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run(
+            [browser, *_chromium_args(1440, 1000), f"--user-data-dir={profile}", "--dump-dom", page],
+            check=True, capture_output=True, text=True, timeout=120,
+        )
+    return done.stdout

@@ -1,0 +1,147 @@
+"""docker-compose.yml and the Dockerfile, checked without Docker (there is no engine here): the
+services, ports, volumes, health checks and GPU profile, that every voxtox command in the file
+parses as a command of the image's `voxtox` entry point, and that every Prefect setting named
+is one Prefect knows."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import prefect
+import pytest
+from prefect_server import load_compose
+from typer.main import get_command
+from voxtox.flows.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+VOXTOX_IMAGE_SERVICES = ("serve", "train")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose(ROOT / "docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]
+
+
+def test_the_self_hosting_layout(services: dict[str, Any]) -> None:
+    assert set(services) == {"postgres", "redis", "prefect-server", "prefect-services", "serve", "train"}
+    assert services["postgres"]["image"].startswith("postgres:")
+    assert services["redis"]["image"].startswith("redis:")
+    assert [s for s, spec in services.items() if "profiles" in spec] == ["train"]  # only GPU work is opt-in
+
+
+def test_health_checks_gate_the_start_order(services: dict[str, Any]) -> None:
+    checks = {name: " ".join(spec["healthcheck"]["test"]) for name, spec in services.items() if "healthcheck" in spec}
+    assert "pg_isready -U prefect" in checks["postgres"]
+    assert "redis-cli ping" in checks["redis"]
+    assert "localhost:4200/api/health" in checks["prefect-server"]
+    needs = {name: spec.get("depends_on", {}) for name, spec in services.items()}
+    assert needs["prefect-server"] == {"postgres": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"}}
+    for name in ("prefect-services", "serve", "train"):
+        assert needs[name] == {"prefect-server": {"condition": "service_healthy"}}
+
+
+def test_prefect_server_on_postgres_and_redis_with_the_ui_on_4200(services: dict[str, Any]) -> None:
+    server, background = services["prefect-server"], services["prefect-services"]
+    assert server["command"] == "prefect server start --no-services"
+    assert background["command"] == "prefect server services start"
+    assert server["ports"] == ["4200:4200"]
+    for spec in (server, background):
+        env = spec["environment"]
+        assert env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://prefect:")
+        assert env["PREFECT_API_DATABASE_CONNECTION_URL"].endswith("@postgres:5432/prefect")
+        assert env["PREFECT_MESSAGING_BROKER"] == env["PREFECT_MESSAGING_CACHE"] == "prefect_redis.messaging"
+        assert env["PREFECT_REDIS_MESSAGING_HOST"] == "redis"
+    assert server["environment"]["PREFECT_SERVER_UI_API_URL"] == "http://localhost:4200/api"
+
+
+def prefect_settings_with(key: str, value: str | None) -> dict[str, Any]:
+    """Prefect's settings (and prefect-redis's) with `key` set to `value` (None: unset)."""
+    from prefect_redis.client import RedisMessagingSettings
+
+    with mock.patch.dict(os.environ):
+        os.environ.pop(key, None)
+        if value is not None:
+            os.environ[key] = value
+        return {
+            "prefect": prefect.settings.Settings().model_dump(mode="json", context={"include_secrets": True}),
+            "prefect-redis": RedisMessagingSettings().model_dump(mode="json", context={"include_secrets": True}),
+        }
+
+
+def test_prefect_settings_named_are_settings_prefect_knows(services: dict[str, Any]) -> None:
+    """A misspelt PREFECT_* variable is silently ignored by Prefect; each must change a setting
+    (set to a value other than its default, so the test can see it)."""
+    for name, spec in services.items():
+        for key, value in spec.get("environment", {}).items():
+            if key.startswith("PREFECT_"):
+                unusual = {"6379": "6380", "0": "1"}.get(str(value), str(value))  # Redis's defaults
+                assert prefect_settings_with(key, unusual) != prefect_settings_with(key, None), f"{name}: {key} is not a Prefect setting"
+
+
+def test_prefect_runs_from_the_voxtox_image_with_the_tested_pins(services: dict[str, Any]) -> None:
+    """Server, services and voxtox share one image, so the server is the Prefect (and
+    SQLAlchemy, prefect-redis) that pyproject.toml pins and tests/test_prefect_server.py runs."""
+    assert {name for name, spec in services.items() if spec.get("image") == "voxtox:0.1.0"} == {
+        "prefect-server", "prefect-services", "serve", "train"}
+    assert all(services[name]["build"] == "." for name in ("prefect-server", "prefect-services", "serve", "train"))
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert {f"prefect=={prefect.__version__}", "prefect-redis==0.3.0", "SQLAlchemy==2.0.58"} <= set(pins)
+
+
+def test_voxtox_services_share_the_data_directory_and_talk_to_the_server(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    for name in VOXTOX_IMAGE_SERVICES:
+        spec = services[name]
+        assert "./voxtox-data:/data" in spec["volumes"] and "models:/models" in spec["volumes"]
+        env = spec["environment"]
+        assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+        assert (env["VOXTOX_DATA_DIR"], env["VOXTOX_MODEL_CACHE_DIR"]) == ("/data", "/models")
+    named = {v.split(":")[0] for spec in services.values() for v in spec.get("volumes", []) if not v.startswith(".")}
+    assert named == set(compose["volumes"]) == {"postgres_data", "redis_data", "models"}
+
+
+def test_the_training_service_reserves_the_nvidia_gpus(services: dict[str, Any]) -> None:
+    train = services["train"]
+    assert train["profiles"] == ["gpu"]
+    (device,) = train["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] == "all"
+
+
+@pytest.mark.parametrize("service", VOXTOX_IMAGE_SERVICES)
+def test_commands_are_commands_of_the_voxtox_entry_point(services: dict[str, Any], service: str) -> None:
+    program, name, *args = services[service]["command"]
+    assert program == "voxtox"
+    (script,) = entry_points(group="console_scripts", name="voxtox")
+    assert script.value == "voxtox.flows.cli:app" and script.load() is app
+    cli = get_command(app)
+    command = cli.get_command(cli.make_context("voxtox", [name], resilient_parsing=True), name)
+    assert command is not None, f"voxtox has no command {name!r}"
+    command.make_context(name, list(args))  # raises on an unknown option or a missing argument
+
+
+def test_dockerfile_installs_the_pinned_package_with_its_system_tools() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim-bookworm$", dockerfile, re.MULTILINE)
+    apt = re.search(r"apt-get install [^\n]*", dockerfile).group(0)
+    assert "espeak-ng" in apt and "ffmpeg" in apt
+    assert 'pip install ".[offline-models]"' in dockerfile
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["voxtox"] == "voxtox.flows.cli:app"
+    assert all("==" in dep for dep in pyproject["project"]["dependencies"])  # pinned
+    copied = set(re.findall(r"^COPY (\S+) ", dockerfile, re.MULTILINE))
+    packages = set(pyproject["tool"]["setuptools"]["package-dir"].values())
+    assert packages <= copied, f"not copied into the image: {packages - copied}"
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert not (copied & ignored), "the image copies what .dockerignore leaves out"
