@@ -1,0 +1,210 @@
+"""Import human labels (truth) into the catalog: `voxtox import-labels`.
+
+A truth file lists labelled spans of audio files, one row per span, as JSONL, CSV or Parquet:
+- the audio: `audio` (or `path`, `audio_path`, `source_uri`), a path relative to the truth file,
+  and/or `audio_sha256` (or `source_sha256`). With a path, the file's sha256 is computed exactly as
+  ingest does (over the file's bytes) and must agree with a given sha256; with only a sha256 the
+  labels join whatever audio of that content gets labelled;
+- `start_s`, `end_s` (or `start`, `end`): seconds, 0 <= start < end;
+- the labels: `labels` (a list, or a string separated by `;`, `,` or `|`) or `label_<class>`
+  columns (true/false, 1/0), with classes from voxtox's six;
+- optional `speaker`, `lang`, `text`, `origin`.
+`voxtox synth` writes such files (`truth/utterances-<split>.jsonl`).
+
+Rows are grouped per audio content and written with `replace_human_labels`: importing a file
+again replaces that audio's labels, it never duplicates them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from voxtox.labels import CLASSES
+from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, label_column
+from voxtox.storage.shards import replace_human_labels
+
+AUDIO_KEYS = ("audio", "path", "audio_path", "source_uri")
+SHA_KEYS = ("audio_sha256", "source_sha256", "sha256")
+_TRUE = {"1", "true", "yes", "y", "t"}
+_FALSE = {"0", "false", "no", "n", "f", ""}
+
+
+class TruthFileError(ValueError):
+    """A truth file that cannot be imported; the message names the file, row and problem."""
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    n_files: int
+    n_sources: int
+    n_spans: int
+    shards: list[str]
+
+
+def file_sha256(path: Path) -> str:
+    """The content hash ingest uses for `source_sha256` (sha256 of the file's bytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_truth_rows(path: Path) -> list[dict[str, object]]:
+    """Raw rows of a JSONL, CSV or Parquet truth file."""
+    if not path.exists():
+        raise TruthFileError(f"{path}: truth file does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise TruthFileError(f"{path}:{number}: not JSON ({error.msg})") from error
+            if not isinstance(row, dict):
+                raise TruthFileError(f"{path}:{number}: each line must be a JSON object")
+            rows.append(row)
+        return rows
+    if suffix == ".csv":
+        import csv
+
+        with path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    raise TruthFileError(f"{path}: unknown truth file type {suffix!r} (use .jsonl, .csv or .parquet)")
+
+
+def _first(row: dict[str, object], keys: tuple[str, ...]) -> object:
+    for key in keys:
+        value = row.get(key)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def _flag(value: object, where: str, column: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise TruthFileError(f"{where}: column {column!r} must be true/false or 1/0, got {value!r}")
+
+
+def _labels(row: dict[str, object], where: str) -> set[str]:
+    unknown_columns = sorted(
+        k for k in row if k.startswith("label_") and k not in {label_column(c) for c in CLASSES}
+        and k != "label_origin"
+    )
+    if unknown_columns:
+        raise TruthFileError(f"{where}: unknown class column(s) {unknown_columns}; classes are {list(CLASSES)}")
+    given = row.get("labels")
+    if given is not None:
+        names = given if isinstance(given, list) else str(given).replace("|", ";").replace(",", ";").split(";")
+        labels = {str(n).strip() for n in names if str(n).strip()}
+        unknown = sorted(labels - set(CLASSES))
+        if unknown:
+            raise TruthFileError(f"{where}: unknown class(es) {unknown}; classes are {list(CLASSES)}")
+        return labels
+    columns = [c for c in CLASSES if label_column(c) in row]
+    if not columns:
+        raise TruthFileError(f"{where}: no labels: give `labels` or label_<class> columns for {list(CLASSES)}")
+    return {c for c in columns if _flag(row[label_column(c)], where, label_column(c))}
+
+
+def _seconds(row: dict[str, object], keys: tuple[str, ...], where: str) -> float:
+    value = _first(row, keys)
+    if value is None:
+        raise TruthFileError(f"{where}: missing {keys[0]}")
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as error:
+        raise TruthFileError(f"{where}: {keys[0]} must be a number of seconds, got {value!r}") from error
+    if not math.isfinite(seconds):
+        raise TruthFileError(f"{where}: {keys[0]} must be finite, got {value!r}")
+    return seconds
+
+
+def parse_truth_file(path: Path) -> dict[tuple[str, str], list[dict[str, object]]]:
+    """Rows in HUMAN_LABELS_SCHEMA (less imported_at), grouped by (sha256, uri); every problem is
+    raised as TruthFileError naming the file and row."""
+    rows = read_truth_rows(path)
+    if not rows:
+        raise TruthFileError(f"{path}: no rows")
+    hashes: dict[Path, str] = {}
+    grouped: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
+    for number, row in enumerate(rows, 1):
+        where = f"{path}:{number}" if path.suffix.lower() != ".csv" else f"{path}: row {number}"
+        audio = _first(row, AUDIO_KEYS)
+        given_sha = _first(row, SHA_KEYS)
+        if audio is None and given_sha is None:
+            raise TruthFileError(f"{where}: no audio: give `audio` (a path relative to the truth file) or `audio_sha256`")
+        uri = ""
+        sha = str(given_sha).lower() if given_sha is not None else None
+        if audio is not None:
+            audio_path = Path(str(audio)).expanduser()
+            audio_path = audio_path if audio_path.is_absolute() else (path.parent / audio_path)
+            audio_path = audio_path.resolve()
+            if not audio_path.is_file():
+                raise TruthFileError(f"{where}: audio file {audio_path} does not exist")
+            if audio_path not in hashes:
+                hashes[audio_path] = file_sha256(audio_path)
+            if sha is not None and sha != hashes[audio_path]:
+                raise TruthFileError(
+                    f"{where}: {audio_path} has sha256 {hashes[audio_path][:12]}..., not the "
+                    f"{sha[:12]}... the truth file names (the audio changed after it was labelled)"
+                )
+            sha, uri = hashes[audio_path], str(audio_path)
+        start = _seconds(row, ("start_s", "start"), where)
+        end = _seconds(row, ("end_s", "end"), where)
+        if start < 0 or end <= start:
+            raise TruthFileError(f"{where}: bad times: need 0 <= start_s < end_s, got {start} .. {end}")
+        labels = _labels(row, where)
+        assert sha is not None
+        grouped[(sha, uri)].append({
+            "source_sha256": sha,
+            "source_uri": uri,
+            "start_s": start,
+            "end_s": end,
+            "speaker": None if row.get("speaker") is None else str(row["speaker"]),
+            "lang": None if row.get("lang") is None else str(row["lang"]),
+            "text": None if row.get("text") is None else str(row["text"]),
+            **{label_column(c): c in labels for c in CLASSES},
+            "label_origin": str(row.get("origin") or row.get("label_origin") or path.name),
+        })
+    return grouped
+
+
+def import_truth_files(paths: list[Path], shards_root: Path, now: datetime | None = None) -> ImportReport:
+    """Validate every file first, then replace each source's human labels (all or nothing per
+    call when a file is bad). A source named in several files gets the union of their rows."""
+    now = now or datetime.now(UTC)
+    by_source: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for path in paths:
+        for (sha, _uri), rows in parse_truth_file(Path(path)).items():
+            by_source[sha].extend(rows)
+    written: list[str] = []
+    for sha, rows in sorted(by_source.items()):
+        records = [{**r, "imported_at": now} for r in sorted(rows, key=lambda r: (r["start_s"], r["end_s"]))]
+        table = pa.Table.from_pylist(records, HUMAN_LABELS_SCHEMA)
+        table = table.append_column("date", pa.array([now.date().isoformat()] * table.num_rows))
+        written += [str(p) for p in replace_human_labels(shards_root, sha, table)]
+    return ImportReport(len(paths), len(by_source), sum(len(r) for r in by_source.values()), written)
