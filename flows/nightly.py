@@ -3,7 +3,10 @@ the current model, and promote the candidate only when it is better with confide
 
     inbox/            audio that arrives (any layout voxtox label reads)
       train/ val/ test/   audio of those splits; anything else gets `nightly.default_split`
-      truth/          human labels (`voxtox import-labels` files) for val/test audio
+      truth/          human labels (`voxtox import-labels` files) for val/test audio; a
+                      `voxtox synth` corpus can be the inbox as it is (its `segments-*` files
+                      restate the utterances' labels per segment, so only `utterances-*` count,
+                      and `*-train` truth is left out: training learns from the pipeline's labels)
     <runs_dir>/nightly-<night>/   the night's candidate (a `voxtox train` run directory)
     <runs_dir>/current            a symlink to the promoted run (`voxtox classify --model`)
 
@@ -39,6 +42,8 @@ from voxtox.tasks.human_labels import import_truth_files
 SPLIT_DIRS = ("train", "val", "test")
 TRUTH_DIR = "truth"
 TRUTH_SUFFIXES = (".jsonl", ".csv", ".parquet")
+#: What `voxtox synth` writes beside the audio: metadata, not input.
+SYNTH_METADATA = ("corpus.json", "manifest.jsonl")
 CURRENT = "current"
 
 
@@ -79,6 +84,8 @@ def inbox_inputs(inbox: Path, default_split: str) -> dict[str, list[str]]:
         if (inbox / split).is_dir() and any((inbox / split).iterdir()):
             by_split.setdefault(split, []).append(str(inbox / split))
     reserved = {inbox / name for name in (*SPLIT_DIRS, TRUTH_DIR)}
+    if (inbox / SYNTH_METADATA[0]).exists():
+        reserved |= {inbox / name for name in SYNTH_METADATA}
     loose = [p for p in sorted(inbox.iterdir()) if p not in reserved and not p.name.startswith(".")]
     if loose:
         by_split.setdefault(default_split, []).extend(str(p) for p in loose)
@@ -89,7 +96,10 @@ def truth_files(inbox: Path) -> list[Path]:
     directory = inbox / TRUTH_DIR
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if p.suffix in TRUTH_SUFFIXES)
+    return sorted(
+        p for p in directory.iterdir()
+        if p.suffix in TRUTH_SUFFIXES and not p.name.startswith("segments-") and not p.stem.endswith("-train")
+    )
 
 
 @task(name="import-labels", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10))
@@ -123,6 +133,14 @@ def clips_trained_on(run: Path) -> int:
 
 def is_finished(run: Path) -> bool:
     return (run / "final" / "model.safetensors").exists()
+
+
+@task(name="calibrate")
+def calibrate_task(run: str, settings: Settings) -> dict[str, object]:
+    """Per-class decision thresholds on validation, stored with the model for `voxtox classify`."""
+    from voxtox.flows.classify import calibrate_thresholds
+
+    return calibrate_thresholds(run, settings)
 
 
 # --- promotion -----------------------------------------------------------------------------
@@ -228,6 +246,7 @@ def nightly_flow(
         # resume=True: a fresh run when there is no checkpoint, and a retry (or tomorrow's rerun
         # of tonight) continues where the killed one stopped instead of starting over.
         train_flow.with_options(retries=1, retry_delay_seconds=60)(out=str(candidate), settings=settings, resume=True)
+        calibrate_task(str(candidate), settings)
         report.trained_now = True
     report.candidate = str(candidate)
 

@@ -12,7 +12,7 @@ import pytest
 import soundfile
 
 from tests.conftest import LABELLER_TRAINING
-from voxtox.flows.nightly import decide, inbox_inputs, nightly_flow
+from voxtox.flows.nightly import decide, inbox_inputs, nightly_flow, truth_files
 from voxtox.settings import Settings
 from voxtox.tasks.decode import SAMPLE_RATE
 from voxtox.tasks.speech_synth import VARIANTS, Utterance, lay_out
@@ -70,6 +70,13 @@ def test_inbox_layout_maps_directories_to_splits(tmp_path: Path) -> None:
     assert inbox_inputs(tmp_path, "auto") == {
         "train": [str(tmp_path / "train")], "test": [str(tmp_path / "test")], "auto": [str(tmp_path / "loose.wav")]
     }
+    synth_corpus = tmp_path / "corpus"
+    for name in ("val/s.ogg", "truth/utterances-val.jsonl", "truth/utterances-train.jsonl", "truth/segments-val.jsonl",
+                 "corpus.json", "manifest.jsonl"):
+        (synth_corpus / name).parent.mkdir(parents=True, exist_ok=True)
+        (synth_corpus / name).write_bytes(b"")
+    assert inbox_inputs(synth_corpus, "auto") == {"val": [str(synth_corpus / "val")]}
+    assert truth_files(synth_corpus) == [synth_corpus / "truth" / "utterances-val.jsonl"]
     with pytest.raises(FileNotFoundError, match="inbox"):
         inbox_inputs(tmp_path / "missing", "auto")
 
@@ -92,6 +99,7 @@ def test_nightly_labels_trains_evaluates_promotes_and_reruns_idempotently(
     current = settings.runs_dir / "current"
     assert current.is_symlink() and current.resolve() == Path(first.candidate).resolve()
     assert Path(first.evaluation_report).exists()
+    assert (current / "best" / "thresholds.json").exists()  # classify decides with validation's thresholds
 
     again = nightly_flow(inbox=str(inbox), settings=settings, night="2026-11-21")
     assert sum(again.labelled_clips.values()) == 0 and again.skipped_sources == sum(SESSIONS.values())
