@@ -121,7 +121,7 @@ def label(
     for key, value in vars(report).items():
         summary.add_row(key, str(value))
     console.print(summary)
-    console.print(f"Query it: voxtox query \"SELECT lang, count(*) FROM clips GROUP BY lang\"")
+    console.print("Query it: voxtox query \"SELECT lang, count(*) FROM clips GROUP BY lang\"")
 
 
 @app.command()

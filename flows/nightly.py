@@ -29,6 +29,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
+from voxtox.flows.classify import THRESHOLDS_FILE
 from voxtox.flows.evaluate import evaluate_flow
 from voxtox.flows.label import label_flow
 from voxtox.flows.train import train_flow
@@ -131,6 +132,16 @@ def clips_trained_on(run: Path) -> int:
     return int(json.loads(config.read_text()).get("train_clips", 0)) if config.exists() else 0
 
 
+def candidate_run(settings: Settings, night: str) -> Path:
+    """The night's run directory, absolute: it is compared with `current`, a resolved link."""
+    return (settings.runs_dir / f"nightly-{night}").resolve()
+
+
+def latest_candidate(settings: Settings) -> Path | None:
+    finished = [run for run in sorted(settings.runs_dir.glob("nightly-*")) if is_finished(run)]
+    return finished[-1].resolve() if finished else None
+
+
 def is_finished(run: Path) -> bool:
     return (run / "final" / "model.safetensors").exists()
 
@@ -138,7 +149,7 @@ def is_finished(run: Path) -> bool:
 @task(name="calibrate")
 def calibrate_task(run: str, settings: Settings) -> dict[str, object]:
     """Per-class decision thresholds on validation, stored with the model for `voxtox classify`."""
-    from voxtox.flows.classify import calibrate_thresholds
+    from voxtox.flows.classify import calibrate_thresholds  # noqa: PLC0415 (torch-heavy; only when training)
 
     return calibrate_thresholds(run, settings)
 
@@ -159,15 +170,15 @@ def map_difference(results: str) -> tuple[float, float, float] | None:
     return rows[0]["point"], rows[0]["low"], rows[0]["high"]
 
 
-def decide(difference: tuple[float, float, float] | None) -> Decision:
+def decide(difference: tuple[float, float, float] | None, confidence: float = 0.95) -> Decision:
     if difference is None:
         return Decision(False, "the mAP difference is undefined on this test set (a class without positives?)")
     point, low, high = difference
+    interval = f"{100 * confidence:g}% CI [{100 * low:+.1f}, {100 * high:+.1f}]"
     if low > 0:
-        return Decision(True, f"mAP better by {100 * point:+.1f} points, 95% CI [{100 * low:+.1f}, {100 * high:+.1f}] excludes 0",
-                        point, low, high)
-    return Decision(False, f"mAP difference {100 * point:+.1f} points, 95% CI [{100 * low:+.1f}, {100 * high:+.1f}] "
-                           "does not exclude 0: the current model stays", point, low, high)
+        return Decision(True, f"mAP better by {100 * point:+.1f} points, {interval} excludes 0", point, low, high)
+    return Decision(False, f"mAP difference {100 * point:+.1f} points, {interval} does not exclude 0: "
+                           "the current model stays", point, low, high)
 
 
 def promote(run: Path, settings: Settings) -> Path:
@@ -199,7 +210,7 @@ def _evaluate_and_decide(candidate: Path, current: Path | None, settings: Settin
     runs = [str(candidate)] if current is None or current == candidate else [str(current), str(candidate)]
     try:
         evaluation = evaluate_flow(runs=runs, settings=settings)
-    except NoHumanLabelsError as error:
+    except (NoHumanLabelsError, ValueError) as error:  # e.g. no test audio arrived yet
         return Decision(False, f"not evaluated, so not promoted: {error}")
     report.evaluation_report = evaluation.report
     if current == candidate:
@@ -208,7 +219,7 @@ def _evaluate_and_decide(candidate: Path, current: Path | None, settings: Settin
         if settings.nightly.promote_first:
             return Decision(True, "no current model yet: the first candidate becomes current")
         return Decision(False, "no current model and nightly.promote_first is off")
-    return decide(map_difference(evaluation.results))
+    return decide(map_difference(evaluation.results), settings.evaluate.confidence)
 
 
 def _publish(report: NightlyReport) -> None:
@@ -234,8 +245,12 @@ def nightly_flow(
     current = current_run(settings)
     report.current = str(current) if current else None
     report.train_clips = train_clip_count(settings)
-    report.new_train_clips = report.train_clips - (clips_trained_on(current) if current else 0)
-    candidate = settings.runs_dir / f"nightly-{report.night}"
+    # New since the newest model trained, promoted or not: a candidate that lost is not retrained
+    # on the same data every night after.
+    report.new_train_clips = report.train_clips - max(
+        [clips_trained_on(run) for run in (current, latest_candidate(settings)) if run is not None], default=0
+    )
+    candidate = candidate_run(settings, report.night)
     if not is_finished(candidate):
         enough = report.new_train_clips >= settings.nightly.min_new_clips or current is None
         if not report.train_clips or not (enough or force_train):
@@ -246,9 +261,10 @@ def nightly_flow(
         # resume=True: a fresh run when there is no checkpoint, and a retry (or tomorrow's rerun
         # of tonight) continues where the killed one stopped instead of starting over.
         train_flow.with_options(retries=1, retry_delay_seconds=60)(out=str(candidate), settings=settings, resume=True)
-        calibrate_task(str(candidate), settings)
         report.trained_now = True
     report.candidate = str(candidate)
+    if not (candidate / "best" / THRESHOLDS_FILE).exists():  # also when a rerun finds it missing
+        calibrate_task(str(candidate), settings)
 
     decision = _evaluate_and_decide(candidate, current, settings, report)
     if decision.promoted:

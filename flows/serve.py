@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -116,4 +117,7 @@ def next_runs(deployment: RunnerDeployment) -> list[datetime]:
 def serve_deployments(deployments: list[RunnerDeployment], settings: Settings) -> None:
     """Register the deployments and run their flow runs until interrupted."""
     (settings.inbox_dir / TRAIN_INBOX).mkdir(parents=True, exist_ok=True)
+    # Flow runs start in subprocesses that read Settings() afresh: give them this data directory
+    # (from --data-dir or a TOML file) rather than their working directory's default.
+    os.environ["VOXTOX_DATA_DIR"] = str(settings.data_dir.resolve())
     serve(*deployments, limit=settings.serve.limit)

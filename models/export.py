@@ -116,13 +116,16 @@ def export_model(
     } | (metadata or {})
     example = example_inputs(n_mels, [(2, 300)])[0]
     staging = out.with_name(f".{out.name}.tmp")
-    if fmt == "onnx":
-        _export_onnx(wrapped, example, staging, meta)
-        if quantize:
-            quantize_onnx(staging)
-    else:
-        _export_torchscript(wrapped, example, staging, meta)
-    staging.replace(out)
+    try:
+        if fmt == "onnx":
+            _export_onnx(wrapped, example, staging, meta)
+            if quantize:
+                quantize_onnx(staging)
+        else:
+            _export_torchscript(wrapped, example, staging, meta)
+        staging.replace(out)
+    finally:
+        staging.unlink(missing_ok=True)
     return out
 
 
@@ -165,10 +168,15 @@ def quantize_onnx(path: Path, out: Path | None = None) -> Path:
     # which the quantiser runs; without them it infers the shapes afresh.
     del proto.graph.value_info[:]
     staging = out.with_name(f".{out.name}.float")
-    onnx.save_model(proto, str(staging))
     quantized = out.with_name(f".{out.name}.int8")
-    quantize_dynamic(str(staging), str(quantized), weight_type=QuantType.QInt8)
-    staging.unlink()
+    try:
+        onnx.save_model(proto, str(staging))
+        quantize_dynamic(str(staging), str(quantized), weight_type=QuantType.QInt8)
+    except BaseException:
+        quantized.unlink(missing_ok=True)
+        raise
+    finally:
+        staging.unlink(missing_ok=True)
     proto = onnx.load(str(quantized))
     for entry in list(proto.metadata_props):
         if entry.key == METADATA_KEY:

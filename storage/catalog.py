@@ -92,6 +92,8 @@ class Catalog:
                     f"{error}\n(tables appear once data exists: run `voxtox label` first; "
                     f"catalog: {self.database})"
                 ) from error
+            except (duckdb.ParserException, duckdb.BinderException) as error:
+                raise CatalogError(f"{error}\n(the SQL is DuckDB's dialect; catalog: {self.database})") from error
 
     def known_sources(self) -> set[str]:
         """Content hashes of sources that finished labelling (their `sources` row exists)."""

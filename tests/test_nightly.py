@@ -12,7 +12,16 @@ import pytest
 import soundfile
 
 from tests.conftest import LABELLER_TRAINING
-from voxtox.flows.nightly import decide, inbox_inputs, nightly_flow, truth_files
+from voxtox.flows.nightly import (
+    candidate_run,
+    current_run,
+    decide,
+    inbox_inputs,
+    latest_candidate,
+    nightly_flow,
+    promote,
+    truth_files,
+)
 from voxtox.settings import Settings
 from voxtox.tasks.decode import SAMPLE_RATE
 from voxtox.tasks.speech_synth import VARIANTS, Utterance, lay_out
@@ -79,6 +88,16 @@ def test_inbox_layout_maps_directories_to_splits(tmp_path: Path) -> None:
     assert truth_files(synth_corpus) == [synth_corpus / "truth" / "utterances-val.jsonl"]
     with pytest.raises(FileNotFoundError, match="inbox"):
         inbox_inputs(tmp_path / "missing", "auto")
+
+
+def test_the_promoted_run_is_recognised_with_a_relative_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(data_dir=Path("data"))  # as `voxtox demo` and the defaults give it
+    candidate = candidate_run(settings, "2026-11-21")
+    (candidate / "final").mkdir(parents=True)
+    (candidate / "final" / "model.safetensors").write_bytes(b"")
+    promote(candidate, settings)
+    assert current_run(settings) == candidate == latest_candidate(settings)  # a rerun sees "already current"
 
 
 def test_promotion_needs_an_interval_above_zero() -> None:

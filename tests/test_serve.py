@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,8 @@ from voxtox.flows.serve import DEPLOYABLES, DEPLOYMENT_NAME, build_deployments, 
 
 from voxtox.settings import ServeSettings, Settings
 
-#: The flows whose modules exist in this checkout (the nightly flow may arrive later).
-INSTALLED = [name for name, d in DEPLOYABLES.items() if importlib.util.find_spec(d.module) is not None]
-
-
 def serve_settings(tmp_path: Path, **serve: object) -> Settings:
-    return Settings(data_dir=tmp_path, serve=ServeSettings(flows=INSTALLED, **serve))
+    return Settings(data_dir=tmp_path, serve=ServeSettings(**serve))
 
 
 def schedules_of(deployment) -> list[tuple[str, str]]:
@@ -32,9 +27,8 @@ def test_defaults_schedule_the_nightly_flow_at_two_local_time() -> None:
 
 
 def test_deployments_follow_settings(tmp_path: Path) -> None:
-    assert "label" in INSTALLED
     deployments = {d.flow_name: d for d in build_deployments(serve_settings(tmp_path))}
-    assert list(deployments) == INSTALLED
+    assert list(deployments) == ["nightly", "label"]
     inbox = (tmp_path / "inbox").resolve()
     local_zone = tzlocal.get_localzone_name()
     for name, deployment in deployments.items():
@@ -44,10 +38,9 @@ def test_deployments_follow_settings(tmp_path: Path) -> None:
     label = deployments["label"]
     assert label.parameters == {"inputs": [str(inbox / "train")], "split": "train"}
     assert schedules_of(label) == []  # on demand unless label_cron is set
-    if "nightly" in deployments:
-        nightly = deployments["nightly"]
-        assert nightly.parameters == {"inbox": str(inbox)}
-        assert schedules_of(nightly) == [("0 2 * * *", local_zone)]
+    nightly = deployments["nightly"]
+    assert nightly.parameters == {"inbox": str(inbox)}
+    assert schedules_of(nightly) == [("0 2 * * *", local_zone)]
 
 
 def test_cron_timezone_and_inbox_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,9 +57,9 @@ def test_cron_timezone_and_inbox_come_from_the_environment(tmp_path: Path, monke
 
 
 def test_the_nightly_run_is_at_two_in_the_configured_zone(tmp_path: Path) -> None:
-    settings = serve_settings(tmp_path, label_cron="0 2 * * *", timezone="America/Sao_Paulo")
-    label = next(d for d in build_deployments(settings) if d.flow_name == "label")
-    (first,) = next_runs(label)
+    settings = serve_settings(tmp_path, timezone="America/Sao_Paulo")
+    nightly = next(d for d in build_deployments(settings) if d.flow_name == "nightly")
+    (first,) = next_runs(nightly)
     assert (first.hour, first.minute) == (2, 0)
     assert first.utcoffset().total_seconds() == -3 * 3600  # São Paulo has no DST since 2019
 

@@ -300,3 +300,11 @@ def test_synth_cli_runs_the_flow_and_report_names_the_command(tmp_path: Path, pr
                                        "--splits 0,0,1 --noise-prob 0 --formats wav:1")
     bad = CliRunner().invoke(app, ["synth", "--out", str(out), "--snr", "loud"])
     assert bad.exit_code != 0 and "MIN:MAX" in bad.output
+
+
+def test_split_fractions_may_be_ratios() -> None:
+    from voxtox.corpus.synth import voice_rosters
+
+    as_ratios = voice_rosters(7, {"train": 6, "val": 2, "test": 2})
+    as_fractions = voice_rosters(7, {"train": 0.6, "val": 0.2, "test": 0.2})
+    assert as_ratios == as_fractions and all(as_ratios[s] for s in ("train", "val", "test"))

@@ -224,16 +224,20 @@ def voice_rosters(seed: int, fractions: Mapping[str, float], minimum: int = 4) -
     variants = list(VOICE_VARIANTS)
     random.Random(f"voices:{seed}").shuffle(variants)
     active = [s for s in SPLITS if fractions.get(s, 0) > 0]
+    total = sum(fractions.get(s, 0) for s in active)  # fractions may be given as ratios, e.g. 6,2,2
     rosters: dict[str, list[str]] = {s: [] for s in SPLITS}
     cursor = 0
     for split in active:
         if split == "train":
             continue
-        n = max(minimum, round(fractions[split] * len(variants)))
+        n = max(minimum, round(fractions[split] / total * len(variants)))
         rosters[split] = variants[cursor : cursor + n]
         cursor += n
     if "train" in active:
         rosters["train"] = variants[cursor:]
+    empty = [split for split in active if not rosters[split]]
+    if empty:
+        raise ValueError(f"not enough voices for the splits {empty} with fractions {dict(fractions)}")
     return rosters
 
 
