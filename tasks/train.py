@@ -562,6 +562,15 @@ def _epoch_row(state: TrainState, steps: int, lr: float, val: dict[str, float]) 
             "epoch_s": round(time.time() - state.epoch_started, 2)}
 
 
+def selection_score(val: dict[str, float]) -> float:
+    """What picks `best/`: the validation mAP; where a toxic class has no positive in the
+    validation split (mAP undefined; small splits), the mean AP of the toxic classes that have."""
+    if math.isfinite(val["val_mAP"]):
+        return val["val_mAP"]
+    defined = [val[f"val_ap_{name}"] for name in TOXIC_CLASSES if math.isfinite(val.get(f"val_ap_{name}", math.nan))]
+    return float(np.mean(defined)) if defined else -math.inf
+
+
 def train_model(settings: Settings, out: Path, resume: bool = False) -> TrainReport:
     """Train per `settings.train`, writing the run directory `out`:
     config.json, metrics.json/.csv (per epoch), checkpoints/step-N (every `checkpoint_every`
@@ -604,8 +613,9 @@ def train_model(settings: Settings, out: Path, resume: bool = False) -> TrainRep
         val = validate(trainer.model, val_clips, train, processes)
         row = _epoch_row(state, len(steps), trainer.scheduler.get_last_lr()[0], val)
         state.history.append(row)
-        score = -math.inf if math.isnan(row["val_mAP"]) else row["val_mAP"]
-        if score > state.best_map or state.best_epoch < 0:
+        score = selection_score(val)
+        # With no defined score at all, the latest epoch is the best guess (and best/ = final/).
+        if score > state.best_map or state.best_epoch < 0 or score == state.best_map == -math.inf:
             state.best_map, state.best_epoch = score, state.epoch + 1
             if processes.is_main:
                 save_model(trainer.model, out / "best")

@@ -184,3 +184,14 @@ def test_the_offline_base_encoder_trains_a_few_steps(data_dir: Path, tmp_path: P
     report = train_model(settings, tmp_path / "base")
     assert report.steps == 4 and np.isfinite(report.history[0]["train_loss"])
     assert sum(p.numel() for p in load_classifier(tmp_path / "base" / "final").encoder.parameters()) == 20_590_592
+
+
+def test_best_is_chosen_on_the_classes_validation_can_measure() -> None:
+    from voxtox.tasks.train import selection_score
+
+    nan = float("nan")
+    full = {"val_mAP": 0.4, "val_ap_profanity": 0.2, "val_ap_bullying": 0.6, "val_ap_racism": 0.4, "val_ap_dating_sexting": 0.4}
+    assert selection_score(full) == 0.4
+    no_dating = full | {"val_mAP": nan, "val_ap_dating_sexting": nan}  # no positive of one class in val
+    assert selection_score(no_dating) == pytest.approx(0.4)
+    assert selection_score({k: nan for k in full}) == float("-inf")
