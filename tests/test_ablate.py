@@ -61,7 +61,7 @@ def test_the_paper_file_runs_the_paper_grid_and_still_configures_train(
     cpu = load_grid_file(REPO / "experiments" / "ablation-cpu.toml")
     assert [c.name for c in plan_cells(cpu)] == ["baseline", "mse-a0.1", "mse-a0.5", "contrastive-a0.1",
                                                  "contrastive-a0.5", "contrastive-a0.1-layer1"]
-    assert cpu.settings.evaluate.resample_by == "source" and cpu.settings.train.freeze_layers == 4
+    assert cpu.settings.evaluate.resample_by == "source" and cpu.settings.train.encoder == "whisper-tiny.en"
     monkeypatch.setenv("VOXTOX_CONFIG", str(REPO / "experiments" / "paper-table2.toml"))  # voxtox train --config
     assert (Settings().train.loss, Settings().train.alpha) == ("contrastive", 0.1)
 
