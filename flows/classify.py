@@ -15,7 +15,6 @@ onnxruntime, or `.pt` TorchScript); symbolic links such as `runs/current` are fo
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -26,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import soundfile
 import torch
 
 from voxtox.labels import CLASSES
@@ -303,17 +301,13 @@ def _val_labels(catalog, split: str, clip_ids: list[str], fallback: np.ndarray) 
 def score_val_clips(model: torch.nn.Module, files: list[str], rows: np.ndarray, window_s: float,
                     batch_size: int, aggregation: str = "max") -> np.ndarray:
     """(clips, classes) scores of clips stored in the shards, max over windows, as classify does."""
-    from voxtox.tasks.train import read_audio_bytes
+    from voxtox.tasks.evaluate import read_segment_audio
 
     scorer = WindowScorer(model, window_s=window_s, stride_s=window_s, batch_size=batch_size)
     scores = []
     for start in range(0, len(files), 32):
-        clips = []
-        for file, row in zip(files[start : start + 32], rows[start : start + 32], strict=True):
-            samples, rate = soundfile.read(io.BytesIO(read_audio_bytes(file, int(row))), dtype="float32")
-            if rate != SAMPLE_RATE or samples.ndim != 1:
-                raise ValueError(f"{file} row {row}: expected 16 kHz mono audio, got {rate} Hz {samples.shape}")
-            clips.append(samples)
+        clips = [read_segment_audio(file, int(row))
+                 for file, row in zip(files[start : start + 32], rows[start : start + 32], strict=True)]
         scores += [aggregate(p, aggregation) for p in scorer.score_many(clips)]  # type: ignore[arg-type]
     return np.stack(scores)
 

@@ -54,11 +54,10 @@ from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import EVALUATIONS_SCHEMA, human_label_column, label_column
 from voxtox.storage.shards import (
     remove_source,
-    shard_files,
     write_parquet_atomic,
     write_partitioned,
 )
-from voxtox.tasks.train import load_classifier, read_audio_bytes
+from voxtox.tasks.train import clips_files, load_classifier, locate_clips, read_audio_bytes
 
 EVALUATION_DIR = "evaluation"
 SCORES_DIR = "scores"
@@ -117,9 +116,7 @@ def read_eval_set(
     catalog: Catalog, shards_root: Path, split: str, labels: str = "human", condition: str = "TRUE"
 ) -> EvalSet:
     """Evaluation segments of `split` (matching the SQL `condition` on `clips`) with their truth."""
-    files = [str(path.resolve()) for path in shard_files(shards_root, "clips")]
-    if not files:
-        raise FileNotFoundError(f"no clips shards under {shards_root}: run `voxtox label` first")
+    files = clips_files(shards_root)
     low, high = SEGMENT_BOUNDS_S
     segments = (
         f"SELECT * FROM clips WHERE split = '{split}' AND segment_kind = 'evaluation' "
@@ -143,12 +140,7 @@ def read_eval_set(
         chosen = f"SELECT clip_id, source_sha256, lang, duration_s, {truth} FROM ({segments})"
     else:
         raise ValueError(f"labels must be 'human' or 'pipeline', not {labels!r}")
-    file_list = "[" + ", ".join(f"'{f}'" for f in files) + "]"
-    table = catalog.query(
-        f"WITH chosen AS ({chosen}), located AS (SELECT clip_id, filename, file_row_number FROM "
-        f"read_parquet({file_list}, filename = true, file_row_number = true, union_by_name = true)) "
-        f"SELECT * FROM chosen JOIN located USING (clip_id) ORDER BY clip_id"
-    )
+    table = locate_clips(catalog, files, chosen)
     if not table.num_rows:
         raise NoHumanLabelsError(
             f"none of the {n_segments} evaluation segments of split {split!r} has human labels: import them, "

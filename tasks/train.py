@@ -90,19 +90,31 @@ class ClipIndex:
         return len(self.clip_ids)
 
 
-def read_clip_index(catalog: Catalog, shards_root: Path, split: str, condition: str) -> ClipIndex:
-    """Rows of `split` matching the SQL `condition` on the clips view, ordered by clip id."""
+def clips_files(shards_root: Path) -> list[str]:
     files = [str(path.resolve()) for path in shard_files(shards_root, "clips")]
     if not files:
         raise FileNotFoundError(f"no clips shards under {shards_root}: run `voxtox label` first")
+    return files
+
+
+def locate_clips(catalog: Catalog, files: list[str], chosen: str) -> pa.Table:
+    """The rows of the SQL `chosen` (it selects `clip_id`) with the shard file and row that hold
+    each clip's audio (`filename`, `file_row_number`), ordered by clip id."""
     file_list = "[" + ", ".join(f"'{f}'" for f in files) + "]"
-    labels = ", ".join(f"{label_column(c)}::FLOAT AS {label_column(c)}" for c in CLASSES)
-    table = catalog.query(
-        f"WITH chosen AS (SELECT clip_id, duration_s, text_embedding, {labels} FROM clips "
-        f"WHERE split = '{split}' AND ({condition})), "
-        f"located AS (SELECT clip_id, filename, file_row_number FROM read_parquet({file_list}, "
-        f"filename = true, file_row_number = true, union_by_name = true)) "
+    return catalog.query(
+        f"WITH chosen AS ({chosen}), located AS (SELECT clip_id, filename, file_row_number FROM "
+        f"read_parquet({file_list}, filename = true, file_row_number = true, union_by_name = true)) "
         f"SELECT * FROM chosen JOIN located USING (clip_id) ORDER BY clip_id"
+    )
+
+
+def read_clip_index(catalog: Catalog, shards_root: Path, split: str, condition: str) -> ClipIndex:
+    """Rows of `split` matching the SQL `condition` on the clips view, ordered by clip id."""
+    files = clips_files(shards_root)
+    labels = ", ".join(f"{label_column(c)}::FLOAT AS {label_column(c)}" for c in CLASSES)
+    table = locate_clips(
+        catalog, files,
+        f"SELECT clip_id, duration_s, text_embedding, {labels} FROM clips WHERE split = '{split}' AND ({condition})",
     )
     if not table.num_rows:
         raise ValueError(f"no {split} clips match the filter {condition!r}")
