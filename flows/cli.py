@@ -12,10 +12,6 @@ from typing import Annotated
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-# No internet here, and no reason to phone home from a labelling job: the ephemeral Prefect
-# server would log a telemetry failure on every run otherwise.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -23,7 +19,23 @@ from rich.table import Table
 from voxtox.labels import CLASSES
 from voxtox.settings import Settings
 
-app = typer.Typer(
+class _App(typer.Typer):
+    """The CLI, with Prefect's ephemeral start-up timeout turned into one line saying what to set."""
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        from voxtox.prefect_env import ephemeral_timeout_message
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except RuntimeError as error:
+            message = ephemeral_timeout_message(error)
+            if message is None:
+                raise
+            console.print(f"[red]error:[/red] {message}")
+            raise SystemExit(1) from error
+
+
+app = _App(
     help="voxtox: label voice chat for toxicity without human annotators.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,

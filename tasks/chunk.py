@@ -54,18 +54,74 @@ class ChunkingResult:
     dropped_short_s: float
 
 
+class SpeechAnalyzer:
+    """webrtcvad decisions per frame and signal power per 10 ms, fed block by block.
+
+    Everything chunking needs is these two small arrays (about 100 values per second of audio),
+    so a recording of any length is analysed in constant memory while it decodes. Blocks may
+    have any length: partial frames are carried over to the next block.
+    """
+
+    def __init__(self, settings: VadSettings, hop_s: float = 0.01) -> None:
+        self._vad = webrtcvad.Vad(settings.aggressiveness)
+        self._frame_len = SAMPLE_RATE * settings.frame_ms // 1000
+        self._hop = int(SAMPLE_RATE * hop_s)
+        self._frame_carry = np.zeros(0, dtype="<i2")
+        self._hop_carry = np.zeros(0, dtype=np.float32)
+        self._flags: list[np.ndarray] = []
+        self._power: list[np.ndarray] = []
+        self.n_samples = 0
+
+    def feed(self, block: np.ndarray) -> None:
+        self.n_samples += len(block)
+        finite = np.nan_to_num(block, nan=0.0, posinf=1.0, neginf=-1.0)
+        pcm = np.concatenate([self._frame_carry, (np.clip(finite, -1.0, 1.0) * 32767).astype("<i2")])
+        whole = len(pcm) // self._frame_len * self._frame_len
+        frames = pcm[:whole].reshape(-1, self._frame_len)
+        self._flags.append(
+            np.fromiter(
+                (self._vad.is_speech(f.tobytes(), SAMPLE_RATE) for f in frames), dtype=bool, count=len(frames)
+            )
+        )
+        self._frame_carry = pcm[whole:]
+        samples = np.concatenate([self._hop_carry, block])
+        whole = len(samples) // self._hop * self._hop
+        hops = samples[:whole].reshape(-1, self._hop).astype(np.float64)
+        self._power.append((hops**2).mean(axis=1))
+        self._hop_carry = samples[whole:]
+
+    def finish(self) -> SpeechAnalysis:
+        """The decisions of every whole frame and the power of every whole hop fed so far."""
+        return SpeechAnalysis(
+            speech_frames=np.concatenate([np.zeros(0, bool), *self._flags]),
+            power=np.concatenate([np.zeros(0), *self._power]),
+            n_samples=self.n_samples,
+        )
+
+
+@dataclass(frozen=True)
+class SpeechAnalysis:
+    """A recording as chunking sees it: VAD decisions per frame, power per 10 ms, its length."""
+
+    speech_frames: np.ndarray  # bool per whole VAD frame (a shorter tail is ignored)
+    power: np.ndarray  # mean squared amplitude per 10 ms hop
+    n_samples: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / SAMPLE_RATE
+
+
+def analyze_speech(samples: np.ndarray, settings: VadSettings) -> SpeechAnalysis:
+    """The analysis of a whole recording held in memory."""
+    analyzer = SpeechAnalyzer(settings)
+    analyzer.feed(samples)
+    return analyzer.finish()
+
+
 def speech_frames(samples: np.ndarray, settings: VadSettings) -> np.ndarray:
     """webrtcvad's speech decision for each whole frame (the tail shorter than a frame is ignored)."""
-    vad = webrtcvad.Vad(settings.aggressiveness)
-    frame_len = SAMPLE_RATE * settings.frame_ms // 1000
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
-    n_frames = len(pcm) // frame_len
-    frames = pcm[: n_frames * frame_len].reshape(n_frames, frame_len)
-    return np.fromiter(
-        (vad.is_speech(frame.tobytes(), SAMPLE_RATE) for frame in frames),
-        dtype=bool,
-        count=n_frames,
-    )
+    return analyze_speech(samples, settings).speech_frames
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
@@ -88,18 +144,20 @@ def refine_end(speech: Span, energy_db: np.ndarray, hop_s: float = 0.01) -> Span
     return Span(speech.start_s, max(end, speech.start_s + hop_s))
 
 
-def detect_speech(
-    samples: np.ndarray, settings: VadSettings, energy_db: np.ndarray | None = None
-) -> list[SpeechChunk]:
+def detect_speech(samples: np.ndarray, settings: VadSettings) -> list[SpeechChunk]:
     """Speech regions with padding and hang-over applied and short gaps merged (no length rules)."""
+    return speech_regions(analyze_speech(samples, settings), settings)
+
+
+def speech_regions(analysis: SpeechAnalysis, settings: VadSettings) -> list[SpeechChunk]:
+    """`detect_speech` on an analysis made while decoding."""
     frame_s = settings.frame_ms / 1000
-    duration = len(samples) / SAMPLE_RATE
-    energy = frame_energy_db(samples, smooth=False) if energy_db is None else energy_db
+    energy = energy_db(analysis.power, smooth=False)
     regions: list[SpeechChunk] = []
-    for first, last in _runs(speech_frames(samples, settings)):
+    for first, last in _runs(analysis.speech_frames):
         speech = refine_end(Span(first * frame_s, last * frame_s), energy)
         start = max(0.0, speech.start_s - settings.start_padding_ms / 1000)
-        end = min(duration, speech.end_s + settings.hangover_ms / 1000)
+        end = min(analysis.duration_s, speech.end_s + settings.hangover_ms / 1000)
         if regions and start - regions[-1].end_s <= settings.merge_gap_s:
             previous = regions.pop()
             regions.append(
@@ -115,6 +173,11 @@ def frame_energy_db(samples: np.ndarray, hop_s: float = 0.01, smooth: bool = Tru
     hop = int(SAMPLE_RATE * hop_s)
     n = len(samples) // hop
     power = (samples[: n * hop].reshape(n, hop).astype(np.float64) ** 2).mean(axis=1)
+    return energy_db(power, smooth, hop_s)
+
+
+def energy_db(power: np.ndarray, smooth: bool = True, hop_s: float = 0.01) -> np.ndarray:
+    """Power per hop in dB, optionally smoothed over QUIET_WINDOW_S."""
     if smooth:
         width = max(1, int(QUIET_WINDOW_S / hop_s))
         power = np.convolve(power, np.ones(width) / width, mode="same")
@@ -151,10 +214,15 @@ def split_at_quiet_points(
 
 def chunk_speech(samples: np.ndarray, settings: VadSettings) -> ChunkingResult:
     """Evaluation segments of `min_segment_s`..`max_segment_s` from a 16 kHz mono recording."""
-    energy = frame_energy_db(samples)
+    return chunk_analysis(analyze_speech(samples, settings), settings)
+
+
+def chunk_analysis(analysis: SpeechAnalysis, settings: VadSettings) -> ChunkingResult:
+    """`chunk_speech` on an analysis made while decoding (constant memory in recording length)."""
+    energy = energy_db(analysis.power)
     chunks: list[SpeechChunk] = []
     dropped, dropped_s = 0, 0.0
-    for region in detect_speech(samples, settings, frame_energy_db(samples, smooth=False)):
+    for region in speech_regions(analysis, settings):
         if region.duration_s < settings.min_segment_s:
             dropped += 1
             dropped_s += region.duration_s

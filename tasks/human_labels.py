@@ -17,7 +17,6 @@ again replaces that audio's labels, it never duplicates them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import defaultdict
@@ -26,10 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from voxtox.files import sha256_file
 from voxtox.labels import CLASSES
 from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, label_column
-from voxtox.storage.shards import replace_human_labels
+from voxtox.storage.shards import replace_human_labels, shard_files
+from voxtox.tasks.decode import SAMPLE_RATE, RejectedInput, open_audio
 
 AUDIO_KEYS = ("audio", "path", "audio_path", "source_uri")
 SHA_KEYS = ("audio_sha256", "source_sha256", "sha256")
@@ -47,15 +49,6 @@ class ImportReport:
     n_sources: int
     n_spans: int
     shards: list[str]
-
-
-def file_sha256(path: Path) -> str:
-    """The content hash ingest uses for `source_sha256` (sha256 of the file's bytes)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_truth_rows(path: Path) -> list[dict[str, object]]:
@@ -86,6 +79,17 @@ def read_truth_rows(path: Path) -> list[dict[str, object]]:
 
         return pq.read_table(path).to_pylist()
     raise TruthFileError(f"{path}: unknown truth file type {suffix!r} (use .jsonl, .csv or .parquet)")
+
+
+def _audio_duration(path: Path, where: str) -> float:
+    """Seconds of audio in the file: what its container declares, else what decodes."""
+    try:
+        with open_audio(path) as reader:
+            if reader.declared_s:
+                return reader.declared_s
+            return sum(len(block) for block in reader.blocks()) / SAMPLE_RATE
+    except RejectedInput as error:
+        raise TruthFileError(f"{where}: audio file {path} cannot be decoded ({error.detail})") from error
 
 
 def _first(row: dict[str, object], keys: tuple[str, ...]) -> object:
@@ -143,13 +147,41 @@ def _seconds(row: dict[str, object], keys: tuple[str, ...], where: str) -> float
     return seconds
 
 
-def parse_truth_file(path: Path) -> dict[tuple[str, str], list[dict[str, object]]]:
+#: A labelled span may end this far past the end of its audio (container durations are rounded).
+SPAN_END_TOLERANCE_S = 0.1
+
+
+def _check_within(start: float, end: float, duration: float | None, where: str, audio: str) -> None:
+    if start < 0 or end <= start:
+        raise TruthFileError(f"{where}: bad times: need 0 <= start_s < end_s, got {start} .. {end}")
+    if duration is not None and end > duration + SPAN_END_TOLERANCE_S:
+        raise TruthFileError(
+            f"{where}: span {start:g} .. {end:g} s ends after the audio does ({audio} is {duration:.2f} s long)"
+        )
+
+
+def source_durations(shards_root: Path) -> dict[str, float]:
+    """Durations of the sources labelled so far, by content hash (for spans given by hash only)."""
+    files = shard_files(shards_root, "sources")
+    if not files:
+        return {}
+    table = pq.ParquetDataset([str(f) for f in files]).read(columns=["source_sha256", "duration_s"])
+    return dict(zip(table["source_sha256"].to_pylist(), table["duration_s"].to_pylist(), strict=True))
+
+
+def parse_truth_file(
+    path: Path, known_durations: dict[str, float] | None = None
+) -> dict[tuple[str, str], list[dict[str, object]]]:
     """Rows in HUMAN_LABELS_SCHEMA (less imported_at), grouped by (sha256, uri); every problem is
-    raised as TruthFileError naming the file and row."""
+    raised as TruthFileError naming the file and row. A span must lie within its audio: the file's
+    duration when it is given by path, else the duration of the labelled source of that hash in
+    `known_durations` (a hash not labelled yet cannot be checked)."""
     rows = read_truth_rows(path)
     if not rows:
         raise TruthFileError(f"{path}: no rows")
+    known_durations = known_durations or {}
     hashes: dict[Path, str] = {}
+    durations: dict[Path, float] = {}
     grouped: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
     for number, row in enumerate(rows, 1):
         where = f"{path}:{number}" if path.suffix.lower() != ".csv" else f"{path}: row {number}"
@@ -166,19 +198,21 @@ def parse_truth_file(path: Path) -> dict[tuple[str, str], list[dict[str, object]
             if not audio_path.is_file():
                 raise TruthFileError(f"{where}: audio file {audio_path} does not exist")
             if audio_path not in hashes:
-                hashes[audio_path] = file_sha256(audio_path)
+                hashes[audio_path] = sha256_file(audio_path)
             if sha is not None and sha != hashes[audio_path]:
                 raise TruthFileError(
                     f"{where}: {audio_path} has sha256 {hashes[audio_path][:12]}..., not the "
                     f"{sha[:12]}... the truth file names (the audio changed after it was labelled)"
                 )
             sha, uri = hashes[audio_path], str(audio_path)
+            if audio_path not in durations:
+                durations[audio_path] = _audio_duration(audio_path, where)
         start = _seconds(row, ("start_s", "start"), where)
         end = _seconds(row, ("end_s", "end"), where)
-        if start < 0 or end <= start:
-            raise TruthFileError(f"{where}: bad times: need 0 <= start_s < end_s, got {start} .. {end}")
-        labels = _labels(row, where)
         assert sha is not None
+        duration = durations[audio_path] if audio is not None else known_durations.get(sha)
+        _check_within(start, end, duration, where, uri or f"audio {sha[:12]}")
+        labels = _labels(row, where)
         grouped[(sha, uri)].append({
             "source_sha256": sha,
             "source_uri": uri,
@@ -198,8 +232,9 @@ def import_truth_files(paths: list[Path], shards_root: Path, now: datetime | Non
     call when a file is bad). A source named in several files gets the union of their rows."""
     now = now or datetime.now(UTC)
     by_source: dict[str, list[dict[str, object]]] = defaultdict(list)
+    durations = source_durations(shards_root)
     for path in paths:
-        for (sha, _uri), rows in parse_truth_file(Path(path)).items():
+        for (sha, _uri), rows in parse_truth_file(Path(path), durations).items():
             by_source[sha].extend(rows)
     written: list[str] = []
     for sha, rows in sorted(by_source.items()):

@@ -1,21 +1,28 @@
 """Ingest stage: hash, decode and chunk one input; stage its audio for the next stages.
 
 Returns a small manifest (never the audio itself): where the decoded 16 kHz audio was staged and
-the speech chunks the VAD found, or the reason the input was rejected.
+the speech chunks the VAD found, or the reason the input was rejected. Decoding, the VAD and
+staging run block by block, so memory stays flat whatever the recording's length.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from prefect import task
 
-from voxtox.settings import Settings, Split
-from voxtox.tasks.chunk import SpeechChunk, chunk_speech
-from voxtox.tasks.decode import RejectedInput, decode_audio, read_source
+from voxtox.settings import Settings, Split, VadSettings
+from voxtox.tasks.chunk import SpeechAnalysis, SpeechAnalyzer, SpeechChunk, chunk_analysis
+from voxtox.tasks.decode import RejectedInput, SampleStats, check_usable, fetch_input, open_audio
+
+log = logging.getLogger(__name__)
+
+#: Staged audio: raw little-endian float32 samples, 16 kHz mono (read back as a memory map).
+STAGED_DTYPE = np.dtype("<f4")
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,8 @@ class PreparedSource:
     uri: str
     source_sha256: str
     split: Split
-    staged_audio: str  # .npy of float32 16 kHz mono samples in the work directory
+    staged_audio: str  # raw float32 16 kHz mono samples in the work directory (see `samples`)
+    staged_power: str  # .npy of the signal power per 10 ms (for quiet cut points)
     duration_s: float
     original_rate: int
     channels: int
@@ -49,6 +57,13 @@ class PreparedSource:
     def speech_s(self) -> float:
         return sum(chunk.duration_s for chunk in self.chunks)
 
+    def samples(self) -> np.ndarray:
+        """The staged audio as a read-only memory map: slicing it reads only that span."""
+        return np.memmap(self.staged_audio, dtype=STAGED_DTYPE, mode="r")
+
+    def power(self) -> np.ndarray:
+        return np.load(self.staged_power)
+
 
 def assign_split(source_sha256: str, rule: str, settings: Settings) -> Split:
     """A fixed split, or `auto`: by content hash in the configured proportions (stable)."""
@@ -62,6 +77,26 @@ def assign_split(source_sha256: str, rule: str, settings: Settings) -> Split:
     return "test"
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    original_rate: int
+    channels: int
+    codec: str
+    analysis: SpeechAnalysis
+
+
+def _decode_and_stage(path: Path, staged: Path, vad: VadSettings) -> _Decoded:
+    """Decode `path` block by block into `staged`, analysing speech on the way."""
+    analyzer, stats = SpeechAnalyzer(vad), SampleStats()
+    with open_audio(path) as reader, staged.open("wb") as out:
+        for block in reader.blocks():
+            out.write(block.astype(STAGED_DTYPE, copy=False).tobytes())
+            analyzer.feed(block)
+            stats.update(block)
+    check_usable(stats, reader.declared_s)
+    return _Decoded(reader.original_rate, reader.channels, reader.codec, analyzer.finish())
+
+
 def prepare_source(
     uri: str,
     split_rule: str,
@@ -69,28 +104,45 @@ def prepare_source(
     work_dir: Path,
     known: frozenset[str] = frozenset(),
 ) -> PreparedSource | SourceRejection | None:
-    """Decode and chunk one input; None when its content was labelled before (skipped)."""
+    """Decode and chunk one input; None when its content was labelled before (skipped).
+
+    Any failure on this input (unreadable, undecodable, unusable, or an unexpected error) is
+    returned as its rejection: one bad input never stops the others.
+    """
+    source_sha256 = None
     try:
-        data = read_source(uri)
-    except RejectedInput as rejected:
-        return SourceRejection(uri, rejected.reason, rejected.detail)
-    source_sha256 = hashlib.sha256(data).hexdigest()
-    if source_sha256 in known:
-        return None
-    try:
-        audio = decode_audio(data)
+        path, source_sha256 = fetch_input(uri, work_dir / "download")
+        if source_sha256 in known:
+            return None
+        return _prepare(uri, path, source_sha256, split_rule, settings, work_dir)
     except RejectedInput as rejected:
         return SourceRejection(uri, rejected.reason, rejected.detail, source_sha256)
+    except Exception as error:  # noqa: BLE001 - recorded with its reason; the run goes on
+        log.exception("ingest of %s failed", uri)
+        return SourceRejection(uri, "error", f"{type(error).__name__}: {error}", source_sha256)
+
+
+def _prepare(
+    uri: str, path: Path, source_sha256: str, split_rule: str, settings: Settings, work_dir: Path
+) -> PreparedSource | SourceRejection:
     vad = settings.vad
-    if audio.duration_s < vad.min_segment_s:
-        return SourceRejection(
-            uri,
-            "too_short",
-            f"{audio.duration_s:.2f} s is shorter than the {vad.min_segment_s:.1f} s minimum segment",
-            source_sha256,
+    stem = work_dir / "audio" / f"{source_sha256[:24]}-{uuid.uuid4().hex[:8]}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    staged = stem.with_suffix(".f32")
+    try:
+        decoded = _decode_and_stage(path, staged, vad)
+    except RejectedInput:
+        staged.unlink(missing_ok=True)
+        raise
+    duration_s = decoded.analysis.duration_s
+    if duration_s < vad.min_segment_s:
+        staged.unlink(missing_ok=True)
+        raise RejectedInput(
+            "too_short", f"{duration_s:.2f} s is shorter than the {vad.min_segment_s:.1f} s minimum segment"
         )
-    result = chunk_speech(audio.samples, vad)
+    result = chunk_analysis(decoded.analysis, vad)
     if not result.chunks:
+        staged.unlink(missing_ok=True)
         return SourceRejection(
             uri,
             "no_speech",
@@ -99,18 +151,18 @@ def prepare_source(
             source_sha256,
             stage="chunk",
         )
-    staged = work_dir / "audio" / f"{source_sha256[:24]}.npy"
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    np.save(staged, audio.samples)
+    power = stem.with_suffix(".power.npy")
+    np.save(power, decoded.analysis.power)
     return PreparedSource(
         uri=uri,
         source_sha256=source_sha256,
         split=assign_split(source_sha256, split_rule, settings),
         staged_audio=str(staged),
-        duration_s=audio.duration_s,
-        original_rate=audio.original_rate,
-        channels=audio.channels,
-        codec=audio.codec,
+        staged_power=str(power),
+        duration_s=duration_s,
+        original_rate=decoded.original_rate,
+        channels=decoded.channels,
+        codec=decoded.codec,
         chunks=result.chunks,
         dropped_short=result.dropped_short,
     )

@@ -26,9 +26,10 @@ from faster_whisper.transcribe import get_compression_ratio, get_suppressed_toke
 from prefect import task
 
 from voxtox.settings import AsrSettings, SentenceSettings, Settings
+from voxtox.storage.model_store import ModelNotFoundError
 from voxtox.storage.schema import REJECTS_SCHEMA, clips_schema
 from voxtox.storage.shards import write_parquet_atomic
-from voxtox.tasks.chunk import SpeechChunk, frame_energy_db, split_at_quiet_points
+from voxtox.tasks.chunk import SpeechChunk, energy_db, split_at_quiet_points
 from voxtox.tasks.decode import SAMPLE_RATE
 from voxtox.tasks.ingest import PreparedSource
 
@@ -63,6 +64,19 @@ def load_whisper(model_dir: str, device: str, compute_type: str, cpu_threads: in
     return WhisperModel(
         model_dir, device=device, compute_type=compute_type, cpu_threads=cpu_threads
     )
+
+
+def check_asr_model(model_dir: str, settings: AsrSettings) -> None:
+    """Load the ASR model now, so a model that cannot be loaded fails the run in one line before
+    any source is touched (instead of in every transcription task, after ingest)."""
+    try:
+        load_whisper(model_dir, settings.device, settings.compute_type, settings.cpu_threads)
+    except (RuntimeError, ValueError, OSError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ModelNotFoundError(
+            f"ASR model {model_dir} cannot be loaded: {reason} If its files were damaged, replace "
+            "them (a voxtox cache entry can simply be deleted: it is rebuilt)."
+        ) from error
 
 
 def _language_of(
@@ -358,8 +372,7 @@ def plan_windows(sources: list[PreparedSource], pack: bool = True) -> list[Windo
     """
     windows: list[Window] = []
     for s_index, source in enumerate(sources):
-        samples = np.load(source.staged_audio, mmap_mode="r")
-        energy = frame_energy_db(np.asarray(samples))
+        energy = energy_db(source.power())
         for chunk in source.chunks:
             for piece in split_at_quiet_points(chunk, energy, MAX_WINDOW_S, min_s=1.0):
                 last = windows[-1] if windows else None
@@ -403,7 +416,7 @@ def _window_audio(sources: list[PreparedSource], windows: list[Window]) -> list[
     audio = []
     for window in windows:
         if window.source not in arrays:
-            arrays[window.source] = np.load(sources[window.source].staged_audio, mmap_mode="r")
+            arrays[window.source] = sources[window.source].samples()
         samples = arrays[window.source]
         audio.append(
             np.asarray(samples[int(window.start_s * SAMPLE_RATE) : int(window.end_s * SAMPLE_RATE)])

@@ -50,7 +50,7 @@ def build_clips(
     source: PreparedSource, rows: pa.Table, asr_model: str, run_id: str, now: datetime
 ) -> pa.Table:
     """Final clip rows of one source, in the clips schema plus the partition columns."""
-    samples = np.load(source.staged_audio, mmap_mode="r")
+    samples = source.samples()
     starts = rows["start_s"].to_pylist()
     ends = rows["end_s"].to_pylist()
     kinds = rows["segment_kind"].to_pylist()
@@ -136,8 +136,12 @@ def write_sources(
 
 
 def rejection_key(rejection: SourceRejection) -> str:
-    basis = rejection.source_sha256 or hashlib.sha256(rejection.uri.encode()).hexdigest()
-    return basis[:24]
+    """Shard key of an input's rejection: its content hash, so a rerun replaces the row. A
+    duplicate copy's content is labelled under that hash by another path, so it is keyed by
+    its own path instead (its row must not replace, or be replaced by, the source's shards)."""
+    if rejection.source_sha256 and rejection.reason != "duplicate":
+        return rejection.source_sha256[:24]
+    return hashlib.sha256(rejection.uri.encode()).hexdigest()[:24]
 
 
 def write_rejections(rejections: list[SourceRejection], shards_root: Path, run_id: str) -> WrittenUnit:

@@ -85,7 +85,11 @@ def prefect_harness():
     """One ephemeral Prefect API for the whole session (it takes seconds to start)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    from voxtox.prefect_env import startup_timeout_s
+
+    # The same generous start-up allowance as every voxtox process (a cold start on a busy
+    # 2-core CI machine took longer than Prefect's default 20 s).
+    with prefect_test_harness(server_startup_timeout=startup_timeout_s()):
         yield
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from voxtox.storage import model_store
 from voxtox.storage.catalog import Catalog
-from voxtox.storage.model_store import ModelNotFoundError, OfflineModel, resolve_model, sha256_file
+from voxtox.files import sha256_file
+from voxtox.storage.model_store import ModelNotFoundError, OfflineModel, resolve_model
 from voxtox.storage.schema import SCHEMA_VERSION, SOURCES_SCHEMA
 from voxtox.storage.shards import replace_source, shard_files, write_parquet_atomic
 

@@ -27,7 +27,8 @@ from voxtox.settings import VadSettings
 from voxtox.storage.catalog import Catalog
 from voxtox.tasks.chunk import detect_speech
 from voxtox.tasks.decode import decode_audio, load_audio
-from voxtox.tasks.human_labels import TruthFileError, file_sha256, import_truth_files
+from voxtox.files import sha256_file
+from voxtox.tasks.human_labels import TruthFileError, import_truth_files
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 
@@ -89,7 +90,7 @@ def test_manifest_and_truth_describe_the_audio(corpus: Path) -> None:
     assert manifest.config == TINY.__class__(**{**TINY.__dict__, "workers": manifest.config.workers})
     for info in manifest.sessions:
         path = corpus / info.path
-        assert file_sha256(path) == info.sha256
+        assert sha256_file(path) == info.sha256
         duration = load_audio(str(path)).duration_s
         assert 18.0 <= duration <= 30.0
         assert abs(duration - info.duration_s) < 0.05
@@ -196,6 +197,7 @@ def test_import_labels_names_the_file_and_problem(corpus: Path, tmp_path: Path) 
         "unknown.jsonl": ({**good, "labels": ["spam"]}, "unknown class"),
         "column.jsonl": ({k: v for k, v in good.items() if k != "labels"} | {"label_spam": True}, "unknown class column"),
         "times.jsonl": ({**good, "start_s": 3.0}, "bad times"),
+        "beyond.jsonl": ({**good, "start_s": 100.0, "end_s": 9999.0}, "ends after the audio does"),
         "sha.jsonl": ({**good, "audio_sha256": "0" * 64}, "audio changed"),
     }
     for name, (row, message) in cases.items():

@@ -81,16 +81,43 @@ def multilingual(tmp_path_factory: pytest.TempPathFactory) -> tuple[PreparedSour
     return source, settings
 
 
-def test_language_is_detected_per_chunk(multilingual, whisper_dir: str, tmp_path: Path) -> None:
+def test_sentences_of_a_real_recording_are_1_to_15_seconds(multilingual, whisper_dir: str, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     source, settings = multilingual
     unit = transcribe_sources([source], whisper_dir, settings, tmp_path)
     rows = pq.read_table(unit.transcripts).to_pylist()
-    languages = [row["lang"] for row in sorted(rows, key=lambda r: r["start_s"])]
-    assert languages[0] == "en" and "de" in languages  # the file switches from English to German
-    assert all(1.0 <= row["end_s"] - row["start_s"] <= 15.0 for row in rows)
+    assert rows and all(1.0 <= row["end_s"] - row["start_s"] <= 15.0 for row in rows)
     assert all(row["segment_kind"] == "sentence" for row in rows)
+
+
+def test_language_is_detected_per_chunk(whisper_dir: str, tmp_path: Path) -> None:
+    """A recording that switches from English to German gets both languages, in order.
+
+    The input is chosen so the answer does not hinge on the last bit of an int8 kernel: each
+    language is several seconds of clear espeak-ng speech in sentences typical of that language,
+    so Whisper's language identification is far from a tie (multilingual.mp3's first chunk, by
+    contrast, is short and came out `de` on one CPU family and `en` on another).
+    """
+    import pyarrow.parquet as pq
+    import soundfile
+
+    from conftest import spoken
+    from voxtox.tasks.decode import SAMPLE_RATE
+    from voxtox.tasks.speech_synth import Utterance
+
+    samples = spoken(
+        Utterance("good game everyone, that was a really close match, see you tomorrow night", "en"),
+        Utterance("wir brauchen mehr Heilung im Team, gut gespielt, bis morgen Abend", "de"),
+        pauses=[2.0],
+    )
+    soundfile.write(tmp_path / "switch.wav", samples, SAMPLE_RATE)
+    settings = Settings(data_dir=tmp_path)
+    source = prepare_source(str(tmp_path / "switch.wav"), "test", settings, tmp_path)
+    assert isinstance(source, PreparedSource) and len(source.chunks) == 2
+    unit = transcribe_sources([source], whisper_dir, settings, tmp_path / "out")
+    rows = sorted(pq.read_table(unit.transcripts).to_pylist(), key=lambda r: r["start_s"])
+    assert [row["lang"] for row in rows] == ["en", "de"]
 
 
 def test_evaluation_splits_keep_whole_vad_segments(multilingual, whisper_dir: str, tmp_path: Path) -> None:
