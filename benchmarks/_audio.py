@@ -27,6 +27,8 @@ RECIPE_VERSION = 2
 INTRA_TURN_PAUSE_S = (0.3, 0.9)
 INTER_TURN_PAUSE_S = (2.5, 8.0)
 NOISE_RMS = 0.0015  # about -56 dBFS
+#: Share of speakers who speak another language than their lobby's main one.
+OTHER_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,11 @@ class BenchmarkAudio:
     reference_chars: int  # characters of the text spoken
 
 
-def _speakers(rng: random.Random, main_lang: str) -> list[Speaker]:
-    others = [lang for lang in LANGS if lang != main_lang]
+def _speakers(rng: random.Random, main_lang: str, langs: tuple[str, ...], other_share: float) -> list[Speaker]:
+    others = [lang for lang in langs if lang != main_lang]
     return [
         Speaker(
-            lang=main_lang if rng.random() < 0.75 else rng.choice(others),
+            lang=main_lang if not others or rng.random() < 1 - other_share else rng.choice(others),
             variant=rng.choice(VARIANTS),
             words_per_minute=rng.randint(120, 170),
             pitch=rng.randint(35, 65),
@@ -61,10 +63,15 @@ def _speakers(rng: random.Random, main_lang: str) -> list[Speaker]:
 
 
 def _script(
-    rng: random.Random, target_s: float, main_lang: str, lines: dict[str, list[str]]
+    rng: random.Random,
+    target_s: float,
+    main_lang: str,
+    lines: dict[str, list[str]],
+    langs: tuple[str, ...],
+    other_share: float,
 ) -> tuple[list[Utterance], list[float], list[float]]:
     """Utterances, the pauses between them and each one's gain, until `target_s` is filled."""
-    speakers = _speakers(rng, main_lang)
+    speakers = _speakers(rng, main_lang, langs, other_share)
     utterances: list[Utterance] = []
     gains: list[float] = []
     pauses: list[float] = []
@@ -98,14 +105,27 @@ def _script(
     return utterances, pauses, gains
 
 
-def _recipe(minutes: float, files: int, seed: int) -> dict:
-    return {"version": RECIPE_VERSION, "minutes": minutes, "files": files, "seed": seed}
+def _recipe(minutes: float, files: int, seed: int, langs: tuple[str, ...], other_share: float) -> dict:
+    recipe = {"version": RECIPE_VERSION, "minutes": minutes, "files": files, "seed": seed}
+    if (langs, other_share) != (LANGS, OTHER_SHARE):  # the default recipe keeps its old cache key
+        recipe |= {"langs": list(langs), "other_share": other_share}
+    return recipe
 
 
-def build_audio(directory: Path, minutes: float, files: int, seed: int = 0) -> BenchmarkAudio:
-    """`files` recordings of at least `minutes * 60 / files` seconds each, cached in `directory`."""
+def build_audio(
+    directory: Path,
+    minutes: float,
+    files: int,
+    seed: int = 0,
+    langs: tuple[str, ...] = LANGS,
+    other_share: float = OTHER_SHARE,
+) -> BenchmarkAudio:
+    """`files` recordings of at least `minutes * 60 / files` seconds each, cached in `directory`.
+
+    File i's main language is `langs[i % len(langs)]`; each speaker speaks another of `langs`
+    with probability `other_share` (0: single-language chat)."""
     manifest_path = directory / "manifest.json"
-    recipe = _recipe(minutes, files, seed)
+    recipe = _recipe(minutes, files, seed, langs, other_share)
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         paths = [directory / f["name"] for f in manifest.get("files", [])]
@@ -121,8 +141,8 @@ def build_audio(directory: Path, minutes: float, files: int, seed: int = 0) -> B
     target_s = minutes * 60 / files
     entries = []
     for index in range(files):
-        main_lang = LANGS[index % len(LANGS)]
-        utterances, pauses, gains = _script(rng, target_s, main_lang, lines)
+        main_lang = langs[index % len(langs)]
+        utterances, pauses, gains = _script(rng, target_s, main_lang, lines, langs, other_share)
         samples, placed = lay_out(utterances, pauses)
         for span, gain in zip(placed, gains, strict=True):
             first, last = int(span.start_s * SAMPLE_RATE), int(span.end_s * SAMPLE_RATE)

@@ -34,7 +34,8 @@ from _audio import build_audio  # noqa: E402
 from voxtox.corpus.seed import LANGS  # noqa: E402
 from voxtox.settings import Settings  # noqa: E402
 from voxtox.storage.model_store import resolve_model  # noqa: E402
-from voxtox.tasks import transcribe as asr  # noqa: E402
+from voxtox.models import asr as whisper  # noqa: E402
+from voxtox.tasks.transcribe import PackedInput, plan_pieces  # noqa: E402
 from voxtox.tasks.ingest import prepare_source  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -47,15 +48,16 @@ def words(text: str) -> str:
 def transcribe(model, audio: list[np.ndarray], settings, full_length: bool) -> tuple[list[str], float]:  # noqa: ANN001
     order = np.arange(len(audio)) if full_length else np.argsort([len(a) for a in audio])
     texts: list[str] = [""] * len(audio)
+    candidates = whisper.candidate_languages(model, settings)
     started = time.perf_counter()
     for begin in range(0, len(order), settings.batch_size):
         rows = order[begin : begin + settings.batch_size]
         features = [model.feature_extractor(audio[i])[..., :-1] for i in rows]
         frames = 3000 if full_length else min(3000, max(f.shape[-1] for f in features) + 1) // 2 * 2
         encoded = np.asarray(model.encode(np.stack([pad_or_trim(f, frames) for f in features])))
-        languages = asr._language_of(model, asr._storage(encoded), len(rows), settings)
-        decoded = asr._decode(model, encoded, list(range(len(rows))), [len(audio[i]) for i in rows],
-                              languages, settings, temperature=0.0)
+        scores = whisper.language_probabilities(model, encoded, candidates)
+        languages = [(candidates[int(np.argmax(row))], float(row.max())) for row in scores]
+        decoded = whisper.decode(model, encoded, [len(audio[i]) for i in rows], languages, settings, word_times=False)
         for i, segments in zip(rows, decoded, strict=True):
             texts[i] = " ".join(s.text for s in segments)
     return texts, time.perf_counter() - started
@@ -70,11 +72,11 @@ def main() -> None:
     bench = build_audio(args.audio_dir, args.minutes, args.files)
     settings = Settings()
     settings = settings.model_copy(update={"asr": settings.asr.model_copy(update={"languages": list(LANGS)})})
-    model = asr.load_whisper(resolve_model(settings.asr.model, settings.model_cache_dir), "cpu", "int8", 2)
+    model = whisper.load_whisper(resolve_model(settings.asr.model, settings.model_cache_dir), "cpu", "int8", 2)
     with tempfile.TemporaryDirectory() as work:
         sources = [prepare_source(str(p), "train", settings, Path(work)) for p in bench.paths]
-        windows = asr.plan_windows(sources, pack=False)
-        audio = asr._window_audio(sources, windows)
+        windows = plan_pieces(sources)  # one input per chunk (at most 30 s), no packing
+        audio = [PackedInput((piece,)).audio(sources) for piece in windows]
     manifest = {f["name"]: f for f in json.loads((args.audio_dir / "manifest.json").read_text())["files"]}
     reference = []
     for window in windows:

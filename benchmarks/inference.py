@@ -58,7 +58,8 @@ from voxtox.settings import Settings, VadSettings  # noqa: E402
 from voxtox.storage.model_store import resolve_model  # noqa: E402
 from voxtox.tasks.ingest import PreparedSource, prepare_source  # noqa: E402
 from voxtox.tasks.label import label_transcripts, load_labeller  # noqa: E402
-from voxtox.tasks.transcribe import load_whisper, transcribe_sources, transcribe_windows  # noqa: E402
+from voxtox.models.asr import load_whisper, warm_up  # noqa: E402
+from voxtox.tasks.transcribe import transcribe_sources  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 #: The projection's width: the default text embedder's (multilingual USE, 512).
@@ -122,8 +123,7 @@ def main() -> None:
     whisper = load_whisper(whisper_dir, asr.device, asr.compute_type, asr.cpu_threads)
     labeller_dir = resolve_model(settings.labeller.model, cache)
     labeller = load_labeller(labeller_dir, settings.labeller.max_length, asr.cpu_threads)
-    warm = np.random.default_rng(0).normal(0, 0.01, 16_000 * 3).astype(np.float32)
-    transcribe_windows(whisper, [warm], asr)
+    warm_up(whisper, asr)
     labeller.predict_proba(["good game everyone"])
     base = audio_only_model("whisper-base", cache)
     vad = settings.vad

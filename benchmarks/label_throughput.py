@@ -32,7 +32,6 @@ from dataclasses import dataclass  # noqa: E402
 from importlib.metadata import version  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,7 +44,8 @@ from voxtox.storage.model_store import resolve_model  # noqa: E402
 from voxtox.tasks.embed import embed_transcripts, resolve_text_encoder  # noqa: E402
 from voxtox.tasks.ingest import PreparedSource, prepare_source  # noqa: E402
 from voxtox.tasks.label import label_transcripts, load_labeller  # noqa: E402
-from voxtox.tasks.transcribe import load_whisper, transcribe_sources, transcribe_windows  # noqa: E402
+from voxtox.models.asr import load_whisper, warm_up  # noqa: E402
+from voxtox.tasks.transcribe import transcribe_sources  # noqa: E402
 from voxtox.tasks.write import write_sources  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -121,8 +121,7 @@ def main() -> None:
             settings.embedder.prefix,
             settings.embedder.batch_size,
         )
-        warm = np.random.default_rng(0).normal(0, 0.01, 16_000 * 3).astype(np.float32)
-        transcribe_windows(model, [warm], asr)
+        warm_up(model, asr)
         labeller.predict_proba(["good game everyone"])
         encoder.encode(["good game everyone"])
     print(f"models loaded and warmed in {load.wall:.1f} s (excluded)", file=sys.stderr)

@@ -52,7 +52,7 @@ def demo_settings(settings: Settings) -> Settings:
         "nightly": settings.nightly.model_copy(update={"min_new_clips": 1}),
         "evaluate": settings.evaluate.model_copy(update={"resample_by": "source"}),
     }
-    if settings.asr.languages is None:  # the demo's speech is in these languages
+    if "languages" not in settings.asr.model_fields_set:  # the demo's speech is in these languages
         updates["asr"] = settings.asr.model_copy(update={"languages": list(DEMO_LANGS)})
     return settings.model_copy(update=updates)
 

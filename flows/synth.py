@@ -446,7 +446,7 @@ def label_corpus(manifest: CorpusManifest, settings: Settings, splits: Sequence[
 
 def corpus_settings(settings: Settings, manifest: CorpusManifest) -> Settings:
     """Restrict ASR language detection to the corpus's languages (as the demo does)."""
-    if settings.asr.languages is not None:
+    if "languages" in settings.asr.model_fields_set:  # the user's choice wins
         return settings
     asr = settings.asr.model_copy(update={"languages": list(manifest.config.langs)})
     return settings.model_copy(update={"asr": asr})
@@ -485,8 +485,8 @@ def corpus_report(
         f"{manifest.hours():.3f} h of audio in {len(manifest.sessions)} sessions, "
         f"{len(manifest.utterances)} utterances, {sum(s.n_overlaps for s in manifest.sessions)} overlaps. "
         f"Labeller `{settings.labeller.model}`, ASR `{settings.asr.model}` (beam {settings.asr.beam_size}, "
-        f"fallback temperatures {settings.asr.fallback_temperatures or 'none'}, pack_chunks "
-        f"{settings.asr.pack_chunks}, languages {', '.join(settings.asr.languages or [])}). "
+        f"fallback temperatures {settings.asr.fallback_temperatures or 'none'}, languages "
+        f"{', '.join(settings.asr.languages) or 'any'}). "
         f"Human labels imported: {imported.n_spans} spans of "
         f"{imported.n_sources} recordings. Report run: {{wall_s}} s.",
         "",

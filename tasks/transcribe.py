@@ -1,30 +1,48 @@
-"""Transcribe: batched faster-whisper ASR with the language detected per chunk.
+"""Transcribe: batched faster-whisper ASR with the language decided per chunk.
 
-faster-whisper's `BatchedInferencePipeline` batches the windows of *one* file and reports one
-language per file. voice chat switches language between speakers, and our chunks come from many
-files, so this module batches chunks from any files together, detects each chunk's language on
-the shared encoder output, and decodes every chunk with its own language token.
+faster-whisper's `BatchedInferencePipeline` packs a file's speech into 30 s inputs and batches
+them, with one language per file. Voice chat switches language between speakers, and our
+chunks come from many files, so this stage:
+
+1. cuts the VAD chunks of each source to at most 30 s (*pieces*) and identifies each piece's
+   language from an encoder pass over the piece alone, at its own length (a fraction of a 30 s
+   pass; models/asr.py);
+2. packs the pieces of one source and one language, in time order, into 30 s inputs (with a
+   short silence between pieces), and encodes and decodes them in batches across sources, each
+   with its language token. Consecutive speech of one language is decoded together, with its
+   neighbours as context, and an input never mixes languages.
+
+Word times (cross-attention alignment) map every word back to the piece, chunk and recording it
+came from, and let a sentence longer than 15 s be cut between words instead of dropped.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from functools import lru_cache
-from math import ceil
 from pathlib import Path
 
-import ctranslate2
 import numpy as np
 import pyarrow as pa
 from faster_whisper import WhisperModel
-from faster_whisper.audio import pad_or_trim
-from faster_whisper.tokenizer import Tokenizer
-from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+from faster_whisper.transcribe import get_compression_ratio
 from prefect import task
 
+from voxtox.models.asr import (
+    MAX_INPUT_S,
+    SENTENCE_END,
+    AsrSegment,
+    WordTiming,
+    candidate_languages,
+    decode,
+    encode,
+    encoded_frames,
+    language_probabilities,
+    load_whisper,
+    with_words,
+)
 from voxtox.settings import AsrSettings, SentenceSettings, Settings
 from voxtox.storage.model_store import ModelNotFoundError
 from voxtox.storage.schema import REJECTS_SCHEMA, clips_schema
@@ -33,37 +51,22 @@ from voxtox.tasks.chunk import SpeechChunk, energy_db, split_at_quiet_points
 from voxtox.tasks.decode import SAMPLE_RATE
 from voxtox.tasks.ingest import PreparedSource
 
-#: Whisper sees at most 30 s at a time.
-MAX_WINDOW_S = 30.0
-SENTENCE_END = re.compile(r"[.!?。！？…]['\")\]]*$")
-
-
-@dataclass(frozen=True)
-class AsrSegment:
-    """One Whisper segment; times in seconds from the start of the source."""
-
-    start_s: float
-    end_s: float
-    text: str
-    avg_logprob: float
-    no_speech_prob: float
-    compression_ratio: float
-    language: str
-    language_prob: float
+#: Silence between the pieces of a packed input: Whisper hears a pause between turns (they were
+#: further apart in the recording), and a word timed a little early or late still falls in or
+#: next to its own piece.
+PIECE_GAP_S = 0.5
+#: ... and between pieces of different recordings that share an input.
+SOURCE_GAP_S = 1.0
+#: A piece whose own-length language guess is less sure than this is encoded alone and its
+#: language settled with Whisper's padded input too (one in ten pieces of code-switched chat,
+#: almost none of single-language chat; docs/benchmarks.md).
+LANGUAGE_CONFIDENCE = 0.7
 
 
 @dataclass(frozen=True)
 class DroppedSegment:
     segment: AsrSegment
     reason: str
-
-
-@lru_cache(maxsize=4)
-def load_whisper(model_dir: str, device: str, compute_type: str, cpu_threads: int) -> WhisperModel:
-    """One model per process and configuration (loading takes about a second)."""
-    return WhisperModel(
-        model_dir, device=device, compute_type=compute_type, cpu_threads=cpu_threads
-    )
 
 
 def check_asr_model(model_dir: str, settings: AsrSettings) -> None:
@@ -77,155 +80,6 @@ def check_asr_model(model_dir: str, settings: AsrSettings) -> None:
             f"ASR model {model_dir} cannot be loaded: {reason} If its files were damaged, replace "
             "them (a voxtox cache entry can simply be deleted: it is rebuilt)."
         ) from error
-
-
-def _language_of(
-    model: WhisperModel, encoder_output: object, n: int, settings: AsrSettings
-) -> list[tuple[str, float]]:
-    """(code, probability) per window: forced, or the most likely (among allowed) languages."""
-    if settings.language or not model.model.is_multilingual:
-        return [(settings.language or "en", 1.0)] * n
-    allowed = set(settings.languages or [])
-    languages = []
-    for ranked in model.model.detect_language(encoder_output):
-        candidates = [(token.strip("<|>"), float(p)) for token, p in ranked]
-        if allowed:
-            candidates = [c for c in candidates if c[0] in allowed] or candidates
-        languages.append(candidates[0])
-    return languages
-
-
-def transcribe_windows(
-    model: WhisperModel, windows: list[np.ndarray], settings: AsrSettings
-) -> list[list[AsrSegment]]:
-    """Decode up to `settings.batch_size` windows (each at most 30 s) in one batch.
-
-    The encoder runs once; windows whose first decoding looks like a failure (looping or
-    improbable text) are decoded again from the same encoder output at rising sampling
-    temperatures, as Whisper itself does. Returns, per window, its segments with times relative
-    to the window's start.
-    """
-    if not windows:
-        return []
-    features = np.stack([pad_or_trim(model.feature_extractor(w)[..., :-1]) for w in windows])
-    encoded = np.asarray(model.encode(features))  # (windows, frames, width), reused below
-    languages = _language_of(model, _storage(encoded), len(windows), settings)
-    lengths = [len(w) for w in windows]
-    everyone = list(range(len(windows)))
-    results = _decode(model, encoded, everyone, lengths, languages, settings, temperature=0.0)
-    for temperature in settings.fallback_temperatures:
-        failing = [i for i, segments in enumerate(results) if _failed(segments, settings)]
-        if not failing:
-            break
-        ctranslate2.set_random_seed(settings.fallback_seed)
-        retried = _decode(model, encoded, failing, lengths, languages, settings, temperature)
-        for index, segments in zip(failing, retried, strict=True):
-            if _score(segments, settings) > _score(results[index], settings):
-                results[index] = segments
-    return results
-
-
-def _storage(array: np.ndarray) -> ctranslate2.StorageView:
-    return ctranslate2.StorageView.from_array(np.ascontiguousarray(array))
-
-
-def _failed(segments: list[AsrSegment], settings: AsrSettings) -> bool:
-    """Whisper's fallback rule: too repetitive or too improbable, unless it is silence
-    (likely no speech *and* improbable text)."""
-    if not segments:
-        return False
-    first = segments[0]  # scores are per window, shared by its segments
-    improbable = first.avg_logprob < settings.log_prob_threshold
-    if improbable and first.no_speech_prob > settings.no_speech_threshold:
-        return False
-    return improbable or any(
-        s.compression_ratio > settings.compression_ratio_threshold for s in segments
-    )
-
-
-def _score(segments: list[AsrSegment], settings: AsrSettings) -> tuple[bool, bool, float]:
-    """Passing beats failing, not looping beats looping, then the more probable decoding wins."""
-    looping = any(s.compression_ratio > settings.compression_ratio_threshold for s in segments)
-    probable = segments[0].avg_logprob if segments else -np.inf
-    return (not _failed(segments, settings), not looping, probable)
-
-
-def _decode(
-    model: WhisperModel,
-    encoded: np.ndarray,
-    rows: list[int],
-    lengths: list[int],
-    languages: list[tuple[str, float]],
-    settings: AsrSettings,
-    temperature: float,
-) -> list[list[AsrSegment]]:
-    """Generate text for the encoder outputs `rows`, each with its own language token."""
-    chosen = [languages[i] for i in rows]
-    tokenizers = {
-        lang: Tokenizer(
-            model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=lang
-        )
-        for lang, _ in chosen
-    }
-    prompts = [model.get_prompt(tokenizers[lang], previous_tokens=[]) for lang, _ in chosen]
-    any_tokenizer = next(iter(tokenizers.values()))
-    sampling = (
-        {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": temperature}
-        if temperature > 0
-        else {"beam_size": settings.beam_size}
-    )
-    results = model.model.generate(
-        _storage(encoded[rows]),
-        prompts,
-        max_length=model.max_length,
-        suppress_blank=True,
-        suppress_tokens=get_suppressed_tokens(any_tokenizer, [-1]),
-        return_scores=True,
-        return_no_speech_prob=True,
-        **sampling,
-    )
-    return [
-        _segments_of(model, tokenizers[lang], result, lengths[i], lang, lang_prob)
-        for i, result, (lang, lang_prob) in zip(rows, results, chosen, strict=True)
-    ]
-
-
-def _segments_of(
-    model: WhisperModel,
-    tokenizer: Tokenizer,
-    result: object,
-    n_samples: int,
-    language: str,
-    language_prob: float,
-) -> list[AsrSegment]:
-    tokens = result.sequences_ids[0]
-    # Same score normalisation as faster-whisper's batched pipeline (length penalty 1).
-    avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-    duration = n_samples / model.feature_extractor.sampling_rate
-    pieces, _, _ = model._split_segments_by_timestamps(
-        tokenizer=tokenizer,
-        tokens=tokens,
-        time_offset=0.0,
-        segment_size=int(ceil(duration) * model.frames_per_second),
-        segment_duration=duration,
-        seek=0,
-    )
-    segments = []
-    for piece in pieces:
-        text = tokenizer.decode(piece["tokens"]).strip()
-        segments.append(
-            AsrSegment(
-                start_s=min(piece["start"], duration),
-                end_s=min(piece["end"], duration),
-                text=text,
-                avg_logprob=float(avg_logprob),
-                no_speech_prob=float(result.no_speech_prob),
-                compression_ratio=get_compression_ratio(text) if text else 0.0,
-                language=language,
-                language_prob=language_prob,
-            )
-        )
-    return segments
 
 
 def max_ngram_repeats(text: str, max_n: int = 4) -> int:
@@ -292,6 +146,7 @@ def merge_segments(segments: list[AsrSegment]) -> AsrSegment:
         start_s=segments[0].start_s,
         end_s=segments[-1].end_s,
         text=text,
+        words=tuple(word for s in segments for word in s.words),
         avg_logprob=float(np.average([s.avg_logprob for s in segments], weights=weights)),
         no_speech_prob=max(s.no_speech_prob for s in segments),
         compression_ratio=get_compression_ratio(text),
@@ -305,14 +160,37 @@ def merge_segments(segments: list[AsrSegment]) -> AsrSegment:
     )
 
 
+def split_long_segment(segment: AsrSegment, max_s: float) -> list[AsrSegment]:
+    """A segment longer than `max_s` cut between words into pieces of at most `max_s`: each cut
+    at the longest pause among the allowed word boundaries, a sentence end counting as a pause
+    of a second. Without word times (or with one word too long) it stays whole."""
+    if segment.end_s - segment.start_s <= max_s or len(segment.words) < 2:
+        return [segment]
+    words = list(segment.words)
+    pieces = []
+    while words and words[-1].end_s - words[0].start_s > max_s:
+        allowed = [i for i in range(len(words) - 1) if words[i].end_s - words[0].start_s <= max_s]
+        if not allowed:
+            return [segment]
+
+        def pause(i: int) -> float:
+            return words[i + 1].start_s - words[i].end_s + (1.0 if SENTENCE_END.search(words[i].text) else 0.0)
+
+        cut = max(allowed, key=pause)
+        pieces.append(with_words(segment, words[: cut + 1]))
+        words = words[cut + 1 :]
+    return pieces + [with_words(segment, words)]
+
+
 def sentence_segments(
     segments: list[AsrSegment], settings: SentenceSettings
 ) -> tuple[list[AsrSegment], list[DroppedSegment]]:
     """Group consecutive ASR segments of one chunk into sentences of min_s..max_s seconds.
 
-    A group closes at sentence-final punctuation once it is long enough, or before it would
-    exceed max_s. A group still too short joins the previous sentence when that stays within
-    max_s; otherwise it is dropped, as is a single ASR segment longer than max_s.
+    A segment longer than max_s is first cut between its words (`split_long_segment`). A group
+    closes at sentence-final punctuation once it is long enough, or before it would exceed
+    max_s. A group still too short joins the previous sentence when that stays within max_s;
+    otherwise it is dropped, as is a segment longer than max_s that has no word times.
     """
     sentences: list[AsrSegment] = []
     dropped: list[DroppedSegment] = []
@@ -333,7 +211,7 @@ def sentence_segments(
             dropped.append(DroppedSegment(merged, "sentence_too_short"))
         group.clear()
 
-    for segment in segments:
+    for segment in (piece for whole in segments for piece in split_long_segment(whole, settings.max_s)):
         if group and segment.end_s - group[0].start_s > settings.max_s:
             close()
         group.append(segment)
@@ -343,16 +221,224 @@ def sentence_segments(
     return sentences, dropped
 
 
-# --- The transcribe stage: many sources' chunks in, one transcript work file out -------------
+# --- Packing chunks into Whisper inputs ---------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Window:
-    """An ASR window (at most 30 s) of one source; with packing it may hold several chunks."""
+class Piece:
+    """A stretch of one VAD chunk (at most 30 s): the unit that is given a language."""
 
     source: int
+    chunk: int
     start_s: float
     end_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+@dataclass(frozen=True)
+class PackedInput:
+    """Pieces whose audio, concatenated in order with a silence between them (PIECE_GAP_S within
+    a recording, SOURCE_GAP_S between recordings), is one Whisper input."""
+
+    pieces: tuple[Piece, ...]
+
+    def _gaps(self) -> list[float]:
+        return [0.0] + [
+            PIECE_GAP_S if before.source == after.source else SOURCE_GAP_S
+            for before, after in zip(self.pieces, self.pieces[1:])
+        ]
+
+    @property
+    def offsets(self) -> list[float]:
+        """Where each piece starts in the input."""
+        ends_before = np.cumsum([0.0] + [p.duration_s for p in self.pieces[:-1]])
+        return list(ends_before + np.cumsum(self._gaps()))
+
+    @property
+    def duration_s(self) -> float:
+        return self.offsets[-1] + self.pieces[-1].duration_s
+
+    def audio(self, sources: list[PreparedSource]) -> np.ndarray:
+        parts = []
+        for piece, gap in zip(self.pieces, self._gaps(), strict=True):
+            samples = sources[piece.source].samples()
+            parts += [
+                np.zeros(int(round(gap * SAMPLE_RATE)), np.float32),
+                np.asarray(samples[int(piece.start_s * SAMPLE_RATE) : int(piece.end_s * SAMPLE_RATE)]),
+            ]
+        return np.concatenate(parts)
+
+
+def plan_pieces(sources: list[PreparedSource]) -> list[Piece]:
+    """Every chunk of every source, cut at quiet points into pieces of at most 30 s."""
+    pieces = []
+    for s_index, source in enumerate(sources):
+        energy = energy_db(source.power())
+        for c_index, chunk in enumerate(source.chunks):
+            for span in split_at_quiet_points(chunk, energy, MAX_INPUT_S, min_s=1.0):
+                pieces.append(Piece(s_index, c_index, span.start_s, span.end_s))
+    return pieces
+
+
+def pack(pieces: list[Piece], languages: list[str] | None = None) -> list[PackedInput]:
+    """Pack pieces of one language (when given) into inputs of at most 30 s, greedily, in the
+    order given (sources one after another, each in time order).
+
+    Recordings share inputs: a unit's speech fills its 30 s inputs instead of leaving each
+    recording's last one half empty (faster-whisper's pipeline packs one file at a time); words
+    are mapped back by time, and a longer silence between recordings keeps them apart.
+    """
+    groups: dict[str, list[Piece]] = defaultdict(list)
+    for index, piece in enumerate(pieces):
+        groups[languages[index] if languages else ""].append(piece)
+    inputs = []
+    for group in groups.values():
+        current: list[Piece] = []
+        for piece in group:
+            if current and PackedInput((*current, piece)).duration_s > MAX_INPUT_S:
+                inputs.append(PackedInput(tuple(current)))
+                current = []
+            current.append(piece)
+        inputs.append(PackedInput(tuple(current)))
+    return inputs
+
+
+def identify_languages(
+    model: WhisperModel, sources: list[PreparedSource], pieces: list[Piece], candidates: list[str], batch_size: int
+) -> np.ndarray:
+    """P(language) over `candidates` for each piece, from an encoder pass over the piece alone at
+    its own length (pieces batched by length): never from a window shared with another speaker,
+    whose language would leak into the guess."""
+    scores = np.zeros((len(pieces), len(candidates)))
+    order = sorted(range(len(pieces)), key=lambda i: pieces[i].duration_s)
+    for batch in _batches(order, batch_size):
+        audio = [PackedInput((pieces[i],)).audio(sources) for i in batch]
+        encoded = encode(model, audio, own_length=True)
+        scores[batch] = language_probabilities(model, encoded, candidates, [encoded_frames(model, len(a)) for a in audio])
+    return scores
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A Whisper input and its language: known (packed pieces), or still to be decided from its
+    padded encoding together with `heard`, the piece's own-length probabilities."""
+
+    packed: PackedInput
+    language: tuple[str, float] | None
+    heard: np.ndarray | None = None
+
+
+def plan_inputs(
+    model: WhisperModel, sources: list[PreparedSource], pieces: list[Piece], settings: AsrSettings
+) -> list[_Planned]:
+    """Pieces whose language is clear, packed per source and language; each doubtful piece
+    (below LANGUAGE_CONFIDENCE) alone, so its 30 s encoding can settle its language as Whisper
+    itself would and be decoded as it is."""
+    if settings.language or not model.model.is_multilingual:
+        return [_Planned(packed, (settings.language or "en", 1.0)) for packed in pack(pieces)]
+    candidates = candidate_languages(model, settings)
+    heard = identify_languages(model, sources, pieces, candidates, settings.batch_size)
+    sure = heard.max(axis=1) >= LANGUAGE_CONFIDENCE
+    confident = [p for p, ok in zip(pieces, sure, strict=True) if ok]
+    language_of = {p: (candidates[int(np.argmax(h))], float(h.max())) for p, h in zip(pieces, heard, strict=True)}
+    packed = [
+        _Planned(inputs, (language_of[inputs.pieces[0]][0], float(np.mean([language_of[p][1] for p in inputs.pieces]))))
+        for inputs in pack(confident, [language_of[p][0] for p in confident])
+    ]
+    return packed + [
+        _Planned(PackedInput((p,)), None, h) for p, h, ok in zip(pieces, heard, sure, strict=True) if not ok
+    ]
+
+
+def transcribe_all(
+    model: WhisperModel,
+    sources: list[PreparedSource],
+    settings: AsrSettings,
+) -> dict[tuple[int, int], list[AsrSegment]]:
+    """ASR segments (times from the source's start) per (source, chunk): the inputs planned by
+    `plan_inputs`, encoded and decoded in batches across sources."""
+    candidates = candidate_languages(model, settings)
+    by_chunk: dict[tuple[int, int], list[AsrSegment]] = defaultdict(list)
+    for batch in _batches(plan_inputs(model, sources, plan_pieces(sources), settings), settings.batch_size):
+        audio = [planned.packed.audio(sources) for planned in batch]
+        encoded = encode(model, audio)
+        doubtful = [i for i, planned in enumerate(batch) if planned.language is None]
+        settled = language_probabilities(model, encoded[doubtful], candidates) if doubtful else []
+        languages = [planned.language for planned in batch]
+        for i, padded in zip(doubtful, settled, strict=True):
+            joint = padded * batch[i].heard
+            languages[i] = (candidates[int(np.argmax(joint))], float(joint.max() / joint.sum()))
+        decoded = decode(model, encoded, [len(a) for a in audio], languages, settings, settings.word_timestamps)
+        for planned, segments in zip(batch, decoded, strict=True):
+            for piece, segment in to_pieces(planned.packed, segments):
+                by_chunk[(piece.source, piece.chunk)].append(segment)
+    return {key: sorted(found, key=lambda s: s.start_s) for key, found in by_chunk.items()}
+
+
+# --- Mapping segments back to recordings ---------------------------------------------------
+
+
+def to_pieces(packed: PackedInput, segments: list[AsrSegment]) -> list[tuple[Piece, AsrSegment]]:
+    """Each segment of an input, in its recording's time, cut where its words cross from one
+    piece to the next; a segment without word times goes whole to the piece it overlaps most."""
+    offsets = packed.offsets
+    located = []
+    for segment in segments:
+        if segment.words:
+            located += _split_by_words(packed, offsets, segment)
+        else:
+            overlaps = [
+                min(segment.end_s, o + p.duration_s) - max(segment.start_s, o)
+                for p, o in zip(packed.pieces, offsets, strict=True)
+            ]
+            best = int(np.argmax(overlaps))
+            if overlaps[best] > 0:  # text placed in no piece's audio was not speech
+                located.append((best, segment))
+    return [
+        (packed.pieces[i], _to_recording(segment, packed.pieces[i], offsets[i]))
+        for i, segment in located
+    ]
+
+
+def _split_by_words(packed: PackedInput, offsets: list[float], segment: AsrSegment) -> list[tuple[int, AsrSegment]]:
+    ends = [offset + piece.duration_s for piece, offset in zip(packed.pieces, offsets, strict=True)]
+
+    def piece_of(word: WordTiming) -> int:
+        """The piece holding the word's middle; in a gap, the nearer one."""
+        middle = (word.start_s + word.end_s) / 2
+        distances = [max(start - middle, middle - end, 0.0) for start, end in zip(offsets, ends, strict=True)]
+        return int(np.argmin(distances))
+
+    runs: list[tuple[int, list[WordTiming]]] = []
+    for word in segment.words:
+        index = piece_of(word)
+        if runs and runs[-1][0] == index:
+            runs[-1][1].append(word)
+        else:
+            runs.append((index, [word]))
+    return [(index, with_words(segment, words)) for index, words in runs]
+
+
+def _to_recording(segment: AsrSegment, piece: Piece, offset: float) -> AsrSegment:
+    """Input time to recording time, clipped to the piece."""
+
+    def moved(t: float) -> float:
+        return min(max(piece.start_s + t - offset, piece.start_s), piece.end_s)
+
+    return replace(
+        segment,
+        start_s=moved(segment.start_s),
+        end_s=moved(segment.end_s),
+        words=tuple(replace(w, start_s=moved(w.start_s), end_s=moved(w.end_s)) for w in segment.words),
+    )
 
 
 @dataclass(frozen=True)
@@ -361,98 +447,6 @@ class TranscribedUnit:
     dropped: str  # Parquet work file: segments dropped as hallucinations or by length
     n_clips: int
     n_dropped: int
-
-
-def plan_windows(sources: list[PreparedSource], pack: bool = True) -> list[Window]:
-    """ASR windows of at most 30 s: chunks longer than that are cut at quiet points, and with
-    `pack` consecutive chunks of one source share a window while it stays within 30 s.
-
-    Whisper always encodes 30 s, so a 4 s chunk alone wastes most of an encoder pass; packing
-    is what faster-whisper's batched pipeline does too. The price: one language per window.
-    """
-    windows: list[Window] = []
-    for s_index, source in enumerate(sources):
-        energy = energy_db(source.power())
-        for chunk in source.chunks:
-            for piece in split_at_quiet_points(chunk, energy, MAX_WINDOW_S, min_s=1.0):
-                last = windows[-1] if windows else None
-                if (
-                    pack
-                    and last is not None
-                    and last.source == s_index
-                    and piece.end_s - last.start_s <= MAX_WINDOW_S
-                ):
-                    windows[-1] = Window(s_index, last.start_s, piece.end_s)
-                else:
-                    windows.append(Window(s_index, piece.start_s, piece.end_s))
-    return windows
-
-
-def assign_to_chunks(
-    segments: list[AsrSegment], chunks: list[SpeechChunk]
-) -> dict[int, list[AsrSegment]]:
-    """Give each ASR segment to the chunk it overlaps most, trimmed to that chunk."""
-    by_chunk: dict[int, list[AsrSegment]] = {}
-    for segment in segments:
-        overlaps = [
-            min(segment.end_s, c.end_s) - max(segment.start_s, c.start_s) for c in chunks
-        ]
-        best = int(np.argmax(overlaps))
-        if overlaps[best] <= 0:
-            continue  # text placed in a gap between chunks: nothing of it was speech
-        chunk = chunks[best]
-        by_chunk.setdefault(best, []).append(
-            replace(
-                segment,
-                start_s=max(segment.start_s, chunk.start_s),
-                end_s=min(segment.end_s, chunk.end_s),
-            )
-        )
-    return by_chunk
-
-
-def _window_audio(sources: list[PreparedSource], windows: list[Window]) -> list[np.ndarray]:
-    arrays = {}
-    audio = []
-    for window in windows:
-        if window.source not in arrays:
-            arrays[window.source] = sources[window.source].samples()
-        samples = arrays[window.source]
-        audio.append(
-            np.asarray(samples[int(window.start_s * SAMPLE_RATE) : int(window.end_s * SAMPLE_RATE)])
-        )
-    return audio
-
-
-def transcribe_all(
-    model: WhisperModel,
-    sources: list[PreparedSource],
-    settings: AsrSettings,
-    on_batch: Callable[[int], None] | None = None,
-) -> dict[tuple[int, int], list[AsrSegment]]:
-    """ASR segments (times from the source's start) per (source, chunk), batched across files."""
-    windows = plan_windows(sources, settings.pack_chunks)
-    per_source: dict[int, list[AsrSegment]] = {}
-    for start in range(0, len(windows), settings.batch_size):
-        batch = windows[start : start + settings.batch_size]
-        for window, found in zip(
-            batch, transcribe_windows(model, _window_audio(sources, batch), settings), strict=True
-        ):
-            per_source.setdefault(window.source, []).extend(
-                replace(
-                    s,
-                    start_s=window.start_s + s.start_s,
-                    end_s=min(window.end_s, window.start_s + s.end_s),
-                )
-                for s in found
-            )
-        if on_batch:
-            on_batch(len(batch))
-    return {
-        (s_index, c_index): segments
-        for s_index, found in per_source.items()
-        for c_index, segments in assign_to_chunks(found, sources[s_index].chunks).items()
-    }
 
 
 def clip_rows(
@@ -508,12 +502,11 @@ def transcribe_sources(
     model_dir: str,
     settings: Settings,
     out_dir: Path,
-    on_batch: Callable[[int], None] | None = None,
 ) -> TranscribedUnit:
     """Transcribe a unit of prepared sources and write its clips' transcripts to `out_dir`."""
     asr = settings.asr
     model = load_whisper(model_dir, asr.device, asr.compute_type, asr.cpu_threads)
-    segments = transcribe_all(model, sources, asr, on_batch)
+    segments = transcribe_all(model, sources, asr)
     records, dropped_records = [], []
     for s_index, source in enumerate(sources):
         for c_index, chunk in enumerate(source.chunks):

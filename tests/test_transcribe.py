@@ -7,13 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from voxtox.models.asr import AsrSegment, WordTiming, decode, encode, load_whisper
 from voxtox.settings import AsrSettings, SentenceSettings, Settings
 from voxtox.tasks.transcribe import (
-    AsrSegment,
+    SOURCE_GAP_S,
+    PackedInput,
+    Piece,
     hallucination_reason,
-    load_whisper,
     max_ngram_repeats,
+    pack,
+    plan_pieces,
     sentence_segments,
+    split_long_segment,
+    to_pieces,
     transcribe_sources,
 )
 from voxtox.tasks.ingest import PreparedSource, prepare_source
@@ -134,50 +140,60 @@ def test_evaluation_splits_keep_whole_vad_segments(multilingual, whisper_dir: st
 
 
 def test_batched_decoding_matches_one_at_a_time(multilingual, whisper_dir: str) -> None:
-    from voxtox.tasks.transcribe import _window_audio, plan_windows, transcribe_windows
-
     source, settings = multilingual
     asr = settings.asr
     model = load_whisper(whisper_dir, asr.device, asr.compute_type, asr.cpu_threads)
-    audio = _window_audio([source], plan_windows([source]))
-    batched = transcribe_windows(model, audio, asr)
-    single = [transcribe_windows(model, [window], asr)[0] for window in audio]
+    audio = [packed.audio([source]) for packed in pack(plan_pieces([source]))][:3]
+    languages = [("en", 1.0)] * len(audio)
+    batched = decode(model, encode(model, audio), [len(a) for a in audio], languages, asr, word_times=True)
+    single = [decode(model, encode(model, [a]), [len(a)], languages[:1], asr, word_times=True)[0] for a in audio]
     assert [[s.text for s in w] for w in batched] == [[s.text for s in w] for w in single]
 
 
-def test_unpacked_chunks_each_get_their_own_language(whisper_dir: str, tmp_path: Path) -> None:
-    """With `pack_chunks` off, every VAD chunk is its own window and its own language."""
-    import pyarrow.parquet as pq
-    import soundfile
-
-    from conftest import spoken
-    from voxtox.tasks.decode import SAMPLE_RATE
-    from voxtox.tasks.speech_synth import Utterance
-
-    samples = spoken(
-        Utterance("good game everyone, see you tomorrow night", "en"),
-        Utterance("buena partida amigos, nos vemos mañana por la noche", "es"),
-        pauses=[2.0],
-    )
-    soundfile.write(tmp_path / "switch.wav", samples, SAMPLE_RATE)
-    settings = Settings(data_dir=tmp_path)
-    settings = settings.model_copy(update={"asr": settings.asr.model_copy(update={"pack_chunks": False})})
-    source = prepare_source(str(tmp_path / "switch.wav"), "test", settings, tmp_path)
-    assert isinstance(source, PreparedSource) and len(source.chunks) == 2
-    unit = transcribe_sources([source], whisper_dir, settings, tmp_path / "out")
-    rows = sorted(pq.read_table(unit.transcripts).to_pylist(), key=lambda r: r["start_s"])
-    assert [row["lang"] for row in rows] == ["en", "es"]
+def words(*spans: tuple[float, float, str]) -> tuple[WordTiming, ...]:
+    return tuple(WordTiming(start, end, text, 0.9) for start, end, text in spans)
 
 
-def test_packing_shares_windows_but_keeps_chunk_rows(multilingual, tmp_path: Path) -> None:
-    from voxtox.tasks.transcribe import assign_to_chunks, plan_windows
+def test_pieces_of_one_language_share_inputs_of_at_most_30_s() -> None:
+    pieces = [Piece(0, i, 10.0 * i, 10.0 * i + 8.0) for i in range(5)] + [Piece(1, 0, 0.0, 8.0)]
+    languages = ["en", "es", "en", "en", "en", "en"]
+    inputs = pack(pieces, languages)
+    assert all(packed.duration_s <= 30.0 for packed in inputs)
+    for packed in inputs:
+        assert len({languages[pieces.index(p)] for p in packed.pieces}) == 1  # never mixed
+        order = [pieces.index(p) for p in packed.pieces]
+        assert order == sorted(order)  # recordings in turn, each in time order
+    # English: three 8 s pieces with 0.5 s gaps fill one input; the fourth goes on with the other
+    # recording's piece, after a longer gap; the Spanish piece has its own.
+    assert [len(packed.pieces) for packed in inputs] == [3, 2, 1]
+    assert inputs[1].offsets == [0.0, 8.0 + SOURCE_GAP_S] and inputs[0].offsets == [0.0, 8.5, 17.0]
 
-    source, _ = multilingual
-    packed, unpacked = plan_windows([source], pack=True), plan_windows([source], pack=False)
-    assert all(w.end_s - w.start_s <= 30.0 for w in packed + unpacked)
-    assert len(packed) <= len(unpacked)
-    # A segment straddling two chunks goes to the one it overlaps most, trimmed to it.
-    first, second = source.chunks[0], source.chunks[1]
-    straddling = segment(first.end_s - 1.0, second.start_s + 3.0)
-    assigned = assign_to_chunks([straddling], source.chunks)
-    assert list(assigned) == [1] and assigned[1][0].start_s == second.start_s
+
+def test_words_map_back_to_the_piece_they_were_spoken_in() -> None:
+    from voxtox.tasks.transcribe import PIECE_GAP_S
+
+    packed = PackedInput((Piece(0, 0, 100.0, 103.0), Piece(0, 1, 200.0, 204.0)))
+    second = 3.0 + PIECE_GAP_S  # where the second piece starts in the input
+    # One Whisper segment running across the join; "nice" is timed a little early, in the gap.
+    segment = AsrSegment(0.2, second + 3.0, "hello there. nice shot", -0.2, 0.01, 1.1, "en", 0.9,
+                         words((0.2, 0.8, " hello"), (0.9, 2.5, " there."), (second - 0.2, second + 0.4, " nice"),
+                               (second + 0.5, second + 3.0, " shot")))
+    mapped = to_pieces(packed, [segment])
+    assert [(p.chunk, s.text) for p, s in mapped] == [(0, "hello there."), (1, "nice shot")]
+    assert mapped[0][1].start_s == pytest.approx(100.2) and mapped[0][1].end_s == pytest.approx(102.5)
+    assert mapped[1][1].start_s == pytest.approx(200.0) and mapped[1][1].end_s == pytest.approx(203.0)
+    # Without word times the segment goes whole to the piece it overlaps most.
+    bare = AsrSegment(0.2, second + 3.0, "hello there. nice shot", -0.2, 0.01, 1.1, "en", 0.9)
+    assert [(p.chunk, s.text) for p, s in to_pieces(packed, [bare])] == [(1, "hello there. nice shot")]
+
+
+def test_a_long_segment_is_cut_between_words_not_dropped() -> None:
+    spoken = [(t, t + 0.5, f" w{i}") for i, t in enumerate(np.arange(0.0, 24.0, 0.6))]
+    spoken[20] = (spoken[20][0], spoken[20][1], " stop.")  # a sentence end near the middle
+    segment = AsrSegment(0.0, 24.0, "".join(w for _, _, w in spoken).strip(), -0.2, 0.01, 1.2, "en", 0.9, words(*spoken))
+    pieces = split_long_segment(segment, 15.0)
+    assert len(pieces) == 2 and all(p.end_s - p.start_s <= 15.0 for p in pieces)
+    assert pieces[0].text.endswith("stop.")  # the cut is at the sentence end
+    assert " ".join(p.text for p in pieces) == segment.text
+    sentences, dropped = sentence_segments([segment], SentenceSettings())
+    assert len(sentences) == 2 and not dropped

@@ -45,13 +45,13 @@ class AsrSettings(BaseModel):
     beam_size: int = Field(5, ge=1)
     batch_size: int = Field(8, ge=1, description="chunks decoded together")
     language: str | None = Field(None, description="force a language; default: per chunk")
-    pack_chunks: bool = Field(
-        False,
-        description="share 30 s ASR windows between consecutive chunks of a file (faster, but"
-        " language is then detected per window, not per chunk; see docs/benchmarks.md)",
+    word_timestamps: bool = Field(
+        True, description="align words: cuts text exactly at chunk boundaries and long sentences between words"
     )
-    languages: list[str] | None = Field(
-        None, description="restrict per-chunk detection to these codes (e.g. a platform's languages)"
+    languages: list[str] = Field(
+        ["en", "es", "fr", "de", "pt"],
+        description="languages a chunk may be given (by default those of the default labeller); [] for any"
+        " language Whisper knows",
     )
     fallback_temperatures: list[float] = Field(
         [0.2, 0.4, 0.6, 0.8, 1.0], description="re-decode failed windows by sampling at these"
