@@ -17,6 +17,7 @@ import os
 import re
 import uuid
 from datetime import date
+from functools import lru_cache
 from pathlib import Path
 
 TOMBSTONES_FILE = "tombstones.txt"
@@ -48,7 +49,18 @@ def read_tombstones(path: Path) -> dict[str, str]:
 
 
 def forgotten_sha256s(path: Path) -> frozenset[str]:
-    return frozenset(read_tombstones(path))
+    """The forgotten hashes; read again only when the file was replaced (writers ask for every
+    source they write)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return frozenset()
+    return _forgotten(str(path), stat.st_ino, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _forgotten(path: str, inode: int, mtime_ns: int) -> frozenset[str]:
+    return frozenset(read_tombstones(Path(path)))
 
 
 def add_tombstones(path: Path, sha256s: set[str] | frozenset[str], day: date) -> int:

@@ -110,10 +110,12 @@ def test_forget_erases_a_recording_everywhere_and_a_rerun_does_not_bring_it_back
     assert len(traces_of(settings.data_dir, needles, spared)) > 10  # the search finds them while they are there
     # The speaker in the human labels names the same recording; a dry run changes nothing.
     assert identify(parse_request(["speaker:alice"]), settings.shards_dir).sha256s == {sha}
-    dry = CliRunner().invoke(app, ["forget", "speaker:alice", "--dry-run", "--data-dir", str(settings.data_dir)],
+    request = settings.data_dir.parent / "deletion-request.txt"
+    request.write_text("# a deletion request: one recording per line\nspeaker:alice\n")
+    dry = CliRunner().invoke(app, ["forget", "--from", str(request), "--dry-run", "--data-dir", str(settings.data_dir)],
                              env={"COLUMNS": "200"})
     assert dry.exit_code == 0, dry.output
-    assert "would erase" in dry.output and rows_of(catalog, "clips", sha) == before["clips"]
+    assert "would erase" in dry.output and sha in dry.output and rows_of(catalog, "clips", sha) == before["clips"]
 
     result = CliRunner().invoke(app, ["forget", str(world["forgotten"]), "--data-dir", str(settings.data_dir)],
                                 env={"COLUMNS": "200"})
