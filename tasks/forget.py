@@ -10,8 +10,8 @@ Erasing recordings, under the shards' exclusive lock (storage/erasure.py):
 2. rewrite, without the recordings' rows, every file that holds any: the tables' shards
    (`clips`, `rejects`, `sources`, `human_labels`, and any table with `source_sha256`,
    `source_uri` or `clip_id`) and, under the run directories, the cached window scores;
-3. delete the work directories no running label run holds (scratch of runs that died, with
-   decoded audio in them);
+3. delete the work directories no running label run holds (storage/workdir.py: scratch of runs
+   that died, with decoded audio in them);
 then say which trained runs learnt from them (`training_sources.parquet` in each run: a model
 cannot be un-trained) and whether their input files are still where they were labelled from.
 
@@ -21,29 +21,25 @@ which would then hold the very names a deletion request asks to erase.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
 import duckdb
 
+from voxtox.files import sha256_file
 from voxtox.settings import Settings
 from voxtox.storage.erasure import RecordingRows, Rewritten, erase_rows, matching_rows, shards_lock
 from voxtox.storage.schema import TRAINING_SOURCES_FILE
 from voxtox.storage.shards import shard_files
 from voxtox.storage.tombstones import add_tombstones, is_sha256, tombstones_file
-from voxtox.files import sha256_file as file_sha256
+from voxtox.storage.workdir import sweep_stale_work
 
 SHA256_PREFIX = "sha256:"
 URI_PREFIX = "uri:"
 SPEAKER_PREFIX = "speaker:"
-#: A label run holds a shared lock on this file in its work directory while it runs.
-WORK_CLAIM = ".claim"
 #: How the report names rows erased from run directories' cached window scores.
 CACHED_SCORES = "cached scores (runs)"
 
@@ -166,7 +162,7 @@ def identify(request: ForgetRequest, shards_root: Path) -> Recordings:
         found = {sha for stored, sha in pairs if sha and _same_uri(stored, uri)}
         local = _local_path(uri)
         if local is not None and local.is_file():
-            found.add(file_sha256(local))
+            found.add(sha256_file(local))
         if not found and not any(_same_uri(stored, uri) for stored, _ in pairs):
             unmatched.append(uri)
         sha256s |= found
@@ -178,30 +174,6 @@ def identify(request: ForgetRequest, shards_root: Path) -> Recordings:
     uris = {stored for stored, sha in pairs if sha in sha256s}
     uris |= {stored for stored, sha in pairs if sha is None and any(_same_uri(stored, u) for u in request.uris)}
     return Recordings(frozenset(sha256s), frozenset(uris), tuple(unmatched))
-
-
-# --- work directories -----------------------------------------------------------------------------
-
-
-def claim_work_dir(work: Path) -> IO[str]:
-    """Mark `work` as in use by a running label run until the returned file is closed (or the
-    process ends): forget and retention leave a claimed work directory alone."""
-    work.mkdir(parents=True, exist_ok=True)
-    handle = (work / WORK_CLAIM).open("a")
-    fcntl.flock(handle, fcntl.LOCK_SH)
-    return handle
-
-
-def _remove_if_abandoned(work: Path, dry_run: bool) -> bool:
-    """Delete a work directory no running label run holds; False when one holds it."""
-    with (work / WORK_CLAIM).open("a") as claim:
-        try:
-            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        if not dry_run:
-            shutil.rmtree(work)
-    return True
 
 
 # --- runs -------------------------------------------------------------------------------------------
@@ -273,7 +245,7 @@ def _input_files(recordings: Recordings) -> dict[Path, str]:
     for uri in recordings.uris:
         local = _local_path(uri)
         if local is not None and local.is_file():
-            sha = file_sha256(local)
+            sha = sha256_file(local)
             if sha in recordings.sha256s:
                 found[local] = sha
     return found
@@ -299,10 +271,10 @@ def erase_recordings(
         _record(report, CACHED_SCORES, _erase(cached_score_files(runs_dirs), rows, dry_run))
         for name in _table_names(shards):
             _record(report, name, _erase(shard_files(shards, name), rows, dry_run))
-        work_dirs = sorted(p for p in settings.work_dir.iterdir() if p.is_dir()) if settings.work_dir.is_dir() else []
-        for work in work_dirs:
-            removed = _remove_if_abandoned(work, dry_run)
-            (report.work_dirs_removed if removed else report.work_dirs_in_use).append(str(work))
+        if not dry_run:  # dead runs' scratch holds decoded audio; a running label run keeps its own
+            report.work_dirs_removed = [str(p) for p in sweep_stale_work(settings.work_dir)]
+        if settings.work_dir.is_dir():
+            report.work_dirs_in_use = sorted(str(p) for p in settings.work_dir.iterdir() if p.is_dir())
     report.runs_trained_on, report.runs_without_record = runs_that_saw(runs_dirs, recordings.sha256s)
     for path in sorted(inputs):
         if delete_inputs and not dry_run:

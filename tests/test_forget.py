@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import spoken, write_audio
+from voxtox.files import sha256_file
 from voxtox.flows.cli import app
 from voxtox.flows.label import label_flow
 from voxtox.settings import EvaluateSettings, Settings, TrainSettings
@@ -21,7 +22,7 @@ from voxtox.storage.schema import TRAINING_SOURCES_FILE
 from voxtox.storage.tombstones import TOMBSTONES_FILE, read_tombstones
 from voxtox.tasks.evaluate import read_eval_set, score_run
 from voxtox.tasks.forget import identify, parse_request
-from voxtox.tasks.human_labels import file_sha256, import_truth_files
+from voxtox.tasks.human_labels import import_truth_files
 from voxtox.tasks.speech_synth import Utterance
 from voxtox.tasks.train import train_model
 
@@ -97,7 +98,7 @@ def traces_of(directory: Path, needles: list[bytes], spared: set[str]) -> list[s
 
 def test_forget_erases_a_recording_everywhere_and_a_rerun_does_not_bring_it_back(world: dict) -> None:
     settings, catalog, run = world["settings"], world["catalog"], world["run"]
-    sha, kept_sha = file_sha256(world["forgotten"]), file_sha256(world["kept"])
+    sha, kept_sha = sha256_file(world["forgotten"]), sha256_file(world["kept"])
     clip = catalog.query(f"SELECT transcript, audio FROM clips WHERE source_sha256 = '{sha}' LIMIT 1").to_pylist()[0]
     before = {table: rows_of(catalog, table, sha) for table in ("clips", "sources", "human_labels")}
     assert min(before.values()) >= 1, before
