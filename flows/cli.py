@@ -168,7 +168,7 @@ def forget(
 
 
 def _print_erasure(report: ErasureReport) -> None:
-    verb = "would erase" if report.dry_run else "erased"
+    verb = "would be erased" if report.dry_run else "erased"
     console.print(f"{len(report.recordings)} recording(s) {verb}" + ("" if report.dry_run else
                   f", {report.new_tombstones} new tombstone(s) (sha256 and date only)"))
     for sha in report.recordings:

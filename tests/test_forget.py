@@ -116,7 +116,7 @@ def test_forget_erases_a_recording_everywhere_and_a_rerun_does_not_bring_it_back
     dry = CliRunner().invoke(app, ["forget", "--from", str(request), "--dry-run", "--data-dir", str(settings.data_dir)],
                              env={"COLUMNS": "200"})
     assert dry.exit_code == 0, dry.output
-    assert "would erase" in dry.output and sha in dry.output and rows_of(catalog, "clips", sha) == before["clips"]
+    assert "would be erased" in dry.output and sha in dry.output and rows_of(catalog, "clips", sha) == before["clips"]
 
     result = CliRunner().invoke(app, ["forget", str(world["forgotten"]), "--data-dir", str(settings.data_dir)],
                                 env={"COLUMNS": "200"})
