@@ -298,16 +298,17 @@ def _val_labels(catalog, split: str, clip_ids: list[str], fallback: np.ndarray) 
     return np.ones(len(clip_ids), dtype=bool), fallback, "pipeline"
 
 
-def score_val_clips(model: torch.nn.Module, files: list[str], rows: np.ndarray, window_s: float,
-                    batch_size: int, aggregation: str = "max") -> np.ndarray:
+def score_val_clips(model: torch.nn.Module, files: list[str], rows: np.ndarray, clip_ids: list[str],
+                    window_s: float, batch_size: int, aggregation: str = "max") -> np.ndarray:
     """(clips, classes) scores of clips stored in the shards, max over windows, as classify does."""
     from voxtox.tasks.evaluate import read_segment_audio
 
     scorer = WindowScorer(model, window_s=window_s, stride_s=window_s, batch_size=batch_size)
     scores = []
     for start in range(0, len(files), 32):
-        clips = [read_segment_audio(file, int(row))
-                 for file, row in zip(files[start : start + 32], rows[start : start + 32], strict=True)]
+        clips = [read_segment_audio(file, int(row), clip)
+                 for file, row, clip in zip(files[start : start + 32], rows[start : start + 32],
+                                            clip_ids[start : start + 32], strict=True)]
         scores += [aggregate(p, aggregation) for p in scorer.score_many(clips)]  # type: ignore[arg-type]
     return np.stack(scores)
 
@@ -348,7 +349,8 @@ def calibrate_thresholds(
         segments = "all (the split has no evaluation segments)"
     mask, labels, source = _val_labels(catalog, split, clips.clip_ids, clips.labels)
     keep = np.flatnonzero(mask)
-    scores = score_val_clips(model, [clips.files[i] for i in keep], clips.rows[keep], window_s, batch_size)
+    scores = score_val_clips(model, [clips.files[i] for i in keep], clips.rows[keep],
+                             [clips.clip_ids[i] for i in keep], window_s, batch_size)
     thresholds, f1 = best_f1_thresholds(labels, scores)
     f1_default = f1_at_threshold(labels, scores, np.full(len(classes), DEFAULT_THRESHOLD))
     defaulted = [c for c, t in zip(classes, thresholds, strict=True) if not np.isfinite(t)]

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 # Quieten library chatter before those libraries are imported.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -18,6 +18,9 @@ from rich.table import Table
 
 from voxtox.labels import CLASSES
 from voxtox.settings import Settings
+
+if TYPE_CHECKING:
+    from voxtox.tasks.forget import ErasureReport
 
 class _App(typer.Typer):
     """The CLI, with Prefect's ephemeral start-up timeout turned into one line saying what to set."""
@@ -116,6 +119,7 @@ def label(
     labeller: Annotated[str | None, typer.Option(help="labeller checkpoint dir or name")] = None,
     asr_model: Annotated[str | None, typer.Option(help="faster-whisper model dir or name")] = None,
     dask: Annotated[str | None, typer.Option(help="Dask scheduler address, e.g. tcp://host:8786")] = None,
+    allow_forgotten: Annotated[bool, typer.Option(help="label recordings `voxtox forget` erased, too")] = False,
 ) -> None:
     """Transcribe, label and embed voice audio into Parquet shards (a Prefect flow)."""
     if split not in SPLITS:
@@ -128,12 +132,67 @@ def label(
     with user_errors():
         preflight(list(inputs), settings)  # fail fast, before a Prefect API is started
     flow = label_flow.with_options(task_runner=task_runner_for(settings))
-    report = flow(inputs=list(inputs), split=split, settings=settings)
+    report = flow(inputs=list(inputs), split=split, settings=settings, allow_forgotten=allow_forgotten)
     summary = Table(title="voxtox label", show_header=False)
     for key, value in vars(report).items():
         summary.add_row(key, str(value))
     console.print(summary)
     console.print("Query it: voxtox query \"SELECT lang, count(*) FROM clips GROUP BY lang\"")
+
+
+@app.command()
+def forget(
+    recordings: Annotated[list[str] | None, typer.Argument(
+        help="a sha256 of the audio, a URI (path) it was labelled from, or speaker:<id> (human labels); "
+             "prefixes sha256:, uri: make the kind explicit")] = None,
+    from_file: Annotated[Path | None, typer.Option("--from", help="a file listing recordings, one per line")] = None,
+    runs: Annotated[list[Path] | None, typer.Option(help="run directories to check besides <runs_dir> (repeat)")] = None,
+    delete_inputs: Annotated[bool, typer.Option(help="also delete the input files the recordings were labelled from")] = False,
+    dry_run: Annotated[bool, typer.Option(help="say what would be erased, change nothing")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+) -> None:
+    """Erase recordings from every table, shard and cached score, tombstone them so no later run
+    labels them again (unless `voxtox label --allow-forgotten`), and list the trained runs that
+    learnt from them."""
+    from voxtox.tasks.forget import forget as forget_recordings
+    from voxtox.tasks.forget import parse_request, read_request_file
+
+    settings = load_settings(data_dir)
+    with user_errors():
+        named = list(recordings or []) + (read_request_file(from_file) if from_file else [])
+        if not named:
+            raise ValueError("name at least one recording (a sha256, a URI or speaker:<id>), or --from FILE")
+        with console.status("finding and erasing rows"):
+            report = forget_recordings(parse_request(named), settings, runs, delete_inputs, dry_run)
+    _print_erasure(report)
+
+
+def _print_erasure(report: ErasureReport) -> None:
+    verb = "would be erased" if report.dry_run else "erased"
+    console.print(f"{len(report.recordings)} recording(s) {verb}" + ("" if report.dry_run else
+                  f", {report.new_tombstones} new tombstone(s) (sha256 and date only)"))
+    for sha in report.recordings:
+        console.print(f"  {sha}")
+    for name in report.unmatched:
+        console.print(f"[yellow]no data held for[/yellow] {name}" + (" (tombstoned)" if len(name) == 64 else ""))
+    view = Table("table", "rows", title=f"rows {verb}")
+    for table, rows in sorted(report.rows.items()):
+        view.add_row(table, str(rows))
+    console.print(view)
+    console.print(f"files rewritten: {len(report.files_rewritten)}, deleted: {len(report.files_deleted)}; "
+                  f"work directories removed: {len(report.work_dirs_removed)}, in use: {len(report.work_dirs_in_use)}")
+    if report.runs_trained_on:
+        console.print("[bold]trained runs that learnt from these recordings[/bold] (a model cannot be "
+                      "un-trained; retrain without them, or retire these):")
+        for run, splits in report.runs_trained_on.items():
+            console.print(f"  {run} ({', '.join(splits)})")
+    if report.runs_without_record:
+        console.print(f"runs that do not record their training data (may have seen them): "
+                      f"{', '.join(report.runs_without_record)}")
+    for path in report.input_files:
+        console.print(f"[yellow]the input file is still there:[/yellow] {path} (--delete-inputs deletes it)")
+    for path in report.input_files_deleted:
+        console.print(f"deleted input file {path}")
 
 
 @app.command()
@@ -524,6 +583,8 @@ def import_labels(
     Catalog(settings.catalog_path, settings.shards_dir).refresh_views()
     console.print(f"imported {report.n_spans} labelled spans of {report.n_sources} recordings from "
                   f"{report.n_files} file(s) into {settings.shards_dir / 'human_labels'}")
+    if report.n_forgotten:
+        console.print(f"not imported: the labels of {report.n_forgotten} recording(s) `voxtox forget` erased")
     console.print("Query it: voxtox query \"SELECT * FROM segment_truth LIMIT 10\"")
 
 

@@ -11,6 +11,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import duckdb
 from prefect import flow, get_run_logger, runtime, unmapped
@@ -25,11 +26,14 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from voxtox.labels import CLASSES
+from voxtox.flows.serve import check_served_run
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.model_store import resolve_model
 from voxtox.storage.schema import label_column
+from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.storage.workdir import run_work_dir
+from voxtox.tasks.confine import confine
 from voxtox.tasks.decode import discover_inputs
 from voxtox.tasks.embed import embed_task, resolve_text_encoder
 from voxtox.tasks.ingest import PreparedSource, SourceRejection, ingest_task
@@ -146,32 +150,41 @@ def _publish_summary(report: LabelReport, catalog: Catalog) -> None:
 
 @flow(name="label", log_prints=True)
 def label_flow(
-    inputs: list[str], split: str = "train", settings: Settings | None = None
+    inputs: list[str],
+    split: Literal["train", "val", "test", "auto"] = "train",
+    settings: Settings | None = None,
+    allow_forgotten: bool = False,
 ) -> LabelReport:
-    """Label every input (directory, glob, file or manifest) into the catalog's shards."""
+    """Label every input (directory, glob, file or manifest) into the catalog's shards.
+    Recordings `voxtox forget` erased are skipped unless `allow_forgotten`."""
     started = time.perf_counter()
+    inbox = check_served_run(settings, allow_forgotten)
     settings = settings or Settings()
     logger = get_run_logger()
     run_id = _run_id()
     catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    inputs, outside = confine(inputs, inbox)  # a served run reads only below its inbox
     uris, models = preflight(inputs, settings)
+    uris, outside_found = confine(uris, inbox)
     known = frozenset(catalog.known_sources())
     logger.info("%d inputs, %d sources already in the catalog", len(uris), len(known))
+    if not allow_forgotten:
+        known |= forgotten_sha256s(tombstones_file(settings.shards_dir))
     with run_work_dir(settings.work_dir, run_id) as work:
         ingested = [
             f.result()
             for f in ingest_task.map(uris, unmapped(split), unmapped(settings), unmapped(work), unmapped(known))
         ]
         prepared, duplicates = first_of_each_content(ingested)
-        rejected = [r for r in ingested if isinstance(r, SourceRejection)] + duplicates
-        written = _label_prepared(prepared, models, settings, run_id, work)
+        rejected = outside + outside_found + [r for r in ingested if isinstance(r, SourceRejection)] + duplicates
+        written = _label_prepared(prepared, models, settings, run_id, work, allow_forgotten)
         if rejected:
-            written.append(write_rejections_task(rejected, settings.shards_dir, run_id))
+            written.append(write_rejections_task(rejected, settings.shards_dir, run_id, allow_forgotten))
     _refresh_views(catalog, logger)
 
     report = LabelReport(
         run_id=run_id,
-        n_inputs=len(uris),
+        n_inputs=len(uris) + len(outside) + len(outside_found),
         n_skipped=sum(r is None for r in ingested),
         n_sources=len(prepared),
         n_rejected_inputs=len(rejected),
@@ -188,7 +201,12 @@ def label_flow(
 
 
 def _label_prepared(
-    prepared: list[PreparedSource], models: ResolvedModels, settings: Settings, run_id: str, work: Path
+    prepared: list[PreparedSource],
+    models: ResolvedModels,
+    settings: Settings,
+    run_id: str,
+    work: Path,
+    allow_forgotten: bool,
 ) -> list[WrittenUnit]:
     """transcribe -> label -> embed -> write, per unit of sources; the writes as they finish."""
     writes = []
@@ -198,7 +216,7 @@ def _label_prepared(
         embedded = embed_task.submit(labelled, models.text_encoder, settings)
         writes.append(
             write_task.submit(
-                unit, embedded, transcribed, settings.shards_dir, settings.asr.model, run_id
+                unit, embedded, transcribed, settings.shards_dir, settings.asr.model, run_id, allow_forgotten
             )
         )
     return _wait_with_progress(writes, len(prepared))

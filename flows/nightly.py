@@ -32,13 +32,17 @@ from prefect.tasks import exponential_backoff
 from voxtox.flows.classify import THRESHOLDS_FILE
 from voxtox.flows.evaluate import evaluate_flow
 from voxtox.flows.label import label_flow
+from voxtox.flows.serve import check_served_run
 from voxtox.flows.train import train_flow
 from voxtox.models.metrics import MAP_NAME
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
+from voxtox.storage.schema import HAS_AUDIO
+from voxtox.tasks.confine import outside_reason
 from voxtox.tasks.decode import discover_inputs
 from voxtox.tasks.evaluate import ALL_LANGUAGES, NoHumanLabelsError
 from voxtox.tasks.human_labels import import_truth_files
+from voxtox.tasks.retention import retention_task
 
 SPLIT_DIRS = ("train", "val", "test")
 TRUTH_DIR = "truth"
@@ -104,8 +108,8 @@ def truth_files(inbox: Path) -> list[Path]:
 
 
 @task(name="import-labels", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10))
-def import_labels_task(paths: list[str], settings: Settings) -> int:
-    report = import_truth_files([Path(p) for p in paths], settings.shards_dir)
+def import_labels_task(paths: list[str], settings: Settings, confine_to: Path | None = None) -> int:
+    report = import_truth_files([Path(p) for p in paths], settings.shards_dir, confine_to=confine_to)
     Catalog(settings.catalog_path, settings.shards_dir).refresh_views()
     return report.n_spans
 
@@ -118,7 +122,9 @@ def train_clip_count(settings: Settings) -> int:
     if "clips" not in catalog.refresh_views():
         return 0
     condition = settings.train.train_filter
-    rows = catalog.query(f"SELECT count(*) AS n FROM clips WHERE split = 'train' AND ({condition})").to_pylist()
+    rows = catalog.query(
+        f"SELECT count(*) AS n FROM clips WHERE split = 'train' AND {HAS_AUDIO} AND ({condition})"
+    ).to_pylist()
     return int(rows[0]["n"])
 
 
@@ -222,6 +228,13 @@ def _evaluate_and_decide(candidate: Path, current: Path | None, settings: Settin
     return decide(map_difference(evaluation.results), settings.evaluate.confidence)
 
 
+def _apply_retention(settings: Settings) -> None:
+    """`[retention]`: erase expired recordings and drop expired audio, with an artifact saying what went."""
+    removed = retention_task(settings)
+    lines = ["## Retention", ""] + [f"- **{key}**: {value}" for key, value in asdict(removed).items()]
+    create_markdown_artifact(key="retention", markdown="\n".join(lines), description="voxtox retention: what was removed")
+
+
 def _publish(report: NightlyReport) -> None:
     lines = [f"## Nightly {report.night}: {'promoted' if report.promoted else 'not promoted'}", "", report.reason, ""]
     lines += [f"- **{key}**: {value}" for key, value in asdict(report).items() if key != "reason"]
@@ -235,12 +248,17 @@ def nightly_flow(
     """Label the inbox → import its human labels → train a candidate when enough new training
     clips arrived → evaluate it against the current model on the test split → promote it if its
     mAP is better with a paired-bootstrap 95% CI that excludes 0."""
+    served = check_served_run(settings)
     settings = settings or Settings()
     inbox_dir = Path(inbox) if inbox else settings.inbox_dir
-    report = NightlyReport(night=night or date.today().isoformat())
+    if served is not None and (outside := outside_reason(str(inbox_dir), served)):
+        raise ValueError(f"inbox: {outside}")
+    report = NightlyReport(night=date.fromisoformat(night).isoformat() if night else date.today().isoformat())
+    if settings.retention.enabled:
+        _apply_retention(settings)
     _label_new_audio(inbox_dir, settings, report)
     if files := truth_files(inbox_dir):
-        report.imported_label_spans = import_labels_task([str(p) for p in files], settings)
+        report.imported_label_spans = import_labels_task([str(p) for p in files], settings, served)
 
     current = current_run(settings)
     report.current = str(current) if current else None

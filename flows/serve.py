@@ -15,13 +15,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from prefect import Flow, serve
+from prefect.context import FlowRunContext
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 
 from voxtox.settings import Settings
+from voxtox.tasks.confine import SERVED_INBOX_ENV, served_inbox
 
 #: Every deployment gets this name ("nightly/voxtox", "label/voxtox" in Prefect's UI and CLI).
 DEPLOYMENT_NAME = "voxtox"
@@ -114,10 +117,33 @@ def next_runs(deployment: RunnerDeployment) -> list[datetime]:
     return runs
 
 
+def check_served_run(settings: Settings | None, allow_forgotten: bool = False) -> Path | None:
+    """In a process `voxtox serve` started: the inbox its runs' inputs are confined to, after
+    refusing the parameters a deployment's run may not be given. With `settings`, anyone who can
+    start a run could point it at another data directory, a model anywhere on disk, SQL filters
+    that DuckDB runs (DuckDB reads and writes files) or their own Dask scheduler; with
+    `allow_forgotten`, label again what `voxtox forget` erased. A served run takes its settings
+    from the serving process; a subflow (nightly's label runs) gets its parent's. None outside
+    `voxtox serve`: a local user's runs are neither confined nor refused anything."""
+    inbox = served_inbox()
+    context = FlowRunContext.get()
+    top_level = context is None or context.flow_run is None or context.flow_run.parent_task_run_id is None
+    if inbox is not None and top_level and (settings is not None or allow_forgotten):
+        given = "settings" if settings is not None else "allow_forgotten"
+        raise ValueError(
+            f"a served deployment's run cannot be given `{given}`: it takes its settings from `voxtox serve` "
+            "(voxtox.toml, VOXTOX_* variables), and labels erased recordings only when a local user runs "
+            "`voxtox label --allow-forgotten`"
+        )
+    return inbox
+
+
 def serve_deployments(deployments: list[RunnerDeployment], settings: Settings) -> None:
     """Register the deployments and run their flow runs until interrupted."""
     (settings.inbox_dir / TRAIN_INBOX).mkdir(parents=True, exist_ok=True)
     # Flow runs start in subprocesses that read Settings() afresh: give them this data directory
-    # (from --data-dir or a TOML file) rather than their working directory's default.
+    # (from --data-dir or a TOML file) rather than their working directory's default, and confine
+    # what they read to the inbox (tasks/confine.py).
     os.environ["VOXTOX_DATA_DIR"] = str(settings.data_dir.resolve())
+    os.environ[SERVED_INBOX_ENV] = str(settings.inbox_dir.resolve())
     serve(*deployments, limit=settings.serve.limit)

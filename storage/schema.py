@@ -167,3 +167,15 @@ EVALUATIONS_SCHEMA = _with_metadata(
     ),
     "evaluations",
 )
+
+
+#: A clip whose audio retention dropped has `audio` NULL. Testing the small `path` field (NULL
+#: with the struct) keeps DuckDB from reading every clip's audio bytes to answer the question.
+HAS_AUDIO = "audio.path IS NOT NULL"
+
+#: In a `voxtox train` run directory: the recordings (content hashes) it learnt from, per split.
+TRAINING_SOURCES_FILE = "training_sources.parquet"
+TRAINING_SOURCES_SCHEMA = _with_metadata(
+    pa.schema([("source_sha256", pa.string()), ("split", pa.string()), ("n_clips", pa.int64())]),
+    "training_sources",
+)

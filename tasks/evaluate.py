@@ -51,7 +51,7 @@ from voxtox.models.metrics import (
 from voxtox.models.whisper_encoder import SAMPLE_RATE
 from voxtox.settings import EvaluateSettings, Settings
 from voxtox.storage.catalog import Catalog
-from voxtox.storage.schema import EVALUATIONS_SCHEMA, human_label_column, label_column
+from voxtox.storage.schema import EVALUATIONS_SCHEMA, HAS_AUDIO, human_label_column, label_column
 from voxtox.storage.shards import (
     remove_source,
     write_parquet_atomic,
@@ -120,7 +120,7 @@ def read_eval_set(
     low, high = SEGMENT_BOUNDS_S
     segments = (
         f"SELECT * FROM clips WHERE split = '{split}' AND segment_kind = 'evaluation' "
-        f"AND duration_s BETWEEN {low} AND {high} AND ({condition})"
+        f"AND duration_s BETWEEN {low} AND {high} AND {HAS_AUDIO} AND ({condition})"
     )
     n_segments = catalog.query(f"SELECT count(*) AS n FROM ({segments})")["n"][0].as_py()
     if not n_segments:
@@ -160,8 +160,8 @@ def read_eval_set(
     )
 
 
-def read_segment_audio(file: str, row: int) -> np.ndarray:
-    data = read_audio_bytes(file, row)
+def read_segment_audio(file: str, row: int, clip_id: str) -> np.ndarray:
+    data = read_audio_bytes(file, row, clip_id)
     samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
     if rate != SAMPLE_RATE or samples.ndim != 1:
         raise ValueError(f"{file} row {row}: expected 16 kHz mono audio, got {rate} Hz {samples.shape}")
@@ -215,7 +215,7 @@ def score_run(
     windows: list[np.ndarray] = []
     for start in range(0, len(eval_set), CLIPS_PER_SCORING_BATCH):
         chosen = range(start, min(start + CLIPS_PER_SCORING_BATCH, len(eval_set)))
-        windows += scorer.score_many([read_segment_audio(eval_set.files[i], int(eval_set.rows[i])) for i in chosen])
+        windows += scorer.score_many([read_segment_audio(eval_set.files[i], int(eval_set.rows[i]), eval_set.clip_ids[i]) for i in chosen])
     table = pa.table({"clip_id": eval_set.clip_ids,
                       "window_probs": pa.array([w.tolist() for w in windows], pa.list_(pa.list_(pa.float32())))})
     table = table.replace_schema_metadata({b"voxtox.scores_key": json.dumps(key).encode()})

@@ -29,8 +29,11 @@ import pyarrow.parquet as pq
 
 from voxtox.files import sha256_file
 from voxtox.labels import CLASSES
+from voxtox.storage.erasure import shards_lock
 from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, label_column
 from voxtox.storage.shards import replace_human_labels, shard_files
+from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
+from voxtox.tasks.confine import outside_reason
 from voxtox.tasks.decode import SAMPLE_RATE, RejectedInput, open_audio
 
 AUDIO_KEYS = ("audio", "path", "audio_path", "source_uri")
@@ -49,6 +52,7 @@ class ImportReport:
     n_sources: int
     n_spans: int
     shards: list[str]
+    n_forgotten: int = 0  # recordings whose labels were not imported: `voxtox forget` erased them
 
 
 def read_truth_rows(path: Path) -> list[dict[str, object]]:
@@ -169,13 +173,21 @@ def source_durations(shards_root: Path) -> dict[str, float]:
     return dict(zip(table["source_sha256"].to_pylist(), table["duration_s"].to_pylist(), strict=True))
 
 
+def _check_confined(path: Path, confine_to: Path | None, where: str) -> None:
+    reason = outside_reason(str(path), confine_to) if confine_to is not None else None
+    if reason is not None:
+        raise TruthFileError(f"{where}: {reason}")
+
+
 def parse_truth_file(
-    path: Path, known_durations: dict[str, float] | None = None
+    path: Path, known_durations: dict[str, float] | None = None, confine_to: Path | None = None
 ) -> dict[tuple[str, str], list[dict[str, object]]]:
     """Rows in HUMAN_LABELS_SCHEMA (less imported_at), grouped by (sha256, uri); every problem is
     raised as TruthFileError naming the file and row. A span must lie within its audio: the file's
     duration when it is given by path, else the duration of the labelled source of that hash in
-    `known_durations` (a hash not labelled yet cannot be checked)."""
+    `known_durations` (a hash not labelled yet cannot be checked). With `confine_to` (a served
+    run's inbox), the file and the audio it names must lie below it, or nothing outside is read."""
+    _check_confined(path, confine_to, str(path))
     rows = read_truth_rows(path)
     if not rows:
         raise TruthFileError(f"{path}: no rows")
@@ -195,6 +207,7 @@ def parse_truth_file(
             audio_path = Path(str(audio)).expanduser()
             audio_path = audio_path if audio_path.is_absolute() else (path.parent / audio_path)
             audio_path = audio_path.resolve()
+            _check_confined(audio_path, confine_to, where)
             if not audio_path.is_file():
                 raise TruthFileError(f"{where}: audio file {audio_path} does not exist")
             if audio_path not in hashes:
@@ -227,19 +240,28 @@ def parse_truth_file(
     return grouped
 
 
-def import_truth_files(paths: list[Path], shards_root: Path, now: datetime | None = None) -> ImportReport:
+def import_truth_files(
+    paths: list[Path], shards_root: Path, now: datetime | None = None, confine_to: Path | None = None
+) -> ImportReport:
     """Validate every file first, then replace each source's human labels (all or nothing per
-    call when a file is bad). A source named in several files gets the union of their rows."""
+    call when a file is bad). A source named in several files gets the union of their rows.
+    Labels of a recording `voxtox forget` erased are not imported (counted in `n_forgotten`)."""
     now = now or datetime.now(UTC)
     by_source: dict[str, list[dict[str, object]]] = defaultdict(list)
     durations = source_durations(shards_root)
     for path in paths:
-        for (sha, _uri), rows in parse_truth_file(Path(path), durations).items():
+        for (sha, _uri), rows in parse_truth_file(Path(path), durations, confine_to).items():
             by_source[sha].extend(rows)
     written: list[str] = []
+    skipped: set[str] = set()
     for sha, rows in sorted(by_source.items()):
         records = [{**r, "imported_at": now} for r in sorted(rows, key=lambda r: (r["start_s"], r["end_s"]))]
         table = pa.Table.from_pylist(records, HUMAN_LABELS_SCHEMA)
         table = table.append_column("date", pa.array([now.date().isoformat()] * table.num_rows))
-        written += [str(p) for p in replace_human_labels(shards_root, sha, table)]
-    return ImportReport(len(paths), len(by_source), sum(len(r) for r in by_source.values()), written)
+        with shards_lock(shards_root, exclusive=False):  # forget tombstones and erases under it
+            if sha in forgotten_sha256s(tombstones_file(shards_root)):
+                skipped.add(sha)
+                continue
+            written += [str(p) for p in replace_human_labels(shards_root, sha, table)]
+    imported = [rows for sha, rows in by_source.items() if sha not in skipped]
+    return ImportReport(len(paths), len(imported), sum(map(len, imported)), written, len(skipped))

@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache, partial
@@ -65,8 +66,8 @@ from voxtox.models.whisper_encoder import (
 from voxtox.settings import Settings, TrainSettings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.model_store import resolve_model
-from voxtox.storage.schema import label_column
-from voxtox.storage.shards import shard_files
+from voxtox.storage.schema import HAS_AUDIO, TRAINING_SOURCES_FILE, TRAINING_SOURCES_SCHEMA, label_column
+from voxtox.storage.shards import shard_files, write_parquet_atomic
 
 CHECKPOINTS = "checkpoints"
 KEPT_CHECKPOINTS = 2
@@ -80,6 +81,7 @@ class ClipIndex:
     """Everything about a split's clips but their audio, and where each clip's audio is."""
 
     clip_ids: list[str]
+    sources: list[str]  # each clip's source_sha256: the recordings a run learns from
     durations: np.ndarray  # (n,) seconds
     labels: np.ndarray  # (n, classes) float32 in {0, 1}
     text: np.ndarray  # (n, text_dim) float32
@@ -114,12 +116,14 @@ def read_clip_index(catalog: Catalog, shards_root: Path, split: str, condition: 
     labels = ", ".join(f"{label_column(c)}::FLOAT AS {label_column(c)}" for c in CLASSES)
     table = locate_clips(
         catalog, files,
-        f"SELECT clip_id, duration_s, text_embedding, {labels} FROM clips WHERE split = '{split}' AND ({condition})",
+        f"SELECT clip_id, source_sha256, duration_s, text_embedding, {labels} FROM clips "
+        f"WHERE split = '{split}' AND {HAS_AUDIO} AND ({condition})",
     )
     if not table.num_rows:
         raise ValueError(f"no {split} clips match the filter {condition!r}")
     return ClipIndex(
         clip_ids=table["clip_id"].to_pylist(),
+        sources=table["source_sha256"].to_pylist(),
         durations=table["duration_s"].to_numpy(),
         labels=np.stack([table[label_column(c)].to_numpy() for c in CLASSES], axis=1).astype(np.float32),
         text=np.asarray(table["text_embedding"].to_pylist(), dtype=np.float32),
@@ -128,22 +132,44 @@ def read_clip_index(catalog: Catalog, shards_root: Path, split: str, condition: 
     )
 
 
+class ShardChangedError(RuntimeError):
+    """A shard was rewritten (voxtox forget, retention, compaction) after its rows were located."""
+
+
+def _version(file: str) -> tuple[int, int]:
+    """One version of a file: a rewrite (temporary file + rename) has another inode."""
+    try:
+        stat = os.stat(file)
+    except FileNotFoundError as error:
+        raise ShardChangedError(f"{file} is gone (erased or compacted since its clips were located): run again") from error
+    return stat.st_ino, stat.st_mtime_ns
+
+
 @lru_cache(maxsize=64)
-def _row_group_starts(file: str) -> np.ndarray:
+def _row_group_starts(file: str, version: tuple[int, int]) -> np.ndarray:
     metadata = pq.ParquetFile(file).metadata
     return np.cumsum([0] + [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)])
 
 
 @lru_cache(maxsize=4)
-def _audio_of_row_group(file: str, group: int) -> pa.ChunkedArray:
-    return pq.ParquetFile(file).read_row_group(group, columns=["audio"])["audio"]
+def _audio_of_row_group(file: str, version: tuple[int, int], group: int) -> pa.Table:
+    return pq.ParquetFile(file).read_row_group(group, columns=["clip_id", "audio"])
 
 
-def read_audio_bytes(file: str, row: int) -> bytes:
-    """One clip's encoded audio; the row group read stays cached for its neighbours."""
-    starts = _row_group_starts(file)
+def read_audio_bytes(file: str, row: int, clip_id: str) -> bytes:
+    """One clip's encoded audio; the row group read stays cached for its neighbours. The row
+    must still hold `clip_id`: a shard rewritten since (its rows moved) is an error, never
+    another clip's audio."""
+    version = _version(file)
+    starts = _row_group_starts(file, version)
     group = int(np.searchsorted(starts, row, side="right") - 1)
-    return _audio_of_row_group(file, group)[row - int(starts[group])]["bytes"].as_py()
+    rows = _audio_of_row_group(file, version, group) if row < starts[-1] else None
+    if rows is None or rows["clip_id"][row - int(starts[group])].as_py() != clip_id:
+        raise ShardChangedError(f"{file} row {row} no longer holds clip {clip_id} (the shard was rewritten): run again")
+    audio = rows["audio"][row - int(starts[group])]
+    if not audio.is_valid:
+        raise ShardChangedError(f"clip {clip_id}: its audio was dropped (retention) after it was chosen: run again")
+    return audio["bytes"].as_py()
 
 
 @dataclass
@@ -164,7 +190,7 @@ class ClipFeatures(Dataset[Clip]):
         return len(self.clips)
 
     def __getitem__(self, index: int) -> Clip:
-        data = read_audio_bytes(self.clips.files[index], int(self.clips.rows[index]))
+        data = read_audio_bytes(self.clips.files[index], int(self.clips.rows[index]), self.clips.clip_ids[index])
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
         if rate != SAMPLE_RATE or samples.ndim != 1:
             raise ValueError(f"clip {self.clips.clip_ids[index]}: expected 16 kHz mono, got {rate} Hz {samples.shape}")
@@ -510,6 +536,18 @@ def restore_checkpoint(trainer: Trainer, checkpoint: Path) -> TrainState:
     return state
 
 
+def write_training_sources(run_dir: Path, splits: dict[str, ClipIndex]) -> Path:
+    """Which recordings the run learnt from (train) or chose its best checkpoint on (val), by
+    content hash: a model cannot be un-trained, so `voxtox forget` lists the runs that saw a
+    recording it erases."""
+    rows = [
+        {"source_sha256": sha, "split": split, "n_clips": n}
+        for split, clips in splits.items()
+        for sha, n in sorted(Counter(clips.sources).items())
+    ]
+    return write_parquet_atomic(pa.Table.from_pylist(rows, TRAINING_SOURCES_SCHEMA), run_dir / TRAINING_SOURCES_FILE)
+
+
 def write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:
     (run_dir / "metrics.json").write_text(json.dumps(history, indent=2))
     with (run_dir / "metrics.csv").open("w", newline="") as handle:
@@ -609,6 +647,7 @@ def train_model(settings: Settings, out: Path, resume: bool = False) -> TrainRep
         config = {"train": train.model_dump(), "data_dir": str(settings.data_dir), "world_size": processes.world,
                   "train_clips": len(clips), "val_clips": len(val_clips), "steps_per_epoch": steps_per_epoch}
         (out / "config.json").write_text(json.dumps(config, indent=2))
+        write_training_sources(out, {"train": clips, "val": val_clips})
     n_mels = trainer.model.encoder.config.num_mel_bins
     while state.epoch < train.epochs:
         batches = bucketed_batches(clips.durations, train.batch_size, train.bucket_pool, train.seed, state.epoch)

@@ -15,8 +15,10 @@ import pyarrow.parquet as pq
 import soundfile
 from prefect import task
 
+from voxtox.storage.erasure import shards_lock
 from voxtox.storage.schema import REJECTS_SCHEMA, SOURCES_SCHEMA, clips_schema
 from voxtox.storage.shards import remove_source, replace_source, write_partitioned
+from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.tasks.decode import SAMPLE_RATE
 from voxtox.tasks.ingest import PreparedSource, SourceRejection
 from voxtox.tasks.transcribe import TranscribedUnit
@@ -109,6 +111,12 @@ def _source_table(source: PreparedSource, n_clips: int, n_rejected: int, run_id:
     return table.append_column("date", pa.array([_partition_date(now)], pa.string()))
 
 
+def _is_forgotten(shards_root: Path, source_sha256: str | None, allow_forgotten: bool) -> bool:
+    """Asked under the shards' lock: a recording `voxtox forget` erased while this run was working
+    on it is not written back (forget holds the lock exclusively while it tombstones and erases)."""
+    return not allow_forgotten and source_sha256 in forgotten_sha256s(tombstones_file(shards_root))
+
+
 def write_sources(
     sources: list[PreparedSource],
     embedded: Path,
@@ -116,20 +124,25 @@ def write_sources(
     shards_root: Path,
     asr_model: str,
     run_id: str,
+    allow_forgotten: bool = False,
 ) -> WrittenUnit:
-    """Replace each source's shards with this run's rows (idempotent per source)."""
+    """Replace each source's shards with this run's rows (idempotent per source). A source
+    forgotten while this run was working on it is not written (unless `allow_forgotten`)."""
     clips_all = pq.read_table(embedded)
     dropped_all = pq.read_table(dropped).to_pylist()
     now = datetime.now(UTC)
     shards: list[str] = []
     n_clips = n_rejects = 0
     for source in sources:
-        rows = clips_all.filter(pc.equal(clips_all["source_sha256"], source.source_sha256))
-        clips = build_clips(source, rows, asr_model, run_id, now)
-        rejected = [r for r in dropped_all if r["source_sha256"] == source.source_sha256]
-        rejects = _rejects_table(rejected, run_id, now)
-        marker = _source_table(source, clips.num_rows, rejects.num_rows, run_id, now)
-        shards += [str(p) for p in replace_source(shards_root, source.key, clips, rejects, marker)]
+        with shards_lock(shards_root, exclusive=False):
+            if _is_forgotten(shards_root, source.source_sha256, allow_forgotten):
+                continue
+            rows = clips_all.filter(pc.equal(clips_all["source_sha256"], source.source_sha256))
+            clips = build_clips(source, rows, asr_model, run_id, now)
+            rejected = [r for r in dropped_all if r["source_sha256"] == source.source_sha256]
+            rejects = _rejects_table(rejected, run_id, now)
+            marker = _source_table(source, clips.num_rows, rejects.num_rows, run_id, now)
+            shards += [str(p) for p in replace_source(shards_root, source.key, clips, rejects, marker)]
         n_clips += clips.num_rows
         n_rejects += rejects.num_rows
     return WrittenUnit(len(sources), n_clips, n_rejects, shards)
@@ -144,7 +157,9 @@ def rejection_key(rejection: SourceRejection) -> str:
     return hashlib.sha256(rejection.uri.encode()).hexdigest()[:24]
 
 
-def write_rejections(rejections: list[SourceRejection], shards_root: Path, run_id: str) -> WrittenUnit:
+def write_rejections(
+    rejections: list[SourceRejection], shards_root: Path, run_id: str, allow_forgotten: bool = False
+) -> WrittenUnit:
     """Record inputs that could not be used; a rerun replaces their rows instead of adding."""
     now = datetime.now(UTC)
     shards = []
@@ -160,8 +175,11 @@ def write_rejections(rejections: list[SourceRejection], shards_root: Path, run_i
             "transcript": None,
         }
         key = rejection_key(rejection)
-        remove_source(shards_root, "rejects", key)
-        shards += write_partitioned(shards_root, "rejects", _rejects_table([record], run_id, now), key)
+        with shards_lock(shards_root, exclusive=False):
+            if _is_forgotten(shards_root, rejection.source_sha256, allow_forgotten):
+                continue
+            remove_source(shards_root, "rejects", key)
+            shards += write_partitioned(shards_root, "rejects", _rejects_table([record], run_id, now), key)
     return WrittenUnit(0, 0, len(rejections), [str(p) for p in shards])
 
 
@@ -173,12 +191,13 @@ def write_task(
     shards_root: Path,
     asr_model: str,
     run_id: str,
+    allow_forgotten: bool = False,
 ) -> WrittenUnit:
-    return write_sources(sources, Path(embedded), Path(unit.dropped), shards_root, asr_model, run_id)
+    return write_sources(sources, Path(embedded), Path(unit.dropped), shards_root, asr_model, run_id, allow_forgotten)
 
 
 @task(name="write-rejects")
 def write_rejections_task(
-    rejections: list[SourceRejection], shards_root: Path, run_id: str
+    rejections: list[SourceRejection], shards_root: Path, run_id: str, allow_forgotten: bool = False
 ) -> WrittenUnit:
-    return write_rejections(rejections, shards_root, run_id)
+    return write_rejections(rejections, shards_root, run_id, allow_forgotten)

@@ -4,15 +4,20 @@ binaries, `voxtox serve`, and a headless Chromium. Nothing here needs Docker or 
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import glob
+import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.objects import FlowRun
     from prefect.client.schemas.responses import DeploymentResponse
 
@@ -59,18 +65,52 @@ def stop(process: subprocess.Popen, timeout_s: float = 20) -> None:
             process.wait()
 
 
+def stop_group(process: subprocess.Popen, timeout_s: float = 20) -> None:
+    """`stop` for a process started with `start_new_session=True`, and every process it started."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
-def load_compose(path: Path) -> dict[str, Any]:
-    """docker-compose.yml as Compose reads it with an empty environment: `${NAME:-default}`
-    becomes its default."""
+class ComposeError(ValueError):
+    """What `docker compose` refuses with before it starts anything."""
+
+
+#: Compose's interpolation: `$$`, `${NAME}`, `${NAME:-default}`, `${NAME-default}`,
+#: `${NAME:?error}` (unset or empty is an error) and `${NAME?error}` (unset is an error).
+COMPOSE_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+def load_compose(path: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """docker-compose.yml as Compose reads it with the environment `env` (empty by default)."""
     import yaml
+
+    given = env or {}
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, operator, argument = match.groups()
+        value = given.get(name)
+        missing = not value if operator and operator.startswith(":") else value is None
+        if missing and operator and operator.endswith("-"):
+            return argument
+        if missing and operator and operator.endswith("?"):
+            raise ComposeError(f"required variable {name} is missing a value: {argument}")
+        return value or ""
 
     def interpolate(value: Any) -> Any:
         if isinstance(value, str):
-            return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: m.group(2) or "", value)
+            return COMPOSE_VARIABLE.sub(substitute, value)
         if isinstance(value, list):
             return [interpolate(v) for v in value]
         if isinstance(value, dict):
@@ -131,11 +171,29 @@ def postgres_cluster() -> Iterator[str]:
 @dataclass(frozen=True)
 class PrefectServer:
     url: str  # the UI's root; the API is under /api
-    env: dict[str, str]  # what a client process needs to talk to it
+    env: dict[str, str]  # what a client process needs to talk to it (its login too)
+    auth_string: str | None = None  # the UI's and API's login, "user:password"
 
     @property
     def api_url(self) -> str:
         return f"{self.url}/api"
+
+    def client(self) -> SyncPrefectClient:
+        from prefect.client.orchestration import SyncPrefectClient
+
+        return SyncPrefectClient(self.api_url, auth_string=self.auth_string)
+
+    def status_of(self, path: str, auth_string: str | None) -> int:
+        """The HTTP status of POST `<api>/<path>` (an empty filter) with that login, or none."""
+        headers = {"Content-Type": "application/json"}
+        if auth_string is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(auth_string.encode()).decode()
+        request = urllib.request.Request(f"{self.api_url}/{path}", data=b"{}", headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
 
     def flow_run_page(self, flow_run_id: UUID | str) -> str:
         return f"{self.url}/runs/flow-run/{flow_run_id}"
@@ -160,12 +218,14 @@ def prefect_server(
     commands: tuple[tuple[str, ...], ...] = ALL_IN_ONE,
     env: dict[str, str] | None = None,
     timeout_s: float = 180,
+    auth_string: str | None = None,
 ) -> Iterator[PrefectServer]:
     """Prefect's server on a free loopback port, state in `home` (SQLite there by default).
 
     `commands` are `prefect ...` command lines started side by side, the first one serving the
     API and UI: `prefect server start` by default, or the webserver and services apart (compose).
-    `env` adds server settings (e.g. Redis messaging)."""
+    `env` adds server settings (e.g. Redis messaging). With `auth_string` ("user:password") the
+    server asks every request for it (Prefect's basic auth) and clients are given it."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     home.mkdir(parents=True, exist_ok=True)
@@ -176,7 +236,7 @@ def prefect_server(
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_SERVER_UI_API_URL": f"{url}/api",  # what the browser's UI calls
-    }
+    } | ({"PREFECT_SERVER_API_AUTH_STRING": auth_string} if auth_string else {})
     processes: list[tuple[subprocess.Popen, Path]] = []
     try:
         for index, (program, *args) in enumerate(commands):
@@ -193,7 +253,8 @@ def prefect_server(
 
         wait_until(up, timeout_s, "the Prefect server start")
         client_env = base | common | {"PREFECT_API_URL": f"{url}/api", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
-        yield PrefectServer(url=url, env=client_env)
+        client_env |= {"PREFECT_API_AUTH_STRING": auth_string} if auth_string else {}
+        yield PrefectServer(url=url, env=client_env, auth_string=auth_string)
     finally:
         for process, _ in reversed(processes):
             stop(process)
@@ -250,11 +311,10 @@ def run_served_deployment(
     """Start `voxtox serve`, wait for it to register `deployment`, run that deployment once
     through the API (as the UI's "Run" button does) or, if `scheduled`, wait for its schedule
     to start a run; return the deployment and its first finished flow run."""
-    from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.exceptions import ObjectNotFound
 
-    with voxtox_serve(server, data_dir, *serve_args, env=env) as serving, SyncPrefectClient(server.api_url) as client:
+    with voxtox_serve(server, data_dir, *serve_args, env=env) as serving, server.client() as client:
 
         def registered() -> DeploymentResponse | None:
             if serving.poll() is not None:
@@ -286,37 +346,107 @@ def chromium() -> str | None:
     return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
 
 
-def _chromium_args(width: int, height: int) -> list[str]:
-    return [
-        "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--mute-audio", "--no-first-run",
-        f"--window-size={width},{height}",
-        # Let the single-page UI fetch from the API and render before the page is captured.
-        "--virtual-time-budget=20000",
-    ]
+class Browser:
+    """A headless Chromium driven over the DevTools protocol (a websocket): open a page, wait
+    for what the single-page UI renders, type into it, click, read it and capture it as PNG."""
+
+    def __init__(self, process: subprocess.Popen, socket: Any) -> None:
+        self.process = process
+        self.socket = socket
+        self.next_id = 0
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:  # events arrive in between; the answer carries our id
+            message = json.loads(self.socket.recv(timeout=60))
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        return result.get("result", {}).get("value")
+
+    def open(self, url: str) -> None:
+        self.call("Page.navigate", url=url)
+
+    def text(self) -> str:
+        return self.evaluate("document.body ? document.body.innerText : ''") or ""
+
+    def wait_for_text(self, *needles: str, timeout_s: float = 60) -> str:
+        """The page's text once it shows every needle."""
+        def shown() -> str | None:
+            text = self.text()
+            return text if all(needle in text for needle in needles) else None
+
+        return wait_until(shown, timeout_s, f"the page showing {needles}")
+
+    def type_into(self, selector: str, text: str) -> None:
+        wait_until(lambda: self.evaluate(f"!!document.querySelector({json.dumps(selector)})"), 60, f"{selector} on the page")
+        self.evaluate(f"(e => {{ e.focus(); e.select && e.select(); }})(document.querySelector({json.dumps(selector)}))")
+        self.call("Input.insertText", text=text)
+
+    def click(self, selector: str) -> None:
+        self.evaluate(f"document.querySelector({json.dumps(selector)}).click()")
+
+    def screenshot(self, out: Path, width: int = 1440, height: int = 1000) -> Path:
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        time.sleep(1)  # let the layout settle at the new size
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(base64.b64decode(data))
+        return out
 
 
-def screenshot(page: str, out: Path, width: int = 1440, height: int = 1000) -> Path:
-    """A headless Chromium's screenshot of `page` (PNG)."""
-    browser = chromium()
-    if browser is None:
+@contextmanager
+def browser(width: int = 1440, height: int = 1000) -> Iterator[Browser]:
+    """Start a headless Chromium with its DevTools on a free port and attach to its page."""
+    from websockets.sync.client import connect
+
+    program = chromium()
+    if program is None:
         raise FileNotFoundError("no Chromium (Debian: apt-get install chromium-headless-shell)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run(
-            [browser, *_chromium_args(width, height), f"--user-data-dir={profile}", f"--screenshot={out}", page],
-            check=True, capture_output=True, timeout=120,
-        )
-    return out
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
+        args = ["--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--mute-audio", "--no-first-run",
+                f"--window-size={width},{height}", "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"]
+        # Its own process group: Chromium's renderer and GPU processes go with it.
+        process = subprocess.Popen([program, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        try:
+            active = Path(profile) / "DevToolsActivePort"
+            port = wait_until(lambda: active.exists() and active.read_text().split("\n")[0].strip(), 30, "Chromium's DevTools port")
+
+            def page() -> str | None:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as response:
+                    targets = json.loads(response.read())
+                return next((t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page"), None)
+
+            with connect(wait_until(page, 30, "Chromium's page"), max_size=None) as socket:
+                session = Browser(process, socket)
+                session.call("Page.enable")
+                yield session
+        finally:
+            stop_group(process)
 
 
-def rendered_text(page: str) -> str:
-    """The DOM of `page` after the UI's scripts ran (Chromium's --dump-dom)."""
-    browser = chromium()
-    if browser is None:
-        raise FileNotFoundError("no Chromium (Debian: apt-get install chromium-headless-shell)")
-    with tempfile.TemporaryDirectory() as profile:
-        done = subprocess.run(
-            [browser, *_chromium_args(1440, 1000), f"--user-data-dir={profile}", "--dump-dom", page],
-            check=True, capture_output=True, text=True, timeout=120,
-        )
-    return done.stdout
+PASSWORD_FIELD, SUBMIT = "input[type=password]", "button[type=submit]"
+
+
+def log_in(session: Browser, ui_url: str, auth_string: str) -> bool:
+    """Log in to the UI (Prefect's basic auth: it asks for "user:password" and keeps it in the
+    page's local storage); True when the server accepted it. A deep link into a UI that is not
+    logged in shows "Page not found", so the login starts from the runs page."""
+    if "/login" not in session.evaluate("location.pathname"):
+        session.open(f"{ui_url}/runs")
+        session.wait_for_text("Login")
+    session.type_into(PASSWORD_FIELD, auth_string)
+    session.click(SUBMIT)  # the page stores the login now, and drops it if the server refuses it
+
+    def settled() -> str | None:
+        if "/login" not in session.evaluate("location.pathname"):
+            return "accepted"
+        return "refused" if session.evaluate("localStorage.getItem('prefect-password')") is None else None
+
+    return wait_until(settled, 60, "the UI accepting or refusing the login") == "accepted"

@@ -1,7 +1,8 @@
 """docker-compose.yml and the Dockerfile, checked without Docker (there is no engine here): the
-services, ports, volumes, health checks and GPU profile, that every voxtox command in the file
-parses as a command of the image's `voxtox` entry point, and that every Prefect setting named
-is one Prefect knows."""
+services, ports, volumes, health checks and GPU profile, that compose refuses to start without a
+login and a database password and publishes nothing but the UI on loopback, that every voxtox
+command in the file parses as a command of the image's `voxtox` entry point, and that every
+Prefect setting named is one Prefect knows."""
 
 from __future__ import annotations
 
@@ -15,17 +16,21 @@ from unittest import mock
 
 import prefect
 import pytest
-from prefect_server import load_compose
+from prefect_server import ComposeError, load_compose
 from typer.main import get_command
 from voxtox.flows.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 VOXTOX_IMAGE_SERVICES = ("serve", "train")
+#: The two secrets compose will not start without (an .env file beside it, in production).
+SECRETS = {"PREFECT_AUTH_STRING": "admin:Zq8vN3xKp2", "POSTGRES_PASSWORD": "Hv6tR9wLm4"}
+#: Services that talk to the Prefect API as clients.
+PREFECT_CLIENTS = ("serve", "train")
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return load_compose(ROOT / "docker-compose.yml")
+    return load_compose(ROOT / "docker-compose.yml", SECRETS)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,6 @@ def test_prefect_server_on_postgres_and_redis_with_the_ui_on_4200(services: dict
     server, background = services["prefect-server"], services["prefect-services"]
     assert server["command"] == "prefect server start --no-services"
     assert background["command"] == "prefect server services start"
-    assert server["ports"] == ["4200:4200"]
     for spec in (server, background):
         env = spec["environment"]
         assert env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://prefect:")
@@ -63,6 +67,34 @@ def test_prefect_server_on_postgres_and_redis_with_the_ui_on_4200(services: dict
         assert env["PREFECT_MESSAGING_BROKER"] == env["PREFECT_MESSAGING_CACHE"] == "prefect_redis.messaging"
         assert env["PREFECT_REDIS_MESSAGING_HOST"] == "redis"
     assert server["environment"]["PREFECT_SERVER_UI_API_URL"] == "http://localhost:4200/api"
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_compose_refuses_to_start_without_a_login_and_a_database_password(missing: str) -> None:
+    given = {k: v for k, v in SECRETS.items() if k != missing}
+    for value in (None, ""):  # unset or empty
+        with pytest.raises(ComposeError, match=f"required variable {missing} is missing a value: set {missing}"):
+            load_compose(ROOT / "docker-compose.yml", given | ({} if value is None else {missing: value}))
+
+
+def test_every_prefect_process_needs_the_login_and_the_database_its_password(services: dict[str, Any]) -> None:
+    login = SECRETS["PREFECT_AUTH_STRING"]
+    for name in ("prefect-server", "prefect-services"):  # the API, and the services' in-process client
+        env = services[name]["environment"]
+        assert env["PREFECT_SERVER_API_AUTH_STRING"] == login
+        assert f"postgresql+asyncpg://prefect:{SECRETS['POSTGRES_PASSWORD']}@postgres" in env["PREFECT_API_DATABASE_CONNECTION_URL"]
+    for name in PREFECT_CLIENTS:
+        assert services[name]["environment"]["PREFECT_API_AUTH_STRING"] == login
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
+    clients = {name for name, spec in services.items() if "PREFECT_API_URL" in spec.get("environment", {})}
+    assert clients == set(PREFECT_CLIENTS)
+
+
+def test_only_the_ui_is_published_and_on_loopback_unless_asked(services: dict[str, Any]) -> None:
+    assert {name: spec["ports"] for name, spec in services.items() if "ports" in spec} == {
+        "prefect-server": ["127.0.0.1:4200:4200"]}  # never PostgreSQL or Redis
+    opened = load_compose(ROOT / "docker-compose.yml", SECRETS | {"VOXTOX_UI_BIND": "0.0.0.0"})["services"]
+    assert opened["prefect-server"]["ports"] == ["0.0.0.0:4200:4200"]
 
 
 def prefect_settings_with(key: str, value: str | None) -> dict[str, Any]:

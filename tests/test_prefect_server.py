@@ -1,35 +1,34 @@
-"""A real Prefect server, `voxtox serve` registering the label deployment with its schedule, a run
-of it labelling a spoken clip, and the run and its artifacts read back through Prefect's client:
-on SQLite with `prefect server start` (and a headless Chromium rendering the run's page in the
-UI), and in docker-compose.yml's layout on PostgreSQL and Redis, without Docker."""
+"""A real Prefect server behind its login (basic auth), `voxtox serve` registering the label
+deployment with its schedule, a run of it labelling a spoken clip, and the run and its artifacts
+read back through Prefect's client: on SQLite with `prefect server start` (and a headless
+Chromium logging in to the UI and rendering the run's page), and in docker-compose.yml's layout
+on PostgreSQL and Redis, without Docker, where a request without the login is refused."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 import soundfile
 from conftest import spoken
-from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.client.schemas.objects import FlowRun
 from prefect.events.filters import EventAnyResourceFilter, EventFilter
 from prefect_server import (
     PrefectServer,
+    browser,
     chromium,
     load_compose,
+    log_in,
     postgres_bin_dir,
     postgres_cluster,
     prefect_server,
     redis_server,
-    rendered_text,
     run_served_deployment,
-    screenshot,
     wait_until,
 )
 from voxtox.tasks.decode import SAMPLE_RATE
@@ -42,6 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT_ENV = "VOXTOX_UI_SCREENSHOT"
 #: The label deployment gets a schedule too, so registration of a cron schedule is checked.
 LABEL_CRON = "30 2 * * *"
+#: The UI's and API's login (compose's PREFECT_AUTH_STRING).
+AUTH_STRING = "voxtox:correct-horse-battery-staple"
+COMPOSE_ENV = {"PREFECT_AUTH_STRING": AUTH_STRING, "POSTGRES_PASSWORD": "Postgres4Tests"}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def label_one_clip(
         settings["VOXTOX_SERVE__FLOWS"] = '["label"]'
     deployment, flow_run = run_served_deployment(server, data_dir, "label/voxtox", *args, env=settings, scheduled=scheduled)
     if not only_label:  # registered beside it, to run at 02:00 in the configured zone
-        with SyncPrefectClient(server.api_url) as client:
+        with server.client() as client:
             nightly = client.read_deployment_by_name("nightly/voxtox")
         assert [(s.schedule.cron, s.schedule.timezone) for s in nightly.schedules] == [("0 2 * * *", "Europe/Lisbon")]
         assert nightly.entrypoint == "voxtox.flows.nightly.nightly_flow"
@@ -87,7 +89,7 @@ def label_one_clip(
     assert flow_run.state.is_completed(), flow_run.state
     assert flow_run.deployment_id == deployment.id
     assert (flow_run.auto_scheduled or False) == scheduled  # made by the scheduler service, or by us
-    with SyncPrefectClient(server.api_url) as client:
+    with server.client() as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
         )
@@ -104,24 +106,27 @@ def label_one_clip(
 
 def flow_run_events(server: PrefectServer, flow_run: FlowRun) -> set[str]:
     """The event names the server has stored about the flow run."""
-    with SyncPrefectClient(server.api_url) as client:
+    with server.client() as client:
         page = client.read_events(
             EventFilter(any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{flow_run.id}"])), limit=50
         )
     return {event.event for event in page.events}
 
 
-def test_label_run_on_a_real_server_is_read_back_and_shown_in_the_ui(tmp_path: Path, clip: Path) -> None:
-    with prefect_server(tmp_path / "prefect-home") as server:
+def test_label_run_on_a_real_server_is_read_back_and_shown_in_the_ui_after_logging_in(tmp_path: Path, clip: Path) -> None:
+    with prefect_server(tmp_path / "prefect-home", auth_string=AUTH_STRING) as server:
         flow_run = label_one_clip(server, tmp_path / "data", clip, ["voxtox", "serve", "--flow", "label"])
         if chromium() is None:
             pytest.skip("no Chromium to load the UI (Debian: apt-get install chromium-headless-shell)")
-        page = server.flow_run_page(flow_run.id)
-        text = re.sub(r"<[^>]+>", " ", rendered_text(page))
-        assert "Completed" in text and "Task runs" in text
-        assert f"Beginning flow run '{flow_run.name}' for flow 'label'" in text  # the run's logs
-        out = Path(os.environ.get(SCREENSHOT_ENV, tmp_path / "prefect-ui-flow-run.png"))
-        png = screenshot(page, out)
+        with browser() as session:
+            session.open(f"{server.url}/runs")
+            assert flow_run.name not in session.wait_for_text("Login")  # nothing shows before the login
+            assert not log_in(session, server.url, "voxtox:wrong")
+            assert log_in(session, server.url, AUTH_STRING)
+            session.open(server.flow_run_page(flow_run.id))
+            session.wait_for_text("Completed", "Task runs", f"Beginning flow run '{flow_run.name}' for flow 'label'")
+            out = Path(os.environ.get(SCREENSHOT_ENV, tmp_path / "prefect-ui-flow-run.png"))
+            png = session.screenshot(out)
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
 
@@ -145,13 +150,17 @@ def test_the_compose_layout_runs_without_docker(tmp_path: Path, clip: Path) -> N
     `voxtox serve` (nightly and label deployments). The scheduler service starts the label run
     from its cron schedule; the run's events reach the database through Redis and the services'
     event persister."""
-    services = load_compose(ROOT / "docker-compose.yml")["services"]
+    services = load_compose(ROOT / "docker-compose.yml", COMPOSE_ENV)["services"]
     commands = tuple(tuple(services[name]["command"].split()) for name in ("prefect-server", "prefect-services"))
     assert commands == (("prefect", "server", "start", "--no-services"), ("prefect", "server", "services", "start"))
     home = tmp_path / "prefect-home"
     with postgres_cluster() as database_url, redis_server(tmp_path / "redis") as redis_port:
         env = compose_on_loopback(services, database_url, redis_port) | {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
-        with prefect_server(home, database_url, commands, env) as server:
+        auth = services["serve"]["environment"]["PREFECT_API_AUTH_STRING"]  # what compose gives voxtox serve
+        with prefect_server(home, database_url, commands, env, auth_string=auth) as server:
+            assert env["PREFECT_SERVER_API_AUTH_STRING"] == auth == AUTH_STRING
+            assert server.status_of("flows/filter", None) == server.status_of("flows/filter", "voxtox:wrong") == 401
+            assert server.status_of("flows/filter", AUTH_STRING) == 200
             flow_run = label_one_clip(
                 server, tmp_path / "data", clip, services["serve"]["command"], cron="* * * * *", scheduled=True, only_label=False
             )

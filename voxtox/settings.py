@@ -245,6 +245,23 @@ class NightlySettings(BaseModel):
     )
 
 
+class RetentionSettings(BaseModel):
+    """How long voxtox keeps what it stores; the nightly flow applies it (nothing expires by default)."""
+
+    audio_days: int | None = Field(
+        None, ge=0, description="drop the audio of clips labelled more than this many days ago; "
+        "their transcripts, labels and embeddings stay (audio training and evaluation then skip them)",
+    )
+    delete_days: int | None = Field(
+        None, ge=0, description="erase whole recordings labelled more than this many days ago, as "
+        "`voxtox forget` does (every row, cached scores, a tombstone so the inbox does not bring them back)",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.audio_days is not None or self.delete_days is not None
+
+
 def _default_toml() -> Path | None:
     configured = os.environ.get("VOXTOX_CONFIG")
     if configured:
@@ -276,6 +293,7 @@ class Settings(BaseSettings):
     evaluate: EvaluateSettings = EvaluateSettings()
     serve: ServeSettings = ServeSettings()
     nightly: NightlySettings = NightlySettings()
+    retention: RetentionSettings = RetentionSettings()
 
     @classmethod
     def settings_customise_sources(

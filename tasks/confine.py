@@ -1,0 +1,46 @@
+"""Inputs of a served deployment stay below its inbox.
+
+Whoever can start a run of a served deployment (anyone with the Prefect UI's login) chooses its
+`inputs`. `voxtox serve` therefore names its inbox in the environment of the flow runs it starts
+(`VOXTOX_SERVED_INBOX`), and those runs read nothing that does not resolve (`..` and symlinks
+followed) below it: an input outside is a reject with the reason `outside_inbox`, and is never
+opened, nor is a URL fetched. A local user running `voxtox label` has no such variable and reads
+whatever they name. The variable comes from the serving process, not from a run's parameters, so
+a run cannot lift it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from voxtox.tasks.ingest import SourceRejection
+
+SERVED_INBOX_ENV = "VOXTOX_SERVED_INBOX"
+OUTSIDE_INBOX = "outside_inbox"
+
+
+def served_inbox() -> Path | None:
+    """The inbox this process's runs are confined to, or None outside `voxtox serve`."""
+    value = os.environ.get(SERVED_INBOX_ENV)
+    return Path(value).resolve() if value else None
+
+
+def outside_reason(uri: str, root: Path) -> str | None:
+    """Why `uri` may not be read by a run confined to `root`, or None when it lies below it."""
+    if "://" in uri and not uri.startswith("file://"):
+        return f"{uri} is a URL: a served deployment reads only files below its inbox {root}"
+    path = Path(uri.removeprefix("file://")).expanduser()
+    resolved = (path if path.is_absolute() else Path.cwd() / path).resolve()
+    if resolved == root or root in resolved.parents:
+        return None
+    return f"{uri} is outside the inbox {root} (after resolving '..' and symbolic links)"
+
+
+def confine(uris: list[str], root: Path | None) -> tuple[list[str], list[SourceRejection]]:
+    """Split `uris` into those below `root` and rejections for the rest (all kept when None)."""
+    if root is None:
+        return list(uris), []
+    reasons = {uri: outside_reason(uri, root) for uri in uris}
+    inside = [uri for uri, reason in reasons.items() if reason is None]
+    return inside, [SourceRejection(uri, OUTSIDE_INBOX, reason) for uri, reason in reasons.items() if reason]
