@@ -53,10 +53,9 @@ from voxtox.tasks.ingest import PreparedSource
 
 #: Silence between the pieces of a packed input: Whisper hears a pause between turns (they were
 #: further apart in the recording), and a word timed a little early or late still falls in or
-#: next to its own piece.
-PIECE_GAP_S = 0.5
-#: ... and between pieces of different recordings that share an input.
-SOURCE_GAP_S = 1.0
+#: next to its own piece. 1 s gave the lowest word error on both kinds of chat; 0.5 s was
+#: worse than none (benchmarks/asr_peers.py, docs/benchmarks.md).
+GAP_S = 1.0
 #: A piece whose own-length language guess is less sure than this is encoded alone and its
 #: language settled with Whisper's padded input too (one in ten pieces of code-switched chat,
 #: almost none of single-language chat; docs/benchmarks.md).
@@ -240,36 +239,27 @@ class Piece:
 
 @dataclass(frozen=True)
 class PackedInput:
-    """Pieces whose audio, concatenated in order with a silence between them (PIECE_GAP_S within
-    a recording, SOURCE_GAP_S between recordings), is one Whisper input."""
+    """Pieces whose audio, concatenated in order with GAP_S of silence between them, is one
+    Whisper input."""
 
     pieces: tuple[Piece, ...]
-
-    def _gaps(self) -> list[float]:
-        return [0.0] + [
-            PIECE_GAP_S if before.source == after.source else SOURCE_GAP_S
-            for before, after in zip(self.pieces, self.pieces[1:])
-        ]
 
     @property
     def offsets(self) -> list[float]:
         """Where each piece starts in the input."""
-        ends_before = np.cumsum([0.0] + [p.duration_s for p in self.pieces[:-1]])
-        return list(ends_before + np.cumsum(self._gaps()))
+        return list(np.cumsum([0.0] + [p.duration_s + GAP_S for p in self.pieces[:-1]]))
 
     @property
     def duration_s(self) -> float:
         return self.offsets[-1] + self.pieces[-1].duration_s
 
     def audio(self, sources: list[PreparedSource]) -> np.ndarray:
+        gap = np.zeros(int(round(GAP_S * SAMPLE_RATE)), np.float32)
         parts = []
-        for piece, gap in zip(self.pieces, self._gaps(), strict=True):
+        for piece in self.pieces:
             samples = sources[piece.source].samples()
-            parts += [
-                np.zeros(int(round(gap * SAMPLE_RATE)), np.float32),
-                np.asarray(samples[int(piece.start_s * SAMPLE_RATE) : int(piece.end_s * SAMPLE_RATE)]),
-            ]
-        return np.concatenate(parts)
+            parts += [gap, np.asarray(samples[int(piece.start_s * SAMPLE_RATE) : int(piece.end_s * SAMPLE_RATE)])]
+        return np.concatenate(parts[1:])
 
 
 def plan_pieces(sources: list[PreparedSource]) -> list[Piece]:
@@ -289,7 +279,7 @@ def pack(pieces: list[Piece], languages: list[str] | None = None) -> list[Packed
 
     Recordings share inputs: a unit's speech fills its 30 s inputs instead of leaving each
     recording's last one half empty (faster-whisper's pipeline packs one file at a time); words
-    are mapped back by time, and a longer silence between recordings keeps them apart.
+    are mapped back by time.
     """
     groups: dict[str, list[Piece]] = defaultdict(list)
     for index, piece in enumerate(pieces):

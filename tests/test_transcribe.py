@@ -10,7 +10,7 @@ import pytest
 from voxtox.models.asr import AsrSegment, WordTiming, decode, encode, load_whisper
 from voxtox.settings import AsrSettings, SentenceSettings, Settings
 from voxtox.tasks.transcribe import (
-    SOURCE_GAP_S,
+    GAP_S,
     PackedInput,
     Piece,
     hallucination_reason,
@@ -163,17 +163,15 @@ def test_pieces_of_one_language_share_inputs_of_at_most_30_s() -> None:
         assert len({languages[pieces.index(p)] for p in packed.pieces}) == 1  # never mixed
         order = [pieces.index(p) for p in packed.pieces]
         assert order == sorted(order)  # recordings in turn, each in time order
-    # English: three 8 s pieces with 0.5 s gaps fill one input; the fourth goes on with the other
-    # recording's piece, after a longer gap; the Spanish piece has its own.
+    # English: three 8 s pieces with their gaps fill one input; the fourth goes on with the other
+    # recording's piece; the Spanish piece has its own.
     assert [len(packed.pieces) for packed in inputs] == [3, 2, 1]
-    assert inputs[1].offsets == [0.0, 8.0 + SOURCE_GAP_S] and inputs[0].offsets == [0.0, 8.5, 17.0]
+    assert inputs[0].offsets == [0.0, 8.0 + GAP_S, 16.0 + 2 * GAP_S]
 
 
 def test_words_map_back_to_the_piece_they_were_spoken_in() -> None:
-    from voxtox.tasks.transcribe import PIECE_GAP_S
-
     packed = PackedInput((Piece(0, 0, 100.0, 103.0), Piece(0, 1, 200.0, 204.0)))
-    second = 3.0 + PIECE_GAP_S  # where the second piece starts in the input
+    second = 3.0 + GAP_S  # where the second piece starts in the input
     # One Whisper segment running across the join; "nice" is timed a little early, in the gap.
     segment = AsrSegment(0.2, second + 3.0, "hello there. nice shot", -0.2, 0.01, 1.1, "en", 0.9,
                          words((0.2, 0.8, " hello"), (0.9, 2.5, " there."), (second - 0.2, second + 0.4, " nice"),
