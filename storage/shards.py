@@ -362,7 +362,7 @@ def merge_files(root: Path, files: list[Path], row_group_bytes: int) -> Path | N
     target = _compacted_path(files[0].parent)
     temporary = _temporary(target)
     try:
-        _stream_into(temporary, schema, files, row_group_bytes)
+        _stream_into(temporary, schema, files, row_group_bytes, _folder_values(root, files[0].parent))
         with shards_lock(root, exclusive=True):
             if [_stamp(path) if path.exists() else None for path in files] != stamps:
                 return None
@@ -375,14 +375,23 @@ def merge_files(root: Path, files: list[Path], row_group_bytes: int) -> Path | N
     return target
 
 
-def _stream_into(path: Path, schema: pa.Schema, files: list[Path], row_group_bytes: int) -> None:
+def _folder_values(root: Path, directory: Path) -> dict[str, str]:
+    """Partition values a table also stores in its files, from the folder names: a file written
+    before the table stored them gets them when it is merged."""
+    table, *folders = directory.relative_to(root).parts
+    values = dict(folder.split("=", 1) for folder in folders if "=" in folder)
+    return {column: values[column] for column in stored_partition_columns(table) if column in values}
+
+
+def _stream_into(path: Path, schema: pa.Schema, files: list[Path], row_group_bytes: int,
+                 folder_values: dict[str, str]) -> None:
     """Write the files' rows in order, buffering them into row groups of about `row_group_bytes`
     (a training read of one clip decodes one row group's audio), one input file in memory at a time."""
     buffered: list[pa.Table] = []
     with path.open("wb") as handle:
         writer = pq.ParquetWriter(handle, schema, compression=COMPRESSION)
         for source in files:
-            buffered.append(_conform(pq.read_table(source), schema))
+            buffered.append(_conform(pq.read_table(source), schema, folder_values))
             if sum(t.nbytes for t in buffered) >= row_group_bytes:
                 _write_group(writer, buffered)
                 buffered = []
@@ -398,12 +407,17 @@ def _write_group(writer: pq.ParquetWriter, tables: list[pa.Table]) -> None:
     writer.write_table(table, row_group_size=max(table.num_rows, 1))
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`table` with `schema`'s columns in its order; columns it lacks (older files) are null."""
-    columns = [
-        table[field.name].cast(field.type) if field.name in table.column_names else pa.nulls(table.num_rows, field.type)
-        for field in schema
-    ]
+def _conform(table: pa.Table, schema: pa.Schema, folder_values: dict[str, str]) -> pa.Table:
+    """`table` with `schema`'s columns in its order; a column it lacks (an older file) is its
+    folder's value for a stored partition column, else null."""
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            columns.append(table[field.name].cast(field.type))
+        elif field.name in folder_values:
+            columns.append(pa.array([folder_values[field.name]] * table.num_rows, field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
