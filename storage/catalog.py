@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from voxtox.labels import CLASSES
 from voxtox.storage.dataset_card import write_dataset_card
 from voxtox.storage.schema import PARTITIONS, human_label_column, label_column
-from voxtox.storage.shards import shard_files, shards_lock
+from voxtox.storage.shards import first_shard, shards_lock
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Catalog:
         return {"file_search_path": str(self.base.resolve())}
 
     def present_tables(self) -> list[str]:
-        return [name for name in PARTITIONS if shard_files(self.shards_root, name)]
+        return [name for name in PARTITIONS if first_shard(self.shards_root, name) is not None]
 
     def view_sql(self, name: str) -> str:
         relative = Path(os.path.relpath(self.shards_root / name, self.base))
@@ -107,12 +107,12 @@ class Catalog:
         """Parquet has no fixed-size list, so DuckDB reads an embedding as FLOAT[]; the view casts
         it back to the FLOAT[n] the writer declared (in the file's Arrow schema), which
         `array_cosine_similarity` and friends take as they are."""
-        files = shard_files(self.shards_root, name)
-        if not files:
+        first = first_shard(self.shards_root, name)
+        if first is None:
             return ""
         casts = [
             f"{field.name}::FLOAT[{field.type.list_size}] AS {field.name}"
-            for field in pq.read_schema(files[0])
+            for field in pq.read_schema(first)
             if pa.types.is_fixed_size_list(field.type) and pa.types.is_float32(field.type.value_type)
         ]
         return f" REPLACE ({', '.join(casts)})" if casts else ""
@@ -153,7 +153,7 @@ class Catalog:
         """Run voxtox's own SQL (trusted) over the views."""
         with self.connect() as con:
             try:
-                return con.execute(sql).to_arrow_table()
+                return con.sql(sql).to_arrow_table()
             except duckdb.CatalogException as error:
                 raise CatalogError(
                     f"{error}\n(tables appear once data exists: run `voxtox label` first; "
@@ -181,6 +181,6 @@ class Catalog:
 
     def known_sources(self) -> set[str]:
         """Content hashes of sources that finished labelling (their `sources` row exists)."""
-        if not shard_files(self.shards_root, "sources"):
+        if first_shard(self.shards_root, "sources") is None:
             return set()
         return set(self.query("SELECT DISTINCT source_sha256 FROM sources")["source_sha256"].to_pylist())

@@ -76,6 +76,11 @@ def shard_files(root: Path, name: str) -> list[Path]:
     return sorted((root / name).glob(f"**/*{SUFFIX}"))
 
 
+def first_shard(root: Path, name: str) -> Path | None:
+    """Any one shard of table `name` (None when it has none), without listing them all."""
+    return next((root / name).glob(f"**/*{SUFFIX}"), None)
+
+
 # --- the lock readers and writers share ------------------------------------------------------
 
 
