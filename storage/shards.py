@@ -28,7 +28,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from voxtox.storage.schema import PARTITIONS, stored_partition_columns
@@ -236,6 +235,8 @@ def _partition_values(table: pa.Table, columns: tuple[str, ...]) -> list[dict[st
 def write_partitioned(root: Path, name: str, table: pa.Table, source_key: str) -> list[Path]:
     """Write one shard per partition of `table` for one source; partition columns become dirs
     (and leave the file, except those the table also stores inside it)."""
+    import pyarrow.compute as pc  # noqa: PLC0415 (only writers need it; `voxtox query` starts faster)
+
     columns = PARTITIONS[name]
     dropped = [c for c in columns if c not in stored_partition_columns(name)]
     written = []
