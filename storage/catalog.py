@@ -118,6 +118,9 @@ class Catalog:
         return f" REPLACE ({', '.join(casts)})" if casts else ""
 
     def _define_views(self, con: duckdb.DuckDBPyConnection) -> list[str]:
+        # union_by_name reads every file's footer when a view is defined and again when a query
+        # expands it; the cache makes the second read free (docs/benchmarks.md, "Catalog at scale").
+        con.execute("SET parquet_metadata_cache = true")
         present = self.present_tables()
         for name in present:
             con.execute(self.view_sql(name))
