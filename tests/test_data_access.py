@@ -221,3 +221,20 @@ def test_shards_of_the_previous_schema_still_read(tmp_path: Path) -> None:
     compact(catalog.shards_root, ["clips"])
     (merged,) = directory.glob("*.parquet")
     assert pq.read_table(merged, columns=["lang"])["lang"].to_pylist() == ["en"] * 5  # from the folder name
+
+
+def test_a_source_erased_from_a_compacted_file_leaves_the_others_replaceable(tmp_path: Path) -> None:
+    """`voxtox forget` (storage/erasure.py) removes a recording's rows from a compacted file; the
+    file's list of which rows are whose must shrink with them, or a later replacement of another
+    source would cut the wrong rows. Labelled again, the erased source stays after compaction."""
+    from voxtox.storage.erasure import RecordingRows, erase_rows
+
+    catalog = data_dir_with_sources(tmp_path)
+    root = catalog.shards_root
+    compact(root, ["clips"])
+    erase_rows(shard_files(root, "clips"), RecordingRows(frozenset({"train1"})))
+    replace_rows(root, "clips", "train2", clips_of("train2", "train", 1, 5))
+    replace_rows(root, "clips", "train1", clips_of("train1", "train", 2, 6))  # --allow-forgotten
+    compact(root, ["clips"])
+    rows = catalog.query("SELECT source_sha256 AS s, count(*) AS n FROM clips WHERE split = 'train' GROUP BY 1 ORDER BY 1")
+    assert rows.to_pylist() == [{"s": "train0", "n": 3}, {"s": "train1", "n": 2}, {"s": "train2", "n": 1}, {"s": "train3", "n": 3}]
