@@ -1,4 +1,5 @@
-# The voxtox image: the package with its pinned dependencies (pyproject.toml), the offline model
+# The voxtox image: the package with its dependencies at the tested versions (constraints.txt;
+# pyproject.toml has the ranges), the offline model
 # packages, and espeak-ng + ffmpeg from Debian. One image for every Prefect and voxtox process
 # in docker-compose.yml: the Prefect server and services, `voxtox serve` and the GPU training
 # service (torch 2.13.0's Linux wheel from the default index brings its CUDA libraries; an
@@ -23,13 +24,13 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/voxtox
-COPY pyproject.toml README.md ./
+COPY pyproject.toml constraints.txt README.md ./
 COPY voxtox ./voxtox
 COPY flows ./flows
 COPY tasks ./tasks
 COPY models ./models
 COPY storage ./storage
-RUN pip install ".[offline-models]" \
+RUN pip install -c constraints.txt ".[offline-models]" \
     && voxtox --help >/dev/null
 
 # Not root; the data directory and the model cache are volumes (docker-compose.yml).

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 # Quieten library chatter before those libraries are imported.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from voxtox.labels import CLASSES
-from voxtox.settings import Settings
+from voxtox.settings import EvaluateSettings, NightlySettings, Settings, TrainSettings
 
 if TYPE_CHECKING:
     from voxtox.tasks.forget import ErasureReport
@@ -38,16 +39,29 @@ class _App(typer.Typer):
             raise SystemExit(1) from error
 
 
+# Help texts are plain text with brackets ("[train] section"): rich markup would swallow them.
 app = _App(
     help="voxtox: label voice chat for toxicity without human annotators.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",
 )
-labeller_app = typer.Typer(help="The text toxicity labeller.", no_args_is_help=True)
+labeller_app = typer.Typer(help="The text toxicity labeller.", no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(labeller_app, name="labeller")
 console = Console()
+errors = Console(stderr=True)
 
-SPLITS = ("train", "val", "test", "auto")
+#: Enumerated options take exactly the values the settings accept (strict choices in --help).
+LabelSplit = NightlySettings.model_fields["default_split"].annotation
+Loss = TrainSettings.model_fields["loss"].annotation
+EvalSplit = EvaluateSettings.model_fields["split"].annotation
+TruthLabels = EvaluateSettings.model_fields["labels"].annotation
+RunCheckpoint = EvaluateSettings.model_fields["checkpoint"].annotation
+Aggregation = EvaluateSettings.model_fields["aggregation"].annotation
+ResampleBy = EvaluateSettings.model_fields["resample_by"].annotation
+QueryFormat = Literal["table", "csv", "json"]
+ExportFormat = Literal["onnx", "torchscript"]
+View = Literal["clips", "rejects", "sources", "human_labels", "evaluations", "segment_truth"]
 #: What `voxtox query --table NAME` shows: the columns a person reads (SQL gives the rest).
 TABLE_COLUMNS = {
     "clips": "source_uri, split, lang, round(start_s, 2) AS start_s, round(end_s, 2) AS end_s, "
@@ -59,6 +73,22 @@ TABLE_COLUMNS = {
     "sources": "source_uri, split, round(duration_s, 2) AS duration_s, n_chunks, n_clips, "
     "n_rejected_segments, labelled_at",
 }
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"voxtox {version('voxtox')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print voxtox's version and exit")] = False,
+) -> None:
+    """voxtox: label voice chat for toxicity without human annotators."""
 
 
 def load_settings(data_dir: Path | None = None, **nested: dict[str, object]) -> Settings:
@@ -114,7 +144,7 @@ def user_errors() -> Iterator[None]:
 @app.command()
 def label(
     inputs: Annotated[list[str], typer.Argument(help="directories, globs, files or CSV/JSONL manifests")],
-    split: Annotated[str, typer.Option(help="train, val, test, or auto (by content hash)")] = "train",
+    split: Annotated[LabelSplit, typer.Option(help="the split of these inputs; auto: by content hash")] = "train",
     data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
     labeller: Annotated[str | None, typer.Option(help="labeller checkpoint dir or name")] = None,
     asr_model: Annotated[str | None, typer.Option(help="faster-whisper model dir or name")] = None,
@@ -122,8 +152,6 @@ def label(
     allow_forgotten: Annotated[bool, typer.Option(help="label recordings `voxtox forget` erased, too")] = False,
 ) -> None:
     """Transcribe, label and embed voice audio into Parquet shards (a Prefect flow)."""
-    if split not in SPLITS:
-        raise typer.BadParameter(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
     from voxtox.flows.label import label_flow, preflight, task_runner_for
 
     settings = load_settings(data_dir, labeller={"model": labeller}, asr={"model": asr_model})
@@ -197,38 +225,62 @@ def _print_erasure(report: ErasureReport) -> None:
 
 @app.command()
 def query(
-    sql: Annotated[str | None, typer.Argument(help="SQL over the views clips, rejects, sources")] = None,
-    table: Annotated[str | None, typer.Option(help="show a whole view, e.g. rejects")] = None,
+    sql: Annotated[str | None, typer.Argument(help="one SQL statement over the views clips, rejects, sources, human_labels, "
+                                                   "evaluations, segment_truth; - reads it from stdin")] = None,
+    table: Annotated[View | None, typer.Option(help="show a whole view")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
-    output: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+    output: Annotated[QueryFormat, typer.Option("--format", help="table; csv; json: JSON Lines, one object per row "
+                                                                 "with native types")] = "table",
     limit: Annotated[int, typer.Option(help="rows shown in table format")] = 50,
 ) -> None:
-    """Run SQL against the DuckDB catalog of labelled data."""
+    """Run read-only SQL (DuckDB) against the labelled data. Statements that read run (SELECT,
+    DESCRIBE, SHOW, SUMMARIZE, EXPLAIN); anything that would change something (DROP, CREATE,
+    ATTACH, COPY ... TO, SET, ...) is refused. Works while other processes read or write the data."""
+    from voxtox.flows.query_output import write_csv, write_jsonl
     from voxtox.storage.catalog import Catalog, CatalogError
 
     if (sql is None) == (table is None):
-        raise typer.BadParameter("give either SQL or --table NAME")
+        raise typer.BadParameter("give either SQL (- reads it from stdin) or --table NAME")
+    if sql == "-":
+        sql = sys.stdin.read()
     settings = load_settings(data_dir)
     catalog = Catalog(settings.catalog_path, settings.shards_dir)
-    catalog.refresh_views()
     statement = sql if table is None else f"SELECT {TABLE_COLUMNS.get(table, '*')} FROM {table}"
     try:
-        result = catalog.query(statement)
+        result = catalog.read_only_query(statement)
     except CatalogError as error:
-        console.print(f"[red]{error}[/red]")
+        errors.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from error
     if output == "csv":
-        import pyarrow.csv as pacsv
-
-        printable = result.drop_columns([n for n in ("audio", "text_embedding") if n in result.column_names])
-        pacsv.write_csv(printable, "/dev/stdout")
+        sys.stdout.flush()
+        write_csv(result, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
     elif output == "json":
-        import json
-
-        for row in result.to_pylist():
-            console.print_json(json.dumps({k: _cell(v) for k, v in row.items()}))
+        write_jsonl(result, sys.stdout)
     else:
         print_table(result, max_rows=limit)
+
+
+@app.command()
+def compact(
+    table: Annotated[list[str] | None, typer.Option(help="a table to compact (repeat); default: all")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+) -> None:
+    """Merge each partition's small shard files into large ones (settings: [compact]). Readers
+    see the data before or after, never half; reruns and re-labelling stay idempotent; the
+    nightly flow runs this after labelling."""
+    from voxtox.storage.schema import PARTITIONS
+    from voxtox.tasks.compact import compact_shards
+
+    unknown = sorted(set(table or ()) - set(PARTITIONS))
+    if unknown:
+        raise typer.BadParameter(f"unknown table {', '.join(unknown)}: choose from {', '.join(PARTITIONS)}")
+    settings = load_settings(data_dir)
+    view = Table("table", "files before", "files after", "merged", "left for next time", title="voxtox compact")
+    for result in compact_shards(settings, table):
+        view.add_row(result.table, str(result.files_before), str(result.files_after), str(result.merged),
+                     str(result.skipped))
+    console.print(view)
 
 
 @labeller_app.command("predict")
@@ -255,7 +307,7 @@ def labeller_predict(
 def train(
     out: Annotated[Path, typer.Option(help="run directory: config, metrics, checkpoints, model")],
     config: Annotated[Path | None, typer.Option(help="TOML settings file ([train] section and more)")] = None,
-    loss: Annotated[str | None, typer.Option(help="mse, contrastive, ntxent-am or asymmetric-proxy")] = None,
+    loss: Annotated[Loss | None, typer.Option(help="the text-injection loss")] = None,
     alpha: Annotated[float | None, typer.Option(help="α·BCE + (1−α)·text loss; 1 = baseline")] = None,
     layer: Annotated[int | None, typer.Option(help="encoder layer to inject at (-1 = last)")] = None,
     encoder: Annotated[str | None, typer.Option(help="Whisper encoder: name, dir or hub name")] = None,
@@ -386,10 +438,10 @@ def classify(
     inputs: Annotated[list[str], typer.Argument(help="audio files, directories, globs or CSV/JSONL manifests")],
     model: Annotated[str | None, typer.Option(help="run dir (best/, else final/), model dir, or exported .onnx/.pt "
                                                    "[default: ./runs/current, else the nightly's <runs_dir>/current]")] = None,
-    output: Annotated[Path | None, typer.Option(help="write results to .jsonl or .parquet (one record per file, windows nested)")] = None,
+    output: Annotated[Path | None, typer.Option("--out", "--output", help="write results to .jsonl or .parquet (one record per file, windows nested)")] = None,
     windows: Annotated[bool | None, typer.Option(help="print the per-window table (default: when one file)")] = None,
     window_s: Annotated[float, typer.Option(help="window length and stride, seconds (paper: 15)")] = 15.0,
-    aggregation: Annotated[str, typer.Option(help="max (paper), mean or noisy_or over a file's windows")] = "max",
+    aggregation: Annotated[Aggregation, typer.Option(help="a file's score from its windows: max (paper), mean, noisy_or")] = "max",
     batch_size: Annotated[int, typer.Option(help="windows per forward pass")] = 8,
     threads: Annotated[int | None, typer.Option(help="CPU threads (torch / onnxruntime)")] = None,
     vad: Annotated[bool, typer.Option(help="score the VAD's speech segments, as validation does (--no-vad: the whole file)")] = True,
@@ -404,7 +456,7 @@ def classify(
         torch.set_num_threads(threads)
     with user_errors():
         if output is not None and output.suffix.lower() not in (".jsonl", ".parquet"):
-            raise ValueError(f"--output must end in .jsonl or .parquet, not {output.name!r}")
+            raise ValueError(f"--out must end in .jsonl or .parquet, not {output.name!r}")
         if model is None:
             model = "runs/current" if Path("runs/current").exists() else str(load_settings().runs_dir / "current")
         loaded = load_model(model, threads)
@@ -471,7 +523,7 @@ def _print_classified(records: list[dict], classes: tuple[str, ...] | list[str],
 def calibrate(
     run: Annotated[Path, typer.Argument(help="run dir (calibrates best/, else final/) or model dir")],
     data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
-    split: Annotated[str, typer.Option(help="split whose evaluation segments choose the thresholds")] = "val",
+    split: Annotated[EvalSplit, typer.Option(help="split whose evaluation segments choose the thresholds")] = "val",
     filter_sql: Annotated[str | None, typer.Option("--filter", help="SQL condition on clips (default: train.val_filter)")] = None,
 ) -> None:
     """Choose per-class decision thresholds (best F1 on validation) and write thresholds.json
@@ -496,7 +548,7 @@ def calibrate(
 def export_command(
     run: Annotated[Path, typer.Argument(help="run dir (exports best/, else final/) or model dir")],
     out: Annotated[Path, typer.Option(help="the artefact: model.onnx or model.pt")],
-    fmt: Annotated[str | None, typer.Option("--format", help="onnx or torchscript (default: from --out)")] = None,
+    fmt: Annotated[ExportFormat | None, typer.Option("--format", help="default: from --out's suffix")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="ONNX only: dynamic int8 quantisation (faster on CPU)")] = False,
 ) -> None:
     """Export the classifier to ONNX or TorchScript (log-mel features in, probabilities out) and
@@ -504,8 +556,6 @@ def export_command(
     from voxtox.flows.classify import export_run
 
     with user_errors():
-        if fmt is not None and fmt not in ("onnx", "torchscript"):
-            raise ValueError(f"--format must be onnx or torchscript, not {fmt!r}")
         path, diff = export_run(run, out, fmt, quantize=int8)
     console.print(f"exported to {path} ({path.stat().st_size / 2**20:.1f} MiB); "
                   f"max abs diff vs PyTorch: {diff:.2e}")
@@ -619,11 +669,11 @@ def corpus_report(
 @app.command()
 def evaluate(
     runs: Annotated[list[Path], typer.Argument(help="run directories of `voxtox train`; the first is the baseline")],
-    split: Annotated[str | None, typer.Option(help="val or test")] = None,
-    labels: Annotated[str | None, typer.Option(help="human (default), or pipeline: the labeller's own labels")] = None,
-    checkpoint: Annotated[str | None, typer.Option(help="best (default) or final")] = None,
-    aggregation: Annotated[str | None, typer.Option(help="segment score from its 15 s windows: max, mean, noisy_or")] = None,
-    resample_by: Annotated[str | None, typer.Option(help="bootstrap unit: segment, or source (whole sessions)")] = None,
+    split: Annotated[EvalSplit | None, typer.Option(help="default: test")] = None,
+    labels: Annotated[TruthLabels | None, typer.Option(help="human (default), or pipeline: the labeller's own labels")] = None,
+    checkpoint: Annotated[RunCheckpoint | None, typer.Option(help="which model of each run (default: best)")] = None,
+    aggregation: Annotated[Aggregation | None, typer.Option(help="segment score from its 15 s windows (default: max)")] = None,
+    resample_by: Annotated[ResampleBy | None, typer.Option(help="bootstrap unit: segment (default), or source (whole sessions)")] = None,
     n_resamples: Annotated[int | None, typer.Option(help="bootstrap resamples (default 1000)")] = None,
     calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="fit temperature scaling on val")] = None,
     segment_filter: Annotated[str | None, typer.Option("--filter", help="SQL condition on clips, e.g. lang = 'en'")] = None,

@@ -39,6 +39,7 @@ from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import HAS_AUDIO
 from voxtox.tasks.confine import outside_reason
+from voxtox.tasks.compact import compact_task
 from voxtox.tasks.decode import discover_inputs
 from voxtox.tasks.evaluate import ALL_LANGUAGES, NoHumanLabelsError
 from voxtox.tasks.human_labels import import_truth_files
@@ -67,6 +68,7 @@ class NightlyReport:
     labelled_clips: dict[str, int] = field(default_factory=dict)  # per split, this run
     skipped_sources: int = 0
     imported_label_spans: int = 0
+    compacted_files: int = 0  # small shard files merged into large ones
     train_clips: int = 0
     new_train_clips: int = 0
     candidate: str | None = None
@@ -259,6 +261,8 @@ def nightly_flow(
     _label_new_audio(inbox_dir, settings, report)
     if files := truth_files(inbox_dir):
         report.imported_label_spans = import_labels_task([str(p) for p in files], settings, served)
+    if settings.nightly.compact:  # before training reads the shards: it holds their file names
+        report.compacted_files = sum(result.merged for result in compact_task(settings))
 
     current = current_run(settings)
     report.current = str(current) if current else None

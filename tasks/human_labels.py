@@ -258,7 +258,7 @@ def import_truth_files(
         records = [{**r, "imported_at": now} for r in sorted(rows, key=lambda r: (r["start_s"], r["end_s"]))]
         table = pa.Table.from_pylist(records, HUMAN_LABELS_SCHEMA)
         table = table.append_column("date", pa.array([now.date().isoformat()] * table.num_rows))
-        with shards_lock(shards_root, exclusive=False):  # forget tombstones and erases under it
+        with shards_lock(shards_root, exclusive=True):  # forget tombstones and erases under it
             if sha in forgotten_sha256s(tombstones_file(shards_root)):
                 skipped.add(sha)
                 continue

@@ -17,7 +17,7 @@ from prefect import task
 
 from voxtox.storage.erasure import shards_lock
 from voxtox.storage.schema import REJECTS_SCHEMA, SOURCES_SCHEMA, clips_schema
-from voxtox.storage.shards import remove_source, replace_source, write_partitioned
+from voxtox.storage.shards import replace_rows, replace_source
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.tasks.decode import SAMPLE_RATE
 from voxtox.tasks.ingest import PreparedSource, SourceRejection
@@ -76,11 +76,9 @@ def build_clips(
         "run_id": pa.array([run_id] * n, pa.string()),
     }
     columns = {f.name: extra[f.name] if f.name in extra else rows[f.name] for f in schema}
-    table = pa.table(columns, schema=schema)
-    return (
-        table.append_column("split", rows["split"])
-        .append_column("lang", rows["lang"])
-        .append_column("date", pa.array([_partition_date(now)] * n, pa.string()))
+    table = pa.table(columns, schema=schema)  # `lang` is in the schema: files keep it
+    return table.append_column("split", rows["split"]).append_column(
+        "date", pa.array([_partition_date(now)] * n, pa.string())
     )
 
 
@@ -134,7 +132,7 @@ def write_sources(
     shards: list[str] = []
     n_clips = n_rejects = 0
     for source in sources:
-        with shards_lock(shards_root, exclusive=False):
+        with shards_lock(shards_root, exclusive=True):
             if _is_forgotten(shards_root, source.source_sha256, allow_forgotten):
                 continue
             rows = clips_all.filter(pc.equal(clips_all["source_sha256"], source.source_sha256))
@@ -174,12 +172,10 @@ def write_rejections(
             "end_s": None,
             "transcript": None,
         }
-        key = rejection_key(rejection)
-        with shards_lock(shards_root, exclusive=False):
+        with shards_lock(shards_root, exclusive=True):
             if _is_forgotten(shards_root, rejection.source_sha256, allow_forgotten):
                 continue
-            remove_source(shards_root, "rejects", key)
-            shards += write_partitioned(shards_root, "rejects", _rejects_table([record], run_id, now), key)
+            shards += replace_rows(shards_root, "rejects", rejection_key(rejection), _rejects_table([record], run_id, now))
     return WrittenUnit(0, 0, len(rejections), [str(p) for p in shards])
 
 

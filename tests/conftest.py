@@ -166,16 +166,13 @@ def synthetic_clips(n: int, split: str, seed: int) -> pa.Table:
                 **{prob_column(c): float(labels[label_column(c)]) for c in CLASSES},
                 **labels,
                 "text_embedding": (directions[cls] + 0.3 * rng.normal(size=TEXT_DIM)).astype(np.float32).tolist(),
+                "lang": "en",
                 "audio": {"bytes": encode_flac(samples.astype(np.float32)), "path": f"{split}-{i}.flac"},
                 "labelled_at": datetime(2026, 1, 1, tzinfo=UTC),
             }
         )
     table = pa.Table.from_pylist(records, schema=clips_schema(TEXT_DIM))
-    return (
-        table.append_column("split", pa.array([split] * n))
-        .append_column("lang", pa.array(["en"] * n))
-        .append_column("date", pa.array(["2026-01-01"] * n))
-    )
+    return table.append_column("split", pa.array([split] * n)).append_column("date", pa.array(["2026-01-01"] * n))
 
 
 @pytest.fixture(scope="session")

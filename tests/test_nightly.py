@@ -114,6 +114,10 @@ def test_nightly_labels_trains_evaluates_promotes_and_reruns_idempotently(
     first = nightly_flow(inbox=str(inbox), settings=settings, night="2026-11-21")
     assert set(first.labelled_clips) == {"train", "val", "test"} and first.labelled_clips["train"] > 0
     assert first.imported_label_spans == 3 * (SESSIONS["val"] + SESSIONS["test"])
+    # Compacted after labelling: the night's `sources` rows share one file; the rerun below still
+    # finds every source there and skips it.
+    assert first.compacted_files > 0
+    assert [p.name[:8] for p in (settings.shards_dir / "sources").glob("**/*.parquet")] == ["compact-"]
     assert first.trained_now and first.promoted, first.reason
     current = settings.runs_dir / "current"
     assert current.is_symlink() and current.resolve() == Path(first.candidate).resolve()

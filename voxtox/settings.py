@@ -229,6 +229,15 @@ class ServeSettings(BaseModel):
         return self
 
 
+class CompactSettings(BaseModel):
+    """`voxtox compact` and the nightly compaction step: merge each partition's small shard files."""
+
+    target_file_mb: int = Field(128, ge=1, description="merged files grow to about this size; files over half of it stay")
+    row_group_mb: int = Field(
+        16, ge=1, description="data per row group of a merged file (a training read of one clip decodes one row group)"
+    )
+
+
 class NightlySettings(BaseModel):
     """The `nightly` flow: label what arrived, train when there is enough new data, evaluate,
     and promote the new model only when it is better with confidence."""
@@ -243,6 +252,7 @@ class NightlySettings(BaseModel):
     promote_first: bool = Field(
         True, description="with no current model, the first candidate becomes current (there is nothing to beat)"
     )
+    compact: bool = Field(True, description="compact the shards after labelling (settings: [compact])")
 
 
 class RetentionSettings(BaseModel):
@@ -294,6 +304,7 @@ class Settings(BaseSettings):
     serve: ServeSettings = ServeSettings()
     nightly: NightlySettings = NightlySettings()
     retention: RetentionSettings = RetentionSettings()
+    compact: CompactSettings = CompactSettings()
 
     @classmethod
     def settings_customise_sources(
