@@ -220,3 +220,37 @@ class TextLabeller:
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         return probs >= self.label_map.threshold_vector()[None, :]
+
+
+def read_text_lines(path: str) -> list[str]:
+    """The texts of a UTF-8 file, one per line (`-` reads stdin); a blank line is an empty text,
+    so outputs stay aligned with input lines."""
+    import sys
+
+    if path == "-":
+        raw = sys.stdin.buffer.read()
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"--file {path}: no such file")
+        raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--file {path}: not UTF-8 text (byte {error.start})") from error
+    return text.splitlines()
+
+
+def prediction_records(labeller: TextLabeller, texts: list[str]) -> list[dict[str, object]]:
+    """One record per text: the text, `prob_<class>` and `label_<class>` for the six classes
+    (the columns the clips table has)."""
+    probs = labeller.predict_proba(list(texts))
+    decisions = labeller.decide(probs)
+    return [
+        {
+            "text": text,
+            **{f"prob_{c}": round(float(p), 6) for c, p in zip(CLASSES, row, strict=True)},
+            **{f"label_{c}": bool(d) for c, d in zip(CLASSES, decided, strict=True)},
+        }
+        for text, row, decided in zip(texts, probs, decisions, strict=True)
+    ]
