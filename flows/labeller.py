@@ -22,7 +22,7 @@ from voxtox.models.labeller_functional import (
     functional_markdown,
     outcomes,
 )
-from voxtox.models.labeller_training import EpochRecord, train_labeller
+from voxtox.models.labeller_training import USEM3_LORA, EpochRecord, train_labeller
 from voxtox.models.text_encoder import USEM3
 from voxtox.settings import Settings
 from voxtox.storage.model_store import resolve_model
@@ -34,7 +34,8 @@ def train_task(data: str, out: str, settings: Settings) -> str:
     logger = get_run_logger()
     splits = load_splits(data, config.seed)
     logger.info("data %s: %s", data, {k: len(v) for k, v in splits.items()})
-    backbone = "" if config.backbone == USEM3 else resolve_model(config.backbone, settings.model_cache_dir)
+    own = (USEM3, USEM3_LORA)  # built from the usem3 package, nothing to resolve
+    backbone = "" if config.backbone in own else resolve_model(config.backbone, settings.model_cache_dir)
 
     def log(record: EpochRecord) -> None:
         logger.info(
