@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -353,15 +353,28 @@ def labeller_eval(
     """Per-class AP and F1 with 95% bootstrap CIs, per language and source (a Prefect flow)."""
     from voxtox.flows.labeller import labeller_eval_flow
     from voxtox.models.labeller_data import check_labelled_data
-    from voxtox.storage.model_store import resolve_model
 
     settings = load_settings()
     with user_errors():
         check_labelled_data(data)
-        for name in (checkpoint, baseline):
+    _run_labeller_report(
+        [checkpoint, baseline], settings, report,
+        lambda: labeller_eval_flow(checkpoint=checkpoint, data=data, settings=settings, baseline=baseline),
+    )
+
+
+def _run_labeller_report(
+    names: list[str | None], settings: Settings, report: Path | None, run: Callable[[], str]
+) -> None:
+    """Check the labeller names resolve (a clear error before any Prefect API starts), run the
+    report flow, write it to `report` if given, and print it."""
+    from voxtox.storage.model_store import resolve_model
+
+    with user_errors():
+        for name in names:
             if name is not None:
                 resolve_model(name, settings.model_cache_dir)
-        text = labeller_eval_flow(checkpoint=checkpoint, data=data, settings=settings, baseline=baseline)
+        text = run()
     if report is not None:
         report.write_text(text)
     console.print(text)
@@ -379,17 +392,12 @@ def labeller_functional(
     if split not in ("eval", "train"):
         raise typer.BadParameter(f"--split must be eval or train, not {split!r}")
     from voxtox.flows.labeller import labeller_functional_flow
-    from voxtox.storage.model_store import resolve_model
 
     settings = load_settings()
-    with user_errors():
-        for name in (checkpoint, baseline):
-            if name is not None:
-                resolve_model(name, settings.model_cache_dir)
-        text = labeller_functional_flow(checkpoint=checkpoint, settings=settings, split=split, baseline=baseline)
-    if report is not None:
-        report.write_text(text)
-    console.print(text)
+    _run_labeller_report(
+        [checkpoint, baseline], settings, report,
+        lambda: labeller_functional_flow(checkpoint=checkpoint, settings=settings, split=split, baseline=baseline),
+    )
 
 
 @app.command()
