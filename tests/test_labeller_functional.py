@@ -140,7 +140,7 @@ def test_predict_reads_a_file_or_stdin_and_writes_jsonl(tiny_labeller: Path, tmp
     path = tmp_path / "texts.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     runner = CliRunner()
-    args = ["labeller", "predict", "--format", "jsonl", "--checkpoint", str(tiny_labeller), "--file"]
+    args = ["labeller", "predict", "--format", "jsonl", "--labeller", str(tiny_labeller), "--file"]
     from_file = runner.invoke(app, [*args, str(path)])
     from_stdin = runner.invoke(app, [*args, "-"], input="\n".join(lines))
     for result in (from_file, from_stdin):
