@@ -19,7 +19,7 @@ language accuracy per spoken line: the language the method gave the time of the 
 
     python benchmarks/asr_peers.py                       # both variants, about 4.5 minutes each
     python benchmarks/asr_peers.py --minutes 2 --files 2 --variants code-switched
-    python benchmarks/asr_peers.py --flow-minutes 30     # the label flow vs its transcription stage
+    python benchmarks/asr_peers.py --variants --flow-minutes 30   # the label flow vs its transcription stage
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def run_flow(settings: Settings, minutes: float, audio_root: Path, work: Path) -
     """The whole `label` flow against its transcription stage alone, on the same audio."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from voxtox.flows.label import label_flow
+    from voxtox.flows.label import label_flow, make_units
 
     recipe = VARIANTS["code-switched"]
     files = max(1, round(minutes / 1.5))
@@ -209,7 +209,9 @@ def run_flow(settings: Settings, minutes: float, audio_root: Path, work: Path) -
     model_dir = resolve_model(settings.asr.model, settings.model_cache_dir)
     started = time.perf_counter()
     sources = [prepare_source(str(p), "train", settings, work / "stage") for p in audio.paths]
-    transcribe_sources([s for s in sources if isinstance(s, PreparedSource)], model_dir, settings, work / "stage-out")
+    prepared = [s for s in sources if isinstance(s, PreparedSource)]
+    for index, unit in enumerate(make_units(prepared, settings.pipeline.unit_speech_s)):  # as the flow cuts them
+        transcribe_sources(unit, model_dir, settings, work / f"stage-{index}")
     stage_s = time.perf_counter() - started
     flow_settings = settings.model_copy(update={"data_dir": work / "flow-data"})
     started = time.perf_counter()
@@ -221,7 +223,7 @@ def run_flow(settings: Settings, minutes: float, audio_root: Path, work: Path) -
         f"\n### the label flow vs its transcription stage: {audio.duration_s / 60:.1f} min of audio, {files} files\n",
         "| what | wall s | audio s / wall s | vs the stage |",
         "|---|---:|---:|---:|",
-        f"| transcription stage (ingest + `transcribe_sources`, one unit) | {stage_s:.1f} | {audio.duration_s / stage_s:.2f} | 1.00× |",
+        f"| transcription stage (ingest + `transcribe_sources`, units as the flow cuts them) | {stage_s:.1f} | {audio.duration_s / stage_s:.2f} | 1.00× |",
         f"| `label` flow (ingest, ASR, labeller, embedder, write, Prefect) | {flow_s:.1f} | {audio.duration_s / flow_s:.2f} | "
         f"{stage_s / flow_s:.2f}× |",
     ]
@@ -231,7 +233,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=4.5)
     parser.add_argument("--files", type=int, default=4)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="audio variants to compare on (none: only --flow-minutes)")
     parser.add_argument("--ablations", action="store_true", help="also voxtox with one setting changed at a time")
     parser.add_argument("--repeats", type=int, default=2, help="timed passes over the audio per method")
     parser.add_argument("--flow-minutes", type=float, default=0, help="also time the label flow on this much audio")

@@ -311,6 +311,13 @@ def identify_languages(
     return scores
 
 
+def settle_language(own_length: np.ndarray, padded: np.ndarray, candidates: list[str]) -> tuple[str, float]:
+    """A doubtful piece's language from both guesses (own-length and Whisper's padded 30 s input),
+    taken as independent evidence: the product of their probabilities."""
+    joint = own_length * padded
+    return candidates[int(np.argmax(joint))], float(joint.max() / joint.sum())
+
+
 def _batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -364,8 +371,7 @@ def transcribe_all(
         settled = language_probabilities(model, encoded[doubtful], candidates) if doubtful else []
         languages = [planned.language for planned in batch]
         for i, padded in zip(doubtful, settled, strict=True):
-            joint = padded * batch[i].heard
-            languages[i] = (candidates[int(np.argmax(joint))], float(joint.max() / joint.sum()))
+            languages[i] = settle_language(batch[i].heard, padded, candidates)
         decoded = decode(model, encoded, [len(a) for a in audio], languages, settings, settings.word_timestamps)
         for planned, segments in zip(batch, decoded, strict=True):
             for piece, segment in to_pieces(planned.packed, segments):
