@@ -293,13 +293,17 @@ def _segment(
 
 
 def with_words(segment: AsrSegment, words: list[WordTiming]) -> AsrSegment:
-    """The part of `segment` made of `words`: their text and times, the segment's scores."""
+    """The part of `segment` made of `words`: their text and times, and its own mean log
+    probability, from its words' (the decoder's probabilities of their tokens). An input may
+    hold several recordings' speech: one recording's garbled turn must not lower the score, and
+    so cost the text, of another's."""
     text = "".join(w.text for w in words).strip()
     return replace(
         segment,
         start_s=words[0].start_s,
         end_s=words[-1].end_s,
         text=text,
+        avg_logprob=float(np.mean(np.log(np.clip([w.probability for w in words], 1e-6, 1.0)))),
         compression_ratio=get_compression_ratio(text) if text else 0.0,
         words=tuple(words),
     )

@@ -336,9 +336,9 @@ class _Planned:
 def plan_inputs(
     model: WhisperModel, sources: list[PreparedSource], pieces: list[Piece], settings: AsrSettings
 ) -> list[_Planned]:
-    """Pieces whose language is clear, packed per source and language; each doubtful piece
-    (below LANGUAGE_CONFIDENCE) alone, so its 30 s encoding can settle its language as Whisper
-    itself would and be decoded as it is."""
+    """Pieces whose language is clear, packed per language; each doubtful piece (below
+    LANGUAGE_CONFIDENCE) alone, so its 30 s encoding can settle its language as Whisper itself
+    would and be decoded as it is."""
     if settings.language or not model.model.is_multilingual:
         return [_Planned(packed, (settings.language or "en", 1.0)) for packed in pack(pieces)]
     candidates = candidate_languages(model, settings)

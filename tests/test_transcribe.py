@@ -185,6 +185,20 @@ def test_words_map_back_to_the_piece_they_were_spoken_in() -> None:
     assert [(p.chunk, s.text) for p, s in to_pieces(packed, [bare])] == [(1, "hello there. nice shot")]
 
 
+def test_each_recording_s_words_are_scored_on_their_own() -> None:
+    """One input can hold several recordings: a garbled turn in one (improbable words) must not
+    lower the score of another's clear speech, which the low_logprob filter would then drop."""
+    packed = PackedInput((Piece(0, 0, 10.0, 13.0), Piece(1, 0, 50.0, 53.0)))
+    second = 3.0 + GAP_S
+    clear = (WordTiming(0.2, 1.0, " good", 0.95), WordTiming(1.1, 2.0, " game.", 0.9))
+    garbled = (WordTiming(second + 0.2, second + 1.0, " blorp", 0.05), WordTiming(second + 1.1, second + 2.0, " zan", 0.02))
+    segment = AsrSegment(0.2, second + 2.0, "good game. blorp zan", -1.4, 0.1, 1.2, "en", 0.9, clear + garbled)
+    (first, kept), (other, dropped) = to_pieces(packed, [segment])
+    assert (first.source, other.source) == (0, 1)
+    assert hallucination_reason(kept, AsrSettings()) is None
+    assert hallucination_reason(dropped, AsrSettings()) == "low_logprob"
+
+
 def test_a_long_segment_is_cut_between_words_not_dropped() -> None:
     spoken = [(t, t + 0.5, f" w{i}") for i, t in enumerate(np.arange(0.0, 24.0, 0.6))]
     spoken[20] = (spoken[20][0], spoken[20][1], " stop.")  # a sentence end near the middle
