@@ -69,19 +69,22 @@ def storage(array: np.ndarray) -> ctranslate2.StorageView:
     return ctranslate2.StorageView.from_array(np.ascontiguousarray(array))
 
 
-def encode(model: WhisperModel, inputs: list[np.ndarray], own_length: bool = False) -> np.ndarray:
+def encode(model: WhisperModel, inputs: list[np.ndarray], pad_to_s: float | None = None) -> np.ndarray:
     """Encoder output (inputs, frames, width) of up to 30 s of 16 kHz audio each: padded to 30 s
-    as Whisper was trained (1500 frames), or with `own_length` only to the batch's longest
-    input, which costs a fraction as much for short inputs (for telling languages only).
+    as Whisper was trained (1500 frames), or with `pad_to_s` only to the batch's longest input or
+    that many seconds, whichever is longer, which costs a fraction as much for short inputs (for
+    telling languages only).
 
     30 s inputs go through the encoder one at a time: on a CPU a batch of 8 is no faster, and
     its attention scores (8 × 1500² per head) took 600 MB more memory than one input's.
     """
     features = [model.feature_extractor(audio)[..., :-1] for audio in inputs]
-    if own_length:
-        frames = min(3000, max(f.shape[-1] for f in features) + 1) // 2 * 2
-        return np.asarray(model.encode(np.stack([pad_or_trim(f, frames) for f in features])))
-    return np.concatenate([np.asarray(model.encode(pad_or_trim(f)[None])) for f in features])
+    if pad_to_s is None:
+        return np.concatenate([np.asarray(model.encode(pad_or_trim(f)[None])) for f in features])
+    longest = max(max(f.shape[-1] for f in features), int(pad_to_s * model.feature_extractor.sampling_rate
+                                                          / model.feature_extractor.hop_length))
+    frames = min(3000, longest + 1) // 2 * 2
+    return np.asarray(model.encode(np.stack([pad_or_trim(f, frames) for f in features])))
 
 
 def encoded_frames(model: WhisperModel, n_samples: int) -> int:
@@ -94,7 +97,7 @@ def language_probabilities(
 ) -> np.ndarray:
     """P(language) over `candidates` for each encoded input, renormalised over the candidates:
     shape (inputs, candidates). With `frames`, the decoder attends only to each input's first
-    frames (its speech, from an `own_length` encoding); one decoder step per input.
+    frames (its speech, from a shorter encoding); one decoder step per input.
 
     Among a platform's few languages, the own-length guess is as accurate as Whisper's padded
     input at a fraction of the cost; among all 99 it is not (docs/benchmarks.md).

@@ -56,10 +56,11 @@ from voxtox.tasks.ingest import PreparedSource
 #: next to its own piece. 1 s gave the lowest word error on both kinds of chat; 0.5 s was
 #: worse than none (benchmarks/asr_peers.py, docs/benchmarks.md).
 GAP_S = 1.0
-#: A piece whose own-length language guess is less sure than this is encoded alone and its
-#: language settled with Whisper's padded input too (one in ten pieces of code-switched chat,
-#: almost none of single-language chat; docs/benchmarks.md).
+#: A piece whose own-length language guess is less sure than this is asked again, padded to
+#: RECHECK_PAD_S (closer to the 30 s inputs Whisper was trained on, a third of the cost): about
+#: one piece in five of code-switched chat, none of single-language chat (docs/benchmarks.md).
 LANGUAGE_CONFIDENCE = 0.7
+RECHECK_PAD_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -297,25 +298,44 @@ def pack(pieces: list[Piece], languages: list[str] | None = None) -> list[Packed
 
 
 def identify_languages(
-    model: WhisperModel, sources: list[PreparedSource], pieces: list[Piece], candidates: list[str], batch_size: int
+    model: WhisperModel,
+    sources: list[PreparedSource],
+    pieces: list[Piece],
+    candidates: list[str],
+    batch_size: int,
+    pad_to_s: float = 0.0,
 ) -> np.ndarray:
     """P(language) over `candidates` for each piece, from an encoder pass over the piece alone at
-    its own length (pieces batched by length): never from a window shared with another speaker,
-    whose language would leak into the guess."""
+    its own length, or padded to `pad_to_s` (pieces batched by length): never from an input
+    shared with another speaker, whose language would leak into the guess."""
     scores = np.zeros((len(pieces), len(candidates)))
     order = sorted(range(len(pieces)), key=lambda i: pieces[i].duration_s)
     for batch in _batches(order, batch_size):
         audio = [PackedInput((pieces[i],)).audio(sources) for i in batch]
-        encoded = encode(model, audio, own_length=True)
-        scores[batch] = language_probabilities(model, encoded, candidates, [encoded_frames(model, len(a)) for a in audio])
+        encoded = encode(model, audio, pad_to_s)
+        frames = [encoded.shape[1]] * len(batch) if pad_to_s else [encoded_frames(model, len(a)) for a in audio]
+        scores[batch] = language_probabilities(model, encoded, candidates, frames)
     return scores
 
 
-def settle_language(own_length: np.ndarray, padded: np.ndarray, candidates: list[str]) -> tuple[str, float]:
-    """A doubtful piece's language from both guesses (own-length and Whisper's padded 30 s input),
-    taken as independent evidence: the product of their probabilities."""
-    joint = own_length * padded
-    return candidates[int(np.argmax(joint))], float(joint.max() / joint.sum())
+def decide_languages(
+    model: WhisperModel, sources: list[PreparedSource], pieces: list[Piece], settings: AsrSettings
+) -> list[tuple[str, float]]:
+    """Each piece's language and its probability: the own-length guess, and for a doubtful piece
+    (below LANGUAGE_CONFIDENCE) that guess times a second one from the piece padded to
+    RECHECK_PAD_S, as independent evidence."""
+    if settings.language or not model.model.is_multilingual:
+        return [(settings.language or "en", 1.0)] * len(pieces)
+    candidates = candidate_languages(model, settings)
+    scores = identify_languages(model, sources, pieces, candidates, settings.batch_size)
+    doubtful = np.flatnonzero(scores.max(axis=1) < LANGUAGE_CONFIDENCE)
+    if doubtful.size:
+        again = identify_languages(
+            model, sources, [pieces[i] for i in doubtful], candidates, settings.batch_size, RECHECK_PAD_S
+        )
+        joint = scores[doubtful] * again
+        scores[doubtful] = joint / joint.sum(axis=1, keepdims=True)
+    return [(candidates[int(np.argmax(row))], float(row.max())) for row in scores]
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -323,60 +343,31 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-@dataclass(frozen=True)
-class _Planned:
-    """A Whisper input and its language: known (packed pieces), or still to be decided from its
-    padded encoding together with `heard`, the piece's own-length probabilities."""
-
-    packed: PackedInput
-    language: tuple[str, float] | None
-    heard: np.ndarray | None = None
-
-
-def plan_inputs(
-    model: WhisperModel, sources: list[PreparedSource], pieces: list[Piece], settings: AsrSettings
-) -> list[_Planned]:
-    """Pieces whose language is clear, packed per language; each doubtful piece (below
-    LANGUAGE_CONFIDENCE) alone, so its 30 s encoding can settle its language as Whisper itself
-    would and be decoded as it is."""
-    if settings.language or not model.model.is_multilingual:
-        return [_Planned(packed, (settings.language or "en", 1.0)) for packed in pack(pieces)]
-    candidates = candidate_languages(model, settings)
-    heard = identify_languages(model, sources, pieces, candidates, settings.batch_size)
-    sure = heard.max(axis=1) >= LANGUAGE_CONFIDENCE
-    confident = [p for p, ok in zip(pieces, sure, strict=True) if ok]
-    language_of = {p: (candidates[int(np.argmax(h))], float(h.max())) for p, h in zip(pieces, heard, strict=True)}
-    packed = [
-        _Planned(inputs, (language_of[inputs.pieces[0]][0], float(np.mean([language_of[p][1] for p in inputs.pieces]))))
-        for inputs in pack(confident, [language_of[p][0] for p in confident])
-    ]
-    return packed + [
-        _Planned(PackedInput((p,)), None, h) for p, h, ok in zip(pieces, heard, sure, strict=True) if not ok
-    ]
-
-
 def transcribe_all(
     model: WhisperModel,
     sources: list[PreparedSource],
     settings: AsrSettings,
 ) -> dict[tuple[int, int], list[AsrSegment]]:
-    """ASR segments (times from the source's start) per (source, chunk): the inputs planned by
-    `plan_inputs`, encoded and decoded in batches across sources."""
-    candidates = candidate_languages(model, settings)
+    """ASR segments (times from the source's start) per (source, chunk): every piece's language
+    decided, the pieces packed per language into 30 s inputs, the inputs encoded and decoded in
+    batches across sources, each with its language token."""
+    pieces = plan_pieces(sources)
+    language_of = dict(zip(pieces, decide_languages(model, sources, pieces, settings), strict=True))
     by_chunk: dict[tuple[int, int], list[AsrSegment]] = defaultdict(list)
-    for batch in _batches(plan_inputs(model, sources, plan_pieces(sources), settings), settings.batch_size):
-        audio = [planned.packed.audio(sources) for planned in batch]
-        encoded = encode(model, audio)
-        doubtful = [i for i, planned in enumerate(batch) if planned.language is None]
-        settled = language_probabilities(model, encoded[doubtful], candidates) if doubtful else []
-        languages = [planned.language for planned in batch]
-        for i, padded in zip(doubtful, settled, strict=True):
-            languages[i] = settle_language(batch[i].heard, padded, candidates)
-        decoded = decode(model, encoded, [len(a) for a in audio], languages, settings, settings.word_timestamps)
-        for planned, segments in zip(batch, decoded, strict=True):
-            for piece, segment in to_pieces(planned.packed, segments):
+    for batch in _batches(pack(pieces, [language_of[p][0] for p in pieces]), settings.batch_size):
+        audio = [packed.audio(sources) for packed in batch]
+        languages = [_input_language(packed, language_of) for packed in batch]
+        decoded = decode(model, encode(model, audio), [len(a) for a in audio], languages, settings, settings.word_timestamps)
+        for packed, segments in zip(batch, decoded, strict=True):
+            for piece, segment in to_pieces(packed, segments):
                 by_chunk[(piece.source, piece.chunk)].append(segment)
     return {key: sorted(found, key=lambda s: s.start_s) for key, found in by_chunk.items()}
+
+
+def _input_language(packed: PackedInput, language_of: dict[Piece, tuple[str, float]]) -> tuple[str, float]:
+    """The language of an input's pieces (one, by construction) and their mean probability."""
+    languages = [language_of[piece] for piece in packed.pieces]
+    return languages[0][0], float(np.mean([probability for _, probability in languages]))
 
 
 # --- Mapping segments back to recordings ---------------------------------------------------
