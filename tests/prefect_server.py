@@ -284,19 +284,30 @@ def redis_server(directory: Path) -> Iterator[int]:
 
 
 @contextmanager
-def voxtox_serve(
-    server: PrefectServer, data_dir: Path, *args: str, env: dict[str, str] | None = None
+def client_process(
+    server: PrefectServer, command: list[str], log: Path, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen]:
-    """`voxtox ARGS` (e.g. `serve --flow label`) against the server, data in `data_dir`."""
-    env = server.env | {"VOXTOX_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")} | (env or {})
-    log = data_dir / "serve.log"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """A process talking to the server (its API URL and login), output to `log`; stopped on exit."""
+    program, *args = command
+    executable = str(BIN / program) if (BIN / program).exists() else program
+    env = server.env | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")} | (env or {})
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
-        process = subprocess.Popen([str(BIN / "voxtox"), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield process
     finally:
         stop(process)
+
+
+@contextmanager
+def voxtox_serve(
+    server: PrefectServer, data_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """`voxtox ARGS` (e.g. `serve --flow label`) against the server, data in `data_dir`."""
+    env = {"VOXTOX_DATA_DIR": str(data_dir)} | (env or {})
+    with client_process(server, ["voxtox", *args], data_dir / "serve.log", env) as process:
+        yield process
 
 
 def run_served_deployment(
