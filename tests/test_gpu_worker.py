@@ -30,8 +30,9 @@ from prefect_server import (
     voxtox_serve,
     wait_until,
 )
+from voxtox.flows.demo import demo_settings
 from voxtox.flows.train_pool import pool_run_dir, train_run_flow
-from voxtox.settings import Settings
+from voxtox.settings import NightlySettings, Settings
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,3 +235,8 @@ def test_without_a_worker_the_night_fails_clearly_and_promotes_nothing(served: S
     assert [run.id for run in tonight] == [earlier.id] and tonight[0].state.type == StateType.CANCELLED
     assert not (served.runs_dir / run_name / "final").exists()
     assert (current.resolve() if current.exists() else None) == before
+
+
+def test_the_demo_trains_in_its_own_process_whatever_the_settings_say() -> None:
+    """The one-machine demo has no worker: a `train_pool` in the user's voxtox.toml would fail its night."""
+    assert demo_settings(Settings(nightly=NightlySettings(train_pool="voxtox-gpu"))).nightly.train_pool is None
