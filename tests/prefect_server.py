@@ -310,6 +310,23 @@ def voxtox_serve(
         yield process
 
 
+def registered_deployment(
+    client: SyncPrefectClient, serving: subprocess.Popen, name: str, log: Path, timeout_s: float = 120
+) -> DeploymentResponse:
+    """The deployment `name` once `voxtox serve` (the process `serving`, output in `log`) has registered it."""
+    from prefect.exceptions import ObjectNotFound
+
+    def registered() -> DeploymentResponse | None:
+        if serving.poll() is not None:
+            raise RuntimeError(f"voxtox serve exited with {serving.returncode}:\n{log_tail(log)}")
+        try:
+            return client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return None
+
+    return wait_until(registered, timeout_s, f"voxtox serve registering {name}")
+
+
 def run_served_deployment(
     server: PrefectServer,
     data_dir: Path,
@@ -323,19 +340,9 @@ def run_served_deployment(
     through the API (as the UI's "Run" button does) or, if `scheduled`, wait for its schedule
     to start a run; return the deployment and its first finished flow run."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.exceptions import ObjectNotFound
 
     with voxtox_serve(server, data_dir, *serve_args, env=env) as serving, server.client() as client:
-
-        def registered() -> DeploymentResponse | None:
-            if serving.poll() is not None:
-                raise RuntimeError(f"voxtox serve exited with {serving.returncode}:\n{log_tail(data_dir / 'serve.log')}")
-            try:
-                return client.read_deployment_by_name(deployment)
-            except ObjectNotFound:
-                return None
-
-        registration = wait_until(registered, 120, f"voxtox serve registering {deployment}")
+        registration = registered_deployment(client, serving, deployment, data_dir / "serve.log")
         if not scheduled:
             client.create_flow_run_from_deployment(registration.id)
         of_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[registration.id]))

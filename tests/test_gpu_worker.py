@@ -19,7 +19,6 @@ from conftest import write_nightly_inbox
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import DeploymentResponse
-from prefect.exceptions import ObjectNotFound
 from prefect.states import Scheduled
 from prefect_server import (
     PrefectServer,
@@ -27,6 +26,7 @@ from prefect_server import (
     load_compose,
     log_tail,
     prefect_server,
+    registered_deployment,
     voxtox_serve,
     wait_until,
 )
@@ -128,17 +128,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_whisper: Path) -> Iter
     env = {"VOXTOX_CONFIG": str(config)}
     with prefect_server(root / "prefect-home", auth_string=AUTH_STRING) as server, \
             voxtox_serve(server, root / "data", "serve", env=env) as serving, server.client() as client:
-
-        def registered(name: str) -> DeploymentResponse | None:
-            if serving.poll() is not None:
-                raise RuntimeError(f"voxtox serve exited with {serving.returncode}:\n{log_tail(root / 'data' / 'serve.log')}")
-            try:
-                return client.read_deployment_by_name(name)
-            except ObjectNotFound:
-                return None
-
-        nightly = wait_until(lambda: registered("nightly/voxtox"), 120, "voxtox serve registering the nightly")
-        train = wait_until(lambda: registered("train/voxtox"), 30, "voxtox serve registering train/voxtox")
+        log = root / "data" / "serve.log"
+        nightly = registered_deployment(client, serving, "nightly/voxtox", log)
+        train = registered_deployment(client, serving, "train/voxtox", log, timeout_s=30)
         yield Served(server, root / "data", env, nightly, train, pool)
 
 
