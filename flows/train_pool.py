@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -92,25 +92,25 @@ def train_on_pool(candidate: Path, settings: Settings) -> FlowRun:
     run of it (shown as a subflow of this flow run), or follow the one a previous attempt of this
     night started; wait `worker_wait_s` for a worker to start it and `train_timeout_h` for it to
     end. Raise TrainingNotDone unless it completed and the candidate is trained."""
-    pool, nightly = settings.nightly.train_pool, settings.nightly
-    logger = get_run_logger()
+    nightly = settings.nightly
+    pool = nightly.train_pool
     with get_client(sync_client=True) as client:
         deployment = _deployment_on(client, pool)
         flow_run = _unfinished_run(client, deployment.id, candidate.name)
         if flow_run is None:
             flow_run = run_deployment(TRAIN_DEPLOYMENT, parameters={"run": candidate.name, "resume": True},
                                       timeout=0, tags=["voxtox"])
-        logger.info("training %s: flow run %r of %s, waiting for a worker of work pool %r",
-                    candidate.name, flow_run.name, TRAIN_DEPLOYMENT, pool)
-        started = _wait_for(client, flow_run.id, lambda state: state.type != StateType.SCHEDULED, nightly.worker_wait_s)
-        if started is None:
+        get_run_logger().info("training %s: flow run %r of %s, waiting for a worker of work pool %r",
+                              candidate.name, flow_run.name, TRAIN_DEPLOYMENT, pool)
+        states = _watch(client, flow_run.id)
+        if _first(states, lambda state: state.type != StateType.SCHEDULED, nightly.worker_wait_s) is None:
             _cancel(client, flow_run.id, f"no worker of work pool {pool!r} started it within {nightly.worker_wait_s:g} s")
             raise TrainingNotDone(
                 f"no worker of work pool {pool!r} started the training run {flow_run.name!r} within "
                 f"{nightly.worker_wait_s:g} s (nightly.worker_wait_s); it was cancelled. Start one where the "
                 f"GPU is: prefect worker start --pool {pool} --type process"
             )
-        ended = _wait_for(client, flow_run.id, lambda state: state.is_final(), nightly.train_timeout_h * 3600)
+        ended = _first(states, lambda state: state.is_final(), nightly.train_timeout_h * 3600)
         if ended is None:
             _cancel(client, flow_run.id, f"the night stopped waiting after {nightly.train_timeout_h:g} h")
             raise TrainingNotDone(f"the training run {flow_run.name!r} did not end within {nightly.train_timeout_h:g} h "
@@ -123,7 +123,7 @@ def train_on_pool(candidate: Path, settings: Settings) -> FlowRun:
         raise TrainingNotDone(f"the training run {flow_run.name!r} completed on worker {worker!r}, but "
                               f"{candidate / 'final'} is not here: the worker's data directory must be this one "
                               f"({settings.data_dir}), on storage both share")
-    logger.info("training %s: done on worker %r", candidate.name, worker)
+    get_run_logger().info("training %s: done on worker %r", candidate.name, worker)
     return ended
 
 
@@ -148,21 +148,27 @@ def _unfinished_run(client: SyncPrefectClient, deployment_id: UUID, run: str) ->
     return next((flow_run for flow_run in runs if flow_run.parameters.get("run") == run), None)
 
 
-def _wait_for(client: SyncPrefectClient, flow_run_id: UUID, reached: Callable[[State], bool], timeout_s: float) -> FlowRun | None:
-    """The flow run once its state is `reached`, logging each state it passes; None after `timeout_s`."""
-    logger = get_run_logger()
-    deadline, seen = time.monotonic() + timeout_s, None
+def _watch(client: SyncPrefectClient, flow_run_id: UUID) -> Iterator[FlowRun]:
+    """The flow run, read every POLL_S seconds; the log says each state it enters."""
+    seen = None
     while True:
         flow_run = client.read_flow_run(flow_run_id)
         if flow_run.state is not None and flow_run.state.name != seen:
             seen = flow_run.state.name
-            logger.info("training run %r: %s", flow_run.name, seen)
+            get_run_logger().info("training run %r: %s", flow_run.name, seen)
+        yield flow_run
+        time.sleep(POLL_S)
+
+
+def _first(runs: Iterator[FlowRun], reached: Callable[[State], bool], timeout_s: float) -> FlowRun | None:
+    """The first of `runs` whose state is `reached`, or None once `timeout_s` have passed."""
+    deadline = time.monotonic() + timeout_s
+    for flow_run in runs:
         if flow_run.state is not None and reached(flow_run.state):
             return flow_run
-        left = deadline - time.monotonic()
-        if left <= 0:
+        if time.monotonic() >= deadline:
             return None
-        time.sleep(min(POLL_S, left))
+    return None
 
 
 def _cancel(client: SyncPrefectClient, flow_run_id: UUID, why: str) -> None:
