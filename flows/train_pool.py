@@ -64,7 +64,13 @@ class TrainingNotDone(RuntimeError):
 def pool_run_dir(run: str, settings: Settings) -> Path:
     """`<runs_dir>/<run>` for a run of the deployment. Whoever can start runs names it, so it is a
     plain name (it stays below runs_dir), neither `current` nor a link, and not a run that
-    finished training: a trained (perhaps promoted) model is never overwritten."""
+    finished training: a trained (perhaps promoted) model is never overwritten. The directories
+    must be absolute: a worker starts each run in a temporary directory."""
+    relative = [f"{name} = {path}" for name, path in (("data_dir", settings.data_dir), ("runs_dir", settings.runs_dir))
+                if not path.is_absolute()]
+    if relative:
+        raise ValueError(f"relative paths ({', '.join(relative)}), but a worker starts each run in a temporary "
+                         "directory: give the shared data directory as an absolute path (VOXTOX_DATA_DIR)")
     if not RUN_NAME.fullmatch(run) or run == CURRENT:
         raise ValueError(f"run {run!r}: give the name of a run directory under {settings.runs_dir} "
                          f"(letters, digits, '.', '_', '-'; no path; not {CURRENT!r})")

@@ -167,6 +167,8 @@ def test_a_run_of_the_train_deployment_names_a_new_run_directory_and_nothing_els
     with pytest.raises(ValueError, match="is a link"):
         pool_run_dir("alias", settings)
     assert set(inspect.signature(train_run_flow.fn).parameters) == {"run", "resume"}  # no settings to hand it
+    with pytest.raises(ValueError, match=r"relative paths \(data_dir = voxtox-data"):  # the default, unset on the worker
+        pool_run_dir("nightly-2026-11-21", Settings(data_dir=Path("voxtox-data")))
 
 
 def test_serve_registers_the_train_deployment_on_the_pool(served: Served) -> None:
