@@ -1,7 +1,7 @@
 # The voxtox image: the package with its dependencies at the tested versions (constraints.txt;
 # pyproject.toml has the ranges), the offline model
 # packages, and espeak-ng + ffmpeg from Debian. One image for every Prefect and voxtox process
-# in docker-compose.yml: the Prefect server and services, `voxtox serve` and the GPU training
+# in docker-compose.yml: the Prefect server and services, `voxtox serve` and the GPU worker
 # service (torch 2.13.0's Linux wheel from the default index brings its CUDA libraries; an
 # NVIDIA driver on the host is all the GPU service needs).
 #

@@ -472,17 +472,19 @@ def serve(
     dry_run: Annotated[bool, typer.Option(help="list the deployments and their next runs, serve nothing")] = False,
 ) -> None:
     """Register voxtox's deployments with the Prefect API (PREFECT_API_URL) and run them on their
-    cron schedules until stopped (Prefect's `serve`)."""
+    cron schedules until stopped (Prefect's `serve`). With nightly.train_pool set, the nightly's
+    training deployment (train/voxtox) goes on that work pool, for a worker to run."""
     from voxtox.flows.serve import build_deployments, next_runs, serve_deployments
 
     with user_errors():
         settings = load_settings(data_dir, serve={"flows": flow, "cron": cron, "timezone": timezone, "inbox": inbox})
         deployments = build_deployments(settings)
-    view = Table("deployment", "entrypoint", "schedule", "next run", "parameters", title="voxtox serve")
+    view = Table("deployment", "runs on", "entrypoint", "schedule", "next run", "parameters", title="voxtox serve")
     for deployment in deployments:
         schedules = [s.schedule for s in deployment.schedules or []]
         view.add_row(
             f"{deployment.flow_name}/{deployment.name}",
+            f"work pool {deployment.work_pool_name}" if deployment.work_pool_name else "this process",
             deployment.entrypoint,
             ", ".join(f"{s.cron} ({s.timezone})" for s in schedules) or "on demand",
             ", ".join(f"{run:%Y-%m-%d %H:%M %Z}" for run in next_runs(deployment)) or "-",

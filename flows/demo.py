@@ -49,7 +49,8 @@ def demo_settings(settings: Settings) -> Settings:
     """The user's settings with the demo's sizes, where the user has not set them."""
     updates: dict[str, object] = {
         "train": settings.train.model_copy(update=DEMO_TRAIN),
-        "nightly": settings.nightly.model_copy(update={"min_new_clips": 1}),
+        # One machine, no worker: the night trains in this process whatever voxtox.toml says.
+        "nightly": settings.nightly.model_copy(update={"min_new_clips": 1, "train_pool": None}),
         "evaluate": settings.evaluate.model_copy(update={"resample_by": "source"}),
     }
     if "languages" not in settings.asr.model_fields_set:  # the demo's speech is in these languages

@@ -10,6 +10,9 @@ the current model, and promote the candidate only when it is better with confide
     <runs_dir>/nightly-<night>/   the night's candidate (a `voxtox train` run directory)
     <runs_dir>/current            a symlink to the promoted run (`voxtox classify --model`)
 
+The candidate trains in this process (a subflow), or, with `nightly.train_pool`, on a worker of
+that Prefect work pool (`flows/train_pool.py`): a GPU host sharing the data directory.
+
 A rerun of the same night redoes nothing that finished, by content: labelled sources are
 skipped by hash, imported labels replace themselves, a candidate with `final/` is not retrained
 (one cut short resumes from its last checkpoint), and scores are cached per run and segment set.
@@ -33,7 +36,8 @@ from voxtox.flows.classify import THRESHOLDS_FILE
 from voxtox.flows.evaluate import evaluate_flow
 from voxtox.flows.label import label_flow
 from voxtox.flows.serve import check_served_run
-from voxtox.flows.train import train_flow
+from voxtox.flows.train import CURRENT, is_finished, train_flow
+from voxtox.flows.train_pool import TrainingNotDone, train_on_pool
 from voxtox.models.metrics import MAP_NAME
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
@@ -50,7 +54,6 @@ TRUTH_DIR = "truth"
 TRUTH_SUFFIXES = (".jsonl", ".csv", ".parquet")
 #: What `voxtox synth` writes beside the audio: metadata, not input.
 SYNTH_METADATA = ("corpus.json", "manifest.jsonl")
-CURRENT = "current"
 
 
 @dataclass
@@ -150,8 +153,14 @@ def latest_candidate(settings: Settings) -> Path | None:
     return finished[-1].resolve() if finished else None
 
 
-def is_finished(run: Path) -> bool:
-    return (run / "final" / "model.safetensors").exists()
+def train_candidate(candidate: Path, settings: Settings) -> None:
+    """Train the night's candidate here (a subflow), or on a worker of `nightly.train_pool`."""
+    if settings.nightly.train_pool is not None:
+        train_on_pool(candidate, settings)
+        return
+    # resume=True: a fresh run when there is no checkpoint, and a retry (or tomorrow's rerun
+    # of tonight) continues where the killed one stopped instead of starting over.
+    train_flow.with_options(retries=1, retry_delay_seconds=60)(out=str(candidate), settings=settings, resume=True)
 
 
 @task(name="calibrate")
@@ -280,9 +289,12 @@ def nightly_flow(
                              f"(nightly.min_new_clips = {settings.nightly.min_new_clips}): no training tonight")
             _publish(report)
             return report
-        # resume=True: a fresh run when there is no checkpoint, and a retry (or tomorrow's rerun
-        # of tonight) continues where the killed one stopped instead of starting over.
-        train_flow.with_options(retries=1, retry_delay_seconds=60)(out=str(candidate), settings=settings, resume=True)
+        try:
+            train_candidate(candidate, settings)
+        except TrainingNotDone as error:  # the night fails, and its artifact says why
+            report.reason = f"no candidate tonight, nothing promoted: {error}"
+            _publish(report)
+            raise
         report.trained_now = True
     report.candidate = str(candidate)
     if not (candidate / "best" / THRESHOLDS_FILE).exists():  # also when a rerun finds it missing

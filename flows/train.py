@@ -1,6 +1,6 @@
-"""The training flow: one `train` task (it can run on a GPU worker), then the curves as Prefect
-artifacts. Under `torchrun` every rank trains directly instead: one flow run per rank would
-record the same run many times over."""
+"""The training flow: one `train` task, then the curves as Prefect artifacts. Under `torchrun`
+every rank trains directly instead: one flow run per rank would record the same run many times
+over. (`flows/train_pool.py` runs the same on a worker of a Prefect work pool.)"""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from voxtox.settings import Settings
 from voxtox.tasks.train import TrainReport, train_model, train_task
 
+#: `<runs_dir>/current`: a link to the promoted run (the nightly flow moves it).
+CURRENT = "current"
 CURVE_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_bce", "train_text", "val_mAP", "val_mAP_low", "val_mAP_high", "epoch_s")
 
 
@@ -35,12 +37,21 @@ def publish_curves(report: TrainReport) -> None:
     )
 
 
+def is_finished(run: Path) -> bool:
+    """Whether the run directory holds its trained model (`final/`, written last)."""
+    return (run / "final" / "model.safetensors").exists()
+
+
+def train_and_publish(out: str, settings: Settings, resume: bool) -> TrainReport:
+    report = train_task(out, settings, resume)
+    publish_curves(report)
+    return report
+
+
 @flow(name="train", log_prints=True)
 def train_flow(out: str, settings: Settings | None = None, resume: bool = False) -> TrainReport:
     """Train the audio-only classifier on the catalog's shards into the run directory `out`."""
-    report = train_task(out, settings or Settings(), resume)
-    publish_curves(report)
-    return report
+    return train_and_publish(out, settings or Settings(), resume)
 
 
 def launched_by_torchrun() -> bool:

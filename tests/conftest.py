@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +29,7 @@ from voxtox.settings import Settings  # noqa: E402
 from voxtox.storage.model_store import resolve_model  # noqa: E402
 from voxtox.storage.schema import clips_schema, label_column, prob_column  # noqa: E402
 from voxtox.tasks.decode import SAMPLE_RATE  # noqa: E402
-from voxtox.tasks.speech_synth import Utterance, lay_out  # noqa: E402
+from voxtox.tasks.speech_synth import VARIANTS, Utterance, lay_out  # noqa: E402
 from voxtox.tasks.write import encode_flac  # noqa: E402
 
 SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
@@ -134,6 +136,30 @@ def make_broken_inputs(directory: Path, speech: np.ndarray) -> dict[str, str]:
         "nan.wav": "invalid_samples",
         "blip.wav": "too_short",
     }
+
+
+def write_nightly_inbox(root: Path, sessions: dict[str, int], seed: int = 3) -> Path:
+    """A nightly inbox of spoken English sessions: `sessions[split]` WAV files per split, each three
+    sentences of three different classes, and the truth of the val and test ones in `truth/`."""
+    rng = random.Random(seed)
+    for split, count in sessions.items():
+        truth = []
+        for index in range(count):
+            classes = rng.sample(sorted(LABELLER_TRAINING), 3)
+            utterances = [Utterance(rng.choice(LABELLER_TRAINING[c]), "en", rng.choice(VARIANTS), 140) for c in classes]
+            samples, placed = lay_out(utterances, [1.2, 1.2])
+            path = root / split / f"{split}-{index}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            soundfile.write(path, samples, SAMPLE_RATE)
+            truth += [
+                {"audio": f"../{split}/{path.name}", "start_s": p.start_s, "end_s": p.end_s, "labels": [c], "lang": "en",
+                 "text": p.utterance.text}
+                for p, c in zip(placed, classes, strict=True)
+            ]
+        if split != "train":  # human labels exist for validation and test only
+            (root / "truth").mkdir(parents=True, exist_ok=True)
+            (root / "truth" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in truth))
+    return root
 
 
 # --- a small trainable world: clips whose class is audible, a Whisper-shaped random encoder ---

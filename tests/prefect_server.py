@@ -284,19 +284,47 @@ def redis_server(directory: Path) -> Iterator[int]:
 
 
 @contextmanager
-def voxtox_serve(
-    server: PrefectServer, data_dir: Path, *args: str, env: dict[str, str] | None = None
+def client_process(
+    server: PrefectServer, command: list[str], log: Path, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen]:
-    """`voxtox ARGS` (e.g. `serve --flow label`) against the server, data in `data_dir`."""
-    env = server.env | {"VOXTOX_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")} | (env or {})
-    log = data_dir / "serve.log"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """A process talking to the server (its API URL and login), output to `log`; stopped on exit."""
+    program, *args = command
+    executable = str(BIN / program) if (BIN / program).exists() else program
+    env = server.env | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")} | (env or {})
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
-        process = subprocess.Popen([str(BIN / "voxtox"), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield process
     finally:
         stop(process)
+
+
+@contextmanager
+def voxtox_serve(
+    server: PrefectServer, data_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """`voxtox ARGS` (e.g. `serve --flow label`) against the server, data in `data_dir`."""
+    env = {"VOXTOX_DATA_DIR": str(data_dir)} | (env or {})
+    with client_process(server, ["voxtox", *args], data_dir / "serve.log", env) as process:
+        yield process
+
+
+def registered_deployment(
+    client: SyncPrefectClient, serving: subprocess.Popen, name: str, log: Path, timeout_s: float = 120
+) -> DeploymentResponse:
+    """The deployment `name` once `voxtox serve` (the process `serving`, output in `log`) has registered it."""
+    from prefect.exceptions import ObjectNotFound
+
+    def registered() -> DeploymentResponse | None:
+        if serving.poll() is not None:
+            raise RuntimeError(f"voxtox serve exited with {serving.returncode}:\n{log_tail(log)}")
+        try:
+            return client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return None
+
+    return wait_until(registered, timeout_s, f"voxtox serve registering {name}")
 
 
 def run_served_deployment(
@@ -312,19 +340,9 @@ def run_served_deployment(
     through the API (as the UI's "Run" button does) or, if `scheduled`, wait for its schedule
     to start a run; return the deployment and its first finished flow run."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.exceptions import ObjectNotFound
 
     with voxtox_serve(server, data_dir, *serve_args, env=env) as serving, server.client() as client:
-
-        def registered() -> DeploymentResponse | None:
-            if serving.poll() is not None:
-                raise RuntimeError(f"voxtox serve exited with {serving.returncode}:\n{log_tail(data_dir / 'serve.log')}")
-            try:
-                return client.read_deployment_by_name(deployment)
-            except ObjectNotFound:
-                return None
-
-        registration = wait_until(registered, 120, f"voxtox serve registering {deployment}")
+        registration = registered_deployment(client, serving, deployment, data_dir / "serve.log")
         if not scheduled:
             client.create_flow_run_from_deployment(registration.id)
         of_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[registration.id]))

@@ -2,7 +2,8 @@
 services, ports, volumes, health checks and GPU profile, that compose refuses to start without a
 login and a database password and publishes nothing but the UI on loopback, that every voxtox
 command in the file parses as a command of the image's `voxtox` entry point, and that every
-Prefect setting named is one Prefect knows."""
+Prefect setting named is one Prefect knows. (tests/test_gpu_worker.py runs the gpu-worker's
+command against a real server.)"""
 
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ import pytest
 from prefect_server import ComposeError, load_compose
 from typer.main import get_command
 from voxtox.flows.cli import app
+from voxtox.settings import NightlySettings, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-VOXTOX_IMAGE_SERVICES = ("serve", "train")
+VOXTOX_IMAGE_SERVICES = ("serve", "gpu-worker")
 #: The two secrets compose will not start without (an .env file beside it, in production).
 SECRETS = {"PREFECT_AUTH_STRING": "admin:Zq8vN3xKp2", "POSTGRES_PASSWORD": "Hv6tR9wLm4"}
 #: Services that talk to the Prefect API as clients.
-PREFECT_CLIENTS = ("serve", "train")
+PREFECT_CLIENTS = ("serve", "gpu-worker")
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +41,10 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_self_hosting_layout(services: dict[str, Any]) -> None:
-    assert set(services) == {"postgres", "redis", "prefect-server", "prefect-services", "serve", "train"}
+    assert set(services) == {"postgres", "redis", "prefect-server", "prefect-services", "serve", "gpu-worker"}
     assert services["postgres"]["image"].startswith("postgres:")
     assert services["redis"]["image"].startswith("redis:")
-    assert [s for s, spec in services.items() if "profiles" in spec] == ["train"]  # only GPU work is opt-in
+    assert [s for s, spec in services.items() if "profiles" in spec] == ["gpu-worker"]  # only GPU work is opt-in
 
 
 def test_health_checks_gate_the_start_order(services: dict[str, Any]) -> None:
@@ -52,7 +54,7 @@ def test_health_checks_gate_the_start_order(services: dict[str, Any]) -> None:
     assert "localhost:4200/api/health" in checks["prefect-server"]
     needs = {name: spec.get("depends_on", {}) for name, spec in services.items()}
     assert needs["prefect-server"] == {"postgres": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"}}
-    for name in ("prefect-services", "serve", "train"):
+    for name in ("prefect-services", "serve", "gpu-worker"):
         assert needs[name] == {"prefect-server": {"condition": "service_healthy"}}
 
 
@@ -125,8 +127,8 @@ def test_prefect_runs_from_the_voxtox_image_with_the_tested_pins(services: dict[
     """Server, services and voxtox share one image, so the server is the Prefect (and
     SQLAlchemy, prefect-redis) that constraints.txt pins and tests/test_prefect_server.py runs."""
     assert {name for name, spec in services.items() if spec.get("image") == "voxtox:0.1.0"} == {
-        "prefect-server", "prefect-services", "serve", "train"}
-    assert all(services[name]["build"] == "." for name in ("prefect-server", "prefect-services", "serve", "train"))
+        "prefect-server", "prefect-services", "serve", "gpu-worker"}
+    assert all(services[name]["build"] == "." for name in ("prefect-server", "prefect-services", "serve", "gpu-worker"))
     pins = set((ROOT / "constraints.txt").read_text().splitlines())
     assert {f"prefect=={prefect.__version__}", "prefect-redis==0.3.0", "SQLAlchemy==2.0.58"} <= pins
 
@@ -144,16 +146,20 @@ def test_voxtox_services_share_the_data_directory_and_talk_to_the_server(
     assert named == set(compose["volumes"]) == {"postgres_data", "redis_data", "models"}
 
 
-def test_the_training_service_reserves_the_nvidia_gpus(services: dict[str, Any]) -> None:
-    train = services["train"]
-    assert train["profiles"] == ["gpu"]
-    (device,) = train["deploy"]["resources"]["reservations"]["devices"]
+def test_the_gpu_worker_reserves_the_nvidia_gpus_and_works_the_pool_the_nightly_trains_on(services: dict[str, Any]) -> None:
+    worker = services["gpu-worker"]
+    assert worker["profiles"] == ["gpu"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] == "all"
+    assert worker["command"] == ["prefect", "worker", "start", "--pool", "voxtox-gpu", "--type", "process"]
+    # The nightly trains in serve's container unless VOXTOX_TRAIN_POOL names the worker's pool.
+    assert Settings(nightly=NightlySettings(train_pool=services["serve"]["environment"]["VOXTOX_NIGHTLY__TRAIN_POOL"])).nightly.train_pool is None
+    on_gpu = load_compose(ROOT / "docker-compose.yml", SECRETS | {"VOXTOX_TRAIN_POOL": "voxtox-gpu"})["services"]
+    assert on_gpu["serve"]["environment"]["VOXTOX_NIGHTLY__TRAIN_POOL"] == "voxtox-gpu"
 
 
-@pytest.mark.parametrize("service", VOXTOX_IMAGE_SERVICES)
-def test_commands_are_commands_of_the_voxtox_entry_point(services: dict[str, Any], service: str) -> None:
-    program, name, *args = services[service]["command"]
+def test_serves_command_is_a_command_of_the_voxtox_entry_point(services: dict[str, Any]) -> None:
+    program, name, *args = services["serve"]["command"]
     assert program == "voxtox"
     (script,) = entry_points(group="console_scripts", name="voxtox")
     assert script.value == "voxtox.flows.cli:app" and script.load() is app

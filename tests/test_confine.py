@@ -6,12 +6,16 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
+from prefect.client.schemas.objects import FlowRun
+from prefect.context import FlowRunContext
 
 from conftest import spoken, write_audio
 from voxtox.flows.label import label_flow
 from voxtox.flows.nightly import nightly_flow
+from voxtox.flows.serve import check_served_run
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.tasks.confine import OUTSIDE_INBOX, SERVED_INBOX_ENV, confine
@@ -90,3 +94,17 @@ def test_a_served_run_never_opens_what_lies_outside_and_refuses_its_own_settings
     assert sorted(Path(r["source_uri"]).name for r in rejects) == ["leak.wav", "voice.wav", "voice.wav"]
     sources = catalog.query("SELECT source_uri FROM sources")["source_uri"].to_pylist()
     assert [Path(s).name for s in sources] in (["ok.wav"], ["alias.wav"])
+
+
+def test_a_run_of_a_deployment_naming_a_parent_task_run_still_cannot_bring_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever creates a run through the API may name any parent task run: only an in-process
+    subflow (no deployment; nightly's label runs) takes its parent's settings."""
+    monkeypatch.setenv(SERVED_INBOX_ENV, str(tmp_path))
+    spoofed = FlowRun(flow_id=uuid4(), deployment_id=uuid4(), parent_task_run_id=uuid4())
+    with FlowRunContext.model_construct(flow_run=spoofed), pytest.raises(ValueError, match="cannot be given `settings`"):
+        check_served_run(Settings(data_dir=tmp_path / "elsewhere"))
+    subflow = FlowRun(flow_id=uuid4(), parent_task_run_id=uuid4())
+    with FlowRunContext.model_construct(flow_run=subflow):
+        assert check_served_run(Settings(data_dir=tmp_path)) == tmp_path.resolve()

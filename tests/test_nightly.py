@@ -4,14 +4,11 @@ promoted."""
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
 
 import pytest
-import soundfile
 
-from tests.conftest import LABELLER_TRAINING
+from tests.conftest import write_nightly_inbox
 from voxtox.flows.nightly import (
     candidate_run,
     current_run,
@@ -23,40 +20,14 @@ from voxtox.flows.nightly import (
     truth_files,
 )
 from voxtox.settings import Settings
-from voxtox.tasks.decode import SAMPLE_RATE
-from voxtox.tasks.speech_synth import VARIANTS, Utterance, lay_out
 
 #: Sessions per split; each speaks three sentences of three different classes.
 SESSIONS = {"train": 4, "val": 2, "test": 2}
 
 
-def _write_split(inbox: Path, split: str, rng: random.Random) -> list[dict]:
-    truth = []
-    for index in range(SESSIONS[split]):
-        classes = rng.sample(sorted(LABELLER_TRAINING), 3)
-        utterances = [Utterance(rng.choice(LABELLER_TRAINING[c]), "en", rng.choice(VARIANTS), 140) for c in classes]
-        samples, placed = lay_out(utterances, [1.2, 1.2])
-        path = inbox / split / f"{split}-{index}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        soundfile.write(path, samples, SAMPLE_RATE)
-        truth += [
-            {"audio": f"../{split}/{path.name}", "start_s": p.start_s, "end_s": p.end_s, "labels": [c], "lang": "en",
-             "text": p.utterance.text}
-            for p, c in zip(placed, classes, strict=True)
-        ]
-    return truth
-
-
 @pytest.fixture(scope="module")
 def inbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("inbox")
-    rng = random.Random(3)
-    for split in SESSIONS:
-        rows = _write_split(root, split, rng)
-        if split != "train":  # human labels exist for validation and test only
-            (root / "truth").mkdir(exist_ok=True)
-            (root / "truth" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+    return write_nightly_inbox(tmp_path_factory.mktemp("inbox"), SESSIONS)
 
 
 def nightly_settings(data_dir: Path, encoder: Path) -> Settings:

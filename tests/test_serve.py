@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from voxtox.flows.cli import app
 from voxtox.flows.serve import DEPLOYABLES, DEPLOYMENT_NAME, build_deployments, next_runs
 
-from voxtox.settings import ServeSettings, Settings
+from voxtox.settings import NightlySettings, ServeSettings, Settings
 
 def serve_settings(tmp_path: Path, **serve: object) -> Settings:
     return Settings(data_dir=tmp_path, serve=ServeSettings(**serve))
@@ -41,6 +41,20 @@ def test_deployments_follow_settings(tmp_path: Path) -> None:
     nightly = deployments["nightly"]
     assert nightly.parameters == {"inbox": str(inbox)}
     assert schedules_of(nightly) == [("0 2 * * *", local_zone)]
+
+
+def test_with_a_train_pool_the_nightlys_training_deployment_goes_on_the_pool(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, nightly=NightlySettings(train_pool="voxtox-gpu"))
+    deployments = {f"{d.flow_name}/{d.name}": d for d in build_deployments(settings)}
+    assert list(deployments) == ["nightly/voxtox", "train/voxtox", "label/voxtox"]
+    train = deployments["train/voxtox"]
+    assert train.work_pool_name == "voxtox-gpu" and train.entrypoint == "voxtox.flows.train_pool.train_run_flow"
+    assert train.storage is None and schedules_of(train) == [] and train.parameters == {}
+    assert [d.work_pool_name for name, d in deployments.items() if name != "train/voxtox"] == [None, None]  # served
+    only_label = serve_settings(tmp_path, flows=["label"]).model_copy(update={"nightly": settings.nightly})
+    assert [d.flow_name for d in build_deployments(only_label)] == ["label"]  # nothing triggers it
+    with pytest.raises(ValueError, match="cannot serve train: known flows are nightly, label"):
+        build_deployments(serve_settings(tmp_path, flows=["train"]))  # a worker runs it, never serve
 
 
 def test_cron_timezone_and_inbox_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

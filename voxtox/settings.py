@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -261,6 +261,24 @@ class NightlySettings(BaseModel):
         True, description="with no current model, the first candidate becomes current (there is nothing to beat)"
     )
     compact: bool = Field(True, description="compact the shards after labelling (settings: [compact])")
+    train_pool: str | None = Field(
+        None, description="a Prefect work pool (e.g. 'voxtox-gpu') whose worker trains the candidate, through the "
+        "`train/voxtox` deployment `voxtox serve` registers on it; None: the nightly trains in its own process",
+    )
+    worker_wait_s: float = Field(
+        600, gt=0, description="with train_pool: how long the night waits for a worker to start the training run; "
+        "then it is cancelled and the night fails, promoting nothing",
+    )
+    train_timeout_h: float = Field(
+        24, gt=0, description="with train_pool: how long the night waits for a started training run to end; "
+        "then it is cancelled and the night fails (a worker that died leaves its run Running)",
+    )
+
+    @field_validator("train_pool", mode="before")
+    @classmethod
+    def _empty_pool_is_none(cls, value: object) -> object:
+        """Compose passes an unset `VOXTOX_TRAIN_POOL` as an empty string: train in-process."""
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class RetentionSettings(BaseModel):
