@@ -61,10 +61,13 @@ def test_the_paper_file_runs_the_paper_grid_and_still_configures_train(
     # baseline, 4 losses × 3 alphas at the last layer, contrastive α = 0.1 at layers 1 and 6 of 6
     assert len(names) == 15 and names[0] == "baseline" and "contrastive-a0.1-layer1" in names
     assert "contrastive-a0.1-layer3" in names  # whisper-base has 6 layers: middle = 3
-    cpu = load_grid_file(REPO / "experiments" / "ablation-cpu.toml")
-    assert [c.name for c in plan_cells(cpu)] == ["baseline", "mse-a0.1", "mse-a0.5", "contrastive-a0.1",
-                                                 "contrastive-a0.5", "contrastive-a0.1-layer1"]
-    assert cpu.settings.evaluate.resample_by == "source" and cpu.settings.train.encoder == "whisper-tiny.en"
+    tables = load_grid_file(REPO / "experiments" / "tables-en.toml")
+    assert [c.name for c in plan_cells(tables)] == [
+        "baseline", "mse-a0.1", "mse-a0.5", "contrastive-a0.1", "contrastive-a0.5", "mse-normalised-a0.1",
+        "contrastive-a0.1-layer1", "contrastive-a0.1-layer2"]  # whisper-tiny.en: 4 blocks, middle = 2
+    assert tables.settings.evaluate.resample_by == "source" and tables.settings.train.val_labels == "human"
+    figure2 = load_grid_file(REPO / "experiments" / "figure2-multilingual.toml")
+    assert [c.name for c in plan_cells(figure2)] == ["baseline", "contrastive-a0.1"] and figure2.grid.name == "figure2"
     monkeypatch.setenv("VOXTOX_CONFIG", str(REPO / "experiments" / "paper-table2.toml"))  # voxtox train --config
     assert (Settings().train.loss, Settings().train.alpha) == ("contrastive", 0.1)
 
