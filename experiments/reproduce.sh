@@ -9,12 +9,14 @@
 # Sizes are those one shared 2-core CPU finished (docs/results.md says what was cut). The
 # variables below override them; the same grids at 10x the data on a GPU machine
 # (experiments/README.md):
-#   EN_HOURS=24 MULTI_HOURS=10 ROOT=data/repro-10x RUNS=runs/10x bash experiments/reproduce.sh
+#   EN_HOURS=24 MULTI_HOURS=10 ROOT=data/repro-10x RUNS=runs/10x DOCS=runs/10x/docs \
+#     VOXTOX_ASR__DEVICE=cuda VOXTOX_ASR__COMPUTE_TYPE=float16 bash experiments/reproduce.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROOT=${ROOT:-data/repro}           # corpora and the labelled data
 RUNS=${RUNS:-runs}                 # the grids' runs
+DOCS=${DOCS:-docs}                 # where the report stage writes the CSV, plots and corpus reports
 VOXTOX=${VOXTOX:-.venv/bin/voxtox}
 EN_HOURS=${EN_HOURS:-2.4}          # English corpus (Tables 2, 3); train/val/test 0.48/0.12/0.40 of it
 MULTI_HOURS=${MULTI_HOURS:-1.0}    # Spanish + German corpus (Figure 2), split alike
@@ -56,13 +58,15 @@ if [[ $stage == all || $stage == multilingual ]]; then
   "$VOXTOX" ablate experiments/figure2-multilingual.toml --data-dir "$DATA" --out "$RUNS/figure2"
 fi
 if [[ $stage == all || $stage == report ]]; then
-  log "docs: results-grid.csv, plots, the corpus's label quality"
+  log "$DOCS: results-grid.csv, plots, the corpora's label quality"
+  mkdir -p "$DOCS"
   { head -n 1 "$RUNS/tables-en/results-grid.csv"; tail -q -n +2 "$RUNS/tables-en/results-grid.csv" "$RUNS/figure2/results-grid.csv"; } \
-    > docs/results-grid.csv
-  cp "$RUNS/tables-en/evaluation/test/ap.png" docs/results-tables-en-ap.png
-  cp "$RUNS/figure2/evaluation/test/ap.png" docs/results-figure2-ap.png
+    > "$DOCS/results-grid.csv"
+  cp "$RUNS/tables-en/evaluation/test/ap.png" "$DOCS/results-tables-en-ap.png"
+  cp "$RUNS/figure2/evaluation/test/ap.png" "$DOCS/results-figure2-ap.png"
   for corpus in corpus-en corpus-es-de; do
-    "$VOXTOX" corpus-report "$ROOT/$corpus" --data-dir "$DATA" --no-label --out "docs/results-$corpus.md"
+    "$VOXTOX" corpus-report "$ROOT/$corpus" --data-dir "$DATA" --no-label --out "$DOCS/results-$corpus.md"
+    .venv/bin/python experiments/training_labels.py "$ROOT/$corpus" --data-dir "$DATA" > "$DOCS/results-$corpus-train-labels.md"
   done
   echo "tables: $RUNS/tables-en/results.md, $RUNS/figure2/results.md (docs/results.md quotes them)"
 fi
