@@ -17,13 +17,16 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from voxtox.flows.evaluate import ap_artifact_rows
 from voxtox.tasks.ablate import (
     BASELINE,
+    CSV_FILE,
     TABLE_FILE,
     AblationPlan,
     Cell,
     grid_evaluation,
+    grid_csv_rows,
     grid_report,
     plan_cells,
     run_cell,
+    write_grid_csv,
 )
 
 
@@ -31,6 +34,7 @@ from voxtox.tasks.ablate import (
 class AblationResult:
     report: str  # the tables (Markdown)
     results: str  # the metric rows of every cell and its difference to the baseline (Parquet)
+    grid_csv: str  # mAP and the difference to the baseline per cell, table and language (CSV)
     evaluation_id: str
     cells: list[dict[str, object]] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # cell name -> what went wrong
@@ -50,7 +54,8 @@ def tables_task(plan: AblationPlan, cells: list[Cell], failed: dict[str, str]) -
         text += "".join(f"- `{name}`: {reason}\n" for name, reason in failed.items())
     path = plan.out / TABLE_FILE
     path.write_text(text)
-    return AblationResult(str(path), evaluation.results, evaluation.evaluation_id, failed=failed)
+    csv_path = write_grid_csv(plan.out / CSV_FILE, grid_csv_rows(plan, cells, evaluation))
+    return AblationResult(str(path), evaluation.results, str(csv_path), evaluation.evaluation_id, failed=failed)
 
 
 @flow(name="ablate", log_prints=True)

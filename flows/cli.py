@@ -646,6 +646,8 @@ def synth(
     opus_prob: Annotated[float, typer.Option(help="share of sessions through an Opus round trip")] = 0.1,
     formats: Annotated[str, typer.Option(help="output formats with weights, e.g. ogg:2,wav:1,flac:1")] = "ogg:2,wav:1,flac:1",
     overlap_prob: Annotated[float, typer.Option(help="chance a turn starts before the last one ends")] = 0.08,
+    session_s: Annotated[str, typer.Option(help="session length range in seconds, MIN:MAX (shorter sessions: "
+                                                "more of them, so a bootstrap over sessions has more units)")] = "20:180",
 ) -> None:
     """Generate a multilingual synthetic voice-chat corpus with known labels (a Prefect flow)."""
     from voxtox.corpus.synth import SPLITS as SYNTH_SPLITS
@@ -667,6 +669,7 @@ def synth(
             hours=hours, langs=tuple(x.strip() for x in langs.split(",") if x.strip()), seed=seed,
             split_fractions=fractions, toxic_share=toxic_share, snr_db=_pair(snr, "snr"), noise_prob=noise_prob,
             telephone_prob=telephone_prob, opus_roundtrip_prob=opus_prob, formats=weights, overlap_prob=overlap_prob,
+            session_s=_pair(session_s, "session-s"),
         )
     summary = synth_flow(out=str(out), config=config)
     table = Table(title="voxtox synth", show_header=False)

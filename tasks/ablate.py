@@ -11,6 +11,8 @@ cell interrupted mid-training resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import csv
+import json
 import tomllib
 from pathlib import Path
 from typing import get_args
@@ -23,6 +25,7 @@ from voxtox.labels import TOXIC_CLASSES
 from voxtox.models.metrics import MAP_NAME
 from voxtox.models.whisper_encoder import ct2_encoder_config, read_ct2_variables
 from voxtox.settings import Settings, TrainSettings
+from voxtox.tasks.features import FEATURES_DIR
 from voxtox.storage.model_store import resolve_model
 from voxtox.tasks.evaluate import (
     EVALUATION_DIR,
@@ -35,8 +38,14 @@ from voxtox.tasks.evaluation_report import Row, Rows, format_ci, markdown_table
 
 BASELINE = "baseline"
 TEXT_LOSSES: tuple[str, ...] = get_args(TrainSettings.model_fields["loss"].annotation)
+#: Text losses that are not the paper's (marked as variants in the tables).
+VARIANT_LOSSES: tuple[str, ...] = ("mse-normalised",)
+PAPER_LOSSES: tuple[str, ...] = tuple(loss for loss in TEXT_LOSSES if loss not in VARIANT_LOSSES)
 LAYER_NAMES = ("first", "middle", "last")
 TABLE_FILE = "results.md"
+CSV_FILE = "results-grid.csv"
+CSV_COLUMNS = ("table", "cell", "loss", "alpha", "layer", "lang", "train_clips", "train_minutes", "test_segments",
+               "map", "map_low", "map_high", "diff", "diff_low", "diff_high")
 
 
 class Grid(BaseModel):
@@ -44,8 +53,14 @@ class Grid(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    losses: list[str] = Field([BASELINE, *TEXT_LOSSES], description="Table 2 rows: baseline and text losses")
+    losses: list[str] = Field([BASELINE, *PAPER_LOSSES], description="Table 2 rows: baseline and text losses")
     alphas: list[float] = Field([0.1, 0.5, 0.9], description="Table 2: α of every text loss")
+    alphas_by_loss: dict[str, list[float]] = Field(
+        {}, description="Table 2: α of the losses named here, instead of `alphas` (e.g. one row of a variant)"
+    )
+    name: str | None = Field(
+        None, description="the `table` column of results-grid.csv for every row (e.g. figure2); default table2/table3"
+    )
     layers: list[str | int] = Field(list(LAYER_NAMES), description="Table 3: first, middle, last, or layer numbers")
     layer_loss: str = Field("contrastive", description="Table 3's loss")
     layer_alpha: float = Field(0.1, gt=0, lt=1, description="Table 3's α")
@@ -73,6 +88,19 @@ class Grid(BaseModel):
         if any(not 0 <= a < 1 for a in alphas):
             raise ValueError(f"alphas of a text loss lie in [0, 1) (1 is the baseline), got {alphas}")
         return alphas
+
+    @field_validator("alphas_by_loss")
+    @classmethod
+    def _alphas_of_known_losses(cls, by_loss: dict[str, list[float]]) -> dict[str, list[float]]:
+        unknown = [loss for loss in by_loss if loss not in TEXT_LOSSES]
+        if unknown:
+            raise ValueError(f"alphas_by_loss names unknown losses {unknown}: use {', '.join(TEXT_LOSSES)}")
+        for alphas in by_loss.values():
+            cls._text_alphas(alphas)
+        return by_loss
+
+    def alphas_of(self, loss: str) -> list[float]:
+        return self.alphas_by_loss.get(loss, self.alphas)
 
     @field_validator("layers")
     @classmethod
@@ -163,15 +191,20 @@ def plan_cells(plan: AblationPlan) -> list[Cell]:
 
     add(BASELINE, 1.0, -1, "table2")
     for loss in grid.losses:
-        for alpha in [] if loss == BASELINE else grid.alphas:
+        for alpha in [] if loss == BASELINE else grid.alphas_of(loss):
             add(loss, alpha, -1, "table2")
     for layer in grid.layers:
         add(grid.layer_loss, grid.layer_alpha, resolve_layer(layer, n_layers), f"table3:{layer}")
     return list(cells.values())
 
 
-def cell_settings(settings: Settings, cell: Cell) -> Settings:
-    options = {"alpha": cell.alpha, "layer": cell.layer} | ({} if cell.loss == BASELINE else {"loss": cell.loss})
+def cell_settings(plan: AblationPlan, cell: Cell) -> Settings:
+    """The cell's training settings: the grid's, its loss, α and layer, and the log-mel feature
+    cache shared by every cell (`<out>/features`, unless the file names one)."""
+    settings = plan.settings
+    options: dict[str, object] = {"alpha": cell.alpha, "layer": cell.layer}
+    options |= {} if cell.loss == BASELINE else {"loss": cell.loss}
+    options |= {"feature_cache_dir": settings.train.feature_cache_dir or plan.out / FEATURES_DIR}
     train = TrainSettings.model_validate(settings.train.model_dump() | options)
     return settings.model_copy(update={"train": train})
 
@@ -211,6 +244,8 @@ def preflight(plan: AblationPlan) -> None:
     catalog = Catalog(settings.catalog_path, settings.shards_dir)
     catalog.refresh_views()
     read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
+    if settings.train.val_labels == "human":
+        read_eval_set(catalog, settings.shards_dir, "val", "human", settings.train.val_filter)
 
 
 def run_cell(plan: AblationPlan, cell: Cell) -> dict[str, object]:
@@ -219,7 +254,7 @@ def run_cell(plan: AblationPlan, cell: Cell) -> dict[str, object]:
     from voxtox.tasks.train import train_model
 
     run_dir = cell_dir(plan, cell)
-    settings = cell_settings(plan.settings, cell)
+    settings = cell_settings(plan, cell)
     trained = evaluated = False
     if not is_trained(plan, cell):
         train_model(settings, run_dir, resume=True)
@@ -249,25 +284,91 @@ def _cell_text(rows: Rows, cell: Cell, name: str) -> str:
     return text
 
 
+def loss_label(loss: str) -> str:
+    """A loss as the tables name it; a loss the paper lacks says so."""
+    return f"{loss} (variant, not the paper's)" if loss in VARIANT_LOSSES else loss
+
+
+def _difference_text(rows: Rows, cell: Cell, lang: str = "all") -> str:
+    if cell.loss == BASELINE:
+        return ""
+    return format_ci(rows.get("difference", f"{cell.name} − {BASELINE}", lang, "ap_difference", MAP_NAME), signed=True)
+
+
 def paper_tables(results: Path, cells: list[Cell], n_layers: int) -> str:
     """Tables 2 and 3 in the paper's shape: AP per toxic class and mAP, in %, with 95% intervals;
-    ↑/↓ where the paired difference to the baseline excludes 0."""
+    ↑/↓ where the paired difference to the baseline excludes 0, and that difference for mAP."""
     rows = Rows(pq.read_table(results))
     columns = [*TOXIC_CLASSES, MAP_NAME]
-    table2 = [[c.loss if c.loss != BASELINE else "baseline", f"{c.alpha:g}", *(_cell_text(rows, c, n) for n in columns)]
+    difference = f"Δ {MAP_NAME} vs baseline"
+    table2 = [[loss_label(c.loss), f"{c.alpha:g}", *(_cell_text(rows, c, n) for n in columns), _difference_text(rows, c)]
               for c in cells if "table2" in c.rows]
     text = "## Table 2: text-injection loss and α (last layer)\n\n"
-    text += markdown_table(["loss", "α", *columns], table2)
-    layer_rows = [(row.split(":", 1)[1], c) for c in cells for row in c.rows if row.startswith("table3:")]
+    text += markdown_table(["loss", "α", *columns, difference], table2)
+    layer_rows = table3_rows(cells, n_layers)
     if layer_rows:
-        number = {name: resolve_layer(name if name in LAYER_NAMES else int(name), n_layers) for name, _ in layer_rows}
-        layer_rows.sort(key=lambda pair: number[pair[0]])
-        table3 = [[f"{name} ({number[name]} of {n_layers})", f"{c.loss} α={c.alpha:g}",
-                   *(_cell_text(rows, c, n) for n in columns)] for name, c in layer_rows]
+        number = {name: layer_number(name, n_layers) for name, _ in layer_rows}
+        table3 = [[f"{name} ({number[name]} of {n_layers})", f"{loss_label(c.loss)} α={c.alpha:g}",
+                   *(_cell_text(rows, c, n) for n in columns), _difference_text(rows, c)] for name, c in layer_rows]
         baseline = next(c for c in cells if c.loss == BASELINE)
-        table3.append(["baseline", "α=1", *(_cell_text(rows, baseline, n) for n in columns)])
-        text += "\n## Table 3: injection layer\n\n" + markdown_table(["layer", "loss", *columns], table3)
+        table3.append(["baseline", "α=1", *(_cell_text(rows, baseline, n) for n in columns), ""])
+        text += "\n## Table 3: injection layer\n\n" + markdown_table(["layer", "loss", *columns, difference], table3)
     return text
+
+
+def layer_number(name: str, n_layers: int) -> int:
+    return resolve_layer(name if name in LAYER_NAMES else int(name), n_layers)
+
+
+def table3_rows(cells: list[Cell], n_layers: int) -> list[tuple[str, Cell]]:
+    """(layer name, cell) of Table 3, from the first layer to the last."""
+    found = [(row.split(":", 1)[1], c) for c in cells for row in c.rows if row.startswith("table3:")]
+    return sorted(found, key=lambda pair: layer_number(pair[0], n_layers))
+
+
+# --- results-grid.csv ------------------------------------------------------------------------
+
+
+def _percent(value: object) -> float | None:
+    return None if value is None else round(100 * float(value), 2)  # type: ignore[arg-type]
+
+
+def grid_csv_rows(plan: AblationPlan, cells: list[Cell], evaluation: Evaluation) -> list[dict[str, object]]:
+    """One row per cell, table and language (`CSV_COLUMNS`): mAP (%) with its interval and the
+    paired difference to the baseline (points); `all` stands for the one language of a
+    single-language evaluation."""
+    rows = Rows(pq.read_table(evaluation.results))
+    n_layers = encoder_layer_count(plan.settings)
+    langs = rows.langs
+    baseline = next(c for c in cells if c.loss == BASELINE)
+    memberships = [("table2", c) for c in cells if "table2" in c.rows]
+    table3 = table3_rows(cells, n_layers)
+    memberships += [("table3", c) for _, c in table3] + ([("table3", baseline)] if table3 else [])
+    out: list[dict[str, object]] = []
+    for table, cell in memberships:
+        config = json.loads((cell_dir(plan, cell) / "config.json").read_text())
+        for lang in langs:
+            found = rows.get("model", cell.name, lang, "ap", MAP_NAME) or {}
+            difference = rows.get("difference", f"{cell.name} − {BASELINE}", lang, "ap_difference", MAP_NAME) or {}
+            out.append({
+                "table": plan.grid.name or table, "cell": cell.name, "loss": cell.loss, "alpha": cell.alpha,
+                "layer": n_layers if cell.layer == -1 else cell.layer,
+                "lang": evaluation.languages[0] if lang == "all" and len(evaluation.languages) == 1 else lang,
+                "train_clips": config.get("train_clips"), "train_minutes": config.get("train_minutes"),
+                "test_segments": found.get("n_segments"), "map": _percent(found.get("point")),
+                "map_low": _percent(found.get("low")), "map_high": _percent(found.get("high")),
+                "diff": _percent(difference.get("point")), "diff_low": _percent(difference.get("low")),
+                "diff_high": _percent(difference.get("high")),
+            })
+    return out
+
+
+def write_grid_csv(path: Path, rows: list[dict[str, object]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def grid_report(plan: AblationPlan, cells: list[Cell], evaluation: Evaluation) -> str:

@@ -68,6 +68,7 @@ from voxtox.storage.catalog import Catalog
 from voxtox.storage.model_store import resolve_model
 from voxtox.storage.schema import HAS_AUDIO, TRAINING_SOURCES_FILE, TRAINING_SOURCES_SCHEMA, label_column
 from voxtox.storage.shards import shard_files, write_parquet_atomic
+from voxtox.tasks.features import FEATURES_DIR, ComputeFeatures, FeatureCache
 
 CHECKPOINTS = "checkpoints"
 KEPT_CHECKPOINTS = 2
@@ -130,6 +131,32 @@ def read_clip_index(catalog: Catalog, shards_root: Path, split: str, condition: 
         files=table["filename"].to_pylist(),
         rows=table["file_row_number"].to_numpy(),
     )
+
+
+def read_val_index(catalog: Catalog, shards_root: Path, train: TrainSettings) -> tuple[ClipIndex, str]:
+    """The clips that choose `best/` and the labels they are judged by ("human" or "pipeline").
+
+    Human (the paper: "best performing model per experiment based on the validation set", whose
+    labels are human): the split's evaluation segments (1-60 s) with their `segment_truth`
+    labels, as `voxtox evaluate` measures test. Pipeline: every val clip with the labeller's
+    labels. `auto` takes human labels where the catalog has them for the split, else pipeline.
+    """
+    from voxtox.tasks.evaluate import read_eval_set
+
+    if train.val_labels != "pipeline":
+        try:
+            found = read_eval_set(catalog, shards_root, "val", "human", train.val_filter)
+        except ValueError:
+            if train.val_labels == "human":
+                raise
+        else:
+            index = ClipIndex(
+                clip_ids=found.clip_ids, sources=found.sources.tolist(), durations=found.durations,
+                labels=found.truth.astype(np.float32), text=np.zeros((len(found), 0), np.float32),
+                files=found.files, rows=found.rows,
+            )
+            return index, "human"
+    return read_clip_index(catalog, shards_root, "val", train.val_filter), "pipeline"
 
 
 class ShardChangedError(RuntimeError):
@@ -195,6 +222,47 @@ class ClipFeatures(Dataset[Clip]):
         if rate != SAMPLE_RATE or samples.ndim != 1:
             raise ValueError(f"clip {self.clips.clip_ids[index]}: expected 16 kHz mono, got {rate} Hz {samples.shape}")
         return Clip(index, log_mel(samples[: self.max_samples], self.filters))
+
+
+class CachedClipFeatures(Dataset[Clip]):
+    """Clips whose log-mel features are already in memory (tasks/features.py)."""
+
+    def __init__(self, features: list[Tensor]) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> Clip:
+        return Clip(index, self.features[index])
+
+
+def decoded_features(clips: ClipIndex, n_mels: int, max_frames: int | None, workers: int) -> ComputeFeatures:
+    """Computes the features of some of `clips` as ClipFeatures does (decoding in `workers` processes)."""
+
+    def compute(indices: list[int]) -> list[Tensor]:
+        dataset = ClipFeatures(clips, n_mels, max_frames)
+        batches = [indices[start : start + 16] for start in range(0, len(indices), 16)]
+        return [clip.features for batch in make_loader(dataset, batches, workers, list) for clip in batch]
+
+    return compute
+
+
+def clip_datasets(
+    clips: dict[str, ClipIndex], n_mels: int, train: TrainSettings, run_dir: Path
+) -> tuple[dict[str, Dataset[Clip]], int]:
+    """Per split, the dataset training reads (training clips cut at 30 s, validation clips whole)
+    and how many decoding workers to give it: with `feature_cache`, features in memory from the
+    cache beside the run (computed once, then no decoding at all); without, decoded every epoch."""
+    limits = {"train": MAX_FRAMES, "val": None}
+    if not train.feature_cache:
+        return {split: ClipFeatures(index, n_mels, limits[split]) for split, index in clips.items()}, train.num_workers
+    cache = FeatureCache(train.feature_cache_dir or run_dir / FEATURES_DIR, n_mels)
+    datasets: dict[str, Dataset[Clip]] = {
+        split: CachedClipFeatures(cache.load(index, decoded_features(index, n_mels, limits[split], train.num_workers)))
+        for split, index in clips.items()
+    }
+    return datasets, 0
 
 
 @dataclass
@@ -378,8 +446,13 @@ class Trainer:
         labels = torch.from_numpy(self.clips.labels[indices.numpy()]).to(device)
         text = torch.from_numpy(self.clips.text[indices.numpy()]).to(device)
         n_global = reduce_sum(torch.tensor(float(len(indices)), device=device))
+        # One micro-batch in one process holds the whole step's batch: the text loss is taken on
+        # its own forward pass, and the no-grad pass that caches the text loss's gradient for
+        # several micro-batches (or ranks) would only repeat that forward pass.
+        one_pass = self.alpha < 1 and len(micro_batches) == 1 and self.processes.world == 1
+        text_value = float("nan")
         cached = None
-        if self.alpha < 1:
+        if self.alpha < 1 and not one_pass:
             with torch.no_grad(), self.autocast():
                 x = torch.cat([self._forward(b).injected.float() for b in micro_batches])
             cached = text_loss_gradients(self.text_loss, x, text, labels)
@@ -396,7 +469,11 @@ class Trainer:
                 bce = binary_cross_entropy_with_logits(output.logits.float(), labels[rows], reduction="none")
                 bce = bce.mean(dim=1).sum() / n_global
                 loss = self.alpha * bce
-                if cached is not None:
+                if one_pass:
+                    text_loss = self.text_loss(output.injected.float(), text, labels)
+                    loss = loss + (1 - self.alpha) * text_loss
+                    text_value = float(text_loss.detach())
+                elif cached is not None:
                     loss = loss + (1 - self.alpha) * (output.injected.float() * cached.grad[rows]).sum()
                 # DDP averages gradients over ranks; each rank's loss is its share of the sum.
                 self.scaler.scale(loss * self.processes.world).backward()
@@ -406,8 +483,9 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         bce_value = float(reduce_sum(bce_sum))
-        text_value = float(cached.loss) if cached is not None else float("nan")
-        total = bce_value if cached is None else self.alpha * bce_value + (1 - self.alpha) * text_value
+        if cached is not None:
+            text_value = float(cached.loss)
+        total = bce_value if self.alpha == 1 else self.alpha * bce_value + (1 - self.alpha) * text_value
         return StepLosses(bce_value, text_value, total)
 
     def _forward(self, batch: Batch) -> ClassifierOutput:
@@ -431,15 +509,17 @@ def predict_scores(model: SpeechToxicityClassifier, loader: DataLoader, n_clips:
     return scores
 
 
-def validate(model: SpeechToxicityClassifier, clips: ClipIndex, train: TrainSettings, processes: Processes) -> dict[str, float]:
+def validate(
+    model: SpeechToxicityClassifier, clips: ClipIndex, dataset: Dataset[Clip], workers: int, train: TrainSettings,
+    processes: Processes,
+) -> dict[str, float]:
     """Per-class AP and mAP (the toxic classes) with bootstrap intervals (models/metrics.py);
     each rank scores every world-th clip and the scores are gathered."""
-    dataset = ClipFeatures(clips, model.encoder.config.num_mel_bins, max_frames=None)
     mine = list(range(processes.rank, len(clips), processes.world))
     window = int(train.eval_window_s * SAMPLE_RATE / HOP_LENGTH)
     order = np.argsort(clips.durations[mine], kind="stable")
     batches = [[mine[i] for i in order[s : s + train.batch_size]] for s in range(0, len(mine), train.batch_size)]
-    loader = make_loader(dataset, batches, train.num_workers, window_collate(window))
+    loader = make_loader(dataset, batches, workers, window_collate(window))
     local = predict_scores(model, loader, len(clips), processes.device)
     scored = torch.tensor(mine, dtype=torch.long)
     every = gather_rows(local[scored].to(processes.device)).cpu()
@@ -570,12 +650,11 @@ class TrainReport:
     wall_s: float
 
 
-def _loader(clips: ClipIndex, steps: list[list[list[int]]], n_mels: int, workers: int) -> Iterator[list[Batch]]:
-    """This rank's micro-batches, `accum` at a time per step, decoded in worker processes."""
+def _loader(dataset: Dataset[Clip], steps: list[list[list[int]]], workers: int) -> Iterator[list[Batch]]:
+    """This rank's micro-batches, `accum` at a time per step (decoded in `workers` processes)."""
     flat = [batch for step in steps for batch in step]
     if not flat:
         return iter(())
-    dataset = ClipFeatures(clips, n_mels, max_frames=MAX_FRAMES)
     loader = iter(make_loader(dataset, flat, workers, collate_clips))
     return ([next(loader) for _ in step] for step in steps)
 
@@ -632,7 +711,7 @@ def train_model(settings: Settings, out: Path, resume: bool = False) -> TrainRep
     processes = start_processes()
     catalog = Catalog(settings.catalog_path, settings.shards_dir)
     clips = read_clip_index(catalog, settings.shards_dir, "train", train.train_filter)
-    val_clips = read_clip_index(catalog, settings.shards_dir, "val", train.val_filter)
+    val_clips, val_labels = read_val_index(catalog, settings.shards_dir, train)
     steps_per_epoch = len(rank_micro_batches(
         bucketed_batches(clips.durations, train.batch_size, train.bucket_pool, train.seed, 0),
         processes.world, processes.rank, train.grad_accum,
@@ -644,15 +723,22 @@ def train_model(settings: Settings, out: Path, resume: bool = False) -> TrainRep
     state = restore_checkpoint(trainer, checkpoint) if checkpoint else TrainState()
     if processes.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        config = {"train": train.model_dump(), "data_dir": str(settings.data_dir), "world_size": processes.world,
-                  "train_clips": len(clips), "val_clips": len(val_clips), "steps_per_epoch": steps_per_epoch}
+        config = {"train": train.model_dump(mode="json"), "data_dir": str(settings.data_dir),
+                  "world_size": processes.world, "train_clips": len(clips),
+                  "train_minutes": round(float(clips.durations.sum()) / 60, 2), "val_clips": len(val_clips),
+                  "val_labels": val_labels, "steps_per_epoch": steps_per_epoch}
         (out / "config.json").write_text(json.dumps(config, indent=2))
         write_training_sources(out, {"train": clips, "val": val_clips})
-    n_mels = trainer.model.encoder.config.num_mel_bins
+    if not processes.is_main:
+        barrier()  # rank 0 fills the feature cache first; the others then read it
+    datasets, workers = clip_datasets({"train": clips, "val": val_clips}, trainer.model.encoder.config.num_mel_bins,
+                                      train, out)
+    if processes.is_main:
+        barrier()
     while state.epoch < train.epochs:
         batches = bucketed_batches(clips.durations, train.batch_size, train.bucket_pool, train.seed, state.epoch)
         steps = rank_micro_batches(batches, processes.world, processes.rank, train.grad_accum)
-        for micro_batches in _loader(clips, steps[state.step_in_epoch :], n_mels, train.num_workers):
+        for micro_batches in _loader(datasets["train"], steps[state.step_in_epoch :], workers):
             losses = trainer.step(micro_batches)
             state.global_step += 1
             state.step_in_epoch += 1
@@ -661,7 +747,7 @@ def train_model(settings: Settings, out: Path, resume: bool = False) -> TrainRep
             state.epoch_seconds = time.time() - state.epoch_started
             if state.global_step % train.checkpoint_every == 0 and processes.is_main:
                 save_checkpoint(trainer, state, out)
-        val = validate(trainer.model, val_clips, train, processes)
+        val = validate(trainer.model, val_clips, datasets["val"], workers, train, processes)
         row = _epoch_row(state, len(steps), trainer.scheduler.get_last_lr()[0], val)
         state.history.append(row)
         score = selection_score(val)

@@ -3,6 +3,7 @@ small grid through the flow, printing the paper's tables, and not retraining fin
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,8 @@ def grid_file(path: Path, data_dir: Path, encoder: Path, grid: str) -> Path:
 
 def test_a_grid_file_makes_one_cell_per_distinct_run(tmp_path: Path, tiny_whisper: Path) -> None:
     path = grid_file(tmp_path / "ablation-small.toml", tmp_path / "data", tiny_whisper,
-                     'losses = ["baseline", "mse", "contrastive"]\nalphas = [0.1, 0.5]\n'
+                     'losses = ["baseline", "mse", "contrastive", "mse-normalised"]\nalphas = [0.1, 0.5]\n'
+                     'alphas_by_loss = {"mse-normalised" = [0.1]}\n'
                      'layers = ["first", "middle", "last"]\nlayer_loss = "contrastive"\nlayer_alpha = 0.5\n')
     plan = load_grid_file(path)
     assert plan.out == Path("runs") / "ablation-small" and plan.settings.train.epochs == 1
@@ -37,12 +39,13 @@ def test_a_grid_file_makes_one_cell_per_distinct_run(tmp_path: Path, tiny_whispe
     cells = {c.name: c for c in plan_cells(plan)}
     # the tiny encoder has 2 layers: first = middle = 1; last is Table 2's contrastive α = 0.5 run
     assert list(cells) == ["baseline", "mse-a0.1", "mse-a0.5", "contrastive-a0.1", "contrastive-a0.5",
-                           "contrastive-a0.5-layer1"]
+                           "mse-normalised-a0.1", "contrastive-a0.5-layer1"]  # the variant at its own α only
     assert cells["contrastive-a0.5"].rows == ["table2", "table3:last"]
     assert cells["contrastive-a0.5-layer1"].rows == ["table3:first", "table3:middle"]
-    train = cell_settings(plan.settings, cells["contrastive-a0.5-layer1"]).train
+    train = cell_settings(plan, cells["contrastive-a0.5-layer1"]).train
     assert (train.loss, train.alpha, train.layer, train.epochs) == ("contrastive", 0.5, 1, 1)
-    assert cell_settings(plan.settings, cells["baseline"]).train.alpha == 1.0
+    assert cell_settings(plan, cells["baseline"]).train.alpha == 1.0
+    assert cell_settings(plan, cells["baseline"]).train.feature_cache_dir == plan.out / "features"  # shared by cells
     assert load_grid_file(path, out=tmp_path / "x", workers=2).grid.workers == 2
 
     bad = grid_file(tmp_path / "bad.toml", tmp_path, tiny_whisper, 'losses = ["baseline", "cosine"]')
@@ -58,10 +61,13 @@ def test_the_paper_file_runs_the_paper_grid_and_still_configures_train(
     # baseline, 4 losses × 3 alphas at the last layer, contrastive α = 0.1 at layers 1 and 6 of 6
     assert len(names) == 15 and names[0] == "baseline" and "contrastive-a0.1-layer1" in names
     assert "contrastive-a0.1-layer3" in names  # whisper-base has 6 layers: middle = 3
-    cpu = load_grid_file(REPO / "experiments" / "ablation-cpu.toml")
-    assert [c.name for c in plan_cells(cpu)] == ["baseline", "mse-a0.1", "mse-a0.5", "contrastive-a0.1",
-                                                 "contrastive-a0.5", "contrastive-a0.1-layer1"]
-    assert cpu.settings.evaluate.resample_by == "source" and cpu.settings.train.encoder == "whisper-tiny.en"
+    tables = load_grid_file(REPO / "experiments" / "tables-en.toml")
+    assert [c.name for c in plan_cells(tables)] == [
+        "baseline", "mse-a0.1", "mse-a0.5", "contrastive-a0.1", "contrastive-a0.5", "mse-normalised-a0.1",
+        "contrastive-a0.1-layer1", "contrastive-a0.1-layer2"]  # whisper-tiny.en: 4 blocks, middle = 2
+    assert tables.settings.evaluate.resample_by == "source" and tables.settings.train.val_labels == "human"
+    figure2 = load_grid_file(REPO / "experiments" / "figure2-multilingual.toml")
+    assert [c.name for c in plan_cells(figure2)] == ["baseline", "contrastive-a0.1"] and figure2.grid.name == "figure2"
     monkeypatch.setenv("VOXTOX_CONFIG", str(REPO / "experiments" / "paper-table2.toml"))  # voxtox train --config
     assert (Settings().train.loss, Settings().train.alpha) == ("contrastive", 0.1)
 
@@ -87,6 +93,17 @@ def test_ablate_trains_evaluates_prints_tables_and_does_not_retrain(
     assert "## Table 2" in tables and "## Table 3" in tables and "first (1 of 2)" in tables
     assert "| contrastive | 0.5 |" in tables and "| baseline | 1 |" in tables
     assert (out / "evaluation" / "test" / "ap.png").is_file()
+    with (out / "results-grid.csv").open() as handle:
+        grid_rows = list(csv.DictReader(handle))
+    assert [(r["table"], r["cell"], r["lang"]) for r in grid_rows if r["lang"] == "all"] == [
+        ("table2", "baseline", "all"), ("table2", "contrastive-a0.5", "all"),
+        ("table3", "contrastive-a0.5-layer1", "all"), ("table3", "contrastive-a0.5", "all"), ("table3", "baseline", "all")]
+    assert {r["lang"] for r in grid_rows} == {"all", "en", "es"} and grid_rows[0]["train_clips"] == "32"
+    first = grid_rows[0]
+    assert first["diff"] == "" and float(first["map_low"]) <= float(first["map"]) <= float(first["map_high"])
+    injected = next(r for r in grid_rows if r["cell"] == "contrastive-a0.5" and r["lang"] == "all")
+    assert float(injected["diff_low"]) <= float(injected["diff"]) <= float(injected["diff_high"])
+    assert "Δ mAP vs baseline" in tables
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ablation-tables", "ablation-ap"])))}

@@ -19,6 +19,7 @@ from voxtox.models.text_injection import (
     cosine_matrix,
     make_text_loss,
     mse_loss,
+    mse_normalised_loss,
     ntxent_am_loss,
     same_label_set,
     text_loss_gradients,
@@ -37,6 +38,13 @@ def test_cosine_matrix() -> None:
 def test_mse_by_hand() -> None:
     # ||x1 − y1||² = 0, ||x2 − y2||² = (0 − 1)² + (1 − 1)² = 1; mean 0.5
     assert mse_loss(X, Y).item() == pytest.approx(0.5)
+
+
+def test_mse_normalised_by_hand() -> None:
+    # unit vectors: x1 = y1 → 0; x2 = (0, 1), y2/|y2| = (R, R): (0 − R)² + (1 − R)² = 2 − 2R; mean 1 − R
+    assert mse_normalised_loss(X, Y).item() == pytest.approx(1 - R)
+    assert mse_normalised_loss(100 * X, Y).item() == pytest.approx(1 - R)  # the scale of x does not matter
+    assert make_text_loss("mse-normalised", TextLossParams())(X, Y, torch.zeros(2, 1)).item() == pytest.approx(1 - R)
 
 
 def test_contrastive_by_hand() -> None:
@@ -96,7 +104,7 @@ def test_unknown_loss_is_refused() -> None:
         make_text_loss("cosine", TextLossParams())  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", ["mse", "contrastive", "ntxent-am", "asymmetric-proxy"])
+@pytest.mark.parametrize("name", ["mse", "contrastive", "ntxent-am", "asymmetric-proxy", "mse-normalised"])
 def test_a_gradient_step_pulls_speech_towards_its_own_transcript(name: str) -> None:
     """One small step against the gradient lowers the loss, raises each clip's cosine with its
     own transcript, and (contrastive losses) lowers the mean cosine with the other ones."""

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -195,3 +196,64 @@ def test_best_is_chosen_on_the_classes_validation_can_measure() -> None:
     no_dating = full | {"val_mAP": nan, "val_ap_dating_sexting": nan}  # no positive of one class in val
     assert selection_score(no_dating) == pytest.approx(0.4)
     assert selection_score({k: nan for k in full}) == float("-inf")
+
+
+def test_the_feature_cache_trains_exactly_as_decoding_and_is_filled_once(
+    data_dir: Path, tiny_whisper: Path, tmp_path: Path
+) -> None:
+    """Cached log-mel features are the decoding path's own (float32): the same run either way.
+    The cache is Parquet keyed by clip id under the run, where `voxtox forget` erases rows."""
+    from voxtox.tasks.forget import cached_score_files
+
+    common = dict(loss="contrastive", alpha=0.5, epochs=1, batch_size=8, grad_accum=1)
+    train_model(settings_for(data_dir, tiny_whisper, feature_cache=False, **common), tmp_path / "decoded")
+    train_model(settings_for(data_dir, tiny_whisper, **common), tmp_path / "cached")
+    _assert_same_run(tmp_path / "decoded", tmp_path / "cached", atol=1e-6)
+    assert not (tmp_path / "decoded" / "features").exists()
+    parts = sorted((tmp_path / "cached" / "features" / "mel80").glob("part-*.parquet"))
+    assert sum(pq.read_metadata(p).num_rows for p in parts) == 32 + 12  # train + val clips, once each
+    assert set(parts) <= set(cached_score_files([tmp_path / "cached"]))  # what forget rewrites
+    train_model(settings_for(data_dir, tiny_whisper, **common), tmp_path / "cached", resume=True)
+    assert sorted((tmp_path / "cached" / "features" / "mel80").glob("part-*.parquet")) == parts  # read, not recomputed
+
+
+def test_a_text_step_of_one_micro_batch_equals_the_cached_gradient_path(data_dir: Path, tiny_whisper: Path) -> None:
+    """One micro-batch of 8 (one forward pass) gets the gradient that the same 8 clips get as
+    two micro-batches of 4 (the no-grad pass caching the full-batch text loss's gradient)."""
+    from voxtox.tasks.train import ClipFeatures, _make_trainer, collate_clips, start_processes
+
+    settings = settings_for(data_dir, tiny_whisper, loss="contrastive", alpha=0.3, batch_size=8, grad_accum=1)
+    catalog = Catalog(data_dir / "catalog.duckdb", data_dir / "shards")
+    clips = read_clip_index(catalog, data_dir / "shards", "train", "TRUE")
+    dataset = ClipFeatures(clips, 80, max_frames=None)
+    batch = [dataset[i] for i in range(8)]
+    trained = []
+    for micro_batches in ([collate_clips(batch)], [collate_clips(batch[:4]), collate_clips(batch[4:])]):
+        trainer = _make_trainer(settings, settings.train, clips, 10, start_processes())
+        trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=1.0)  # weights move by the gradient
+        trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda step: 1.0)
+        losses = trainer.step(micro_batches)
+        trained.append((losses, trainer.model.state_dict()))
+    (one, weights_one), (two, weights_two) = trained
+    assert one.text == pytest.approx(two.text, abs=1e-6) and one.bce == pytest.approx(two.bce, abs=1e-6)
+    for name, value in weights_one.items():
+        torch.testing.assert_close(value, weights_two[name], atol=1e-6, rtol=0)
+
+
+def test_best_is_chosen_on_human_labels_where_the_catalog_has_them(tmp_path: Path) -> None:
+    from test_evaluate import build_data_dir
+
+    from voxtox.tasks.evaluate import NoHumanLabelsError
+    from voxtox.tasks.train import read_val_index
+
+    labelled = build_data_dir(tmp_path / "labelled")
+    catalog = Catalog(labelled / "catalog.duckdb", labelled / "shards")
+    human, kind = read_val_index(catalog, labelled / "shards", TrainSettings())
+    pipeline, pipeline_kind = read_val_index(catalog, labelled / "shards", TrainSettings(val_labels="pipeline"))
+    assert (kind, pipeline_kind) == ("human", "pipeline") and len(human) == len(pipeline) == 18
+    assert human.clip_ids == pipeline.clip_ids and not np.array_equal(human.labels, pipeline.labels)  # flipped
+    unlabelled = build_data_dir(tmp_path / "unlabelled", with_human_labels=False)
+    catalog = Catalog(unlabelled / "catalog.duckdb", unlabelled / "shards")
+    assert read_val_index(catalog, unlabelled / "shards", TrainSettings())[1] == "pipeline"
+    with pytest.raises(NoHumanLabelsError):
+        read_val_index(catalog, unlabelled / "shards", TrainSettings(val_labels="human"))

@@ -160,7 +160,9 @@ class TrainSettings(BaseModel):
     """Training the audio-only classifier with text injection (paper §3.4, §4.1 defaults)."""
 
     encoder: str = Field("whisper-base", description="CTranslate2 or transformers Whisper: name, dir or hub name")
-    loss: Literal["mse", "contrastive", "ntxent-am", "asymmetric-proxy"] = "contrastive"
+    loss: Literal["mse", "contrastive", "ntxent-am", "asymmetric-proxy", "mse-normalised"] = Field(
+        "contrastive", description="text-injection loss; mse-normalised is a variant the paper lacks (MSE of unit vectors)"
+    )
     alpha: float = Field(0.1, ge=0, le=1, description="L = α·BCE + (1−α)·L_text; 1 is the baseline")
     layer: int = Field(-1, description="encoder layer injected: 1..L, 0 the input, -1 the last")
     temperature: float = Field(1.0, gt=0, description="τ of contrastive and ntxent-am")
@@ -178,6 +180,15 @@ class TrainSettings(BaseModel):
     seed: int = 0
     train_filter: str = Field("TRUE", description="SQL condition on the clips view for training rows")
     val_filter: str = Field("TRUE", description="SQL condition on the clips view for validation rows")
+    val_labels: Literal["auto", "human", "pipeline"] = Field(
+        "auto", description="what picks best/: human labels of the val split's evaluation segments (the paper), "
+        "the pipeline's labels of its clips, or auto: human where the catalog has them"
+    )
+    feature_cache: bool = Field(
+        True, description="compute each clip's log-mel features once and keep them (in memory and as Parquet "
+        "beside the run, ~115 MB per hour of speech); off: decode the audio every epoch"
+    )
+    feature_cache_dir: Path | None = Field(None, description="where the cache lives; None: <run>/features")
     num_workers: int = Field(2, ge=0, description="DataLoader processes decoding audio")
     bucket_pool: int = Field(64, ge=1, description="micro-batches per pool sorted by length")
     eval_window_s: float = Field(15.0, gt=0, le=30, description="validation windows (max over them)")
