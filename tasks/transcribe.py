@@ -53,8 +53,9 @@ from voxtox.tasks.ingest import PreparedSource
 
 #: Silence between the pieces of a packed input: Whisper hears a pause between turns (they were
 #: further apart in the recording), and a word timed a little early or late still falls in or
-#: next to its own piece. 1 s gave the lowest word error on both kinds of chat; 0.5 s was
-#: worse than none (benchmarks/asr_peers.py, docs/benchmarks.md).
+#: next to its own piece. 1 s gave the lowest word error on both kinds of chat against none
+#: and 0.5 s in one run of benchmarks/asr_peers.py; on held-out audio 0.5 s and 1 s tied
+#: (docs/benchmarks.md).
 GAP_S = 1.0
 #: A piece whose own-length language guess is less sure than this is asked again, padded to
 #: RECHECK_PAD_S (closer to the 30 s inputs Whisper was trained on, a third of the cost): about
