@@ -87,14 +87,16 @@ class SpeechAnalyzer:
         samples = np.concatenate([self._hop_carry, block])
         whole = len(samples) // self._hop * self._hop
         hops = samples[:whole].reshape(-1, self._hop).astype(np.float64)
-        self._power.append((hops**2).mean(axis=1))
+        # float32 halves what a long recording keeps (100 values a second); the dB thresholds
+        # chunking compares against need nowhere near float64's precision.
+        self._power.append((hops**2).mean(axis=1).astype(np.float32))
         self._hop_carry = samples[whole:]
 
     def finish(self) -> SpeechAnalysis:
         """The decisions of every whole frame and the power of every whole hop fed so far."""
         return SpeechAnalysis(
             speech_frames=np.concatenate([np.zeros(0, bool), *self._flags]),
-            power=np.concatenate([np.zeros(0), *self._power]),
+            power=np.concatenate([np.zeros(0, np.float32), *self._power]),
             n_samples=self.n_samples,
         )
 
@@ -131,15 +133,16 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
 
 
-def refine_end(speech: Span, energy_db: np.ndarray, hop_s: float = 0.01) -> Span:
-    """Undo webrtcvad's built-in hang-over: end the span where its energy fell away."""
+def refine_end(speech: Span, power: np.ndarray, hop_s: float = 0.01) -> Span:
+    """Undo webrtcvad's built-in hang-over: end the span where its energy fell away (`power`:
+    the recording's power per hop; only the span's own hops are turned into dB)."""
     first, last = int(speech.start_s / hop_s), int(speech.end_s / hop_s)
-    region = energy_db[first:last]
+    region = energy_db(power[first:last], smooth=False)
     if region.size == 0:
         return speech
     floor = region.max() - END_ENERGY_RANGE_DB
     tail_start = max(first, last - int(MAX_END_BACKOFF_S / hop_s))
-    loud = np.flatnonzero(energy_db[tail_start:last] >= floor)
+    loud = np.flatnonzero(region[tail_start - first :] >= floor)
     end = float((tail_start + loud[-1] + 1) * hop_s if loud.size else tail_start * hop_s)
     return Span(speech.start_s, max(end, speech.start_s + hop_s))
 
@@ -152,10 +155,9 @@ def detect_speech(samples: np.ndarray, settings: VadSettings) -> list[SpeechChun
 def speech_regions(analysis: SpeechAnalysis, settings: VadSettings) -> list[SpeechChunk]:
     """`detect_speech` on an analysis made while decoding."""
     frame_s = settings.frame_ms / 1000
-    energy = energy_db(analysis.power, smooth=False)
     regions: list[SpeechChunk] = []
     for first, last in _runs(analysis.speech_frames):
-        speech = refine_end(Span(first * frame_s, last * frame_s), energy)
+        speech = refine_end(Span(first * frame_s, last * frame_s), analysis.power)
         start = max(0.0, speech.start_s - settings.start_padding_ms / 1000)
         end = min(analysis.duration_s, speech.end_s + settings.hangover_ms / 1000)
         if regions and start - regions[-1].end_s <= settings.merge_gap_s:
@@ -168,20 +170,19 @@ def speech_regions(analysis: SpeechAnalysis, settings: VadSettings) -> list[Spee
     return regions
 
 
-def frame_energy_db(samples: np.ndarray, hop_s: float = 0.01, smooth: bool = True) -> np.ndarray:
-    """RMS energy in dB per `hop_s`; smoothed over QUIET_WINDOW_S for finding quiet cut points."""
-    hop = int(SAMPLE_RATE * hop_s)
-    n = len(samples) // hop
-    power = (samples[: n * hop].reshape(n, hop).astype(np.float64) ** 2).mean(axis=1)
-    return energy_db(power, smooth, hop_s)
-
-
 def energy_db(power: np.ndarray, smooth: bool = True, hop_s: float = 0.01) -> np.ndarray:
-    """Power per hop in dB, optionally smoothed over QUIET_WINDOW_S."""
+    """Power per hop in dB (float32), optionally smoothed over QUIET_WINDOW_S. Computed in place
+    on one new array: two hours of audio are 720,000 hops, and every temporary counts."""
+    power = np.asarray(power, dtype=np.float32)
     if smooth:
         width = max(1, int(QUIET_WINDOW_S / hop_s))
-        power = np.convolve(power, np.ones(width) / width, mode="same")
-    return 10 * np.log10(power + 1e-12)
+        decibels = np.convolve(power, np.full(width, 1 / width, np.float32), mode="same")
+    else:
+        decibels = power.copy()
+    decibels += np.float32(1e-12)
+    np.log10(decibels, out=decibels)
+    decibels *= 10
+    return decibels
 
 
 def _middle_of_longest_quiet(energy_db: np.ndarray) -> int:
