@@ -58,7 +58,7 @@ def phases(args: argparse.Namespace) -> dict[str, float]:
     """Seconds per phase of one epoch on the decoding path (Part 1)."""
     settings = _settings(args)
     torch.set_num_threads(args.threads)
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     clips = read_clip_index(catalog, settings.shards_dir, "train", args.filter)
     model = build_model(settings.train, clips.text.shape[1], settings.model_cache_dir)
     optimizer = make_optimizer(model, settings.train)

@@ -339,7 +339,7 @@ def calibrate_thresholds(
         raise ValueError(f"{directory}: classes {classes} are not voxtox's {list(CLASSES)}")
     window_s = window_s or settings.train.eval_window_s
     condition = condition or settings.train.val_filter
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     catalog.refresh_views()
     try:
         clips = read_clip_index(catalog, settings.shards_dir, split, f"segment_kind = 'evaluation' AND ({condition})")

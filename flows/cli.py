@@ -248,7 +248,7 @@ def query(
     if sql == "-":
         sql = sys.stdin.read()
     settings = load_settings(data_dir)
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     statement = sql if table is None else f"SELECT {TABLE_COLUMNS.get(table, '*')} FROM {table}"
     try:
         result = catalog.read_only_query(statement)
@@ -695,7 +695,7 @@ def import_labels(
     settings = load_settings(data_dir)
     with user_errors():
         report = import_truth_files(list(truth), settings.shards_dir)
-    Catalog(settings.catalog_path, settings.shards_dir).refresh_views()
+    Catalog.from_settings(settings).refresh_views()
     console.print(f"imported {report.n_spans} labelled spans of {report.n_sources} recordings from "
                   f"{report.n_files} file(s) into {settings.shards_dir / 'human_labels'}")
     if report.n_forgotten:
@@ -762,7 +762,7 @@ def evaluate(
         chosen = settings.evaluate
         for run in runs:  # fail fast, before a Prefect API is started
             model_dir(run, chosen.checkpoint)
-        catalog = Catalog(settings.catalog_path, settings.shards_dir)
+        catalog = Catalog.from_settings(settings)
         catalog.refresh_views()
         read_eval_set(catalog, settings.shards_dir, chosen.split, chosen.labels, chosen.filter)
         evaluation = evaluate_flow(runs=[str(r) for r in runs], settings=settings, out=str(out) if out else None)

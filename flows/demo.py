@@ -117,7 +117,7 @@ def report_summary(markdown: str) -> str:
 def show_results(settings: Settings, console: Console) -> None:
     from voxtox.flows.cli import print_table
 
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     console.rule("What was labelled (DuckDB: voxtox query ...)")
     print_table(
         catalog.query(

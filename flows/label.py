@@ -162,7 +162,7 @@ def label_flow(
     settings = settings or Settings()
     logger = get_run_logger()
     run_id = _run_id()
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     inputs, outside = confine(inputs, inbox)  # a served run reads only below its inbox
     uris, models = preflight(inputs, settings)
     uris, outside_found = confine(uris, inbox)

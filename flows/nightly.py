@@ -115,7 +115,7 @@ def truth_files(inbox: Path) -> list[Path]:
 @task(name="import-labels", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10))
 def import_labels_task(paths: list[str], settings: Settings, confine_to: Path | None = None) -> int:
     report = import_truth_files([Path(p) for p in paths], settings.shards_dir, confine_to=confine_to)
-    Catalog(settings.catalog_path, settings.shards_dir).refresh_views()
+    Catalog.from_settings(settings).refresh_views()
     return report.n_spans
 
 
@@ -123,7 +123,7 @@ def import_labels_task(paths: list[str], settings: Settings, confine_to: Path | 
 
 
 def train_clip_count(settings: Settings) -> int:
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     if "clips" not in catalog.refresh_views():
         return 0
     condition = settings.train.train_filter

@@ -468,7 +468,7 @@ def corpus_report(
     if label:
         label_corpus(manifest, settings, (["train"] if label_train else []) + eval_splits)
     imported = import_truth_files(manifest.truth_files("utterances", eval_splits), settings.shards_dir)
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     catalog.refresh_views()
     rows = evaluation_rows(catalog, manifest, eval_splits)
     eval_sessions = [s for s in manifest.sessions if s.split in eval_splits]

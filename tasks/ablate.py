@@ -241,7 +241,7 @@ def preflight(plan: AblationPlan) -> None:
     from voxtox.tasks.evaluate import read_eval_set
 
     settings, options = plan.settings, plan.settings.evaluate
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     catalog.refresh_views()
     read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
     if settings.train.val_labels == "human":

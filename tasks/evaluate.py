@@ -403,13 +403,13 @@ def save_to_catalog(table: pa.Table, settings: Settings, evaluation: str) -> Non
     root = settings.shards_dir
     date = table["evaluated_at"][0].as_py().date().isoformat()
     replace_rows(root, "evaluations", evaluation, table.append_column("date", pa.array([date] * table.num_rows)))
-    Catalog(settings.catalog_path, root).refresh_views()
+    Catalog.from_settings(settings).refresh_views()
 
 
 def fit_temperatures(run_dirs: Sequence[Path], settings: Settings, classes: Sequence[str]) -> list[float]:
     """Per run, the temperature minimising the BCE of its validation segment scores."""
     options = settings.evaluate
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     val = read_eval_set(catalog, settings.shards_dir, "val", options.labels, options.filter)
     columns = [CLASSES.index(c) for c in classes]
     temperatures = []
@@ -433,7 +433,7 @@ def evaluate_runs(run_dirs: Sequence[Path], settings: Settings, out_dir: Path | 
     names = run_names(run_dirs)
     for run_dir in run_dirs:
         model_dir(run_dir, options.checkpoint)
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     catalog.refresh_views()
     eval_set = read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
     classes = reported_classes(eval_set.labels)
@@ -466,7 +466,7 @@ def evaluate_runs(run_dirs: Sequence[Path], settings: Settings, out_dir: Path | 
 def score_run_task(run_dir: str, settings: Settings) -> str:
     """Score one run's model on the evaluation segments (cached), so runs score in parallel."""
     options = settings.evaluate
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     catalog.refresh_views()
     eval_set = read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
     score_run(Path(run_dir), eval_set, options, settings.train.threads)

@@ -709,7 +709,7 @@ def train_model(settings: Settings, out: Path, resume: bool = False) -> TrainRep
     if train.threads:
         torch.set_num_threads(train.threads)
     processes = start_processes()
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     clips = read_clip_index(catalog, settings.shards_dir, "train", train.train_filter)
     val_clips, val_labels = read_val_index(catalog, settings.shards_dir, train)
     steps_per_epoch = len(rank_micro_batches(
