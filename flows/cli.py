@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from voxtox.labels import CLASSES
-from voxtox.settings import EvaluateSettings, NightlySettings, Settings, TrainSettings
+from voxtox.settings import EvaluateSettings, NightlySettings, Settings, TrainSettings, load_settings, with_overrides
 
 if TYPE_CHECKING:
     from voxtox.models.labeller import TextLabeller
@@ -93,20 +93,6 @@ def main(
                                           help="print voxtox's version and exit")] = False,
 ) -> None:
     """voxtox: label voice chat for toxicity without human annotators."""
-
-
-def load_settings(data_dir: Path | None = None, **nested: dict[str, object]) -> Settings:
-    """Settings from env/TOML, with command-line values layered on top."""
-    settings = Settings()
-    if data_dir is not None:
-        settings = settings.model_copy(update={"data_dir": data_dir})
-    for section, values in nested.items():
-        given = {k: v for k, v in values.items() if v is not None}
-        if given:  # validated like any other source, so a bad value is a clear error
-            current = getattr(settings, section)
-            merged = type(current).model_validate(current.model_dump() | given)
-            settings = settings.model_copy(update={section: merged})
-    return settings
 
 
 def print_table(table, title: str | None = None, max_rows: int = 50) -> None:  # noqa: ANN001
@@ -349,14 +335,12 @@ def train(
 ) -> None:
     """Train the audio-only classifier with text injection (a Prefect flow; under torchrun,
     every rank trains directly)."""
-    if config is not None:
-        os.environ["VOXTOX_CONFIG"] = str(config)
     from voxtox.flows.train import run_training
 
     options = dict(loss=loss, alpha=alpha, layer=layer, encoder=encoder, epochs=epochs, batch_size=batch_size,
                    grad_accum=grad_accum, train_filter=train_filter, val_filter=val_filter)
     with user_errors():
-        report = run_training(out, load_settings(data_dir, train=options), resume)
+        report = run_training(out, load_settings(data_dir, config, train=options), resume)
     console.print(f"best epoch {report.best_epoch}: validation mAP {report.best_val_mAP:.4f}; run in {report.run_dir}")
 
 
@@ -377,7 +361,6 @@ def labeller_train(
     """Train a labeller (a Prefect flow); thresholds are chosen on the validation split."""
     from voxtox.flows.labeller import labeller_train_flow
     from voxtox.models.labeller_data import check_labelled_data
-    from voxtox.settings import LabellerTrainSettings
 
     options = {
         "backbone": backbone, "loss": loss, "epochs": epochs, "learning_rate": learning_rate,
@@ -388,8 +371,7 @@ def labeller_train(
     given = {k: v for k, v in options.items() if v is not None}
     with user_errors():
         check_labelled_data(data)  # fail fast, before a Prefect API is started
-        train_settings = LabellerTrainSettings.model_validate(settings.labeller_train.model_dump() | given)
-    settings = settings.model_copy(update={"labeller_train": train_settings})
+        settings = with_overrides(settings, labeller_train=given)
     target = out or settings.model_cache_dir / "voxtox-labeller"
     with user_errors():
         path = labeller_train_flow(data=data, out=str(target), settings=settings)
@@ -749,8 +731,6 @@ def evaluate(
     """AP per class and mAP with 95% bootstrap CIs, per language; with several runs, paired
     differences to the first (a Prefect flow). Results: Parquet (catalog table `evaluations`),
     a Markdown report and PNG plots."""
-    if config is not None:
-        os.environ["VOXTOX_CONFIG"] = str(config)
     from voxtox.flows.evaluate import evaluate_flow
     from voxtox.storage.catalog import Catalog
     from voxtox.tasks.evaluate import model_dir, read_eval_set
@@ -758,7 +738,7 @@ def evaluate(
     options = dict(split=split, labels=labels, checkpoint=checkpoint, aggregation=aggregation, resample_by=resample_by,
                    n_resamples=n_resamples, calibrate=calibrate, filter=segment_filter)
     with user_errors():
-        settings = load_settings(data_dir, evaluate=options)
+        settings = load_settings(data_dir, config, evaluate=options)
         chosen = settings.evaluate
         for run in runs:  # fail fast, before a Prefect API is started
             model_dir(run, chosen.checkpoint)
@@ -816,12 +796,10 @@ def run_nightly(
     """Label the inbox, import its human labels, train a candidate when enough new data arrived,
     evaluate it against the current model and promote it only when it is better with a
     paired-bootstrap CI that excludes 0 (the `nightly` flow that `voxtox serve` schedules)."""
-    if config is not None:
-        os.environ["VOXTOX_CONFIG"] = str(config)
     from voxtox.flows.nightly import nightly_flow
 
     with user_errors():
-        settings = load_settings(data_dir, nightly={"min_new_clips": min_new_clips})
+        settings = load_settings(data_dir, config, nightly={"min_new_clips": min_new_clips})
         report = nightly_flow(inbox=str(inbox) if inbox else None, settings=settings, night=night,
                               force_train=force_train)
     summary = Table(title=f"voxtox nightly {report.night}", show_header=False)

@@ -25,7 +25,7 @@ from voxtox.corpus.synth import SynthConfig, synthesize_corpus
 from voxtox.flows.evaluate import evaluate_flow
 from voxtox.flows.nightly import CURRENT, nightly_flow
 from voxtox.flows.train import train_flow
-from voxtox.settings import Settings
+from voxtox.settings import Settings, with_overrides
 from voxtox.storage.catalog import Catalog
 from voxtox.tasks.train import latest_checkpoint
 
@@ -47,15 +47,15 @@ DEMO_TRAIN = {
 
 def demo_settings(settings: Settings) -> Settings:
     """The user's settings with the demo's sizes, where the user has not set them."""
-    updates: dict[str, object] = {
-        "train": settings.train.model_copy(update=DEMO_TRAIN),
+    updates: dict[str, dict[str, object]] = {
+        "train": DEMO_TRAIN,
         # One machine, no worker: the night trains in this process whatever voxtox.toml says.
-        "nightly": settings.nightly.model_copy(update={"min_new_clips": 1, "train_pool": None}),
-        "evaluate": settings.evaluate.model_copy(update={"resample_by": "source"}),
+        "nightly": {"min_new_clips": 1, "train_pool": None},
+        "evaluate": {"resample_by": "source"},
     }
     if "languages" not in settings.asr.model_fields_set:  # the demo's speech is in these languages
-        updates["asr"] = settings.asr.model_copy(update={"languages": list(DEMO_LANGS)})
-    return settings.model_copy(update=updates)
+        updates["asr"] = {"languages": list(DEMO_LANGS)}
+    return with_overrides(settings, **updates)
 
 
 def make_inbox(inbox: Path, console: Console) -> None:
@@ -75,7 +75,7 @@ def train_baseline(settings: Settings) -> Path:
     """The same model without text injection (α = 1), on the same data: what injection must beat."""
     out = settings.runs_dir / "baseline"
     if not (out / "final" / "model.safetensors").exists():
-        baseline = settings.model_copy(update={"train": settings.train.model_copy(update={"alpha": 1.0})})
+        baseline = with_overrides(settings, train={"alpha": 1.0})
         train_flow(out=str(out), settings=baseline, resume=latest_checkpoint(out) is not None)
     return out
 

@@ -24,7 +24,7 @@ from transformers import WhisperConfig
 from voxtox.labels import TOXIC_CLASSES
 from voxtox.models.metrics import MAP_NAME
 from voxtox.models.whisper_encoder import ct2_encoder_config, read_ct2_variables
-from voxtox.settings import Settings, TrainSettings
+from voxtox.settings import Settings, TrainSettings, with_overrides
 from voxtox.tasks.features import FEATURES_DIR
 from voxtox.storage.model_store import resolve_model
 from voxtox.tasks.evaluate import (
@@ -140,8 +140,7 @@ def load_grid_file(
         document = tomllib.load(handle)
     grid = Grid.model_validate(document.pop("grid", {}))
     settings = Settings(**document)
-    if data_dir is not None:
-        settings = settings.model_copy(update={"data_dir": data_dir})
+    settings = with_overrides(settings, data_dir=data_dir)
     if workers is not None:
         grid = grid.model_copy(update={"workers": workers})
     target = out or grid.out or Path("runs") / path.stem
@@ -205,8 +204,7 @@ def cell_settings(plan: AblationPlan, cell: Cell) -> Settings:
     options: dict[str, object] = {"alpha": cell.alpha, "layer": cell.layer}
     options |= {} if cell.loss == BASELINE else {"loss": cell.loss}
     options |= {"feature_cache_dir": settings.train.feature_cache_dir or plan.out / FEATURES_DIR}
-    train = TrainSettings.model_validate(settings.train.model_dump() | options)
-    return settings.model_copy(update={"train": train})
+    return with_overrides(settings, train=options)
 
 
 def cell_dir(plan: AblationPlan, cell: Cell) -> Path:
