@@ -1,6 +1,6 @@
 """Audio-only inference (the point of the paper): audio in, toxicity out, no ASR, no text model.
 
-`classify_inputs` decodes each input (tasks/decode.py: any format to 16 kHz mono; a broken file
+`classify_inputs` decodes each input (voxtox/audio.py: any format to 16 kHz mono; a broken file
 becomes a `rejected` record and the rest go on), keeps the VAD's speech segments when asked (the
 CLI's default: the evaluation segments validation scores), cuts them into 15 s windows, scores them
 with the trained classifier in batches shared across files (models/inference.py) and takes a
@@ -27,14 +27,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from voxtox.audio import SAMPLE_RATE, RejectedInput, discover_inputs, load_audio
 from voxtox.labels import CLASSES
 from voxtox.models.inference import AGGREGATIONS, WindowScorer, aggregate
 from voxtox.models.metrics import best_f1_thresholds, f1_at_threshold
-from voxtox.models.whisper_encoder import SAMPLE_RATE
 from voxtox.settings import Settings, VadSettings
 from voxtox.storage.schema import human_label_column, label_column, prob_column
 from voxtox.tasks.chunk import chunk_speech
-from voxtox.tasks.decode import RejectedInput, discover_inputs, load_audio
 
 THRESHOLDS_FILE = "thresholds.json"
 DEFAULT_THRESHOLD = 0.5

@@ -25,8 +25,9 @@ from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from voxtox.labels import CLASSES
+from voxtox.audio import discover_inputs
 from voxtox.flows.serve import check_served_run
+from voxtox.labels import CLASSES
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.model_store import resolve_model
@@ -34,7 +35,6 @@ from voxtox.storage.schema import label_column
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.storage.workdir import run_work_dir
 from voxtox.tasks.confine import confine
-from voxtox.tasks.decode import discover_inputs
 from voxtox.tasks.embed import embed_task, resolve_text_encoder
 from voxtox.tasks.ingest import PreparedSource, SourceRejection, ingest_task
 from voxtox.tasks.label import label_task

@@ -32,6 +32,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
+from voxtox.audio import discover_inputs
 from voxtox.flows.classify import THRESHOLDS_FILE
 from voxtox.flows.evaluate import evaluate_flow
 from voxtox.flows.label import label_flow
@@ -42,9 +43,8 @@ from voxtox.models.metrics import MAP_NAME
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import HAS_AUDIO
-from voxtox.tasks.confine import outside_reason
 from voxtox.tasks.compact import compact_task
-from voxtox.tasks.decode import discover_inputs
+from voxtox.tasks.confine import outside_reason
 from voxtox.tasks.evaluate import ALL_LANGUAGES, NoHumanLabelsError
 from voxtox.tasks.human_labels import import_truth_files
 from voxtox.tasks.retention import retention_task

@@ -39,13 +39,13 @@ from voxtox.corpus.synth import (
     load_manifest,
     synthesize_corpus,
 )
+from voxtox.audio import load_audio
 from voxtox.labels import CLASSES, TOXIC_CLASSES
 from voxtox.models.metrics import MetricCI, bootstrap_counts, evaluate_ap, f1_at_threshold, metric_ci
-from voxtox.settings import Settings, VadSettings
+from voxtox.settings import Settings, VadSettings, with_overrides
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import human_label_column, label_column, prob_column
 from voxtox.tasks.chunk import detect_speech
-from voxtox.tasks.decode import load_audio
 from voxtox.tasks.human_labels import import_truth_files
 
 #: Classes whose pipeline labels are scored against the truth (humans do not label `other`).
@@ -448,8 +448,7 @@ def corpus_settings(settings: Settings, manifest: CorpusManifest) -> Settings:
     """Restrict ASR language detection to the corpus's languages (as the demo does)."""
     if "languages" in settings.asr.model_fields_set:  # the user's choice wins
         return settings
-    asr = settings.asr.model_copy(update={"languages": list(manifest.config.langs)})
-    return settings.model_copy(update={"asr": asr})
+    return with_overrides(settings, asr={"languages": list(manifest.config.langs)})
 
 
 def corpus_report(

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-SAMPLE_RATE = 16_000
+from voxtox.audio import SAMPLE_RATE
+
 HOP_LENGTH = 160
 N_FFT = 400
 #: Whisper's maximum input: 30 s of audio, 3000 mel frames, 1500 encoder positions.

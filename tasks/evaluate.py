@@ -37,6 +37,7 @@ import soundfile
 import torch
 from prefect import task
 
+from voxtox.audio import SAMPLE_RATE
 from voxtox.labels import CLASSES, TOXIC_CLASSES
 from voxtox.models.inference import WindowScorer, aggregate
 from voxtox.models.metrics import (
@@ -48,7 +49,6 @@ from voxtox.models.metrics import (
     precision_recall_at_fpr,
     summarise_resamples,
 )
-from voxtox.models.whisper_encoder import SAMPLE_RATE
 from voxtox.settings import EvaluateSettings, Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import EVALUATIONS_SCHEMA, HAS_AUDIO, human_label_column, label_column

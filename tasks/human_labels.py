@@ -27,6 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from voxtox.audio import SAMPLE_RATE, RejectedInput, open_audio
 from voxtox.files import sha256_file
 from voxtox.labels import CLASSES
 from voxtox.storage.erasure import shards_lock
@@ -34,7 +35,6 @@ from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, label_column
 from voxtox.storage.shards import replace_human_labels, shard_files
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.tasks.confine import outside_reason
-from voxtox.tasks.decode import SAMPLE_RATE, RejectedInput, open_audio
 
 AUDIO_KEYS = ("audio", "path", "audio_path", "source_uri")
 SHA_KEYS = ("audio_sha256", "source_sha256", "sha256")

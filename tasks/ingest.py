@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
+from voxtox.audio import RejectedInput, SampleStats, check_usable, fetch_input, open_audio
 from voxtox.settings import Settings, Split, VadSettings
 from voxtox.tasks.chunk import SpeechAnalysis, SpeechAnalyzer, SpeechChunk, chunk_analysis
-from voxtox.tasks.decode import RejectedInput, SampleStats, check_usable, fetch_input, open_audio
 
 log = logging.getLogger(__name__)
 

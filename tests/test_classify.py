@@ -24,6 +24,7 @@ from voxtox.flows.classify import (
     load_model,
     resolve_model_dir,
 )
+from voxtox.audio import load_audio
 from voxtox.flows.cli import app
 from voxtox.labels import CLASSES
 from voxtox.models.inference import WindowScorer
@@ -31,7 +32,6 @@ from voxtox.settings import Settings, TrainSettings, VadSettings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, label_column
 from voxtox.storage.shards import replace_human_labels, write_partitioned
-from voxtox.tasks.decode import load_audio
 from voxtox.tasks.speech_synth import Utterance
 from voxtox.tasks.train import train_model
 

@@ -22,12 +22,12 @@ from voxtox.corpus.synth import (
     sentence_pools,
     synthesize_corpus,
 )
+from voxtox.audio import decode_audio, load_audio
+from voxtox.files import sha256_file
 from voxtox.labels import CLASSES
 from voxtox.settings import VadSettings
 from voxtox.storage.catalog import Catalog
 from voxtox.tasks.chunk import detect_speech
-from voxtox.tasks.decode import decode_audio, load_audio
-from voxtox.files import sha256_file
 from voxtox.tasks.human_labels import TruthFileError, import_truth_files
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")

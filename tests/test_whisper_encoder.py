@@ -19,7 +19,7 @@ from voxtox.models.whisper_encoder import (
     log_mel,
     mel_filters,
 )
-from voxtox.tasks.decode import load_audio
+from voxtox.audio import load_audio
 
 TINY = dict(
     d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
