@@ -494,7 +494,7 @@ def classify(
     decisions. No ASR and no text model."""
     import torch
 
-    from voxtox.flows.classify import classify_inputs, load_model
+    from voxtox.tasks.classify import classify_inputs, load_model, write_records
 
     if threads:
         torch.set_num_threads(threads)
@@ -518,8 +518,6 @@ def classify(
     ok = [r for r in records if r["status"] == "ok"]
     rejected = sum(r["status"] == "rejected" for r in records)
     if output is not None:
-        from voxtox.flows.classify import write_records
-
         write_records(records, output, loaded.classes,
                       {"model": loaded.description, "thresholds": loaded.thresholds.source, "vad": str(vad)})
         console.print(f"{len(ok)} files classified, {len(records) - len(ok) - rejected} without speech, "
@@ -572,7 +570,7 @@ def calibrate(
 ) -> None:
     """Choose per-class decision thresholds (best F1 on validation) and write thresholds.json
     into the model directory, where `voxtox classify` and `voxtox export` find them."""
-    from voxtox.flows.classify import calibrate_thresholds
+    from voxtox.tasks.calibrate import calibrate_thresholds
 
     with user_errors():
         result = calibrate_thresholds(run, load_settings(data_dir), split, filter_sql)
@@ -597,7 +595,7 @@ def export_command(
 ) -> None:
     """Export the classifier to ONNX or TorchScript (log-mel features in, probabilities out) and
     check its outputs against PyTorch's."""
-    from voxtox.flows.classify import export_run
+    from voxtox.tasks.export import export_run
 
     with user_errors():
         path, diff = export_run(run, out, fmt, quantize=int8)

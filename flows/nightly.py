@@ -33,7 +33,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
 from voxtox.audio import discover_inputs
-from voxtox.flows.classify import THRESHOLDS_FILE
 from voxtox.flows.evaluate import evaluate_flow
 from voxtox.flows.label import label_flow
 from voxtox.flows.serve import check_served_run
@@ -43,6 +42,8 @@ from voxtox.models.metrics import MAP_NAME
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import HAS_AUDIO
+from voxtox.tasks.calibrate import calibrate_task
+from voxtox.tasks.classify import THRESHOLDS_FILE
 from voxtox.tasks.compact import compact_task
 from voxtox.tasks.confine import outside_reason
 from voxtox.tasks.evaluate import ALL_LANGUAGES, NoHumanLabelsError
@@ -161,14 +162,6 @@ def train_candidate(candidate: Path, settings: Settings) -> None:
     # resume=True: a fresh run when there is no checkpoint, and a retry (or tomorrow's rerun
     # of tonight) continues where the killed one stopped instead of starting over.
     train_flow.with_options(retries=1, retry_delay_seconds=60)(out=str(candidate), settings=settings, resume=True)
-
-
-@task(name="calibrate")
-def calibrate_task(run: str, settings: Settings) -> dict[str, object]:
-    """Per-class decision thresholds on validation, stored with the model for `voxtox classify`."""
-    from voxtox.flows.classify import calibrate_thresholds  # noqa: PLC0415 (torch-heavy; only when training)
-
-    return calibrate_thresholds(run, settings)
 
 
 # --- promotion -----------------------------------------------------------------------------

@@ -14,9 +14,10 @@ import torch
 from conftest import TEXT_DIM
 from typer.testing import CliRunner
 
-from voxtox.flows.classify import THRESHOLDS_FILE, classify_inputs, export_run, load_model
 from voxtox.flows.cli import app
 from voxtox.labels import CLASSES
+from voxtox.tasks.classify import THRESHOLDS_FILE, classify_inputs, load_model
+from voxtox.tasks.export import export_run
 from voxtox.models.export import (
     ExportedClassifier,
     compare_outputs,
