@@ -1,4 +1,4 @@
-"""The data contract (DESIGN.md §5): Parquet schemas of the tables voxtox writes.
+"""The data contract (../shared/DESIGN.md §5): Parquet schemas of the tables voxtox writes.
 
 Tables, each a directory of hive-partitioned shards under `<data_dir>/shards/`:
 - `clips`   one row per labelled segment (split=/lang=/date=): audio, transcript, labels, embedding

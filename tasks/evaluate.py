@@ -1,5 +1,5 @@
 """Evaluate stage: score evaluation segments with trained classifiers and measure them as the
-paper does (§4.1, DESIGN.md §2).
+paper does (§4.1, ../shared/DESIGN.md §2).
 
 - Data: the `clips` rows of a split with `segment_kind = 'evaluation'` (the VAD's 1-60 s
   segments), judged against their human labels (the catalog's `segment_truth` view). Without
@@ -62,7 +62,7 @@ REPORT_FILE = "report.md"
 AP_PLOT = "ap.png"
 RELIABILITY_PLOT = "reliability.png"
 ALL_LANGUAGES = "all"
-#: Evaluation segments are 1-60 s (DESIGN.md §2); a little slack for float rounding of spans.
+#: Evaluation segments are 1-60 s (../shared/DESIGN.md §2); a little slack for float rounding of spans.
 SEGMENT_BOUNDS_S = (1.0 - 1e-3, 60.0 + 1e-3)
 CLIPS_PER_SCORING_BATCH = 64  # segments decoded at once while scoring (bounds memory)
 
@@ -98,7 +98,7 @@ class EvalSet:
 
 def reported_classes(labels: str) -> tuple[str, ...]:
     """The toxic classes (the mAP's), then `no_violation`; `other` only when judged against the
-    pipeline's labels (humans do not label it, DESIGN.md §2)."""
+    pipeline's labels (humans do not label it, ../shared/DESIGN.md §2)."""
     rest = [c for c in CLASSES if c not in TOXIC_CLASSES and (labels == "pipeline" or c != "other")]
     return (*TOXIC_CLASSES, *rest)
 

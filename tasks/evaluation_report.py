@@ -2,7 +2,7 @@
 
 Numbers are percentages with two decimals, as the paper prints them; an interval is the
 bootstrap percentile interval; a difference is marked `*` when its paired interval excludes 0
-(the only differences that count, DESIGN.md §2).
+(the only differences that count, ../shared/DESIGN.md §2).
 """
 
 from __future__ import annotations
