@@ -115,12 +115,14 @@ def make_units(sources: list[PreparedSource], unit_speech_s: float) -> list[list
     return units
 
 
-def task_runner_for(settings: Settings) -> TaskRunner:
+def task_runner_for(settings: Settings, workers: int | None = None) -> TaskRunner:
+    """Threads on this machine (`workers`, default `pipeline.workers`), or the Dask cluster at
+    `dask_address` when the settings name one."""
     if settings.dask_address:
-        from prefect_dask import DaskTaskRunner
+        from prefect_dask import DaskTaskRunner  # optional at run time: only with a cluster
 
         return DaskTaskRunner(address=settings.dask_address)
-    return ThreadPoolTaskRunner(max_workers=settings.pipeline.workers)
+    return ThreadPoolTaskRunner(max_workers=settings.pipeline.workers if workers is None else workers)
 
 
 def _run_id() -> str:

@@ -28,9 +28,8 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.tasks import exponential_backoff
 
 from voxtox.audio import discover_inputs
 from voxtox.flows.evaluate import evaluate_flow
@@ -47,7 +46,7 @@ from voxtox.tasks.classify import THRESHOLDS_FILE
 from voxtox.tasks.compact import compact_task
 from voxtox.tasks.confine import outside_reason
 from voxtox.tasks.evaluate import ALL_LANGUAGES, NoHumanLabelsError
-from voxtox.tasks.human_labels import import_truth_files
+from voxtox.tasks.human_labels import import_labels_task
 from voxtox.tasks.retention import retention_task
 
 SPLIT_DIRS = ("train", "val", "test")
@@ -111,13 +110,6 @@ def truth_files(inbox: Path) -> list[Path]:
         p for p in directory.iterdir()
         if p.suffix in TRUTH_SUFFIXES and not p.name.startswith("segments-") and not p.stem.endswith("-train")
     )
-
-
-@task(name="import-labels", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10))
-def import_labels_task(paths: list[str], settings: Settings, confine_to: Path | None = None) -> int:
-    report = import_truth_files([Path(p) for p in paths], settings.shards_dir, confine_to=confine_to)
-    Catalog.from_settings(settings).refresh_views()
-    return report.n_spans
 
 
 # --- training ------------------------------------------------------------------------------

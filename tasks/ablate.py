@@ -14,10 +14,12 @@ from __future__ import annotations
 import csv
 import json
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
 import pyarrow.parquet as pq
+from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from transformers import WhisperConfig
 
@@ -25,8 +27,8 @@ from voxtox.labels import TOXIC_CLASSES
 from voxtox.models.metrics import MAP_NAME
 from voxtox.models.whisper_encoder import ct2_encoder_config, read_ct2_variables
 from voxtox.settings import Settings, TrainSettings, with_overrides
-from voxtox.tasks.features import FEATURES_DIR
 from voxtox.storage.model_store import resolve_model
+from voxtox.tasks.features import FEATURES_DIR
 from voxtox.tasks.evaluate import (
     EVALUATION_DIR,
     RESULTS_FILE,
@@ -386,3 +388,34 @@ def grid_report(plan: AblationPlan, cells: list[Cell], evaluation: Evaluation) -
         f"`{evaluation.report}`; plot: `{evaluation.plots[0]}`\n\n"
     )
     return header + paper_tables(Path(evaluation.results), cells, n_layers)
+
+
+# --- the flow's tasks (flows/ablate.py) --------------------------------------------------------
+
+
+@dataclass
+class AblationResult:
+    report: str  # the tables (Markdown)
+    results: str  # the metric rows of every cell and its difference to the baseline (Parquet)
+    grid_csv: str  # mAP and the difference to the baseline per cell, table and language (CSV)
+    evaluation_id: str
+    cells: list[dict[str, object]] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # cell name -> what went wrong
+
+
+@task(name="ablation-cell", task_run_name="cell-{cell.name}")
+def cell_task(plan: AblationPlan, cell: Cell) -> dict[str, object]:
+    return run_cell(plan, cell)
+
+
+@task(name="ablation-tables")
+def tables_task(plan: AblationPlan, cells: list[Cell], failed: dict[str, str]) -> AblationResult:
+    evaluation = grid_evaluation(plan, cells)
+    text = grid_report(plan, cells, evaluation)
+    if failed:
+        text += "\n## Cells that failed (not in the tables; the next run retries them)\n\n"
+        text += "".join(f"- `{name}`: {reason}\n" for name, reason in failed.items())
+    path = plan.out / TABLE_FILE
+    path.write_text(text)
+    csv_path = write_grid_csv(plan.out / CSV_FILE, grid_csv_rows(plan, cells, evaluation))
+    return AblationResult(str(path), evaluation.results, str(csv_path), evaluation.evaluation_id, failed=failed)
