@@ -25,9 +25,9 @@ from voxtox.corpus.synth import SynthConfig, synthesize_corpus
 from voxtox.flows.evaluate import evaluate_flow
 from voxtox.flows.nightly import CURRENT, nightly_flow
 from voxtox.flows.train import train_flow
+from voxtox.models.trainer import latest_checkpoint
 from voxtox.settings import Settings, with_overrides
 from voxtox.storage.catalog import Catalog
-from voxtox.tasks.train import latest_checkpoint
 
 #: whisper-base recognises espeak-ng's French and Portuguese poorly (docs/corpus.md), so the
 #: quick start speaks the three languages it transcribes well; `voxtox synth` makes all five.

@@ -29,6 +29,7 @@ from voxtox.models.whisper_encoder import ct2_encoder_config, read_ct2_variables
 from voxtox.settings import Settings, TrainSettings, with_overrides
 from voxtox.storage.model_store import resolve_model
 from voxtox.tasks.features import FEATURES_DIR
+from voxtox.tasks.train import train_model
 from voxtox.tasks.evaluate import (
     EVALUATION_DIR,
     RESULTS_FILE,
@@ -251,8 +252,6 @@ def preflight(plan: AblationPlan) -> None:
 def run_cell(plan: AblationPlan, cell: Cell) -> dict[str, object]:
     """Train the cell unless its run is final (resuming an interrupted run), then evaluate it
     unless its evaluation is saved."""
-    from voxtox.tasks.train import train_model
-
     run_dir = cell_dir(plan, cell)
     settings = cell_settings(plan, cell)
     trained = evaluated = False

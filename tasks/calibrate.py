@@ -16,12 +16,13 @@ from prefect import task
 from voxtox.labels import CLASSES
 from voxtox.models.inference import WindowScorer, aggregate
 from voxtox.models.metrics import best_f1_thresholds, f1_at_threshold
+from voxtox.models.trainer import load_classifier
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog, CatalogError
+from voxtox.storage.clips import ClipIndex, read_clip_index
 from voxtox.storage.schema import human_label_column
 from voxtox.tasks.classify import DEFAULT_THRESHOLD, THRESHOLDS_FILE, resolve_model_dir
 from voxtox.tasks.evaluate import read_segment_audio
-from voxtox.tasks.train import ClipIndex, load_classifier, read_clip_index
 
 
 

@@ -30,10 +30,10 @@ import torch
 
 from voxtox.audio import SAMPLE_RATE, RejectedInput, discover_inputs, load_audio
 from voxtox.models.inference import AGGREGATIONS, WindowScorer, aggregate
+from voxtox.models.trainer import load_classifier
 from voxtox.settings import VadSettings
 from voxtox.storage.schema import label_column, prob_column
 from voxtox.tasks.chunk import chunk_speech
-from voxtox.tasks.train import load_classifier
 
 THRESHOLDS_FILE = "thresholds.json"
 DEFAULT_THRESHOLD = 0.5

@@ -49,11 +49,12 @@ from voxtox.models.metrics import (
     precision_recall_at_fpr,
     summarise_resamples,
 )
+from voxtox.models.trainer import load_classifier
 from voxtox.settings import EvaluateSettings, Settings
 from voxtox.storage.catalog import Catalog
+from voxtox.storage.clips import clips_files, locate_clips, read_audio_bytes
 from voxtox.storage.schema import EVALUATIONS_SCHEMA, HAS_AUDIO, human_label_column, label_column
 from voxtox.storage.shards import replace_rows, write_parquet_atomic
-from voxtox.tasks.train import clips_files, load_classifier, locate_clips, read_audio_bytes
 
 EVALUATION_DIR = "evaluation"
 SCORES_DIR = "scores"

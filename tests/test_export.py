@@ -27,8 +27,8 @@ from voxtox.models.export import (
     quantize_onnx,
 )
 from voxtox.models.speech_classifier import SpeechToxicityClassifier
+from voxtox.models.trainer import save_model
 from voxtox.models.whisper_encoder import load_speech_encoder
-from voxtox.tasks.train import save_model
 
 RATE = 16_000
 TOLERANCE = 1e-4

@@ -14,11 +14,11 @@ from conftest import synthetic_clips
 from voxtox.flows.nightly import nightly_flow
 from voxtox.settings import RetentionSettings, Settings
 from voxtox.storage.catalog import Catalog
+from voxtox.storage.clips import read_clip_index
 from voxtox.storage.schema import SOURCES_SCHEMA
 from voxtox.storage.shards import replace_source
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.tasks.retention import apply_retention
-from voxtox.tasks.train import read_clip_index
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
