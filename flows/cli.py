@@ -95,30 +95,6 @@ def main(
     """voxtox: label voice chat for toxicity without human annotators."""
 
 
-def print_table(table, title: str | None = None, max_rows: int = 50) -> None:  # noqa: ANN001
-    """Print a pyarrow table (binary and long list columns abbreviated)."""
-    view = Table(title=title, show_lines=False)
-    for name in table.column_names:
-        view.add_column(name, overflow="fold")
-    for row in table.slice(0, max_rows).to_pylist():
-        view.add_row(*[_cell(value) for value in row.values()])
-    console.print(view)
-    if table.num_rows > max_rows:
-        console.print(f"... {table.num_rows - max_rows} more rows (use --format csv for all)")
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    if isinstance(value, dict) and "bytes" in value:
-        return f"<audio {len(value['bytes'] or b'')} bytes>"
-    if isinstance(value, list) and len(value) > 6:
-        return f"[{len(value)} values]"
-    return "" if value is None else str(value)
-
-
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Print problems a user can fix (a missing model or input) as one line, not a traceback."""
@@ -226,7 +202,7 @@ def query(
     """Run read-only SQL (DuckDB) against the labelled data. Statements that read run (SELECT,
     DESCRIBE, SHOW, SUMMARIZE, EXPLAIN); anything that would change something (DROP, CREATE,
     ATTACH, COPY ... TO, SET, ...) is refused. Works while other processes read or write the data."""
-    from voxtox.flows.query_output import write_csv, write_jsonl
+    from voxtox.flows.query_output import print_table, write_csv, write_jsonl
     from voxtox.storage.catalog import Catalog, CatalogError
 
     if (sql is None) == (table is None):
@@ -248,7 +224,7 @@ def query(
     elif output == "json":
         write_jsonl(result, sys.stdout)
     else:
-        print_table(result, max_rows=limit)
+        print_table(console, result, max_rows=limit)
 
 
 @app.command()

@@ -24,6 +24,7 @@ from rich.console import Console
 from voxtox.corpus.synth import SynthConfig, synthesize_corpus
 from voxtox.flows.evaluate import evaluate_flow
 from voxtox.flows.nightly import CURRENT, nightly_flow
+from voxtox.flows.query_output import print_table
 from voxtox.flows.train import train_flow
 from voxtox.models.trainer import latest_checkpoint
 from voxtox.settings import Settings, with_overrides
@@ -115,11 +116,10 @@ def report_summary(markdown: str) -> str:
 
 
 def show_results(settings: Settings, console: Console) -> None:
-    from voxtox.flows.cli import print_table
-
     catalog = Catalog.from_settings(settings)
     console.rule("What was labelled (DuckDB: voxtox query ...)")
     print_table(
+        console,
         catalog.query(
             "SELECT split, lang, count(*) AS clips, round(sum(duration_s), 1) AS seconds, "
             "sum(label_profanity::INT) AS profanity, sum(label_bullying::INT) AS bullying, "
@@ -130,6 +130,7 @@ def show_results(settings: Settings, console: Console) -> None:
         title="clips per split and language, and the labeller's decisions",
     )
     print_table(
+        console,
         catalog.query(
             "SELECT split_part(source_uri, '/', -1) AS source, round(start_s, 1) AS start_s, "
             "lang, transcript, round(prob_profanity, 2) AS p_prof, round(prob_bullying, 2) AS p_bully, "
@@ -138,6 +139,7 @@ def show_results(settings: Settings, console: Console) -> None:
         title="the eight clips the labeller finds most toxic",
     )
     print_table(
+        console,
         catalog.query(
             "SELECT split_part(source_uri, '/', -1) AS source, stage, reason, count(*) AS n, "
             "round(sum(end_s - start_s), 1) AS seconds FROM rejects GROUP BY ALL ORDER BY source"

@@ -445,3 +445,14 @@ def fit_temperature(logits: ArrayLike, y_true: ArrayLike) -> float:
         bce, bounds=(np.log(1e-2), np.log(1e2)), method="bounded", options={"xatol": 1e-8}
     )
     return float(np.exp(result.x))
+
+
+def logits(probs: np.ndarray) -> np.ndarray:
+    """Log-odds of probabilities (clipped away from 0 and 1)."""
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature scaling: the probabilities of the logits divided by `temperature`."""
+    return 1.0 / (1.0 + np.exp(-logits(probs) / temperature))

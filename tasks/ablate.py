@@ -27,17 +27,19 @@ from voxtox.labels import TOXIC_CLASSES
 from voxtox.models.metrics import MAP_NAME
 from voxtox.models.whisper_encoder import ct2_encoder_config, read_ct2_variables
 from voxtox.settings import Settings, TrainSettings, with_overrides
+from voxtox.storage.catalog import Catalog
 from voxtox.storage.model_store import resolve_model
-from voxtox.tasks.features import FEATURES_DIR
-from voxtox.tasks.train import train_model
 from voxtox.tasks.evaluate import (
     EVALUATION_DIR,
     RESULTS_FILE,
     Evaluation,
     default_out_dir,
     evaluate_runs,
+    read_eval_set,
 )
 from voxtox.tasks.evaluation_report import Row, Rows, format_ci, markdown_table
+from voxtox.tasks.features import FEATURES_DIR
+from voxtox.tasks.train import train_model
 
 BASELINE = "baseline"
 TEXT_LOSSES: tuple[str, ...] = get_args(TrainSettings.model_fields["loss"].annotation)
@@ -238,9 +240,6 @@ def describe_cells(plan: AblationPlan, cells: list[Cell]) -> str:
 def preflight(plan: AblationPlan) -> None:
     """Fail before any training when the cells could not be evaluated (no evaluation segments,
     no human labels): hours of training would otherwise end in that error."""
-    from voxtox.storage.catalog import Catalog
-    from voxtox.tasks.evaluate import read_eval_set
-
     settings, options = plan.settings, plan.settings.evaluate
     catalog = Catalog.from_settings(settings)
     catalog.refresh_views()

@@ -43,9 +43,11 @@ from voxtox.models.inference import WindowScorer, aggregate
 from voxtox.models.metrics import (
     MetricCI,
     ap_resamples,
+    apply_temperature,
     bootstrap_counts,
     expected_calibration_error,
     fit_temperature,
+    logits,
     precision_recall_at_fpr,
     summarise_resamples,
 )
@@ -55,6 +57,8 @@ from voxtox.storage.catalog import Catalog
 from voxtox.storage.clips import clips_files, locate_clips, read_audio_bytes
 from voxtox.storage.schema import EVALUATIONS_SCHEMA, HAS_AUDIO, human_label_column, label_column
 from voxtox.storage.shards import replace_rows, write_parquet_atomic
+from voxtox.tasks.evaluation_plots import plot_ap_bars, plot_reliability
+from voxtox.tasks.evaluation_report import report_markdown
 
 EVALUATION_DIR = "evaluation"
 SCORES_DIR = "scores"
@@ -223,15 +227,6 @@ def score_run(
 def segment_scores(windows: list[np.ndarray], aggregation: str) -> np.ndarray:
     """(n, classes) segment scores from each segment's window probabilities."""
     return np.stack([aggregate(w.astype(np.float64), aggregation) for w in windows])  # type: ignore[arg-type]
-
-
-def _logits(probs: np.ndarray) -> np.ndarray:
-    p = np.clip(probs, 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
-
-
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-_logits(probs) / temperature))
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -416,7 +411,7 @@ def fit_temperatures(run_dirs: Sequence[Path], settings: Settings, classes: Sequ
     temperatures = []
     for run_dir in run_dirs:
         scores = segment_scores(score_run(run_dir, val, options, settings.train.threads), options.aggregation)
-        temperatures.append(fit_temperature(_logits(scores[:, columns]), val.truth[:, columns]))
+        temperatures.append(fit_temperature(logits(scores[:, columns]), val.truth[:, columns]))
     return temperatures
 
 
@@ -424,9 +419,6 @@ def evaluate_runs(run_dirs: Sequence[Path], settings: Settings, out_dir: Path | 
     """Score and measure runs on the evaluation segments of `settings.evaluate.split`: the first
     run is the baseline of the paired differences. Writes `evaluation.parquet`, `report.md` and
     the plots to `out_dir`, and the rows to the catalog's `evaluations` table."""
-    from voxtox.tasks.evaluation_plots import plot_ap_bars, plot_reliability
-    from voxtox.tasks.evaluation_report import report_markdown
-
     if not run_dirs:
         raise ValueError("give at least one run directory")
     options = settings.evaluate
