@@ -37,12 +37,11 @@ import pyarrow.parquet as pq  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _audio import build_audio  # noqa: E402
 
-from voxtox.flows.label import make_units  # noqa: E402
 from voxtox.models.text_encoder import USEM3, load_text_encoder  # noqa: E402
 from voxtox.settings import Settings  # noqa: E402
 from voxtox.storage.model_store import resolve_model  # noqa: E402
 from voxtox.tasks.embed import embed_transcripts, resolve_text_encoder  # noqa: E402
-from voxtox.tasks.ingest import PreparedSource, prepare_source  # noqa: E402
+from voxtox.tasks.ingest import PreparedSource, make_units, prepare_source  # noqa: E402
 from voxtox.tasks.label import label_transcripts, load_labeller  # noqa: E402
 from voxtox.models.asr import load_whisper, warm_up  # noqa: E402
 from voxtox.tasks.transcribe import transcribe_sources  # noqa: E402

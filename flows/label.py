@@ -36,7 +36,7 @@ from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.storage.workdir import run_work_dir
 from voxtox.tasks.confine import confine
 from voxtox.tasks.embed import embed_task, resolve_text_encoder
-from voxtox.tasks.ingest import PreparedSource, SourceRejection, ingest_task
+from voxtox.tasks.ingest import PreparedSource, SourceRejection, first_of_each_content, ingest_task, make_units
 from voxtox.tasks.label import label_task
 from voxtox.tasks.transcribe import check_asr_model, transcribe_task
 from voxtox.tasks.write import WrittenUnit, write_rejections_task, write_task
@@ -77,42 +77,6 @@ def preflight(inputs: list[str], settings: Settings) -> tuple[list[str], Resolve
     )
     check_asr_model(models.asr, settings.asr)
     return uris, models
-
-
-def first_of_each_content(
-    ingested: list[PreparedSource | SourceRejection | None],
-) -> tuple[list[PreparedSource], list[SourceRejection]]:
-    """Sources with distinct content, and a `duplicate` rejection for each further copy: the same
-    audio under two paths in one run is labelled once, and the other path is on record."""
-    first: dict[str, PreparedSource] = {}
-    duplicates: list[SourceRejection] = []
-    for result in ingested:
-        if not isinstance(result, PreparedSource):
-            continue
-        seen = first.setdefault(result.source_sha256, result)
-        if seen is not result:
-            duplicates.append(
-                SourceRejection(
-                    result.uri, "duplicate", f"same audio as {seen.uri}", result.source_sha256
-                )
-            )
-    return list(first.values()), duplicates
-
-
-def make_units(sources: list[PreparedSource], unit_speech_s: float) -> list[list[PreparedSource]]:
-    """Group sources so each transcription task has about `unit_speech_s` of speech to batch."""
-    units: list[list[PreparedSource]] = []
-    current: list[PreparedSource] = []
-    speech = 0.0
-    for source in sources:
-        current.append(source)
-        speech += source.speech_s
-        if speech >= unit_speech_s:
-            units.append(current)
-            current, speech = [], 0.0
-    if current:
-        units.append(current)
-    return units
 
 
 def task_runner_for(settings: Settings, workers: int | None = None) -> TaskRunner:
