@@ -40,7 +40,6 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
 from importlib.metadata import version  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -49,6 +48,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _audio import build_audio  # noqa: E402
+from _common import Timer  # noqa: E402
 
 from voxtox.labels import CLASSES  # noqa: E402
 from voxtox.models.asr import load_whisper, warm_up  # noqa: E402
@@ -65,21 +65,6 @@ HERE = Path(__file__).resolve().parent
 #: The projection's width: the default text embedder's (multilingual USE, 512).
 TEXT_DIM = 512
 THREADS = 2
-
-
-@dataclass
-class Timer:
-    wall: float = 0.0
-    cpu: float = 0.0
-    parts: dict[str, float] = field(default_factory=dict)
-
-    def __enter__(self) -> Timer:
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall += time.perf_counter() - self._wall
-        self.cpu += time.process_time() - self._cpu
 
 
 def audio_only_model(encoder_name: str, cache: Path) -> SpeechToxicityClassifier:
