@@ -40,6 +40,7 @@ from voxtox.models.text_injection import gather_rows
 from voxtox.models.trainer import (
     Batch,
     Processes,
+    Trainer,
     TrainState,
     barrier,
     latest_checkpoint,
@@ -355,37 +356,47 @@ def train_model(settings: Settings, out: Path, resume: bool = False) -> TrainRep
     if processes.is_main:
         barrier()
     while state.epoch < train.epochs:
-        batches = bucketed_batches(clips.durations, train.batch_size, train.bucket_pool, train.seed, state.epoch)
-        steps = rank_micro_batches(batches, processes.world, processes.rank, train.grad_accum)
-        for micro_batches in _loader(datasets["train"], steps[state.step_in_epoch :], workers):
-            losses = trainer.step(micro_batches)
-            state.global_step += 1
-            state.step_in_epoch += 1
-            for key, value in (("loss", losses.total), ("bce", losses.bce), ("text", losses.text)):
-                state.epoch_sums[key] += value
-            state.epoch_seconds = time.time() - state.epoch_started
-            if state.global_step % train.checkpoint_every == 0 and processes.is_main:
-                save_checkpoint(trainer, state, out)
-        val = validate(trainer.model, val_clips, datasets["val"], workers, train, processes)
-        row = _epoch_row(state, len(steps), trainer.scheduler.get_last_lr()[0], val)
-        state.history.append(row)
-        score = selection_score(val)
-        # With no defined score at all, the latest epoch is the best guess (and best/ = final/).
-        if score > state.best_map or state.best_epoch < 0 or score == state.best_map == -math.inf:
-            state.best_map, state.best_epoch = score, state.epoch + 1
-            if processes.is_main:
-                save_model(trainer.model, out / "best")
-        state = TrainState(epoch=state.epoch + 1, global_step=state.global_step, best_map=state.best_map,
-                           best_epoch=state.best_epoch, history=state.history)
-        if processes.is_main:
-            write_metrics(out, state.history)
-            save_checkpoint(trainer, state, out)
-        barrier()
+        state = _train_epoch(trainer, state, {"train": clips, "val": val_clips}, datasets, workers, train, out)
     if processes.is_main:
         save_model(trainer.model, out / "final")
     barrier()
     return TrainReport(str(out), train.epochs, state.global_step, state.best_epoch, state.best_map,
                        state.history, round(time.time() - started, 2))
+
+
+def _train_epoch(
+    trainer: Trainer, state: TrainState, clips: dict[str, ClipIndex], datasets: dict[str, Dataset[Clip]],
+    workers: int, train: TrainSettings, out: Path,
+) -> TrainState:
+    """The rest of `state`'s epoch (from its step), validation, best/ and the epoch's checkpoint;
+    returns the state at the start of the next epoch."""
+    processes = trainer.processes
+    batches = bucketed_batches(clips["train"].durations, train.batch_size, train.bucket_pool, train.seed, state.epoch)
+    steps = rank_micro_batches(batches, processes.world, processes.rank, train.grad_accum)
+    for micro_batches in _loader(datasets["train"], steps[state.step_in_epoch :], workers):
+        losses = trainer.step(micro_batches)
+        state.global_step += 1
+        state.step_in_epoch += 1
+        for key, value in (("loss", losses.total), ("bce", losses.bce), ("text", losses.text)):
+            state.epoch_sums[key] += value
+        state.epoch_seconds = time.time() - state.epoch_started
+        if state.global_step % train.checkpoint_every == 0 and processes.is_main:
+            save_checkpoint(trainer, state, out)
+    val = validate(trainer.model, clips["val"], datasets["val"], workers, train, processes)
+    state.history.append(_epoch_row(state, len(steps), trainer.scheduler.get_last_lr()[0], val))
+    score = selection_score(val)
+    # With no defined score at all, the latest epoch is the best guess (and best/ = final/).
+    if score > state.best_map or state.best_epoch < 0 or score == state.best_map == -math.inf:
+        state.best_map, state.best_epoch = score, state.epoch + 1
+        if processes.is_main:
+            save_model(trainer.model, out / "best")
+    state = TrainState(epoch=state.epoch + 1, global_step=state.global_step, best_map=state.best_map,
+                       best_epoch=state.best_epoch, history=state.history)
+    if processes.is_main:
+        write_metrics(out, state.history)
+        save_checkpoint(trainer, state, out)
+    barrier()
+    return state
 
 
 @task(name="train")
