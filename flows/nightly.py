@@ -237,6 +237,18 @@ def _publish(report: NightlyReport) -> None:
     create_markdown_artifact(key="nightly", markdown="\n".join(lines), description="voxtox nightly: what happened and why")
 
 
+def _take_in(inbox_dir: Path, settings: Settings, served: Path | None, report: NightlyReport) -> None:
+    """Retention, then the inbox's new audio labelled and its human labels imported, then the
+    shards compacted (before training reads them: it holds their file names)."""
+    if settings.retention.enabled:
+        _apply_retention(settings)
+    _label_new_audio(inbox_dir, settings, report)
+    if files := truth_files(inbox_dir):
+        report.imported_label_spans = import_labels_task([str(p) for p in files], settings, served)
+    if settings.nightly.compact:
+        report.compacted_files = sum(result.merged for result in compact_task(settings))
+
+
 @flow(name="nightly", log_prints=True)
 def nightly_flow(
     inbox: str | None = None, settings: Settings | None = None, night: str | None = None, force_train: bool = False
@@ -250,14 +262,7 @@ def nightly_flow(
     if served is not None and (outside := outside_reason(str(inbox_dir), served)):
         raise ValueError(f"inbox: {outside}")
     report = NightlyReport(night=date.fromisoformat(night).isoformat() if night else date.today().isoformat())
-    if settings.retention.enabled:
-        _apply_retention(settings)
-    _label_new_audio(inbox_dir, settings, report)
-    if files := truth_files(inbox_dir):
-        report.imported_label_spans = import_labels_task([str(p) for p in files], settings, served)
-    if settings.nightly.compact:  # before training reads the shards: it holds their file names
-        report.compacted_files = sum(result.merged for result in compact_task(settings))
-
+    _take_in(inbox_dir, settings, served, report)
     current = current_run(settings)
     report.current = str(current) if current else None
     report.train_clips = train_clip_count(settings)
