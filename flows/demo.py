@@ -23,12 +23,13 @@ from rich.console import Console
 
 from voxtox.corpus.synth import SynthConfig, synthesize_corpus
 from voxtox.flows.evaluate import evaluate_flow
-from voxtox.flows.nightly import CURRENT, nightly_flow
+from voxtox.flows.nightly import nightly_flow
 from voxtox.flows.query_output import print_table
 from voxtox.flows.train import train_flow
 from voxtox.models.trainer import latest_checkpoint
 from voxtox.settings import Settings, with_overrides
 from voxtox.storage.catalog import Catalog
+from voxtox.tasks.train import CURRENT
 
 #: whisper-base recognises espeak-ng's French and Portuguese poorly (docs/corpus.md), so the
 #: quick start speaks the three languages it transcribes well; `voxtox synth` makes all five.

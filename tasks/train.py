@@ -59,6 +59,9 @@ from voxtox.storage.shards import write_parquet_atomic
 from voxtox.tasks.evaluate import read_eval_set
 from voxtox.tasks.features import FEATURES_DIR, ComputeFeatures, FeatureCache
 
+#: `<runs_dir>/current`: a link to the promoted run (the nightly flow moves it).
+CURRENT = "current"
+
 
 # --- data ------------------------------------------------------------------------------------
 
@@ -397,6 +400,11 @@ def _train_epoch(
         save_checkpoint(trainer, state, out)
     barrier()
     return state
+
+
+def is_finished(run: Path) -> bool:
+    """Whether the run directory holds its trained model (`final/`, written last)."""
+    return (run / "final" / "model.safetensors").exists()
 
 
 @task(name="train")
