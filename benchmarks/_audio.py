@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from voxtox.audio import SAMPLE_RATE
 from voxtox.corpus.seed import LANGS, family_split, generate_seed_corpus
-from voxtox.tasks.decode import SAMPLE_RATE
 from voxtox.tasks.speech_synth import VARIANTS, Utterance, lay_out, speak
 
 #: Bump when the recipe changes, so cached audio is rebuilt.

@@ -50,7 +50,7 @@ from _audio import build_audio  # noqa: E402
 from voxtox.models.asr import load_whisper, warm_up  # noqa: E402
 from voxtox.settings import Settings  # noqa: E402
 from voxtox.storage.model_store import resolve_model  # noqa: E402
-from voxtox.tasks.ingest import PreparedSource, prepare_source  # noqa: E402
+from voxtox.tasks.ingest import PreparedSource, make_units, prepare_source  # noqa: E402
 from voxtox.tasks.transcribe import transcribe_sources  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -200,7 +200,7 @@ def run_flow(settings: Settings, minutes: float, audio_root: Path, work: Path) -
     """The whole `label` flow against its transcription stage alone, on the same audio."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from voxtox.flows.label import label_flow, make_units
+    from voxtox.flows.label import label_flow
 
     recipe = VARIANTS["code-switched"]
     files = max(1, round(minutes / 1.5))

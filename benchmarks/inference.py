@@ -6,7 +6,7 @@ replaces, on the same audio, in the same run; seconds of audio per wall second.
   ingest (decode + webrtcvad chunking), faster-whisper transcription (tasks/transcribe.py; the
   pipeline's defaults: whisper-base int8, beam 5, per-chunk language detection, temperature
   fallback, hallucination filters) and the default text labeller (models/labeller.py).
-- Audio-only path: `voxtox classify`'s code (flows/classify.py: decode, 15 s windows, log-mel,
+- Audio-only path: `voxtox classify`'s code (tasks/classify.py: decode, 15 s windows, log-mel,
   Whisper encoder + projection + pooling + head, max over windows). The encoder is the default
   `voxtox train` encoder (whisper-base from the offline model store) with a freshly initialised
   projection and head: throughput does not depend on the trained weights. Also whisper-tiny.en's
@@ -40,7 +40,6 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
 from importlib.metadata import version  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -49,37 +48,23 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _audio import build_audio  # noqa: E402
+from _common import Timer  # noqa: E402
 
-from voxtox.flows.classify import classify_inputs  # noqa: E402
 from voxtox.labels import CLASSES  # noqa: E402
+from voxtox.models.asr import load_whisper, warm_up  # noqa: E402
 from voxtox.models.speech_classifier import SpeechToxicityClassifier  # noqa: E402
 from voxtox.models.whisper_encoder import load_speech_encoder  # noqa: E402
 from voxtox.settings import Settings, VadSettings  # noqa: E402
 from voxtox.storage.model_store import resolve_model  # noqa: E402
+from voxtox.tasks.classify import classify_inputs  # noqa: E402
 from voxtox.tasks.ingest import PreparedSource, prepare_source  # noqa: E402
 from voxtox.tasks.label import label_transcripts, load_labeller  # noqa: E402
-from voxtox.models.asr import load_whisper, warm_up  # noqa: E402
 from voxtox.tasks.transcribe import transcribe_sources  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 #: The projection's width: the default text embedder's (multilingual USE, 512).
 TEXT_DIM = 512
 THREADS = 2
-
-
-@dataclass
-class Timer:
-    wall: float = 0.0
-    cpu: float = 0.0
-    parts: dict[str, float] = field(default_factory=dict)
-
-    def __enter__(self) -> Timer:
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall += time.perf_counter() - self._wall
-        self.cpu += time.process_time() - self._cpu
 
 
 def audio_only_model(encoder_name: str, cache: Path) -> SpeechToxicityClassifier:

@@ -33,7 +33,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import numpy as np  # noqa: E402
 import soundfile  # noqa: E402
 
-from voxtox.tasks.decode import SAMPLE_RATE  # noqa: E402
+from voxtox.audio import SAMPLE_RATE  # noqa: E402
 from voxtox.tasks.speech_synth import Utterance, lay_out  # noqa: E402
 
 LINES = (
@@ -50,7 +50,7 @@ PROBES = {
     """,
     "ingest (whole file)": """
         from voxtox.tasks.chunk import chunk_speech
-        from voxtox.tasks.decode import load_audio
+        from voxtox.audio import load_audio
         n_chunks = len(chunk_speech(load_audio(path).samples, settings.vad).chunks)
     """,
     "label flow": """

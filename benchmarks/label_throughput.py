@@ -28,7 +28,6 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 from importlib.metadata import version  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -36,13 +35,13 @@ import pyarrow.parquet as pq  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _audio import build_audio  # noqa: E402
+from _common import Timer  # noqa: E402
 
-from voxtox.flows.label import make_units  # noqa: E402
 from voxtox.models.text_encoder import USEM3, load_text_encoder  # noqa: E402
 from voxtox.settings import Settings  # noqa: E402
 from voxtox.storage.model_store import resolve_model  # noqa: E402
 from voxtox.tasks.embed import embed_transcripts, resolve_text_encoder  # noqa: E402
-from voxtox.tasks.ingest import PreparedSource, prepare_source  # noqa: E402
+from voxtox.tasks.ingest import PreparedSource, make_units, prepare_source  # noqa: E402
 from voxtox.tasks.label import label_transcripts, load_labeller  # noqa: E402
 from voxtox.models.asr import load_whisper, warm_up  # noqa: E402
 from voxtox.tasks.transcribe import transcribe_sources  # noqa: E402
@@ -50,20 +49,6 @@ from voxtox.tasks.write import write_sources  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("ingest", "transcribe", "label", "embed", "write")
-
-
-@dataclass
-class Timer:
-    wall: float = 0.0
-    cpu: float = 0.0
-
-    def __enter__(self) -> Timer:
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall += time.perf_counter() - self._wall
-        self.cpu += time.process_time() - self._cpu
 
 
 def rate(audio_s: float, wall_s: float) -> str:

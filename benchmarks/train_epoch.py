@@ -32,19 +32,12 @@ import soundfile
 import torch
 from torch.nn.functional import binary_cross_entropy_with_logits
 
+from voxtox.models.trainer import build_model, make_optimizer, start_processes
+from voxtox.models.whisper_encoder import log_mel, mel_filters
 from voxtox.settings import Settings, TrainSettings
 from voxtox.storage.catalog import Catalog
-from voxtox.tasks import train as train_module
-from voxtox.tasks.train import (
-    bucketed_batches,
-    build_model,
-    make_optimizer,
-    pad_features,
-    read_clip_index,
-    read_val_index,
-    train_model,
-)
-from voxtox.models.whisper_encoder import log_mel, mel_filters
+from voxtox.storage.clips import read_audio_bytes, read_clip_index
+from voxtox.tasks.train import ClipFeatures, bucketed_batches, pad_features, read_val_index, train_model, validate
 
 
 def _settings(args: argparse.Namespace, **train: object) -> Settings:
@@ -58,7 +51,7 @@ def phases(args: argparse.Namespace) -> dict[str, float]:
     """Seconds per phase of one epoch on the decoding path (Part 1)."""
     settings = _settings(args)
     torch.set_num_threads(args.threads)
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     clips = read_clip_index(catalog, settings.shards_dir, "train", args.filter)
     model = build_model(settings.train, clips.text.shape[1], settings.model_cache_dir)
     optimizer = make_optimizer(model, settings.train)
@@ -70,7 +63,7 @@ def phases(args: argparse.Namespace) -> dict[str, float]:
         parts = []
         for i in batch:
             started = time.perf_counter()
-            data = train_module.read_audio_bytes(clips.files[i], int(clips.rows[i]), clips.clip_ids[i])
+            data = read_audio_bytes(clips.files[i], int(clips.rows[i]), clips.clip_ids[i])
             read = time.perf_counter()
             samples, _ = soundfile.read(io.BytesIO(data), dtype="float32")
             decoded = time.perf_counter()
@@ -92,8 +85,8 @@ def phases(args: argparse.Namespace) -> dict[str, float]:
         seconds["train step (fwd+bwd+AdamW)"] += time.perf_counter() - started
     val, _ = read_val_index(catalog, settings.shards_dir, settings.train)
     started = time.perf_counter()
-    dataset = train_module.ClipFeatures(val, model.encoder.config.num_mel_bins, max_frames=None)
-    train_module.validate(model, val, dataset, 0, settings.train, train_module.start_processes())
+    dataset = ClipFeatures(val, model.encoder.config.num_mel_bins, max_frames=None)
+    validate(model, val, dataset, 0, settings.train, start_processes())
     seconds["validation (decode + score)"] = time.perf_counter() - started
     seconds["clips"] = len(clips)
     seconds["speech minutes"] = float(clips.durations.sum()) / 60

@@ -36,7 +36,7 @@ synth_and_label() {  # corpus dir, hours, languages (comma-separated), seed
   for split in train val test; do
     for lang in ${langs//,/ }; do
       # Each recording's language is given to the ASR, as a per-locale deployment knows it
-      # (file names end in -<lang>); Whisper base on espeak speech needs it (DESIGN.md §7).
+      # (file names end in -<lang>); Whisper base on espeak speech needs it (../shared/DESIGN.md §7).
       log "label $corpus/$split ($lang)"
       VOXTOX_ASR__LANGUAGES="[\"$lang\"]" "$VOXTOX" label "$corpus/$split/*-$lang.*" --split "$split" --data-dir "$DATA"
     done

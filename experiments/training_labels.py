@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--filter", default="TRUE", help="SQL on clips")
     args = parser.parse_args()
     settings = Settings(data_dir=args.data_dir)
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     print(report(joined(catalog, truth_table(args.corpus, args.split), args.split, args.filter)))
 
 

@@ -23,11 +23,13 @@ from rich.console import Console
 
 from voxtox.corpus.synth import SynthConfig, synthesize_corpus
 from voxtox.flows.evaluate import evaluate_flow
-from voxtox.flows.nightly import CURRENT, nightly_flow
+from voxtox.flows.nightly import nightly_flow
+from voxtox.flows.query_output import print_table
 from voxtox.flows.train import train_flow
-from voxtox.settings import Settings
+from voxtox.models.trainer import latest_checkpoint
+from voxtox.settings import Settings, with_overrides
 from voxtox.storage.catalog import Catalog
-from voxtox.tasks.train import latest_checkpoint
+from voxtox.tasks.train import CURRENT
 
 #: whisper-base recognises espeak-ng's French and Portuguese poorly (docs/corpus.md), so the
 #: quick start speaks the three languages it transcribes well; `voxtox synth` makes all five.
@@ -47,15 +49,15 @@ DEMO_TRAIN = {
 
 def demo_settings(settings: Settings) -> Settings:
     """The user's settings with the demo's sizes, where the user has not set them."""
-    updates: dict[str, object] = {
-        "train": settings.train.model_copy(update=DEMO_TRAIN),
+    updates: dict[str, dict[str, object]] = {
+        "train": DEMO_TRAIN,
         # One machine, no worker: the night trains in this process whatever voxtox.toml says.
-        "nightly": settings.nightly.model_copy(update={"min_new_clips": 1, "train_pool": None}),
-        "evaluate": settings.evaluate.model_copy(update={"resample_by": "source"}),
+        "nightly": {"min_new_clips": 1, "train_pool": None},
+        "evaluate": {"resample_by": "source"},
     }
     if "languages" not in settings.asr.model_fields_set:  # the demo's speech is in these languages
-        updates["asr"] = settings.asr.model_copy(update={"languages": list(DEMO_LANGS)})
-    return settings.model_copy(update=updates)
+        updates["asr"] = {"languages": list(DEMO_LANGS)}
+    return with_overrides(settings, **updates)
 
 
 def make_inbox(inbox: Path, console: Console) -> None:
@@ -75,7 +77,7 @@ def train_baseline(settings: Settings) -> Path:
     """The same model without text injection (α = 1), on the same data: what injection must beat."""
     out = settings.runs_dir / "baseline"
     if not (out / "final" / "model.safetensors").exists():
-        baseline = settings.model_copy(update={"train": settings.train.model_copy(update={"alpha": 1.0})})
+        baseline = with_overrides(settings, train={"alpha": 1.0})
         train_flow(out=str(out), settings=baseline, resume=latest_checkpoint(out) is not None)
     return out
 
@@ -115,11 +117,10 @@ def report_summary(markdown: str) -> str:
 
 
 def show_results(settings: Settings, console: Console) -> None:
-    from voxtox.flows.cli import print_table
-
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     console.rule("What was labelled (DuckDB: voxtox query ...)")
     print_table(
+        console,
         catalog.query(
             "SELECT split, lang, count(*) AS clips, round(sum(duration_s), 1) AS seconds, "
             "sum(label_profanity::INT) AS profanity, sum(label_bullying::INT) AS bullying, "
@@ -130,6 +131,7 @@ def show_results(settings: Settings, console: Console) -> None:
         title="clips per split and language, and the labeller's decisions",
     )
     print_table(
+        console,
         catalog.query(
             "SELECT split_part(source_uri, '/', -1) AS source, round(start_s, 1) AS start_s, "
             "lang, transcript, round(prob_profanity, 2) AS p_prof, round(prob_bullying, 2) AS p_bully, "
@@ -138,6 +140,7 @@ def show_results(settings: Settings, console: Console) -> None:
         title="the eight clips the labeller finds most toxic",
     )
     print_table(
+        console,
         catalog.query(
             "SELECT split_part(source_uri, '/', -1) AS source, stage, reason, count(*) AS n, "
             "round(sum(end_s - start_s), 1) AS seconds FROM rejects GROUP BY ALL ORDER BY source"

@@ -25,8 +25,9 @@ from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from voxtox.labels import CLASSES
+from voxtox.audio import discover_inputs
 from voxtox.flows.serve import check_served_run
+from voxtox.labels import CLASSES
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.model_store import resolve_model
@@ -34,9 +35,8 @@ from voxtox.storage.schema import label_column
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.storage.workdir import run_work_dir
 from voxtox.tasks.confine import confine
-from voxtox.tasks.decode import discover_inputs
 from voxtox.tasks.embed import embed_task, resolve_text_encoder
-from voxtox.tasks.ingest import PreparedSource, SourceRejection, ingest_task
+from voxtox.tasks.ingest import PreparedSource, SourceRejection, first_of_each_content, ingest_task, make_units
 from voxtox.tasks.label import label_task
 from voxtox.tasks.transcribe import check_asr_model, transcribe_task
 from voxtox.tasks.write import WrittenUnit, write_rejections_task, write_task
@@ -79,48 +79,14 @@ def preflight(inputs: list[str], settings: Settings) -> tuple[list[str], Resolve
     return uris, models
 
 
-def first_of_each_content(
-    ingested: list[PreparedSource | SourceRejection | None],
-) -> tuple[list[PreparedSource], list[SourceRejection]]:
-    """Sources with distinct content, and a `duplicate` rejection for each further copy: the same
-    audio under two paths in one run is labelled once, and the other path is on record."""
-    first: dict[str, PreparedSource] = {}
-    duplicates: list[SourceRejection] = []
-    for result in ingested:
-        if not isinstance(result, PreparedSource):
-            continue
-        seen = first.setdefault(result.source_sha256, result)
-        if seen is not result:
-            duplicates.append(
-                SourceRejection(
-                    result.uri, "duplicate", f"same audio as {seen.uri}", result.source_sha256
-                )
-            )
-    return list(first.values()), duplicates
-
-
-def make_units(sources: list[PreparedSource], unit_speech_s: float) -> list[list[PreparedSource]]:
-    """Group sources so each transcription task has about `unit_speech_s` of speech to batch."""
-    units: list[list[PreparedSource]] = []
-    current: list[PreparedSource] = []
-    speech = 0.0
-    for source in sources:
-        current.append(source)
-        speech += source.speech_s
-        if speech >= unit_speech_s:
-            units.append(current)
-            current, speech = [], 0.0
-    if current:
-        units.append(current)
-    return units
-
-
-def task_runner_for(settings: Settings) -> TaskRunner:
+def task_runner_for(settings: Settings, workers: int | None = None) -> TaskRunner:
+    """Threads on this machine (`workers`, default `pipeline.workers`), or the Dask cluster at
+    `dask_address` when the settings name one."""
     if settings.dask_address:
-        from prefect_dask import DaskTaskRunner
+        from prefect_dask import DaskTaskRunner  # optional at run time: only with a cluster
 
         return DaskTaskRunner(address=settings.dask_address)
-    return ThreadPoolTaskRunner(max_workers=settings.pipeline.workers)
+    return ThreadPoolTaskRunner(max_workers=settings.pipeline.workers if workers is None else workers)
 
 
 def _run_id() -> str:
@@ -162,7 +128,7 @@ def label_flow(
     settings = settings or Settings()
     logger = get_run_logger()
     run_id = _run_id()
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     inputs, outside = confine(inputs, inbox)  # a served run reads only below its inbox
     uris, models = preflight(inputs, settings)
     uris, outside_found = confine(uris, inbox)

@@ -20,49 +20,41 @@ skipped by hash, imported labels replace themselves, a candidate with `final/` i
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.tasks import exponential_backoff
 
-from voxtox.flows.classify import THRESHOLDS_FILE
+from voxtox.audio import discover_inputs
 from voxtox.flows.evaluate import evaluate_flow
 from voxtox.flows.label import label_flow
 from voxtox.flows.serve import check_served_run
-from voxtox.flows.train import CURRENT, is_finished, train_flow
+from voxtox.flows.train import train_flow
 from voxtox.flows.train_pool import TrainingNotDone, train_on_pool
-from voxtox.models.metrics import MAP_NAME
 from voxtox.settings import Settings
-from voxtox.storage.catalog import Catalog
-from voxtox.storage.schema import HAS_AUDIO
-from voxtox.tasks.confine import outside_reason
+from voxtox.tasks.calibrate import calibrate_task
+from voxtox.tasks.classify import THRESHOLDS_FILE
 from voxtox.tasks.compact import compact_task
-from voxtox.tasks.decode import discover_inputs
-from voxtox.tasks.evaluate import ALL_LANGUAGES, NoHumanLabelsError
-from voxtox.tasks.human_labels import import_truth_files
+from voxtox.tasks.confine import outside_reason
+from voxtox.tasks.evaluate import NoHumanLabelsError
+from voxtox.tasks.human_labels import import_labels_task
+from voxtox.tasks.nightly import (
+    Decision,
+    candidate_run,
+    clips_trained_on,
+    current_run,
+    decide,
+    inbox_inputs,
+    latest_candidate,
+    map_difference,
+    promote,
+    train_clip_count,
+    truth_files,
+)
 from voxtox.tasks.retention import retention_task
-
-SPLIT_DIRS = ("train", "val", "test")
-TRUTH_DIR = "truth"
-TRUTH_SUFFIXES = (".jsonl", ".csv", ".parquet")
-#: What `voxtox synth` writes beside the audio: metadata, not input.
-SYNTH_METADATA = ("corpus.json", "manifest.jsonl")
-
-
-@dataclass
-class Decision:
-    promoted: bool
-    reason: str
-    map_difference: float | None = None
-    map_difference_low: float | None = None
-    map_difference_high: float | None = None
+from voxtox.tasks.train import is_finished
 
 
 @dataclass
@@ -82,75 +74,7 @@ class NightlyReport:
     current: str | None = None
 
 
-# --- what arrived --------------------------------------------------------------------------
-
-
-def inbox_inputs(inbox: Path, default_split: str) -> dict[str, list[str]]:
-    """Inputs per split: the split subdirectories, then loose audio elsewhere in the inbox."""
-    if not inbox.is_dir():
-        raise FileNotFoundError(f"inbox {inbox} does not exist (settings: serve.inbox)")
-    by_split: dict[str, list[str]] = {}
-    for split in SPLIT_DIRS:
-        if (inbox / split).is_dir() and any((inbox / split).iterdir()):
-            by_split.setdefault(split, []).append(str(inbox / split))
-    reserved = {inbox / name for name in (*SPLIT_DIRS, TRUTH_DIR)}
-    if (inbox / SYNTH_METADATA[0]).exists():
-        reserved |= {inbox / name for name in SYNTH_METADATA}
-    loose = [p for p in sorted(inbox.iterdir()) if p not in reserved and not p.name.startswith(".")]
-    if loose:
-        by_split.setdefault(default_split, []).extend(str(p) for p in loose)
-    return by_split
-
-
-def truth_files(inbox: Path) -> list[Path]:
-    directory = inbox / TRUTH_DIR
-    if not directory.is_dir():
-        return []
-    return sorted(
-        p for p in directory.iterdir()
-        if p.suffix in TRUTH_SUFFIXES and not p.name.startswith("segments-") and not p.stem.endswith("-train")
-    )
-
-
-@task(name="import-labels", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10))
-def import_labels_task(paths: list[str], settings: Settings, confine_to: Path | None = None) -> int:
-    report = import_truth_files([Path(p) for p in paths], settings.shards_dir, confine_to=confine_to)
-    Catalog(settings.catalog_path, settings.shards_dir).refresh_views()
-    return report.n_spans
-
-
 # --- training ------------------------------------------------------------------------------
-
-
-def train_clip_count(settings: Settings) -> int:
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
-    if "clips" not in catalog.refresh_views():
-        return 0
-    condition = settings.train.train_filter
-    rows = catalog.query(
-        f"SELECT count(*) AS n FROM clips WHERE split = 'train' AND {HAS_AUDIO} AND ({condition})"
-    ).to_pylist()
-    return int(rows[0]["n"])
-
-
-def current_run(settings: Settings) -> Path | None:
-    link = settings.runs_dir / CURRENT
-    return link.resolve() if link.exists() else None
-
-
-def clips_trained_on(run: Path) -> int:
-    config = run / "config.json"
-    return int(json.loads(config.read_text()).get("train_clips", 0)) if config.exists() else 0
-
-
-def candidate_run(settings: Settings, night: str) -> Path:
-    """The night's run directory, absolute: it is compared with `current`, a resolved link."""
-    return (settings.runs_dir / f"nightly-{night}").resolve()
-
-
-def latest_candidate(settings: Settings) -> Path | None:
-    finished = [run for run in sorted(settings.runs_dir.glob("nightly-*")) if is_finished(run)]
-    return finished[-1].resolve() if finished else None
 
 
 def train_candidate(candidate: Path, settings: Settings) -> None:
@@ -161,51 +85,6 @@ def train_candidate(candidate: Path, settings: Settings) -> None:
     # resume=True: a fresh run when there is no checkpoint, and a retry (or tomorrow's rerun
     # of tonight) continues where the killed one stopped instead of starting over.
     train_flow.with_options(retries=1, retry_delay_seconds=60)(out=str(candidate), settings=settings, resume=True)
-
-
-@task(name="calibrate")
-def calibrate_task(run: str, settings: Settings) -> dict[str, object]:
-    """Per-class decision thresholds on validation, stored with the model for `voxtox classify`."""
-    from voxtox.flows.classify import calibrate_thresholds  # noqa: PLC0415 (torch-heavy; only when training)
-
-    return calibrate_thresholds(run, settings)
-
-
-# --- promotion -----------------------------------------------------------------------------
-
-
-def map_difference(results: str) -> tuple[float, float, float] | None:
-    """(point, low, high) of candidate − current mAP over all languages, from the results file."""
-    table = pq.read_table(results)
-    mask = pc.and_(
-        pc.and_(pc.equal(table["kind"], "difference"), pc.equal(table["lang"], ALL_LANGUAGES)),
-        pc.and_(pc.equal(table["metric"], "ap_difference"), pc.equal(table["class_name"], MAP_NAME)),
-    )
-    rows = table.filter(mask).to_pylist()
-    if not rows or rows[0]["low"] is None:
-        return None
-    return rows[0]["point"], rows[0]["low"], rows[0]["high"]
-
-
-def decide(difference: tuple[float, float, float] | None, confidence: float = 0.95) -> Decision:
-    if difference is None:
-        return Decision(False, "the mAP difference is undefined on this test set (a class without positives?)")
-    point, low, high = difference
-    interval = f"{100 * confidence:g}% CI [{100 * low:+.1f}, {100 * high:+.1f}]"
-    if low > 0:
-        return Decision(True, f"mAP better by {100 * point:+.1f} points, {interval} excludes 0", point, low, high)
-    return Decision(False, f"mAP difference {100 * point:+.1f} points, {interval} does not exclude 0: "
-                           "the current model stays", point, low, high)
-
-
-def promote(run: Path, settings: Settings) -> Path:
-    """Point `<runs_dir>/current` at `run`, atomically (a reader sees the old or the new one)."""
-    link = settings.runs_dir / CURRENT
-    staging = link.with_name(f".{CURRENT}.{os.getpid()}")
-    staging.unlink(missing_ok=True)
-    staging.symlink_to(os.path.relpath(run.resolve(), link.parent.resolve()), target_is_directory=True)
-    os.replace(staging, link)
-    return link
 
 
 # --- the flow ------------------------------------------------------------------------------
@@ -252,6 +131,18 @@ def _publish(report: NightlyReport) -> None:
     create_markdown_artifact(key="nightly", markdown="\n".join(lines), description="voxtox nightly: what happened and why")
 
 
+def _take_in(inbox_dir: Path, settings: Settings, served: Path | None, report: NightlyReport) -> None:
+    """Retention, then the inbox's new audio labelled and its human labels imported, then the
+    shards compacted (before training reads them: it holds their file names)."""
+    if settings.retention.enabled:
+        _apply_retention(settings)
+    _label_new_audio(inbox_dir, settings, report)
+    if files := truth_files(inbox_dir):
+        report.imported_label_spans = import_labels_task([str(p) for p in files], settings, served)
+    if settings.nightly.compact:
+        report.compacted_files = sum(result.merged for result in compact_task(settings))
+
+
 @flow(name="nightly", log_prints=True)
 def nightly_flow(
     inbox: str | None = None, settings: Settings | None = None, night: str | None = None, force_train: bool = False
@@ -265,14 +156,7 @@ def nightly_flow(
     if served is not None and (outside := outside_reason(str(inbox_dir), served)):
         raise ValueError(f"inbox: {outside}")
     report = NightlyReport(night=date.fromisoformat(night).isoformat() if night else date.today().isoformat())
-    if settings.retention.enabled:
-        _apply_retention(settings)
-    _label_new_audio(inbox_dir, settings, report)
-    if files := truth_files(inbox_dir):
-        report.imported_label_spans = import_labels_task([str(p) for p in files], settings, served)
-    if settings.nightly.compact:  # before training reads the shards: it holds their file names
-        report.compacted_files = sum(result.merged for result in compact_task(settings))
-
+    _take_in(inbox_dir, settings, served, report)
     current = current_run(settings)
     report.current = str(current) if current else None
     report.train_clips = train_clip_count(settings)

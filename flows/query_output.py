@@ -1,4 +1,5 @@
-"""`voxtox query` output for machines: JSON Lines and CSV with every value in a standard form.
+"""`voxtox query` output: a table for a person (`print_table`, also the demo's), and for machines
+JSON Lines and CSV with every value in a standard form.
 
 JSON Lines: one object per row; numbers, booleans and null as JSON's own, lists and structs
 nested, timestamps and dates in ISO 8601, binary (the audio's FLAC bytes) in base64, NaN and
@@ -17,6 +18,8 @@ from typing import BinaryIO, TextIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from rich.console import Console
+from rich.table import Table
 
 
 def json_value(value: object) -> object:
@@ -67,3 +70,27 @@ def csv_ready(table: pa.Table) -> pa.Table:
 def write_csv(table: pa.Table, stream: BinaryIO) -> None:
     """Write to the stream given (stdout as it was opened: `>>` appends), never to a path."""
     pacsv.write_csv(csv_ready(table), stream)
+
+
+def print_table(console: Console, table: pa.Table, title: str | None = None, max_rows: int = 50) -> None:
+    """Print a pyarrow table for a person (binary and long list columns abbreviated)."""
+    view = Table(title=title, show_lines=False)
+    for name in table.column_names:
+        view.add_column(name, overflow="fold")
+    for row in table.slice(0, max_rows).to_pylist():
+        view.add_row(*[_cell(value) for value in row.values()])
+    console.print(view)
+    if table.num_rows > max_rows:
+        console.print(f"... {table.num_rows - max_rows} more rows (use --format csv for all)")
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, dict) and "bytes" in value:
+        return f"<audio {len(value['bytes'] or b'')} bytes>"
+    if isinstance(value, list) and len(value) > 6:
+        return f"[{len(value)} values]"
+    return "" if value is None else str(value)

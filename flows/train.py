@@ -14,8 +14,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from voxtox.settings import Settings
 from voxtox.tasks.train import TrainReport, train_model, train_task
 
-#: `<runs_dir>/current`: a link to the promoted run (the nightly flow moves it).
-CURRENT = "current"
 CURVE_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_bce", "train_text", "val_mAP", "val_mAP_low", "val_mAP_high", "epoch_s")
 
 
@@ -35,11 +33,6 @@ def publish_curves(report: TrainReport) -> None:
         ),
         description="voxtox train: where the run is and how it went",
     )
-
-
-def is_finished(run: Path) -> bool:
-    """Whether the run directory holds its trained model (`final/`, written last)."""
-    return (run / "final" / "model.safetensors").exists()
 
 
 def train_and_publish(out: str, settings: Settings, resume: bool) -> TrainReport:

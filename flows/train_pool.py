@@ -34,9 +34,9 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling
 
-from voxtox.flows.train import CURRENT, is_finished, train_and_publish
+from voxtox.flows.train import train_and_publish
 from voxtox.settings import Settings
-from voxtox.tasks.train import TrainReport
+from voxtox.tasks.train import CURRENT, TrainReport, is_finished
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient

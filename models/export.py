@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from voxtox.audio import SAMPLE_RATE
 from voxtox.models.speech_classifier import SpeechToxicityClassifier
-from voxtox.models.whisper_encoder import MAX_FRAMES, SAMPLE_RATE, log_mel, mel_filters
+from voxtox.models.whisper_encoder import MAX_FRAMES, log_mel, mel_filters
 
 ExportFormat = Literal["onnx", "torchscript"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")

@@ -13,8 +13,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from voxtox.audio import SAMPLE_RATE
 from voxtox.models.speech_classifier import SpeechToxicityClassifier
-from voxtox.models.whisper_encoder import HOP_LENGTH, MAX_FRAMES, SAMPLE_RATE, log_mel, mel_filters
+from voxtox.models.whisper_encoder import HOP_LENGTH, MAX_FRAMES, log_mel, mel_filters
 
 Aggregation = Literal["max", "mean", "noisy_or"]
 AGGREGATIONS: tuple[str, ...] = ("max", "mean", "noisy_or")

@@ -1,4 +1,4 @@
-"""Losses for training the text toxicity labeller (DESIGN.md §3).
+"""Losses for training the text toxicity labeller (../shared/DESIGN.md §3).
 
 - `masked_bce`: the baseline, binary cross-entropy on soft targets with per-row class masks
   (a Davidson tweet says nothing about `dating_sexting` or `other`, so those entries are left

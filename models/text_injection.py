@@ -1,4 +1,4 @@
-"""Text injection losses (paper §3.4; DESIGN.md §3) and their exact use over a large batch.
+"""Text injection losses (paper §3.4; ../shared/DESIGN.md §3) and their exact use over a large batch.
 
 Every loss takes `x` (batch, d), the speech side x = MeanPool(h_proj(ℓ_i(s))), and `y` (batch, d),
 the frozen text encoder's embedding of each clip's transcript, and returns a mean over the

@@ -7,7 +7,7 @@ replaces the forward pass: position embeddings are sliced to the input length, a
 makes a padded item in a bucketed batch see exactly what it would see alone.
 
 Weights come from a transformers checkpoint (hub name or local dir) or from a faster-whisper
-CTranslate2 directory, whose `model.bin` is parsed directly (DESIGN.md §6), so the offline
+CTranslate2 directory, whose `model.bin` is parsed directly (../shared/DESIGN.md §6), so the offline
 whisper-base from the model store trains without a hub.
 """
 
@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-SAMPLE_RATE = 16_000
+from voxtox.audio import SAMPLE_RATE
+
 HOP_LENGTH = 160
 N_FFT = 400
 #: Whisper's maximum input: 30 s of audio, 3000 mel frames, 1500 encoder positions.

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the server helpers the tests use
 
 from prefect_server import browser, log_in, prefect_server, run_served_deployment
-from voxtox.tasks.decode import SAMPLE_RATE
+from voxtox.audio import SAMPLE_RATE
 from voxtox.tasks.speech_synth import Utterance, lay_out
 
 #: A throwaway login for the temporary server.

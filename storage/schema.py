@@ -1,4 +1,4 @@
-"""The data contract (DESIGN.md §5): Parquet schemas of the tables voxtox writes.
+"""The data contract (../shared/DESIGN.md §5): Parquet schemas of the tables voxtox writes.
 
 Tables, each a directory of hive-partitioned shards under `<data_dir>/shards/`:
 - `clips`   one row per labelled segment (split=/lang=/date=): audio, transcript, labels, embedding
@@ -20,6 +20,7 @@ import json
 
 import pyarrow as pa
 
+from voxtox.audio import SAMPLE_RATE
 from voxtox.labels import CLASSES
 
 SCHEMA_VERSION = "2"  # 2: clips files also hold `lang` and declare their audio to `datasets`
@@ -30,7 +31,6 @@ HF_METADATA_KEY = b"huggingface"
 
 #: Like Hugging Face datasets' Audio feature: encoded bytes plus a file name.
 AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-SAMPLE_RATE = 16_000
 #: Only the audio column is declared: `datasets` infers every other feature from the Arrow
 #: schema, so this stays valid for every `datasets` version that has the Audio feature.
 HF_FEATURES = {"info": {"features": {"audio": {"_type": "Audio", "sampling_rate": SAMPLE_RATE}}}}

@@ -14,18 +14,20 @@ from __future__ import annotations
 import csv
 import json
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
 import pyarrow.parquet as pq
+from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from transformers import WhisperConfig
 
 from voxtox.labels import TOXIC_CLASSES
 from voxtox.models.metrics import MAP_NAME
 from voxtox.models.whisper_encoder import ct2_encoder_config, read_ct2_variables
-from voxtox.settings import Settings, TrainSettings
-from voxtox.tasks.features import FEATURES_DIR
+from voxtox.settings import Settings, TrainSettings, with_overrides
+from voxtox.storage.catalog import Catalog
 from voxtox.storage.model_store import resolve_model
 from voxtox.tasks.evaluate import (
     EVALUATION_DIR,
@@ -33,8 +35,11 @@ from voxtox.tasks.evaluate import (
     Evaluation,
     default_out_dir,
     evaluate_runs,
+    read_eval_set,
 )
 from voxtox.tasks.evaluation_report import Row, Rows, format_ci, markdown_table
+from voxtox.tasks.features import FEATURES_DIR
+from voxtox.tasks.train import train_model
 
 BASELINE = "baseline"
 TEXT_LOSSES: tuple[str, ...] = get_args(TrainSettings.model_fields["loss"].annotation)
@@ -140,8 +145,7 @@ def load_grid_file(
         document = tomllib.load(handle)
     grid = Grid.model_validate(document.pop("grid", {}))
     settings = Settings(**document)
-    if data_dir is not None:
-        settings = settings.model_copy(update={"data_dir": data_dir})
+    settings = with_overrides(settings, data_dir=data_dir)
     if workers is not None:
         grid = grid.model_copy(update={"workers": workers})
     target = out or grid.out or Path("runs") / path.stem
@@ -205,8 +209,7 @@ def cell_settings(plan: AblationPlan, cell: Cell) -> Settings:
     options: dict[str, object] = {"alpha": cell.alpha, "layer": cell.layer}
     options |= {} if cell.loss == BASELINE else {"loss": cell.loss}
     options |= {"feature_cache_dir": settings.train.feature_cache_dir or plan.out / FEATURES_DIR}
-    train = TrainSettings.model_validate(settings.train.model_dump() | options)
-    return settings.model_copy(update={"train": train})
+    return with_overrides(settings, train=options)
 
 
 def cell_dir(plan: AblationPlan, cell: Cell) -> Path:
@@ -237,11 +240,8 @@ def describe_cells(plan: AblationPlan, cells: list[Cell]) -> str:
 def preflight(plan: AblationPlan) -> None:
     """Fail before any training when the cells could not be evaluated (no evaluation segments,
     no human labels): hours of training would otherwise end in that error."""
-    from voxtox.storage.catalog import Catalog
-    from voxtox.tasks.evaluate import read_eval_set
-
     settings, options = plan.settings, plan.settings.evaluate
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     catalog.refresh_views()
     read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
     if settings.train.val_labels == "human":
@@ -251,8 +251,6 @@ def preflight(plan: AblationPlan) -> None:
 def run_cell(plan: AblationPlan, cell: Cell) -> dict[str, object]:
     """Train the cell unless its run is final (resuming an interrupted run), then evaluate it
     unless its evaluation is saved."""
-    from voxtox.tasks.train import train_model
-
     run_dir = cell_dir(plan, cell)
     settings = cell_settings(plan, cell)
     trained = evaluated = False
@@ -388,3 +386,34 @@ def grid_report(plan: AblationPlan, cells: list[Cell], evaluation: Evaluation) -
         f"`{evaluation.report}`; plot: `{evaluation.plots[0]}`\n\n"
     )
     return header + paper_tables(Path(evaluation.results), cells, n_layers)
+
+
+# --- the flow's tasks (flows/ablate.py) --------------------------------------------------------
+
+
+@dataclass
+class AblationResult:
+    report: str  # the tables (Markdown)
+    results: str  # the metric rows of every cell and its difference to the baseline (Parquet)
+    grid_csv: str  # mAP and the difference to the baseline per cell, table and language (CSV)
+    evaluation_id: str
+    cells: list[dict[str, object]] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # cell name -> what went wrong
+
+
+@task(name="ablation-cell", task_run_name="cell-{cell.name}")
+def cell_task(plan: AblationPlan, cell: Cell) -> dict[str, object]:
+    return run_cell(plan, cell)
+
+
+@task(name="ablation-tables")
+def tables_task(plan: AblationPlan, cells: list[Cell], failed: dict[str, str]) -> AblationResult:
+    evaluation = grid_evaluation(plan, cells)
+    text = grid_report(plan, cells, evaluation)
+    if failed:
+        text += "\n## Cells that failed (not in the tables; the next run retries them)\n\n"
+        text += "".join(f"- `{name}`: {reason}\n" for name, reason in failed.items())
+    path = plan.out / TABLE_FILE
+    path.write_text(text)
+    csv_path = write_grid_csv(plan.out / CSV_FILE, grid_csv_rows(plan, cells, evaluation))
+    return AblationResult(str(path), evaluation.results, str(csv_path), evaluation.evaluation_id, failed=failed)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import webrtcvad
 
+from voxtox.audio import SAMPLE_RATE
 from voxtox.settings import VadSettings
-from voxtox.tasks.decode import SAMPLE_RATE
 
 #: Energy is smoothed over this many seconds when looking for a quiet cut point.
 QUIET_WINDOW_S = 0.1

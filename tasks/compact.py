@@ -19,7 +19,7 @@ def compact_shards(settings: Settings, tables: list[str] | None = None) -> list[
         target_bytes=settings.compact.target_file_mb * MIB,
         row_group_bytes=settings.compact.row_group_mb * MIB,
     )
-    Catalog(settings.catalog_path, settings.shards_dir).refresh_views()
+    Catalog.from_settings(settings).refresh_views()
     return results
 
 

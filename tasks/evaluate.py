@@ -1,5 +1,5 @@
 """Evaluate stage: score evaluation segments with trained classifiers and measure them as the
-paper does (§4.1, DESIGN.md §2).
+paper does (§4.1, ../shared/DESIGN.md §2).
 
 - Data: the `clips` rows of a split with `segment_kind = 'evaluation'` (the VAD's 1-60 s
   segments), judged against their human labels (the catalog's `segment_truth` view). Without
@@ -37,23 +37,28 @@ import soundfile
 import torch
 from prefect import task
 
+from voxtox.audio import SAMPLE_RATE
 from voxtox.labels import CLASSES, TOXIC_CLASSES
 from voxtox.models.inference import WindowScorer, aggregate
 from voxtox.models.metrics import (
     MetricCI,
     ap_resamples,
+    apply_temperature,
     bootstrap_counts,
     expected_calibration_error,
     fit_temperature,
+    logits,
     precision_recall_at_fpr,
     summarise_resamples,
 )
-from voxtox.models.whisper_encoder import SAMPLE_RATE
+from voxtox.models.trainer import load_classifier
 from voxtox.settings import EvaluateSettings, Settings
 from voxtox.storage.catalog import Catalog
+from voxtox.storage.clips import clips_files, locate_clips, read_audio_bytes
 from voxtox.storage.schema import EVALUATIONS_SCHEMA, HAS_AUDIO, human_label_column, label_column
 from voxtox.storage.shards import replace_rows, write_parquet_atomic
-from voxtox.tasks.train import clips_files, load_classifier, locate_clips, read_audio_bytes
+from voxtox.tasks.evaluation_plots import plot_ap_bars, plot_reliability
+from voxtox.tasks.evaluation_report import report_markdown
 
 EVALUATION_DIR = "evaluation"
 SCORES_DIR = "scores"
@@ -62,7 +67,7 @@ REPORT_FILE = "report.md"
 AP_PLOT = "ap.png"
 RELIABILITY_PLOT = "reliability.png"
 ALL_LANGUAGES = "all"
-#: Evaluation segments are 1-60 s (DESIGN.md §2); a little slack for float rounding of spans.
+#: Evaluation segments are 1-60 s (../shared/DESIGN.md §2); a little slack for float rounding of spans.
 SEGMENT_BOUNDS_S = (1.0 - 1e-3, 60.0 + 1e-3)
 CLIPS_PER_SCORING_BATCH = 64  # segments decoded at once while scoring (bounds memory)
 
@@ -98,7 +103,7 @@ class EvalSet:
 
 def reported_classes(labels: str) -> tuple[str, ...]:
     """The toxic classes (the mAP's), then `no_violation`; `other` only when judged against the
-    pipeline's labels (humans do not label it, DESIGN.md §2)."""
+    pipeline's labels (humans do not label it, ../shared/DESIGN.md §2)."""
     rest = [c for c in CLASSES if c not in TOXIC_CLASSES and (labels == "pipeline" or c != "other")]
     return (*TOXIC_CLASSES, *rest)
 
@@ -222,15 +227,6 @@ def score_run(
 def segment_scores(windows: list[np.ndarray], aggregation: str) -> np.ndarray:
     """(n, classes) segment scores from each segment's window probabilities."""
     return np.stack([aggregate(w.astype(np.float64), aggregation) for w in windows])  # type: ignore[arg-type]
-
-
-def _logits(probs: np.ndarray) -> np.ndarray:
-    p = np.clip(probs, 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
-
-
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-_logits(probs) / temperature))
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -403,19 +399,19 @@ def save_to_catalog(table: pa.Table, settings: Settings, evaluation: str) -> Non
     root = settings.shards_dir
     date = table["evaluated_at"][0].as_py().date().isoformat()
     replace_rows(root, "evaluations", evaluation, table.append_column("date", pa.array([date] * table.num_rows)))
-    Catalog(settings.catalog_path, root).refresh_views()
+    Catalog.from_settings(settings).refresh_views()
 
 
 def fit_temperatures(run_dirs: Sequence[Path], settings: Settings, classes: Sequence[str]) -> list[float]:
     """Per run, the temperature minimising the BCE of its validation segment scores."""
     options = settings.evaluate
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     val = read_eval_set(catalog, settings.shards_dir, "val", options.labels, options.filter)
     columns = [CLASSES.index(c) for c in classes]
     temperatures = []
     for run_dir in run_dirs:
         scores = segment_scores(score_run(run_dir, val, options, settings.train.threads), options.aggregation)
-        temperatures.append(fit_temperature(_logits(scores[:, columns]), val.truth[:, columns]))
+        temperatures.append(fit_temperature(logits(scores[:, columns]), val.truth[:, columns]))
     return temperatures
 
 
@@ -423,9 +419,6 @@ def evaluate_runs(run_dirs: Sequence[Path], settings: Settings, out_dir: Path | 
     """Score and measure runs on the evaluation segments of `settings.evaluate.split`: the first
     run is the baseline of the paired differences. Writes `evaluation.parquet`, `report.md` and
     the plots to `out_dir`, and the rows to the catalog's `evaluations` table."""
-    from voxtox.tasks.evaluation_plots import plot_ap_bars, plot_reliability
-    from voxtox.tasks.evaluation_report import report_markdown
-
     if not run_dirs:
         raise ValueError("give at least one run directory")
     options = settings.evaluate
@@ -433,7 +426,7 @@ def evaluate_runs(run_dirs: Sequence[Path], settings: Settings, out_dir: Path | 
     names = run_names(run_dirs)
     for run_dir in run_dirs:
         model_dir(run_dir, options.checkpoint)
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     catalog.refresh_views()
     eval_set = read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
     classes = reported_classes(eval_set.labels)
@@ -466,7 +459,7 @@ def evaluate_runs(run_dirs: Sequence[Path], settings: Settings, out_dir: Path | 
 def score_run_task(run_dir: str, settings: Settings) -> str:
     """Score one run's model on the evaluation segments (cached), so runs score in parallel."""
     options = settings.evaluate
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     catalog.refresh_views()
     eval_set = read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
     score_run(Path(run_dir), eval_set, options, settings.train.threads)

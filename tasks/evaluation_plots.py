@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from voxtox.labels import CLASSES, TOXIC_CLASSES
+from voxtox.models.metrics import apply_temperature
 from voxtox.settings import EvaluateSettings
 from voxtox.tasks.evaluation_report import Rows
 
@@ -80,8 +81,6 @@ def plot_reliability(eval_set: EvalSet, systems: Sequence[System], classes: Sequ
                      options: EvaluateSettings, path: Path) -> Path:
     """Observed positive rate against mean predicted probability in equal-width bins, pooled over
     the toxic classes; after temperature scaling too when it was fitted."""
-    from voxtox.tasks.evaluate import apply_temperature
-
     columns = [CLASSES.index(c) for c in classes if c in TOXIC_CLASSES]
     truth = eval_set.truth[:, columns].ravel()
     edges = np.linspace(0.0, 1.0, options.ece_bins + 1)

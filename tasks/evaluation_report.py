@@ -2,7 +2,7 @@
 
 Numbers are percentages with two decimals, as the paper prints them; an interval is the
 bootstrap percentile interval; a difference is marked `*` when its paired interval excludes 0
-(the only differences that count, DESIGN.md §2).
+(the only differences that count, ../shared/DESIGN.md §2).
 """
 
 from __future__ import annotations
@@ -80,6 +80,12 @@ class Rows:
         return [str(c) for c in self.unique("lang", metric="ap")]
 
 
+def _ap_cells(rows: Rows, lang: str, name: str) -> list[str]:
+    """Each model's AP of class `name` (or mAP) in `lang`, then each difference to the baseline."""
+    return [*(format_ci(rows.get("model", m, lang, "ap", name)) for m in rows.models),
+            *(format_ci(rows.get("difference", d, lang, "ap_difference", name), signed=True) for d in rows.differences)]
+
+
 def ap_table(rows: Rows, lang: str) -> str:
     """Per class (and mAP): positives, each model's AP, each difference to the baseline."""
     header = ["class", "positives", *rows.models, *(f"Δ {d}" for d in rows.differences)]
@@ -88,10 +94,7 @@ def ap_table(rows: Rows, lang: str) -> str:
         first = rows.get("model", rows.models[0], lang, "ap", name)
         positives = "" if first is None or first["n_positive"] is None else first["n_positive"]
         label = f"**{name}**" if name == MAP_NAME else name
-        body.append([label, positives,
-                     *(format_ci(rows.get("model", m, lang, "ap", name)) for m in rows.models),
-                     *(format_ci(rows.get("difference", d, lang, "ap_difference", name), signed=True)
-                       for d in rows.differences)])
+        body.append([label, positives, *_ap_cells(rows, lang, name)])
     return markdown_table(header, body)
 
 
@@ -101,10 +104,7 @@ def language_table(rows: Rows) -> str:
     body = []
     for lang in rows.langs:
         first = rows.get("model", rows.models[0], lang, "ap", MAP_NAME)
-        body.append([lang, "" if first is None else first["n_segments"],
-                     *(format_ci(rows.get("model", m, lang, "ap", MAP_NAME)) for m in rows.models),
-                     *(format_ci(rows.get("difference", d, lang, "ap_difference", MAP_NAME), signed=True)
-                       for d in rows.differences)])
+        body.append([lang, "" if first is None else first["n_segments"], *_ap_cells(rows, lang, MAP_NAME)])
     return markdown_table(header, body)
 
 

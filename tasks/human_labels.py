@@ -26,15 +26,19 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from prefect import task
+from prefect.tasks import exponential_backoff
 
+from voxtox.audio import SAMPLE_RATE, RejectedInput, open_audio
 from voxtox.files import sha256_file
 from voxtox.labels import CLASSES
+from voxtox.settings import Settings
+from voxtox.storage.catalog import Catalog
 from voxtox.storage.erasure import shards_lock
 from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, label_column
 from voxtox.storage.shards import replace_human_labels, shard_files
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.tasks.confine import outside_reason
-from voxtox.tasks.decode import SAMPLE_RATE, RejectedInput, open_audio
 
 AUDIO_KEYS = ("audio", "path", "audio_path", "source_uri")
 SHA_KEYS = ("audio_sha256", "source_sha256", "sha256")
@@ -179,6 +183,30 @@ def _check_confined(path: Path, confine_to: Path | None, where: str) -> None:
         raise TruthFileError(f"{where}: {reason}")
 
 
+def _resolve_audio(
+    audio: object, given_sha: str | None, truth_file: Path, where: str, confine_to: Path | None,
+    hashes: dict[Path, str], durations: dict[Path, float],
+) -> tuple[str, str, float]:
+    """A row's audio file (relative to the truth file): its sha256, checked against the one the
+    row names, its path and its duration; `hashes` and `durations` cache them per file."""
+    audio_path = Path(str(audio)).expanduser()
+    audio_path = audio_path if audio_path.is_absolute() else (truth_file.parent / audio_path)
+    audio_path = audio_path.resolve()
+    _check_confined(audio_path, confine_to, where)
+    if not audio_path.is_file():
+        raise TruthFileError(f"{where}: audio file {audio_path} does not exist")
+    if audio_path not in hashes:
+        hashes[audio_path] = sha256_file(audio_path)
+    if given_sha is not None and given_sha != hashes[audio_path]:
+        raise TruthFileError(
+            f"{where}: {audio_path} has sha256 {hashes[audio_path][:12]}..., not the "
+            f"{given_sha[:12]}... the truth file names (the audio changed after it was labelled)"
+        )
+    if audio_path not in durations:
+        durations[audio_path] = _audio_duration(audio_path, where)
+    return hashes[audio_path], str(audio_path), durations[audio_path]
+
+
 def parse_truth_file(
     path: Path, known_durations: dict[str, float] | None = None, confine_to: Path | None = None
 ) -> dict[tuple[str, str], list[dict[str, object]]]:
@@ -201,29 +229,14 @@ def parse_truth_file(
         given_sha = _first(row, SHA_KEYS)
         if audio is None and given_sha is None:
             raise TruthFileError(f"{where}: no audio: give `audio` (a path relative to the truth file) or `audio_sha256`")
-        uri = ""
         sha = str(given_sha).lower() if given_sha is not None else None
         if audio is not None:
-            audio_path = Path(str(audio)).expanduser()
-            audio_path = audio_path if audio_path.is_absolute() else (path.parent / audio_path)
-            audio_path = audio_path.resolve()
-            _check_confined(audio_path, confine_to, where)
-            if not audio_path.is_file():
-                raise TruthFileError(f"{where}: audio file {audio_path} does not exist")
-            if audio_path not in hashes:
-                hashes[audio_path] = sha256_file(audio_path)
-            if sha is not None and sha != hashes[audio_path]:
-                raise TruthFileError(
-                    f"{where}: {audio_path} has sha256 {hashes[audio_path][:12]}..., not the "
-                    f"{sha[:12]}... the truth file names (the audio changed after it was labelled)"
-                )
-            sha, uri = hashes[audio_path], str(audio_path)
-            if audio_path not in durations:
-                durations[audio_path] = _audio_duration(audio_path, where)
+            sha, uri, duration = _resolve_audio(audio, sha, path, where, confine_to, hashes, durations)
+        else:
+            assert sha is not None
+            uri, duration = "", known_durations.get(sha)
         start = _seconds(row, ("start_s", "start"), where)
         end = _seconds(row, ("end_s", "end"), where)
-        assert sha is not None
-        duration = durations[audio_path] if audio is not None else known_durations.get(sha)
         _check_within(start, end, duration, where, uri or f"audio {sha[:12]}")
         labels = _labels(row, where)
         grouped[(sha, uri)].append({
@@ -265,3 +278,11 @@ def import_truth_files(
             written += [str(p) for p in replace_human_labels(shards_root, sha, table)]
     imported = [rows for sha, rows in by_source.items() if sha not in skipped]
     return ImportReport(len(paths), len(imported), sum(map(len, imported)), written, len(skipped))
+
+
+@task(name="import-labels", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10))
+def import_labels_task(paths: list[str], settings: Settings, confine_to: Path | None = None) -> int:
+    """Import human-label files (the nightly's inbox `truth/`) and refresh the catalog's views."""
+    report = import_truth_files([Path(p) for p in paths], settings.shards_dir, confine_to=confine_to)
+    Catalog.from_settings(settings).refresh_views()
+    return report.n_spans

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
+from voxtox.audio import RejectedInput, SampleStats, check_usable, fetch_input, open_audio
 from voxtox.settings import Settings, Split, VadSettings
 from voxtox.tasks.chunk import SpeechAnalysis, SpeechAnalyzer, SpeechChunk, chunk_analysis
-from voxtox.tasks.decode import RejectedInput, SampleStats, check_usable, fetch_input, open_audio
 
 log = logging.getLogger(__name__)
 
@@ -173,3 +173,39 @@ def ingest_task(
     uri: str, split_rule: str, settings: Settings, work_dir: Path, known: frozenset[str]
 ) -> PreparedSource | SourceRejection | None:
     return prepare_source(uri, split_rule, settings, work_dir, known)
+
+
+def first_of_each_content(
+    ingested: list[PreparedSource | SourceRejection | None],
+) -> tuple[list[PreparedSource], list[SourceRejection]]:
+    """Sources with distinct content, and a `duplicate` rejection for each further copy: the same
+    audio under two paths in one run is labelled once, and the other path is on record."""
+    first: dict[str, PreparedSource] = {}
+    duplicates: list[SourceRejection] = []
+    for result in ingested:
+        if not isinstance(result, PreparedSource):
+            continue
+        seen = first.setdefault(result.source_sha256, result)
+        if seen is not result:
+            duplicates.append(
+                SourceRejection(
+                    result.uri, "duplicate", f"same audio as {seen.uri}", result.source_sha256
+                )
+            )
+    return list(first.values()), duplicates
+
+
+def make_units(sources: list[PreparedSource], unit_speech_s: float) -> list[list[PreparedSource]]:
+    """Group sources so each transcription task has about `unit_speech_s` of speech to batch."""
+    units: list[list[PreparedSource]] = []
+    current: list[PreparedSource] = []
+    speech = 0.0
+    for source in sources:
+        current.append(source)
+        speech += source.speech_s
+        if speech >= unit_speech_s:
+            units.append(current)
+            current, speech = [], 0.0
+    if current:
+        units.append(current)
+    return units

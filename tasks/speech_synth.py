@@ -16,7 +16,7 @@ import numpy as np
 import soundfile
 from scipy.signal import resample_poly
 
-from voxtox.tasks.decode import SAMPLE_RATE
+from voxtox.audio import SAMPLE_RATE
 
 #: espeak-ng voice names for voxtox's languages.
 ESPEAK_VOICES = {"en": "en-us", "es": "es", "fr": "fr-fr", "de": "de", "pt": "pt-br"}

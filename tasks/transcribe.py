@@ -43,12 +43,12 @@ from voxtox.models.asr import (
     load_whisper,
     with_words,
 )
+from voxtox.audio import SAMPLE_RATE
 from voxtox.settings import AsrSettings, SentenceSettings, Settings
 from voxtox.storage.model_store import ModelNotFoundError
 from voxtox.storage.schema import REJECTS_SCHEMA, clips_schema
 from voxtox.storage.shards import write_parquet_atomic
 from voxtox.tasks.chunk import SpeechChunk, energy_db, split_at_quiet_points
-from voxtox.tasks.decode import SAMPLE_RATE
 from voxtox.tasks.ingest import PreparedSource
 
 #: Silence between the pieces of a packed input: Whisper hears a pause between turns (they were

@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import soundfile
 from prefect import task
 
+from voxtox.audio import SAMPLE_RATE
 from voxtox.storage.erasure import shards_lock
 from voxtox.storage.schema import REJECTS_SCHEMA, SOURCES_SCHEMA, clips_schema
 from voxtox.storage.shards import replace_rows, replace_source
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
-from voxtox.tasks.decode import SAMPLE_RATE
 from voxtox.tasks.ingest import PreparedSource, SourceRejection
 from voxtox.tasks.transcribe import TranscribedUnit
 

@@ -24,11 +24,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 from transformers import WhisperConfig, WhisperModel  # noqa: E402
 
+from voxtox.audio import SAMPLE_RATE  # noqa: E402
 from voxtox.labels import CLASSES  # noqa: E402
 from voxtox.settings import Settings  # noqa: E402
 from voxtox.storage.model_store import resolve_model  # noqa: E402
 from voxtox.storage.schema import clips_schema, label_column, prob_column  # noqa: E402
-from voxtox.tasks.decode import SAMPLE_RATE  # noqa: E402
 from voxtox.tasks.speech_synth import VARIANTS, Utterance, lay_out  # noqa: E402
 from voxtox.tasks.write import encode_flac  # noqa: E402
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from voxtox.flows import ablate as ablate_flows
 from voxtox.settings import Settings
+from voxtox.tasks import ablate as ablate_tasks
 from voxtox.tasks.ablate import AblationPlan, Cell, cell_settings, load_grid_file, plan_cells
 
 from test_evaluate import build_data_dir
@@ -115,14 +115,14 @@ def test_ablate_trains_evaluates_prints_tables_and_does_not_retrain(
     (out / "contrastive-a0.5-layer1" / "evaluation" / "test" / "evaluation.parquet").unlink()
     listed = CliRunner().invoke(app, ["ablate", str(path), "--out", str(out), "--dry-run"])
     assert listed.exit_code == 0 and "trained, to evaluate" in listed.output and "2 done" in listed.output
-    original = ablate_flows.run_cell
+    original = ablate_tasks.run_cell
 
     def run_cell(plan: AblationPlan, cell: Cell) -> dict[str, object]:
         if cell.name == "contrastive-a0.5":
             raise RuntimeError("out of memory (simulated)")
         return original(plan, cell)
 
-    monkeypatch.setattr(ablate_flows, "run_cell", run_cell)
+    monkeypatch.setattr(ablate_tasks, "run_cell", run_cell)
     again = CliRunner().invoke(app, ["ablate", str(path), "--out", str(out)])
     assert again.exit_code == 1 and "1 cell(s) failed: contrastive-a0.5" in again.output
     assert weights.stat().st_mtime_ns == stamp

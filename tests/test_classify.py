@@ -17,13 +17,7 @@ import soundfile
 from conftest import spoken, synthetic_clips
 from typer.testing import CliRunner
 
-from voxtox.flows.classify import (
-    THRESHOLDS_FILE,
-    calibrate_thresholds,
-    classify_inputs,
-    load_model,
-    resolve_model_dir,
-)
+from voxtox.audio import load_audio
 from voxtox.flows.cli import app
 from voxtox.labels import CLASSES
 from voxtox.models.inference import WindowScorer
@@ -31,7 +25,8 @@ from voxtox.settings import Settings, TrainSettings, VadSettings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, label_column
 from voxtox.storage.shards import replace_human_labels, write_partitioned
-from voxtox.tasks.decode import load_audio
+from voxtox.tasks.calibrate import calibrate_thresholds
+from voxtox.tasks.classify import THRESHOLDS_FILE, classify_inputs, load_model, resolve_model_dir
 from voxtox.tasks.speech_synth import Utterance
 from voxtox.tasks.train import train_model
 

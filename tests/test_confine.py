@@ -13,13 +13,13 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
 
 from conftest import spoken, write_audio
+from voxtox.audio import discover_inputs
 from voxtox.flows.label import label_flow
 from voxtox.flows.nightly import nightly_flow
 from voxtox.flows.serve import check_served_run
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.tasks.confine import OUTSIDE_INBOX, SERVED_INBOX_ENV, confine
-from voxtox.tasks.decode import discover_inputs
 from voxtox.tasks.speech_synth import Utterance
 
 #: Paths opened while `WATCHING` holds a directory: an audit hook sees every open() in the process.

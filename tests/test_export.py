@@ -14,9 +14,10 @@ import torch
 from conftest import TEXT_DIM
 from typer.testing import CliRunner
 
-from voxtox.flows.classify import THRESHOLDS_FILE, classify_inputs, export_run, load_model
 from voxtox.flows.cli import app
 from voxtox.labels import CLASSES
+from voxtox.tasks.classify import THRESHOLDS_FILE, classify_inputs, load_model
+from voxtox.tasks.export import export_run
 from voxtox.models.export import (
     ExportedClassifier,
     compare_outputs,
@@ -26,8 +27,8 @@ from voxtox.models.export import (
     quantize_onnx,
 )
 from voxtox.models.speech_classifier import SpeechToxicityClassifier
+from voxtox.models.trainer import save_model
 from voxtox.models.whisper_encoder import load_speech_encoder
-from voxtox.tasks.train import save_model
 
 RATE = 16_000
 TOLERANCE = 1e-4

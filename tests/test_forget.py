@@ -57,7 +57,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_whisper: Path, prefect_
     label_flow(inputs=[str(inbox / "train")], split="train", settings=settings)
     label_flow(inputs=[str(inbox / "val")], split="val", settings=settings)
     import_truth_files([truth], settings.shards_dir)
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     catalog.refresh_views()
     run = settings.runs_dir / "r1"
     train_model(settings, run)

@@ -9,9 +9,9 @@ import pytest
 import soundfile
 
 from conftest import make_broken_inputs, spoken, write_audio
+from voxtox.audio import SAMPLE_RATE, RejectedInput, discover_inputs, load_audio
 from voxtox.settings import Settings, VadSettings
 from voxtox.tasks.chunk import chunk_speech, detect_speech
-from voxtox.tasks.decode import SAMPLE_RATE, RejectedInput, discover_inputs, load_audio
 from voxtox.tasks.ingest import PreparedSource, SourceRejection, prepare_source
 from voxtox.tasks.speech_synth import Utterance, lay_out
 

@@ -85,7 +85,7 @@ def first_run(inbox: Path, manifest: Path, tiny_labeller: Path, prefect_harness,
 
 
 def clips_of(settings: Settings) -> pa.Table:
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     return catalog.query(
         "SELECT clip_id, source_uri, lang, transcript, start_s, end_s, prob_profanity, "
         "label_no_violation, text_embedding FROM clips ORDER BY clip_id"
@@ -95,7 +95,7 @@ def clips_of(settings: Settings) -> pa.Table:
 def test_good_files_give_rows_and_broken_files_give_rejects(first_run) -> None:
     report, settings = first_run
     assert (report.n_inputs, report.n_sources, report.n_rejected_inputs) == (21, 10, 11)
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     sources = catalog.query("SELECT DISTINCT source_uri FROM clips").column("source_uri").to_pylist()
     assert sorted(Path(s).name for s in sources) == sorted(name for name, _ in GOOD)
     rejects = catalog.query(
@@ -117,7 +117,7 @@ def test_good_files_give_rows_and_broken_files_give_rejects(first_run) -> None:
 
 def test_the_same_audio_twice_is_labelled_once(first_run) -> None:
     report, settings = first_run
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     clips = catalog.query("SELECT count(*) AS n, count(DISTINCT clip_id) AS ids FROM clips").to_pylist()[0]
     sources = catalog.query("SELECT count(*) AS n, sum(n_clips) AS clips FROM sources").to_pylist()[0]
     assert clips["n"] == clips["ids"] == report.n_clips == sources["clips"]
@@ -131,7 +131,7 @@ def test_a_finished_run_leaves_no_work_files(first_run) -> None:
 
 def test_rows_carry_languages_labels_embeddings_and_audio(first_run) -> None:
     _, settings = first_run
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     rows = catalog.query(
         "SELECT source_uri, lang, transcript, duration_s, audio, text_embedding, split, "
         "prob_profanity, label_profanity, labeller_model, asr_model FROM clips"
@@ -160,7 +160,7 @@ def test_rerun_adds_no_rows(first_run, inbox: Path) -> None:
     again = label_flow(inputs=[str(inbox)], split="train", settings=settings)
     assert again.n_skipped == 11 and again.n_clips == 0  # the copy of en-2 is skipped as well
     assert clips_of(settings).equals(before)
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     assert catalog.query("SELECT count(*) AS n FROM rejects WHERE stage = 'ingest'").column("n")[0].as_py() == 11
 
 

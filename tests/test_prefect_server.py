@@ -31,7 +31,7 @@ from prefect_server import (
     run_served_deployment,
     wait_until,
 )
-from voxtox.tasks.decode import SAMPLE_RATE
+from voxtox.audio import SAMPLE_RATE
 from voxtox.tasks.speech_synth import Utterance
 
 pytestmark = pytest.mark.timeout(900)

@@ -20,12 +20,12 @@ import soundfile
 from typer.testing import CliRunner
 
 from conftest import spoken
+from voxtox.audio import SAMPLE_RATE, decode_audio, discover_inputs
 from voxtox.flows.cli import app
 from voxtox.settings import Settings, VadSettings
 from voxtox.storage.model_store import MANIFEST, ModelIntegrityError, resolve_model
 from voxtox.storage.workdir import LOCK_NAME, run_work_dir, sweep_stale_work
 from voxtox.tasks.chunk import SpeechAnalyzer, chunk_analysis, chunk_speech
-from voxtox.tasks.decode import SAMPLE_RATE, decode_audio, discover_inputs
 from voxtox.tasks.ingest import PreparedSource, prepare_source
 from voxtox.tasks.speech_synth import Utterance
 

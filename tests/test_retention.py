@@ -14,11 +14,11 @@ from conftest import synthetic_clips
 from voxtox.flows.nightly import nightly_flow
 from voxtox.settings import RetentionSettings, Settings
 from voxtox.storage.catalog import Catalog
+from voxtox.storage.clips import read_clip_index
 from voxtox.storage.schema import SOURCES_SCHEMA
 from voxtox.storage.shards import replace_source
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.tasks.retention import apply_retention
-from voxtox.tasks.train import read_clip_index
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -42,7 +42,7 @@ def test_expired_audio_goes_and_its_labels_and_embeddings_stay(tmp_path: Path) -
     old, new = "a" * 64, "b" * 64
     add_recording(settings.shards_dir, old, NOW - timedelta(days=45))
     add_recording(settings.shards_dir, new, NOW - timedelta(days=5))
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     catalog.refresh_views()
 
     report = apply_retention(settings, NOW)
@@ -68,7 +68,7 @@ def test_nightly_applies_retention_and_says_what_it_removed(tmp_path: Path, pref
 
     # The clips that keep their labels but lost their audio are not training data: no training.
     assert report.train_clips == 0 and not report.trained_now
-    catalog = Catalog(settings.catalog_path, settings.shards_dir)
+    catalog = Catalog.from_settings(settings)
     assert catalog.query("SELECT DISTINCT source_sha256 FROM clips")["source_sha256"].to_pylist() == [audio_dropped]
     assert forgotten_sha256s(tombstones_file(settings.shards_dir)) == {erased}
     artifact = Artifact.get("retention")

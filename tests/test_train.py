@@ -20,17 +20,12 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from tests.conftest import TEXT_DIM, synthetic_clips
+from voxtox.models.trainer import Trainer, load_classifier
 from voxtox.settings import Settings, TrainSettings
 from voxtox.storage.catalog import Catalog
+from voxtox.storage.clips import read_clip_index
 from voxtox.storage.shards import write_partitioned
-from voxtox.tasks.train import (
-    Trainer,
-    bucketed_batches,
-    load_classifier,
-    rank_micro_batches,
-    read_clip_index,
-    train_model,
-)
+from voxtox.tasks.train import bucketed_batches, rank_micro_batches, train_model
 
 RATE = 16_000
 REPO = Path(__file__).resolve().parents[1]
@@ -220,7 +215,8 @@ def test_the_feature_cache_trains_exactly_as_decoding_and_is_filled_once(
 def test_a_text_step_of_one_micro_batch_equals_the_cached_gradient_path(data_dir: Path, tiny_whisper: Path) -> None:
     """One micro-batch of 8 (one forward pass) gets the gradient that the same 8 clips get as
     two micro-batches of 4 (the no-grad pass caching the full-batch text loss's gradient)."""
-    from voxtox.tasks.train import ClipFeatures, _make_trainer, collate_clips, start_processes
+    from voxtox.models.trainer import make_trainer, start_processes
+    from voxtox.tasks.train import ClipFeatures, collate_clips
 
     settings = settings_for(data_dir, tiny_whisper, loss="contrastive", alpha=0.3, batch_size=8, grad_accum=1)
     catalog = Catalog(data_dir / "catalog.duckdb", data_dir / "shards")
@@ -229,7 +225,7 @@ def test_a_text_step_of_one_micro_batch_equals_the_cached_gradient_path(data_dir
     batch = [dataset[i] for i in range(8)]
     trained = []
     for micro_batches in ([collate_clips(batch)], [collate_clips(batch[:4]), collate_clips(batch[4:])]):
-        trainer = _make_trainer(settings, settings.train, clips, 10, start_processes())
+        trainer = make_trainer(settings.train, clips, settings.model_cache_dir, 10, start_processes())
         trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=1.0)  # weights move by the gradient
         trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda step: 1.0)
         losses = trainer.step(micro_batches)

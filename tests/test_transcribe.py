@@ -109,7 +109,7 @@ def test_language_is_detected_per_chunk(whisper_dir: str, tmp_path: Path) -> Non
     import soundfile
 
     from conftest import spoken
-    from voxtox.tasks.decode import SAMPLE_RATE
+    from voxtox.audio import SAMPLE_RATE
     from voxtox.tasks.speech_synth import Utterance
 
     samples = spoken(

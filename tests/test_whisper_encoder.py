@@ -19,7 +19,7 @@ from voxtox.models.whisper_encoder import (
     log_mel,
     mel_filters,
 )
-from voxtox.tasks.decode import load_audio
+from voxtox.audio import load_audio
 
 TINY = dict(
     d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
@@ -44,7 +44,7 @@ def test_ctranslate2_base_converts_and_matches_ctranslate2_encode(whisper_dir: s
     import ctranslate2
 
     encoder = from_ctranslate2(Path(whisper_dir)).eval()
-    assert sum(p.numel() for p in encoder.parameters()) == 20_590_592  # 20.6 M (DESIGN.md §6)
+    assert sum(p.numel() for p in encoder.parameters()) == 20_590_592  # 20.6 M (../shared/DESIGN.md §6)
     reference = ctranslate2.models.Whisper(whisper_dir, compute_type="float32", intra_threads=2)
     # 10 s of speech, unpadded: CTranslate2 slices its position encodings as we do.
     features = jfk_features[None, :, :1000].contiguous()

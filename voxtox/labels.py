@@ -1,4 +1,4 @@
-"""The label set every part of voxtox shares (DESIGN.md §2)."""
+"""The label set every part of voxtox shares (../shared/DESIGN.md §2)."""
 
 from typing import Final
 

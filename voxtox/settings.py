@@ -1,14 +1,19 @@
 """One settings object for all of voxtox.
 
 Values come, highest priority first, from: keyword arguments, `VOXTOX_*` environment variables
-(nested fields with `__`, e.g. `VOXTOX_ASR__BEAM_SIZE=1`), a TOML file (`VOXTOX_CONFIG`, else
-`./voxtox.toml` if present), and the defaults below. The defaults are the embedded, offline
+(nested fields with `__`, e.g. `VOXTOX_ASR__BEAM_SIZE=1`), a TOML file (`load_settings(config=...)`,
+i.e. a command's `--config`, else `VOXTOX_CONFIG`, else `./voxtox.toml` if present), and the
+defaults below. `load_settings` layers a command's options on top; `with_overrides` does the same
+for code that changes a few values (the demo, `voxtox synth`), validated like any other source. The defaults are the embedded, offline
 ones: everything runs on this machine with local Parquet/DuckDB and models from PyPI packages.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -309,12 +314,21 @@ class RetentionSettings(BaseModel):
         return self.audio_days is not None or self.delete_days is not None
 
 
-def _default_toml() -> Path | None:
+#: The settings file a command was given (`--config`), for the `Settings()` built while it is set:
+#: a context variable rather than `VOXTOX_CONFIG` in the process environment, so one command's file
+#: does not become every later caller's default.
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("voxtox_config_file", default=None)
+
+
+def _default_toml() -> tuple[Path, str] | None:
+    """The TOML file to read and what named it (for the error when it does not exist)."""
+    if (given := _CONFIG_FILE.get()) is not None:
+        return given, "--config"
     configured = os.environ.get("VOXTOX_CONFIG")
     if configured:
-        return Path(configured)
+        return Path(configured), "VOXTOX_CONFIG"
     local = Path("voxtox.toml")
-    return local if local.exists() else None
+    return (local, "./voxtox.toml") if local.exists() else None
 
 
 class Settings(BaseSettings):
@@ -353,10 +367,10 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml_file = _default_toml()
-        if toml_file is not None:
+        if (found := _default_toml()) is not None:
+            toml_file, named_by = found
             if not toml_file.exists():
-                raise FileNotFoundError(f"VOXTOX_CONFIG names {toml_file}, which does not exist")
+                raise FileNotFoundError(f"{named_by} names {toml_file}, which does not exist")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
 
@@ -381,3 +395,38 @@ class Settings(BaseSettings):
     def runs_dir(self) -> Path:
         """Where the nightly flow trains its candidates and keeps `current`."""
         return self.nightly.runs_dir or self.data_dir / "runs"
+
+
+@contextmanager
+def _config_file(config: Path | None) -> Iterator[None]:
+    token = _CONFIG_FILE.set(config)
+    try:
+        yield
+    finally:
+        _CONFIG_FILE.reset(token)
+
+
+def load_settings(
+    data_dir: Path | None = None, config: Path | None = None, **sections: Mapping[str, object]
+) -> Settings:
+    """Settings from the environment and a TOML file (`config` if given), with a command's options
+    layered on top: `data_dir`, and per section the values that are not None (options not given)."""
+    with _config_file(config):
+        settings = Settings()
+    given = {name: {k: v for k, v in values.items() if v is not None} for name, values in sections.items()}
+    return with_overrides(settings, data_dir=data_dir, **given)
+
+
+def with_overrides(settings: Settings, data_dir: Path | None = None, **sections: Mapping[str, object]) -> Settings:
+    """`settings` with some values replaced, each section validated with the replacements like any
+    other source (a bad value is a clear error, a model validator still runs). A section keeps
+    which fields were set explicitly, plus the replaced ones (the demo and `voxtox synth` ask
+    whether the user chose `asr.languages`)."""
+    update: dict[str, object] = {}
+    if data_dir is not None:
+        update["data_dir"] = Path(data_dir)
+    for name, values in sections.items():
+        if values:
+            current = getattr(settings, name)
+            update[name] = type(current).model_validate(current.model_dump(exclude_unset=True) | dict(values))
+    return settings.model_copy(update=update) if update else settings

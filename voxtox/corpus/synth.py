@@ -48,8 +48,8 @@ from voxtox.corpus.seed import (
     generate_seed_corpus,
     normalise_text,
 )
+from voxtox.audio import SAMPLE_RATE, decode_audio
 from voxtox.labels import CLASSES
-from voxtox.tasks.decode import SAMPLE_RATE, decode_audio
 from voxtox.tasks.speech_synth import Utterance, speak
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")

@@ -1,0 +1,194 @@
+"""`voxtox label`, `forget`, `query`, `compact` and `import-labels`: data in, out and erased."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from voxtox.flows.cli_common import (
+    LabelSplit,
+    QueryFormat,
+    View,
+    console,
+    errors,
+    user_errors,
+)
+from voxtox.labels import CLASSES
+from voxtox.settings import load_settings
+
+if TYPE_CHECKING:
+    from voxtox.tasks.forget import ErasureReport
+
+
+#: What `voxtox query --table NAME` shows: the columns a person reads (SQL gives the rest).
+TABLE_COLUMNS = {
+    "clips": "source_uri, split, lang, round(start_s, 2) AS start_s, round(end_s, 2) AS end_s, "
+    "transcript, concat_ws(', ', "
+    + ", ".join(f"CASE WHEN label_{c} THEN '{c}' END" for c in CLASSES)
+    + ") AS labels",
+    "rejects": "source_uri, stage, reason, detail, round(start_s, 2) AS start_s, "
+    "round(end_s, 2) AS end_s",
+    "sources": "source_uri, split, round(duration_s, 2) AS duration_s, n_chunks, n_clips, "
+    "n_rejected_segments, labelled_at",
+}
+
+
+def label(
+    inputs: Annotated[list[str], typer.Argument(help="directories, globs, files or CSV/JSONL manifests")],
+    split: Annotated[LabelSplit, typer.Option(help="the split of these inputs; auto: by content hash")] = "train",
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    labeller: Annotated[str | None, typer.Option(help="labeller checkpoint dir or name")] = None,
+    asr_model: Annotated[str | None, typer.Option(help="faster-whisper model dir or name")] = None,
+    dask: Annotated[str | None, typer.Option(help="Dask scheduler address, e.g. tcp://host:8786")] = None,
+    allow_forgotten: Annotated[bool, typer.Option(help="label recordings `voxtox forget` erased, too")] = False,
+) -> None:
+    """Transcribe, label and embed voice audio into Parquet shards (a Prefect flow)."""
+    from voxtox.flows.label import label_flow, preflight, task_runner_for
+
+    settings = load_settings(data_dir, labeller={"model": labeller}, asr={"model": asr_model})
+    if dask:
+        settings = settings.model_copy(update={"dask_address": dask})
+    with user_errors():
+        preflight(list(inputs), settings)  # fail fast, before a Prefect API is started
+    flow = label_flow.with_options(task_runner=task_runner_for(settings))
+    report = flow(inputs=list(inputs), split=split, settings=settings, allow_forgotten=allow_forgotten)
+    summary = Table(title="voxtox label", show_header=False)
+    for key, value in vars(report).items():
+        summary.add_row(key, str(value))
+    console.print(summary)
+    console.print("Query it: voxtox query \"SELECT lang, count(*) FROM clips GROUP BY lang\"")
+
+
+def forget(
+    recordings: Annotated[list[str] | None, typer.Argument(
+        help="a sha256 of the audio, a URI (path) it was labelled from, or speaker:<id> (human labels); "
+             "prefixes sha256:, uri: make the kind explicit")] = None,
+    from_file: Annotated[Path | None, typer.Option("--from", help="a file listing recordings, one per line")] = None,
+    runs: Annotated[list[Path] | None, typer.Option(help="run directories to check besides <runs_dir> (repeat)")] = None,
+    delete_inputs: Annotated[bool, typer.Option(help="also delete the input files the recordings were labelled from")] = False,
+    dry_run: Annotated[bool, typer.Option(help="say what would be erased, change nothing")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+) -> None:
+    """Erase recordings from every table, shard and cached score, tombstone them so no later run
+    labels them again (unless `voxtox label --allow-forgotten`), and list the trained runs that
+    learnt from them."""
+    from voxtox.tasks.forget import forget as forget_recordings
+    from voxtox.tasks.forget import parse_request, read_request_file
+
+    settings = load_settings(data_dir)
+    with user_errors():
+        named = list(recordings or []) + (read_request_file(from_file) if from_file else [])
+        if not named:
+            raise ValueError("name at least one recording (a sha256, a URI or speaker:<id>), or --from FILE")
+        with console.status("finding and erasing rows"):
+            report = forget_recordings(parse_request(named), settings, runs, delete_inputs, dry_run)
+    _print_erasure(report)
+
+
+def _print_erasure(report: ErasureReport) -> None:
+    verb = "would be erased" if report.dry_run else "erased"
+    console.print(f"{len(report.recordings)} recording(s) {verb}" + ("" if report.dry_run else
+                  f", {report.new_tombstones} new tombstone(s) (sha256 and date only)"))
+    for sha in report.recordings:
+        console.print(f"  {sha}")
+    for name in report.unmatched:
+        console.print(f"[yellow]no data held for[/yellow] {name}" + (" (tombstoned)" if len(name) == 64 else ""))
+    view = Table("table", "rows", title=f"rows {verb}")
+    for table, rows in sorted(report.rows.items()):
+        view.add_row(table, str(rows))
+    console.print(view)
+    console.print(f"files rewritten: {len(report.files_rewritten)}, deleted: {len(report.files_deleted)}; "
+                  f"work directories removed: {len(report.work_dirs_removed)}, in use: {len(report.work_dirs_in_use)}")
+    if report.runs_trained_on:
+        console.print("[bold]trained runs that learnt from these recordings[/bold] (a model cannot be "
+                      "un-trained; retrain without them, or retire these):")
+        for run, splits in report.runs_trained_on.items():
+            console.print(f"  {run} ({', '.join(splits)})")
+    if report.runs_without_record:
+        console.print(f"runs that do not record their training data (may have seen them): "
+                      f"{', '.join(report.runs_without_record)}")
+    for path in report.input_files:
+        console.print(f"[yellow]the input file is still there:[/yellow] {path} (--delete-inputs deletes it)")
+    for path in report.input_files_deleted:
+        console.print(f"deleted input file {path}")
+
+
+def query(
+    sql: Annotated[str | None, typer.Argument(help="one SQL statement over the views clips, rejects, sources, human_labels, "
+                                                   "evaluations, segment_truth; - reads it from stdin")] = None,
+    table: Annotated[View | None, typer.Option(help="show a whole view")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    output: Annotated[QueryFormat, typer.Option("--format", help="table; csv; json: JSON Lines, one object per row "
+                                                                 "with native types")] = "table",
+    limit: Annotated[int, typer.Option(help="rows shown in table format")] = 50,
+) -> None:
+    """Run read-only SQL (DuckDB) against the labelled data. Statements that read run (SELECT,
+    DESCRIBE, SHOW, SUMMARIZE, EXPLAIN); anything that would change something (DROP, CREATE,
+    ATTACH, COPY ... TO, SET, ...) is refused. Works while other processes read or write the data."""
+    from voxtox.flows.query_output import print_table, write_csv, write_jsonl
+    from voxtox.storage.catalog import Catalog, CatalogError
+
+    if (sql is None) == (table is None):
+        raise typer.BadParameter("give either SQL (- reads it from stdin) or --table NAME")
+    if sql == "-":
+        sql = sys.stdin.read()
+    settings = load_settings(data_dir)
+    catalog = Catalog.from_settings(settings)
+    statement = sql if table is None else f"SELECT {TABLE_COLUMNS.get(table, '*')} FROM {table}"
+    try:
+        result = catalog.read_only_query(statement)
+    except CatalogError as error:
+        errors.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from error
+    if output == "csv":
+        sys.stdout.flush()
+        write_csv(result, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    elif output == "json":
+        write_jsonl(result, sys.stdout)
+    else:
+        print_table(console, result, max_rows=limit)
+
+
+def compact(
+    table: Annotated[list[str] | None, typer.Option(help="a table to compact (repeat); default: all")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+) -> None:
+    """Merge each partition's small shard files into large ones (settings: [compact]). Readers
+    see the data before or after, never half; reruns and re-labelling stay idempotent; the
+    nightly flow runs this after labelling."""
+    from voxtox.storage.schema import PARTITIONS
+    from voxtox.tasks.compact import compact_shards
+
+    unknown = sorted(set(table or ()) - set(PARTITIONS))
+    if unknown:
+        raise typer.BadParameter(f"unknown table {', '.join(unknown)}: choose from {', '.join(PARTITIONS)}")
+    settings = load_settings(data_dir)
+    view = Table("table", "files before", "files after", "merged", "left for next time", title="voxtox compact")
+    for result in compact_shards(settings, table):
+        view.add_row(result.table, str(result.files_before), str(result.files_after), str(result.merged),
+                     str(result.skipped))
+    console.print(view)
+
+
+def import_labels(
+    truth: Annotated[list[Path], typer.Argument(help="truth files (JSONL, CSV or Parquet), e.g. <corpus>/truth/utterances-val.jsonl")],
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+) -> None:
+    """Import human labels (spans of audio with classes) into the catalog; re-importing replaces."""
+    from voxtox.storage.catalog import Catalog
+    from voxtox.tasks.human_labels import import_truth_files
+
+    settings = load_settings(data_dir)
+    with user_errors():
+        report = import_truth_files(list(truth), settings.shards_dir)
+    Catalog.from_settings(settings).refresh_views()
+    console.print(f"imported {report.n_spans} labelled spans of {report.n_sources} recordings from "
+                  f"{report.n_files} file(s) into {settings.shards_dir / 'human_labels'}")
+    if report.n_forgotten:
+        console.print(f"not imported: the labels of {report.n_forgotten} recording(s) `voxtox forget` erased")
+    console.print("Query it: voxtox query \"SELECT * FROM segment_truth LIMIT 10\"")
