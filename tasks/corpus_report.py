@@ -512,8 +512,10 @@ def synth_command(manifest: CorpusManifest) -> str:
                "opus_roundtrip_prob": "--opus-prob", "overlap_prob": "--overlap-prob"}
     parts += [f"{flag} {getattr(config, name):g}" for name, flag in options.items()
               if getattr(config, name) != getattr(default, name)]
-    if tuple(config.snr_db) != tuple(default.snr_db):
-        parts.append(f"--snr {config.snr_db[0]:g}:{config.snr_db[1]:g}")
+    for flag, pair, default_pair in (("--session-s", config.session_s, default.session_s),
+                                     ("--snr", config.snr_db, default.snr_db)):
+        if tuple(pair) != tuple(default_pair):
+            parts.append(f"{flag} {pair[0]:g}:{pair[1]:g}")
     if dict(config.formats) != dict(default.formats):
         parts.append("--formats " + ",".join(f"{k}:{v:g}" for k, v in config.formats.items()))
     return " ".join(parts)

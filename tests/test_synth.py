@@ -293,13 +293,13 @@ def test_synth_cli_runs_the_flow_and_report_names_the_command(tmp_path: Path, pr
 
     out = tmp_path / "corpus"
     args = ["synth", "--out", str(out), "--hours", "0.006", "--langs", "es", "--seed", "5",
-            "--splits", "0,0,1", "--noise-prob", "0", "--formats", "wav:1"]
+            "--splits", "0,0,1", "--noise-prob", "0", "--session-s", "20:30", "--formats", "wav:1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     manifest = load_manifest(out)
     assert [s.split for s in manifest.sessions] == ["test"] and manifest.sessions[0].format == "wav"
     assert synth_command(manifest) == (f"voxtox synth --out {out} --hours 0.006 --langs es --seed 5 "
-                                       "--splits 0,0,1 --noise-prob 0 --formats wav:1")
+                                       "--splits 0,0,1 --noise-prob 0 --session-s 20:30 --formats wav:1")
     bad = CliRunner().invoke(app, ["synth", "--out", str(out), "--snr", "loud"])
     assert bad.exit_code != 0 and "MIN:MAX" in bad.output
 
