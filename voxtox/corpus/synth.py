@@ -309,18 +309,15 @@ def render_session(
     n_overlaps = 0
     log_lo, log_hi = math.log(config.pause_s[0]), math.log(config.pause_s[1])
     while True:
-        if current is None or len(cast) == 1 or rng.random() < 0.8:  # mostly someone else's turn
-            current = rng.choice([s for s in cast if s is not current] or cast)
+        current = _next_speaker(rng, cast, current)
         label = _draw(rng, weights)
         sentence = rng.choice(by_class[label])
         speech = _speak_at(current, sentence.text, plan.lang)
         if speech.size == 0:
             continue
         length = len(speech) / SAMPLE_RATE
-        start = cursor
-        if previous is not None and rng.random() < config.overlap_prob:
-            start = max(previous[0] + 0.5, previous[1] - rng.uniform(*config.overlap_s))
-            n_overlaps += 1
+        start, overlapped = _next_start(rng, cursor, previous, config)
+        n_overlaps += overlapped
         if truth and start + length > plan.target_s and previous is not None and previous[1] >= config.session_s[0] - 0.3:
             break  # (a session shorter than the minimum takes one more utterance)
         offset = int(round(start * SAMPLE_RATE))
@@ -335,10 +332,7 @@ def render_session(
         cursor = max(cursor, end) + math.exp(rng.uniform(log_lo, log_hi))
         if start + length >= plan.target_s and end >= config.session_s[0] - 0.3:
             break
-    total = int(round((max(u.end_s for u in truth) + rng.uniform(0.3, 1.5)) * SAMPLE_RATE))
-    mix = np.zeros(total, np.float32)
-    for offset, speech in pieces:
-        mix[offset : offset + len(speech)] += speech
+    mix = _mix_down(pieces, max(u.end_s for u in truth) + rng.uniform(0.3, 1.5))
     conditions: dict[str, object] = {"n_overlaps": n_overlaps, "speakers": tuple(s.name for s in cast)}
     mix = _add_noise(mix, truth, rng, config, plan, pool, speakers, cast, conditions)
     mix = _apply_channel(mix, rng, config, conditions)
@@ -346,6 +340,31 @@ def render_session(
     mix = (mix * np.float32(rng.uniform(0.4, 0.9) / peak)).astype(np.float32)
     conditions["format"] = _draw(rng, config.formats)
     return mix, truth, conditions
+
+
+def _next_speaker(rng: random.Random, cast: Sequence[Speaker], current: Speaker | None) -> Speaker:
+    """Who speaks next: mostly someone other than the last speaker."""
+    if current is None or len(cast) == 1 or rng.random() < 0.8:
+        return rng.choice([s for s in cast if s is not current] or list(cast))
+    return current
+
+
+def _next_start(
+    rng: random.Random, cursor: float, previous: tuple[float, float] | None, config: SynthConfig
+) -> tuple[float, bool]:
+    """Where the next utterance starts: after the pause (`cursor`), or now and then over the end
+    of the previous one; and whether it overlaps."""
+    if previous is not None and rng.random() < config.overlap_prob:
+        return max(previous[0] + 0.5, previous[1] - rng.uniform(*config.overlap_s)), True
+    return cursor, False
+
+
+def _mix_down(pieces: Sequence[tuple[int, np.ndarray]], duration_s: float) -> np.ndarray:
+    """The utterances (sample offset, audio) added into one track of `duration_s`."""
+    mix = np.zeros(int(round(duration_s * SAMPLE_RATE)), np.float32)
+    for offset, speech in pieces:
+        mix[offset : offset + len(speech)] += speech
+    return mix
 
 
 def _speech_power(mix: np.ndarray, truth: Sequence[TruthUtterance]) -> float:
