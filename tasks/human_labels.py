@@ -17,7 +17,6 @@ again replaces that audio's labels, it never duplicates them.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from voxtox.audio import SAMPLE_RATE, RejectedInput, open_audio
-from voxtox.files import sha256_file
+from voxtox.files import jsonl_objects, sha256_file
 from voxtox.labels import CLASSES
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
@@ -65,18 +64,10 @@ def read_truth_rows(path: Path) -> list[dict[str, object]]:
         raise TruthFileError(f"{path}: truth file does not exist")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise TruthFileError(f"{path}:{number}: not JSON ({error.msg})") from error
-            if not isinstance(row, dict):
-                raise TruthFileError(f"{path}:{number}: each line must be a JSON object")
-            rows.append(row)
-        return rows
+        try:
+            return [row for _, row in jsonl_objects(path)]
+        except ValueError as error:
+            raise TruthFileError(str(error)) from error
     if suffix == ".csv":
         import csv
 

@@ -14,7 +14,6 @@ import errno
 import glob
 import hashlib
 import io
-import json
 import os
 import stat
 import struct
@@ -28,7 +27,7 @@ from typing import BinaryIO
 import av
 import numpy as np
 
-from voxtox.files import sha256_file
+from voxtox.files import jsonl_objects, sha256_file
 
 SAMPLE_RATE = 16_000
 AUDIO_EXTENSIONS = frozenset(
@@ -115,14 +114,8 @@ def _read_manifest(manifest: Path) -> list[str]:
 
 def _jsonl_uris(manifest: Path) -> Iterator[tuple[int, str]]:
     """(line number, uri) of each record; a bad line is an error naming the file and line."""
-    for line_no, line in enumerate(manifest.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{manifest}:{line_no}: not JSON ({error.msg} at column {error.colno})") from error
-        uri = record.get("uri") or record.get("path") if isinstance(record, dict) else None
+    for line_no, record in jsonl_objects(manifest):
+        uri = record.get("uri") or record.get("path")
         if not uri:
             raise ValueError(f"{manifest}:{line_no}: no 'uri' or 'path' key")
         yield line_no, str(uri)
