@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -20,3 +22,15 @@ class Timer:
     def __exit__(self, *exc: object) -> None:
         self.wall += time.perf_counter() - self._wall
         self.cpu += time.process_time() - self._cpu
+
+
+def in_fresh_process(target: Callable[..., None], *args: object) -> object:
+    """What `target(queue, *args)` puts on its queue, run in a new spawned process: each measured
+    variant gets its own interpreter, so its peak memory and warm caches are its own."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=target, args=(queue, *args))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result

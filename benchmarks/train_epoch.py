@@ -38,6 +38,7 @@ from voxtox.settings import Settings, TrainSettings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.clips import read_audio_bytes, read_clip_index
 from voxtox.tasks.train import ClipFeatures, bucketed_batches, pad_features, read_val_index, train_model, validate
+from _common import in_fresh_process
 
 
 def _settings(args: argparse.Namespace, **train: object) -> Settings:
@@ -109,12 +110,7 @@ def _run(queue: multiprocessing.Queue, args: argparse.Namespace, options: dict[s
 
 
 def run_variant(name: str, args: argparse.Namespace, **options: object) -> RunTimes:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_run, args=(queue, args, options))
-    process.start()
-    wall, epochs = queue.get()
-    process.join()
+    wall, epochs = in_fresh_process(_run, args, options)
     return RunTimes(name, wall, epochs)
 
 

@@ -24,6 +24,7 @@ from voxtox.models.speech_classifier import SpeechToxicityClassifier
 from voxtox.models.whisper_encoder import MAX_FRAMES, load_speech_encoder
 from voxtox.settings import Settings
 from voxtox.storage.model_store import resolve_model
+from _common import in_fresh_process
 
 CLIP_FRAMES = 1500  # 15 s
 
@@ -73,12 +74,7 @@ def _child(queue: multiprocessing.Queue, *args: object) -> None:
 
 
 def run_variant(variant: str, frames: int, args: argparse.Namespace) -> Result:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_child, args=(queue, args.encoder, frames, args.batch_size, args.steps, args.threads))
-    process.start()
-    samples_per_s, peak = queue.get()
-    process.join()
+    samples_per_s, peak = in_fresh_process(_child, args.encoder, frames, args.batch_size, args.steps, args.threads)
     return Result(variant, samples_per_s, peak)
 
 
