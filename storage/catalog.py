@@ -15,6 +15,8 @@ is (re)written by `refresh_views` for the other clients; a table that has no sha
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -30,7 +32,7 @@ import pyarrow.parquet as pq
 from voxtox.labels import CLASSES
 from voxtox.storage.dataset_card import write_dataset_card
 from voxtox.storage.schema import PARTITIONS, human_label_column, label_column
-from voxtox.storage.shards import first_shard, shards_lock
+from voxtox.storage.shards import SUFFIX, first_shard, shards_lock
 
 if TYPE_CHECKING:
     from voxtox.settings import Settings
@@ -52,6 +54,10 @@ READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAI
 #: read-only connection beside a writing one in the same process; parallel tasks of one flow
 #: would do both. Catalog file work is short, so it goes one at a time per process.
 _CATALOG_LOCK = threading.RLock()
+
+#: Beside each table's shards: every file's schema fingerprint, keyed by name and stamped with its
+#: inode, size and mtime, so that a reader re-reads only the footers of files new or changed since.
+SCHEMA_CACHE = ".voxtox-schemas.json"
 
 
 def segment_truth_sql() -> str:
@@ -102,14 +108,18 @@ class Catalog:
     def present_tables(self) -> list[str]:
         return [name for name in PARTITIONS if first_shard(self.shards_root, name) is not None]
 
-    def view_sql(self, name: str) -> str:
+    def view_sql(self, name: str, union_by_name: bool = True) -> str:
+        """The view of table `name`. `union_by_name` reads files of different schemas together
+        (a column added by a later version is null in older files) at the price of reading every
+        file's footer when the view is bound; without it DuckDB takes the first file's columns
+        for all, so it may be off only when every file has the same schema."""
         relative = Path(os.path.relpath(self.shards_root / name, self.base))
-        pattern = (relative / "**" / "*.parquet").as_posix()
+        pattern = (relative / "**" / f"*{SUFFIX}").as_posix()
         types = {c: HIVE_TYPES[c] for c in PARTITIONS[name]}
         hive_types = "{" + ", ".join(f"'{k}': '{v}'" for k, v in types.items()) + "}"
         return (
             f"CREATE OR REPLACE VIEW {name} AS SELECT *{self._fixed_size_lists(name)} FROM read_parquet('{pattern}', "
-            f"hive_partitioning = true, union_by_name = true, hive_types = {hive_types})"
+            f"hive_partitioning = true, union_by_name = {str(union_by_name).lower()}, hive_types = {hive_types})"
         )
 
     def _fixed_size_lists(self, name: str) -> str:
@@ -126,13 +136,20 @@ class Catalog:
         ]
         return f" REPLACE ({', '.join(casts)})" if casts else ""
 
-    def _define_views(self, con: duckdb.DuckDBPyConnection) -> list[str]:
-        # union_by_name reads every file's footer when a view is defined and again when a query
-        # expands it; the cache makes the second read free (docs/benchmarks.md, "Catalog at scale").
-        con.execute("SET parquet_metadata_cache = true")
+    def _define_views(self, con: duckdb.DuckDBPyConnection, check_schemas: bool = False) -> list[str]:
+        """Define the views on `con`. With `check_schemas` (a private connection, under the
+        shards' lock: nothing can swap files until it closes), a table whose files all share one
+        schema is read without `union_by_name`; the catalog file's views, read later by other
+        clients while files come and go, always union by name."""
         present = self.present_tables()
         for name in present:
-            con.execute(self.view_sql(name))
+            mixed = not check_schemas or not uniform_schema(self.shards_root / name)
+            if mixed:
+                # union_by_name reads every file's footer when a view is defined and again when a
+                # query expands it; the cache makes the second read free. (Without union_by_name
+                # the cache only costs time: docs/benchmarks.md, "The labelled data at scale".)
+                con.execute("SET parquet_metadata_cache = true")
+            con.execute(self.view_sql(name, union_by_name=mixed))
         if {"clips", "human_labels"} <= set(present):
             con.execute(segment_truth_sql())
             present.append("segment_truth")
@@ -158,7 +175,7 @@ class Catalog:
         """A private in-memory connection with the views (resolved against the data dir), holding
         the shards' shared lock until it closes."""
         with shards_lock(self.shards_root), duckdb.connect(config=self._config()) as con:
-            self._define_views(con)
+            self._define_views(con, check_schemas=True)
             yield con
 
     def query(self, sql: str) -> pa.Table:
@@ -196,3 +213,43 @@ class Catalog:
         if first_shard(self.shards_root, "sources") is None:
             return set()
         return set(self.query("SELECT DISTINCT source_sha256 FROM sources")["source_sha256"].to_pylist())
+
+
+def uniform_schema(table_dir: Path) -> bool:
+    """Whether every shard under `table_dir` has the same columns of the same types (in any order:
+    DuckDB matches columns by name). Footers are read only for files not in the directory's
+    schema cache under the same stamp; the cache is rewritten when it changed (best effort: a
+    read-only data dir just reads the footers each time)."""
+    cache_path = table_dir / SCHEMA_CACHE
+    try:
+        cached = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    current: dict[str, list] = {}
+    for directory, _, names in os.walk(table_dir):  # os.walk: a third of pathlib's glob time here
+        for name in names:
+            if not name.endswith(SUFFIX):
+                continue
+            path = os.path.join(directory, name)
+            stat = os.stat(path)
+            stamp = [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+            key = os.path.relpath(path, table_dir)
+            entry = cached.get(key)
+            current[key] = entry if entry and entry[0] == stamp else [stamp, _schema_fingerprint(path)]
+    if current != cached:
+        _write_schema_cache(cache_path, current)
+    return len({fingerprint for _, fingerprint in current.values()}) <= 1
+
+
+def _schema_fingerprint(path: str) -> str:
+    columns = sorted(f"{field.name}:{field.type}" for field in pq.read_schema(path))
+    return hashlib.sha256("\n".join(columns).encode()).hexdigest()[:16]
+
+
+def _write_schema_cache(path: Path, entries: dict[str, list]) -> None:
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        temporary.write_text(json.dumps(entries, separators=(",", ":")))
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)

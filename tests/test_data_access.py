@@ -223,6 +223,23 @@ def test_shards_of_the_previous_schema_still_read(tmp_path: Path) -> None:
     assert pq.read_table(merged, columns=["lang"])["lang"].to_pylist() == ["en"] * 5  # from the folder name
 
 
+def test_a_file_of_another_schema_added_after_a_query_still_reads(tmp_path: Path) -> None:
+    """Queries skip `union_by_name` while every file has one schema, which the catalog remembers
+    per file (storage/catalog.uniform_schema); a file of another schema arriving later must turn
+    it back on, whichever file DuckDB happens to bind first."""
+    catalog = data_dir_with_sources(tmp_path, per_split=1)
+    assert counts(catalog) == {"train": 3, "val": 3, "test": 3}  # the schemas are now remembered
+    directory = next(p.parent for p in shard_files(catalog.shards_root, "clips") if "split=train" in str(p))
+    newer = clips_of("new0", "train", 2, 8).append_column("speaker", pa.array(["s1", "s2"]))
+    pq.write_table(newer.drop_columns(["split", "date"]), directory / "part-new0.parquet")
+    old = clips_of("aaa0", "train", 1, 9).drop_columns(["lang"])  # sorts first: bound first
+    pq.write_table(old.drop_columns(["split", "date"]), directory / "part-aaa0.parquet")
+    rows = catalog.query("SELECT source_sha256 AS s, lang, speaker FROM clips WHERE split = 'train' ORDER BY clip_id")
+    assert rows.to_pylist() == [{"s": "aaa0", "lang": "en", "speaker": None}] + [
+        {"s": "new0", "lang": "en", "speaker": s} for s in ("s1", "s2")
+    ] + [{"s": "train0", "lang": "en", "speaker": None}] * 3
+
+
 def test_a_source_erased_from_a_compacted_file_leaves_the_others_replaceable(tmp_path: Path) -> None:
     """`voxtox forget` (storage/erasure.py) removes a recording's rows from a compacted file; the
     file's list of which rows are whose must shrink with them, or a later replacement of another
