@@ -47,13 +47,19 @@ def label(
     allow_forgotten: Annotated[bool, typer.Option(help="label recordings `voxtox forget` erased, too")] = False,
 ) -> None:
     """Transcribe, label and embed voice audio into Parquet shards (a Prefect flow)."""
-    from voxtox.flows.label import label_flow, preflight, task_runner_for
+    from voxtox.audio import discover_inputs
+    from voxtox.prefect_env import api_starting
 
     settings = load_settings(data_dir, labeller={"model": labeller}, asr={"model": asr_model})
     if dask:
         settings = settings.model_copy(update={"dask_address": dask})
     with user_errors():
-        preflight(list(inputs), settings)  # fail fast, before a Prefect API is started
+        for spec in inputs:
+            discover_inputs(spec)  # a mistyped input fails at once, before a Prefect API is started
+        with api_starting():  # while the pipeline's modules import and its models load
+            from voxtox.flows.label import label_flow, preflight, task_runner_for
+
+            preflight(list(inputs), settings)  # a missing or corrupt model fails before any source
     flow = label_flow.with_options(task_runner=task_runner_for(settings))
     report = flow(inputs=list(inputs), split=split, settings=settings, allow_forgotten=allow_forgotten)
     summary = Table(title="voxtox label", show_header=False)

@@ -223,6 +223,22 @@ def test_prefect_start_up_timeout_is_generous_and_overridable() -> None:
     assert mine.stdout.strip() == "45"
 
 
+def test_the_background_api_start_leaves_a_named_api_alone() -> None:
+    """`voxtox label` starts the local Prefect API while it loads its models (voxtox/prefect_env.py);
+    where PREFECT_API_URL names a server it must start none, and the block's own error must reach
+    the caller unchanged."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from voxtox.prefect_env import api_starting
+
+    running = {key for key, server in SubprocessASGIServer._instances.items() if server.running}
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}), pytest.raises(KeyError, match="mine"):
+        with api_starting():
+            raise KeyError("mine")
+    assert {key for key, server in SubprocessASGIServer._instances.items() if server.running} == running
+
+
 def test_prefect_start_up_timeout_is_one_line_saying_what_to_set(tmp_path: Path, speech_file: Path) -> None:
     """An ephemeral API that does not come up in time (forced here with a 0 s allowance)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | {

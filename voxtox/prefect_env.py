@@ -8,7 +8,11 @@ user's own setting always wins.
 
 from __future__ import annotations
 
+import contextvars
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 STARTUP_TIMEOUT_VAR = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 #: Seconds voxtox lets an ephemeral Prefect API take to start (Prefect's own default: 20).
@@ -38,3 +42,38 @@ def ephemeral_timeout_message(error: BaseException) -> str | None:
         f"a first start on a busy machine can take longer: set {STARTUP_TIMEOUT_VAR}=900, "
         "or run `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api"
     )
+
+
+@contextmanager
+def api_starting() -> Iterator[None]:
+    """Start the local (ephemeral) Prefect API in a background thread while the block runs work
+    that needs no API (importing the flow's modules, loading models), and wait for it on leaving.
+
+    A command's first flow otherwise pays, before any of its work, for importing Prefect's server
+    (~2 s here) and then for a subprocess booting it (~5 s). Nothing is started when
+    PREFECT_API_URL names a server or ephemeral mode is off. The block's code must not talk to
+    Prefect: the API is ready only after the block. Leaving on an error also waits, so that no
+    half-started server outlives the command (Prefect stops it at exit)."""
+    failures: list[BaseException] = []
+
+    def start() -> None:
+        try:  # Prefect's own import, too, runs beside the block's
+            from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+            if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+                return
+            from prefect.server.api.server import SubprocessASGIServer
+
+            SubprocessASGIServer().start()
+        except BaseException as error:  # noqa: BLE001 (re-raised in the caller's thread)
+            failures.append(error)
+
+    # In the caller's context: Prefect's settings (a test harness's API, a profile) are context variables.
+    starter = threading.Thread(target=contextvars.copy_context().run, args=(start,), name="prefect-api-start", daemon=True)
+    starter.start()
+    try:
+        yield
+    finally:
+        starter.join()
+    if failures:
+        raise failures[0]
