@@ -70,8 +70,12 @@ def plot_ap_bars(table: pa.Table, path: Path) -> Path:
         axis.grid(axis="y", alpha=0.3)
     for row in axes:
         row[0].set_ylabel("average precision (%) with 95% CI")
-    axes.flat[0].legend(fontsize=8, loc="upper right")
-    figure.tight_layout()
+    # One legend above the panels: inside one, it covered bars once a grid had many cells.
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    per_row = min(len(models), 5)
+    legend_inches = 0.3 * -(-len(models) // per_row)
+    figure.legend(handles, labels, loc="upper center", ncol=per_row, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0, 1, 1 - legend_inches / figure.get_figheight()))
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
