@@ -31,6 +31,7 @@ import duckdb
 
 from voxtox.files import sha256_file
 from voxtox.settings import Settings
+from voxtox.storage.catalog import uniform_schema
 from voxtox.storage.erasure import RecordingRows, Rewritten, erase_rows, matching_rows, shards_lock
 from voxtox.storage.schema import TRAINING_SOURCES_FILE
 from voxtox.storage.shards import shard_files
@@ -271,6 +272,8 @@ def erase_recordings(
         _record(report, CACHED_SCORES, _erase(cached_score_files(runs_dirs), rows, dry_run))
         for name in _table_names(shards):
             _record(report, name, _erase(shard_files(shards, name), rows, dry_run))
+            if not dry_run:  # the schema cache names files by source key: drop the erased ones
+                uniform_schema(shards / name)
         if not dry_run:  # dead runs' scratch holds decoded audio; a running label run keeps its own
             report.work_dirs_removed = [str(p) for p in sweep_stale_work(settings.work_dir)]
         if settings.work_dir.is_dir():

@@ -122,6 +122,7 @@ def test_forget_erases_a_recording_everywhere_and_a_rerun_does_not_bring_it_back
                                 env={"COLUMNS": "200"})
 
     assert result.exit_code == 0, result.output
+    assert traces_of(settings.data_dir, needles, spared) == []  # before any query tidies a cache
     assert "1 recording(s) erased" in result.output and sha in result.output
     assert f"{run.resolve()} (val)" in result.output  # the run chose its best checkpoint on it
     assert f"the input file is still there: {world['forgotten'].resolve()}" in result.output
