@@ -10,10 +10,14 @@ runs in a fresh process and reports that process's peak RSS:
 - `ingest (whole file)`: the previous way, `load_audio` then `chunk_speech` (same VAD settings),
   the obvious alternative, in the same run;
 - `label flow`: the whole `label` flow (ingest, ASR, labeller, embedder, write, an ephemeral
-  Prefect API) on the file, in-process task runner.
+  Prefect API) on the file, in-process task runner;
+- with `--classify-run RUN` (any trained run directory): `classify (streaming)`, what `voxtox
+  classify` runs (`classify_inputs` with the VAD), against `classify (whole file)`, the previous
+  way: `load_audio`, the VAD on the array, the same window scorer on its speech segments.
 
     python benchmarks/ingest_memory.py                      # 1, 20 and 120 minutes
     python benchmarks/ingest_memory.py --minutes 1 20 --skip-flow
+    python benchmarks/ingest_memory.py --skip-flow --skip-ingest --classify-run runs/demo-baseline
 """
 
 from __future__ import annotations
@@ -61,6 +65,24 @@ PROBES = {
         n_chunks = report.n_clips
     """,
 }
+CLASSIFY_PROBES = {
+    "classify (streaming)": """
+        from voxtox.tasks.classify import classify_inputs, load_model
+        model = load_model(run).model
+        (result,) = classify_inputs([path], model, vad=settings.vad)
+        n_chunks = len(result.windows)
+    """,
+    "classify (whole file)": """
+        from voxtox.audio import load_audio
+        from voxtox.models.inference import WindowScorer
+        from voxtox.tasks.chunk import chunk_speech
+        from voxtox.tasks.classify import load_model
+        scorer = WindowScorer(load_model(run).model)
+        samples = load_audio(path).samples
+        spans = [(int(c.start_s * 16000), int(c.end_s * 16000)) for c in chunk_speech(samples, settings.vad).chunks]
+        n_chunks = sum(len(p) for p in scorer.score_many([samples[a:b] for a, b in spans]))
+    """,
+}
 
 
 def _probe_code(body: str) -> str:
@@ -69,7 +91,7 @@ def _probe_code(body: str) -> str:
         import resource, sys, time
         from pathlib import Path
         from voxtox.settings import Settings
-        path, out = sys.argv[1], Path(sys.argv[2])
+        path, out, run = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
         settings = Settings(data_dir=out)
         started = time.perf_counter()
         """
@@ -100,9 +122,10 @@ def make_recording(directory: Path, minutes: int) -> Path:
     return path
 
 
-def measure(probe: str, path: Path, work: Path) -> tuple[int, int, float]:
+def measure(probe: str, path: Path, work: Path, run: str) -> tuple[int, int, float]:
     env = os.environ | {"PREFECT_HOME": str(work / "prefect-home")}
-    done = subprocess.run([sys.executable, "-c", _probe_code(PROBES[probe]), str(path), str(work)],
+    body = (PROBES | CLASSIFY_PROBES)[probe]
+    done = subprocess.run([sys.executable, "-c", _probe_code(body), str(path), str(work), run],
                           capture_output=True, text=True, env=env, timeout=7200)
     if done.returncode:
         raise RuntimeError(f"{probe} on {path.name} failed:\n{done.stderr[-3000:]}")
@@ -114,10 +137,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=int, nargs="+", default=[1, 20, 120])
     parser.add_argument("--audio-dir", type=Path, default=Path(tempfile.gettempdir()) / "voxtox-bench-memory")
-    parser.add_argument("--skip-flow", action="store_true", help="measure ingest only")
+    parser.add_argument("--skip-flow", action="store_true", help="leave out the label flow")
+    parser.add_argument("--skip-ingest", action="store_true", help="leave out the two ingest probes")
+    parser.add_argument("--classify-run", default="", help="a trained run: also measure voxtox classify")
     args = parser.parse_args()
     args.audio_dir.mkdir(parents=True, exist_ok=True)
-    probes = [p for p in PROBES if not (args.skip_flow and p == "label flow")]
+    probes = [p for p in PROBES if not (args.skip_flow and p == "label flow")
+              and not (args.skip_ingest and p.startswith("ingest"))]
+    probes += list(CLASSIFY_PROBES) if args.classify_run else []
     print(f"# {platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n")
     print("| recording | file MB | " + " | ".join(f"{p}: peak RSS MB (wall s)" for p in probes) + " |")
     print("|---|---:|" + "---:|" * len(probes))
@@ -127,7 +154,7 @@ def main() -> None:
         cells = []
         for probe in probes:
             with tempfile.TemporaryDirectory() as work:
-                peak, _, wall = measure(probe, path, Path(work))
+                peak, _, wall = measure(probe, path, Path(work), args.classify_run)
             first.setdefault(probe, peak)
             cells.append(f"{peak} ({wall:.0f}) {100 * (peak - first[probe]) / first[probe]:+.0f}%")
         print(f"| {minutes} min | {path.stat().st_size / 1e6:.1f} | " + " | ".join(cells) + " |", flush=True)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +30,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from voxtox.audio import SAMPLE_RATE, RejectedInput, discover_inputs, load_audio
-from voxtox.models.inference import AGGREGATIONS, WindowScorer, aggregate
+from voxtox.audio import SAMPLE_RATE, RejectedInput, discover_inputs, fetch_input
+from voxtox.models.inference import AGGREGATIONS, WindowScorer, aggregate, window_bounds
 from voxtox.models.trainer import load_classifier
 from voxtox.settings import VadSettings
 from voxtox.storage.schema import label_column, prob_column
-from voxtox.tasks.chunk import chunk_speech
+from voxtox.tasks.chunk import chunk_analysis
+from voxtox.tasks.ingest import STAGED_DTYPE, decode_and_stage
 
 THRESHOLDS_FILE = "thresholds.json"
 DEFAULT_THRESHOLD = 0.5
@@ -160,21 +163,51 @@ class FileResult:
         return record
 
 
-def speech_segments(samples: np.ndarray, vad: VadSettings | None) -> list[tuple[int, int]]:
-    """Sample ranges to score: the whole recording, or with `vad` the 1-60 s speech segments the
-    labelling pipeline cuts (tasks/chunk.py), which is what validation scored (paper §4.1)."""
+@dataclass(frozen=True)
+class StagedRecording:
+    """A recording decoded block by block into a scratch file (memory stays bounded whatever its
+    length, as in `voxtox label`'s ingest), and the sample ranges of it to score."""
+
+    uri: str
+    staged: Path  # float32 16 kHz mono samples
+    n_samples: int
+    spans: list[tuple[int, int]]
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / SAMPLE_RATE
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        """Samples [start, end), read from the scratch file (not mapped: mapped pages would stay
+        resident, and count, until the file is gone)."""
+        return np.fromfile(self.staged, dtype=STAGED_DTYPE, count=end - start, offset=start * STAGED_DTYPE.itemsize)
+
+
+def stage_recording(uri: str, scratch: Path, vad: VadSettings | None, window_s: float) -> StagedRecording:
+    """Decode `uri` into `scratch`; the spans to score are the whole recording
+    (`whole_recording_spans`), or with `vad` the 1-60 s speech segments the labelling pipeline cuts
+    (tasks/chunk.py), which is what validation scored (paper §4.1)."""
+    path, _ = fetch_input(uri, scratch / "download")
+    staged = scratch / f"{uuid.uuid4().hex}.f32"
+    decoded = decode_and_stage(path, staged, vad or VadSettings())
+    n_samples = staged.stat().st_size // STAGED_DTYPE.itemsize
     if vad is None:
-        return [(0, len(samples))]
-    return [(int(c.start_s * SAMPLE_RATE), min(len(samples), int(round(c.end_s * SAMPLE_RATE))))
-            for c in chunk_speech(samples, vad).chunks]
+        return StagedRecording(uri, staged, n_samples, whole_recording_spans(n_samples, window_s))
+    spans = [(int(c.start_s * SAMPLE_RATE), min(n_samples, int(round(c.end_s * SAMPLE_RATE))))
+             for c in chunk_analysis(decoded.analysis, vad).chunks]
+    return StagedRecording(uri, staged, n_samples, spans)
 
 
-@dataclass
-class _Pending:
-    path: str
-    duration_s: float
-    segments: list[np.ndarray]
-    offsets: list[int]  # each segment's first sample in the file
+def whole_recording_spans(n_samples: int, window_s: float) -> list[tuple[int, int]]:
+    """The whole recording as spans of WINDOWS_PER_GROUP windows each (the last one longer), so
+    that no more windows are in memory at once than for speech segments; the windows they tile
+    are exactly those of the recording in one span (spans start at multiples of the window, and
+    the last is at least a window long, so a short tail merges as it would)."""
+    window = int(window_s * SAMPLE_RATE)
+    step = WINDOWS_PER_GROUP * window
+    cuts = [cut for cut in range(step, n_samples, step) if n_samples - cut >= window]
+    starts = [0, *cuts]
+    return list(zip(starts, [*cuts, n_samples], strict=True))
 
 
 def classify_inputs(
@@ -189,52 +222,72 @@ def classify_inputs(
 
     Without `vad` the windows tile the whole file; with it, only its speech segments (a file
     where the VAD finds no speech gets status `no_speech` and no scores). Files are decoded one
-    at a time; windows of several files are scored together, about `WINDOWS_PER_GROUP` per
-    group, so a directory streams through with bounded memory."""
+    at a time, block by block into a scratch file; windows of several files are scored together,
+    about `WINDOWS_PER_GROUP` at a time, so long recordings and large directories stream through
+    with bounded memory."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, not {aggregation!r}")
     scorer = WindowScorer(model, window_s=window_s, stride_s=window_s, batch_size=batch_size)
     files = [path for spec in inputs for path in discover_inputs(spec)]
-    pending: list[_Pending] = []
-    pending_windows = 0
-    for path in files:
-        result: FileResult | None = None
-        try:
-            samples = load_audio(path).samples
-        except RejectedInput as rejected:
-            result = FileResult(path, "rejected", rejected.reason, rejected.detail)
-        else:
-            duration = len(samples) / SAMPLE_RATE
-            if len(samples) < MIN_DURATION_S * SAMPLE_RATE:
-                result = FileResult(path, "rejected", "too_short", f"{duration:.3f} s of audio")
-            elif not (spans := speech_segments(samples, vad)):
-                result = FileResult(path, "no_speech", "no_speech", "the VAD found no speech of 1 s or more",
-                                    duration_s=duration)
-        if result is not None:  # flush first, so results come out in input order
-            yield from _score_group(scorer, pending, aggregation)
-            pending, pending_windows = [], 0
-            yield result
-            continue
-        pending.append(_Pending(path, duration, [samples[a:b] for a, b in spans], [a for a, _ in spans]))
-        pending_windows += sum(len(scorer.windows(samples[a:b])) for a, b in spans)
-        if pending_windows >= WINDOWS_PER_GROUP:
-            yield from _score_group(scorer, pending, aggregation)
-            pending, pending_windows = [], 0
-    yield from _score_group(scorer, pending, aggregation)
+    with tempfile.TemporaryDirectory(prefix="voxtox-classify-") as scratch:
+        pending: list[StagedRecording] = []
+        pending_windows = 0
+        for path in files:
+            result: FileResult | None = None
+            try:
+                recording = stage_recording(path, Path(scratch), vad, window_s)
+            except RejectedInput as rejected:
+                result = FileResult(path, "rejected", rejected.reason, rejected.detail)
+            else:
+                if recording.n_samples < MIN_DURATION_S * SAMPLE_RATE:
+                    result = FileResult(path, "rejected", "too_short", f"{recording.duration_s:.3f} s of audio")
+                elif not recording.spans:
+                    result = FileResult(path, "no_speech", "no_speech", "the VAD found no speech of 1 s or more",
+                                        duration_s=recording.duration_s)
+                if result is not None:
+                    recording.staged.unlink()
+            if result is not None:  # flush first, so results come out in input order
+                yield from _score_group(scorer, pending, aggregation)
+                pending, pending_windows = [], 0
+                yield result
+                continue
+            pending.append(recording)
+            pending_windows += sum(len(_windows(scorer, a, b)) for a, b in recording.spans)
+            if pending_windows >= WINDOWS_PER_GROUP:
+                yield from _score_group(scorer, pending, aggregation)
+                pending, pending_windows = [], 0
+        yield from _score_group(scorer, pending, aggregation)
 
 
-def _score_group(scorer: WindowScorer, group: list[_Pending], aggregation: str) -> Iterator[FileResult]:
-    if not group:
-        return
-    scores = iter(scorer.score_many([segment for item in group for segment in item.segments]))
-    for item in group:
-        bounds, probs = [], []
-        for segment, offset in zip(item.segments, item.offsets, strict=True):
-            bounds += [((offset + s) / SAMPLE_RATE, (offset + e) / SAMPLE_RATE) for s, e in scorer.windows(segment)]
-            probs.append(next(scores))
-        window_probs = np.concatenate(probs)
+def _windows(scorer: WindowScorer, start: int, end: int) -> list[tuple[int, int]]:
+    """The windows of span [start, end), in file samples."""
+    return [(start + s, start + e) for s, e in window_bounds(end - start, scorer.window_s, scorer.stride_s)]
+
+
+def _scores_in_groups(scorer: WindowScorer, recordings: list[StagedRecording]) -> Iterator[np.ndarray]:
+    """Each span's window probabilities, in order, reading and scoring about WINDOWS_PER_GROUP
+    windows at a time (one long recording is never in memory whole)."""
+    group: list[np.ndarray] = []
+    windows = 0
+    for recording in recordings:
+        for start, end in recording.spans:
+            group.append(recording.read(start, end))
+            windows += len(_windows(scorer, start, end))
+            if windows >= WINDOWS_PER_GROUP:
+                yield from scorer.score_many(group)
+                group, windows = [], 0
+    if group:
+        yield from scorer.score_many(group)
+
+
+def _score_group(scorer: WindowScorer, group: list[StagedRecording], aggregation: str) -> Iterator[FileResult]:
+    scores = _scores_in_groups(scorer, group)
+    for recording in group:
+        bounds = [(s / SAMPLE_RATE, e / SAMPLE_RATE) for a, b in recording.spans for s, e in _windows(scorer, a, b)]
+        window_probs = np.concatenate([next(scores) for _ in recording.spans])
+        recording.staged.unlink(missing_ok=True)
         yield FileResult(
-            item.path, "ok", duration_s=item.duration_s, windows=bounds, window_probs=window_probs,
+            recording.uri, "ok", duration_s=recording.duration_s, windows=bounds, window_probs=window_probs,
             probs=aggregate(window_probs, aggregation),  # type: ignore[arg-type]
         )
 

@@ -85,7 +85,7 @@ class _Decoded:
     analysis: SpeechAnalysis
 
 
-def _decode_and_stage(path: Path, staged: Path, vad: VadSettings) -> _Decoded:
+def decode_and_stage(path: Path, staged: Path, vad: VadSettings) -> _Decoded:
     """Decode `path` block by block into `staged`, analysing speech on the way."""
     analyzer, stats = SpeechAnalyzer(vad), SampleStats()
     with open_audio(path) as reader, staged.open("wb") as out:
@@ -130,7 +130,7 @@ def _prepare(
     stem.parent.mkdir(parents=True, exist_ok=True)
     staged = stem.with_suffix(".f32")
     try:
-        decoded = _decode_and_stage(path, staged, vad)
+        decoded = decode_and_stage(path, staged, vad)
     except RejectedInput:
         staged.unlink(missing_ok=True)
         raise

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from voxtox.audio import load_audio
 from voxtox.flows.cli import app
 from voxtox.labels import CLASSES
-from voxtox.models.inference import WindowScorer
+from voxtox.models.inference import WindowScorer, window_bounds
 from voxtox.settings import Settings, TrainSettings, VadSettings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, label_column
@@ -213,6 +213,29 @@ def test_windows_of_many_files_share_batches_and_keep_file_order(run_dir: Path, 
     assert [Path(r.file).name for r in results] == ["broken.wav", "cut.wav", "long.wav", "short.flac"]
     alone = list(classify_inputs([str(audio_dir / "short.flac")], model, batch_size=1))[0]
     np.testing.assert_allclose(results[3].window_probs, alone.window_probs, atol=1e-5)
+
+
+def test_a_long_recording_is_scored_a_group_of_windows_at_a_time(run_dir: Path, audio_dir: Path, monkeypatch) -> None:
+    """`voxtox classify` bounds memory on long recordings: decoded to a scratch file, its windows
+    scored WINDOWS_PER_GROUP at a time (1 here, so the 33 s file is cut). The windows and their
+    probabilities are those of scoring the file in one piece, and no scratch file is left."""
+    import tempfile
+
+    import voxtox.tasks.classify as classify
+
+    model = load_model(run_dir).model
+    whole = WindowScorer(model).score(load_audio(str(audio_dir / "long.wav")).samples)
+    monkeypatch.setattr(classify, "WINDOWS_PER_GROUP", 1)
+    scratch = Path(tempfile.mkdtemp())
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    (result,) = classify_inputs([str(audio_dir / "long.wav")], model)
+    assert result.windows == [(0.0, 15.0), (15.0, 30.0), (30.0, 33.0)]
+    np.testing.assert_allclose(result.window_probs, whole, atol=1e-5)
+    assert list(scratch.iterdir()) == []
+    for n in (0, 1000, 15 * RATE, 15 * RATE + 8000, 47 * RATE + 123):
+        spans = classify.whole_recording_spans(n, 15.0)
+        tiled = [(a + s, a + e) for a, b in spans for s, e in window_bounds(b - a)]
+        assert tiled == window_bounds(n), n
 
 
 def test_with_the_vad_only_speech_is_scored_and_silence_is_said(run_dir: Path, tmp_path: Path) -> None:
