@@ -196,6 +196,7 @@ def test_datasets_loads_the_clips_folder_with_its_splits_audio_and_language(tmp_
 
     catalog = data_dir_with_sources(tmp_path / "data", per_split=2, n=3)
     compact(catalog.shards_root, ["clips"])
+    assert sum(counts(catalog).values()) == 18  # a query leaves its schema cache in the folder
     loaded = datasets.load_dataset(str(catalog.shards_root / "clips"), cache_dir=str(tmp_path / "hf-cache"))
     assert {name: len(split) for name, split in loaded.items()} == {"train": 6, "validation": 6, "test": 6}
     features = loaded["validation"].features
