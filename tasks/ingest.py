@@ -78,14 +78,16 @@ def assign_split(source_sha256: str, rule: str, settings: Settings) -> Split:
 
 
 @dataclass(frozen=True)
-class _Decoded:
+class DecodedAudioStage:
+    """What decoding a recording into its staged file learnt about it on the way."""
+
     original_rate: int
     channels: int
     codec: str
     analysis: SpeechAnalysis
 
 
-def decode_and_stage(path: Path, staged: Path, vad: VadSettings) -> _Decoded:
+def decode_and_stage(path: Path, staged: Path, vad: VadSettings) -> DecodedAudioStage:
     """Decode `path` block by block into `staged`, analysing speech on the way."""
     analyzer, stats = SpeechAnalyzer(vad), SampleStats()
     with open_audio(path) as reader, staged.open("wb") as out:
@@ -94,7 +96,7 @@ def decode_and_stage(path: Path, staged: Path, vad: VadSettings) -> _Decoded:
             analyzer.feed(block)
             stats.update(block)
     check_usable(stats, reader.declared_s)
-    return _Decoded(reader.original_rate, reader.channels, reader.codec, analyzer.finish())
+    return DecodedAudioStage(reader.original_rate, reader.channels, reader.codec, analyzer.finish())
 
 
 def prepare_source(
