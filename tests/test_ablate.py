@@ -68,6 +68,9 @@ def test_the_paper_file_runs_the_paper_grid_and_still_configures_train(
     assert tables.settings.evaluate.resample_by == "source" and tables.settings.train.val_labels == "human"
     figure2 = load_grid_file(REPO / "experiments" / "figure2-multilingual.toml")
     assert [c.name for c in plan_cells(figure2)] == ["baseline", "contrastive-a0.1"] and figure2.grid.name == "figure2"
+    longer = load_grid_file(REPO / "experiments" / "figure2-multilingual-6-epochs.toml")
+    assert (longer.grid.name, longer.settings.train.epochs, figure2.settings.train.epochs) == ("figure2-6-epochs", 6, 3)
+    assert longer.settings.train.model_copy(update={"epochs": 3}) == figure2.settings.train  # nothing else differs
     monkeypatch.setenv("VOXTOX_CONFIG", str(REPO / "experiments" / "paper-table2.toml"))  # voxtox train --config
     assert (Settings().train.loss, Settings().train.alpha) == ("contrastive", 0.1)
 
