@@ -21,7 +21,7 @@ from pathlib import Path
 
 from voxtox.files import sha256_file
 
-#: Small trained models that ship with voxtox (the default labeller's head: about 0.5 MB).
+#: Small trained models that ship with voxtox (the default labeller's head: about 4 MB).
 SHIPPED_MODELS = Path(str(importlib.resources.files("voxtox") / "shipped_models"))
 
 
