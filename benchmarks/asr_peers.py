@@ -140,6 +140,7 @@ ABLATIONS = {
     "voxtox, no word times": {"word_timestamps": False},
     "voxtox, no temperature fallback": {"fallback_temperatures": []},
     "voxtox, any language (`asr.languages = []`)": {"languages": []},
+    "voxtox, no second opinion (`asr.second_language_below = None`)": {"second_language_below": None},
 }
 
 

@@ -319,14 +319,15 @@ def identify_languages(
     return scores
 
 
-def decide_languages(
+def language_scores(
     model: WhisperModel, sources: list[PreparedSource], pieces: list[Piece], settings: AsrSettings
-) -> list[tuple[str, float]]:
-    """Each piece's language and its probability: the own-length guess, and for a doubtful piece
-    (below LANGUAGE_CONFIDENCE) that guess times a second one from the piece padded to
-    RECHECK_PAD_S, as independent evidence."""
+) -> tuple[list[str], np.ndarray]:
+    """The candidate languages and P(language) over them for each piece: the own-length guess,
+    and for a doubtful piece (below LANGUAGE_CONFIDENCE) that guess times a second one from the
+    piece padded to RECHECK_PAD_S, as independent evidence. A forced language (or an
+    English-only model) is the only candidate."""
     if settings.language or not model.model.is_multilingual:
-        return [(settings.language or "en", 1.0)] * len(pieces)
+        return [settings.language or "en"], np.ones((len(pieces), 1))
     candidates = candidate_languages(model, settings)
     scores = identify_languages(model, sources, pieces, candidates, settings.batch_size)
     doubtful = np.flatnonzero(scores.max(axis=1) < LANGUAGE_CONFIDENCE)
@@ -336,6 +337,14 @@ def decide_languages(
         )
         joint = scores[doubtful] * again
         scores[doubtful] = joint / joint.sum(axis=1, keepdims=True)
+    return candidates, scores
+
+
+def decide_languages(
+    model: WhisperModel, sources: list[PreparedSource], pieces: list[Piece], settings: AsrSettings
+) -> list[tuple[str, float]]:
+    """Each piece's most probable language and its probability (`language_scores`)."""
+    candidates, scores = language_scores(model, sources, pieces, settings)
     return [(candidates[int(np.argmax(row))], float(row.max())) for row in scores]
 
 
@@ -351,18 +360,89 @@ def transcribe_all(
 ) -> dict[tuple[int, int], list[AsrSegment]]:
     """ASR segments (times from the source's start) per (source, chunk): every piece's language
     decided, the pieces packed per language into 30 s inputs, the inputs encoded and decoded in
-    batches across sources, each with its language token."""
+    batches across sources, each with its language token; then the pieces whose text came out
+    improbable decoded again in their runner-up language (`second_opinions`)."""
     pieces = plan_pieces(sources)
-    language_of = dict(zip(pieces, decide_languages(model, sources, pieces, settings), strict=True))
+    candidates, scores = language_scores(model, sources, pieces, settings)
+    ranked = [[(candidates[j], float(row[j])) for j in np.argsort(-row)] for row in scores]
+    found = decode_pieces(model, sources, pieces, [r[0] for r in ranked], settings)
+    found |= second_opinions(model, sources, pieces, ranked, found, settings)
     by_chunk: dict[tuple[int, int], list[AsrSegment]] = defaultdict(list)
-    for batch in _batches(pack(pieces, [language_of[p][0] for p in pieces]), settings.batch_size):
+    for piece, segments in found.items():
+        by_chunk[(piece.source, piece.chunk)] += segments
+    return {key: sorted(segments, key=lambda s: s.start_s) for key, segments in by_chunk.items()}
+
+
+def decode_pieces(
+    model: WhisperModel,
+    sources: list[PreparedSource],
+    pieces: list[Piece],
+    languages: list[tuple[str, float]],
+    settings: AsrSettings,
+) -> dict[Piece, list[AsrSegment]]:
+    """Each piece's segments (recording time), the pieces packed per language into shared 30 s
+    inputs and decoded in batches, each input with its pieces' language."""
+    language_of = dict(zip(pieces, languages, strict=True))
+    found: dict[Piece, list[AsrSegment]] = {piece: [] for piece in pieces}
+    for batch in _batches(pack(pieces, [language for language, _ in languages]), settings.batch_size):
         audio = [packed.audio(sources) for packed in batch]
-        languages = [_input_language(packed, language_of) for packed in batch]
-        decoded = decode(model, encode(model, audio), [len(a) for a in audio], languages, settings, settings.word_timestamps)
+        input_languages = [_input_language(packed, language_of) for packed in batch]
+        decoded = decode(model, encode(model, audio), [len(a) for a in audio], input_languages, settings, settings.word_timestamps)
         for packed, segments in zip(batch, decoded, strict=True):
             for piece, segment in to_pieces(packed, segments):
-                by_chunk[(piece.source, piece.chunk)].append(segment)
-    return {key: sorted(found, key=lambda s: s.start_s) for key, found in by_chunk.items()}
+                found[piece].append(segment)
+    return found
+
+
+def words_logprob(segments: list[AsrSegment]) -> float:
+    """Mean log-probability of a piece's text, its segments weighted by their words; -inf
+    for no text."""
+    weights = [max(len(s.words), 1) for s in segments if s.text]
+    if not weights:
+        return float("-inf")
+    return float(np.average([s.avg_logprob for s in segments if s.text], weights=weights))
+
+
+def runner_up(ranked: list[tuple[str, float]]) -> tuple[str, float] | None:
+    """The language a piece is decoded in for a second opinion: the most probable one after
+    the first guess, but never English for a piece first guessed in another language. Whisper
+    was trained to translate any language into English, so an English decoding of, say,
+    Spanish speech is a fluent translation whose high probability says nothing about the
+    language spoken (on held-out code-switched chat, allowing it replaced real turns with
+    English sentences that were never said)."""
+    first = ranked[0][0]
+    return next(((lang, p) for lang, p in ranked[1:] if first == "en" or lang != "en"), None)
+
+
+def second_opinions(
+    model: WhisperModel,
+    sources: list[PreparedSource],
+    pieces: list[Piece],
+    ranked: list[list[tuple[str, float]]],
+    found: dict[Piece, list[AsrSegment]],
+    settings: AsrSettings,
+) -> dict[Piece, list[AsrSegment]]:
+    """Pieces whose text is improbable (below `second_language_below`) decoded again in their
+    `runner_up` language; the new text replaces the first where the decoder finds it more
+    probable.
+
+    Why: on a short turn the acoustic language guess can be confidently wrong (German turns in
+    English lobbies came out `en` at 0.86-0.97), and a turn decoded with the wrong language
+    token comes out garbled, with a low probability; the decoder's likelihood under another
+    language is the evidence the guess lacked. Only improbable pieces pay for a second decode.
+    """
+    threshold = settings.second_language_below
+    if threshold is None:
+        return {}
+    retry = [
+        (piece, alternative)
+        for piece, row in zip(pieces, ranked, strict=True)
+        if found[piece] and words_logprob(found[piece]) < threshold and (alternative := runner_up(row))
+    ]
+    if not retry:
+        return {}
+    again = decode_pieces(model, sources, [p for p, _ in retry], [a for _, a in retry], settings)
+    return {piece: again[piece] for piece, _ in retry if words_logprob(again[piece]) > words_logprob(found[piece])}
 
 
 def _input_language(packed: PackedInput, language_of: dict[Piece, tuple[str, float]]) -> tuple[str, float]:

@@ -15,8 +15,12 @@ from voxtox.tasks.transcribe import (
     Piece,
     hallucination_reason,
     max_ngram_repeats,
+    decode_pieces,
     pack,
     plan_pieces,
+    runner_up,
+    second_opinions,
+    words_logprob,
     sentence_segments,
     split_long_segment,
     to_pieces,
@@ -124,6 +128,48 @@ def test_language_is_detected_per_chunk(whisper_dir: str, tmp_path: Path) -> Non
     unit = transcribe_sources([source], whisper_dir, settings, tmp_path / "out")
     rows = sorted(pq.read_table(unit.transcripts).to_pylist(), key=lambda r: r["start_s"])
     assert [row["lang"] for row in rows] == ["en", "de"]
+
+
+def test_the_second_opinion_is_never_english_for_a_turn_first_heard_in_another_language() -> None:
+    assert runner_up([("es", 0.8), ("en", 0.15), ("pt", 0.05)]) == ("pt", 0.05)
+    assert runner_up([("en", 0.8), ("de", 0.2)]) == ("de", 0.2)
+    assert runner_up([("de", 0.9), ("en", 0.1)]) is None
+    assert runner_up([("en", 1.0)]) is None
+
+
+def test_a_turn_decoded_in_the_wrong_language_is_decoded_again_in_the_runner_up(
+    whisper_dir: str, tmp_path: Path
+) -> None:
+    """A clear Spanish turn whose language guess came out German (short turns' guesses are
+    sometimes confidently wrong) is decoded again in Spanish, the runner-up, and the Spanish
+    text is kept because the decoder finds it more probable. Several seconds of plain Spanish
+    make that margin wide, so the outcome does not hinge on an int8 kernel's last bit."""
+    import soundfile
+
+    from conftest import spoken
+    from voxtox.audio import SAMPLE_RATE
+    from voxtox.tasks.speech_synth import Utterance
+
+    samples = spoken(Utterance("buena partida a todos, fue muy reñida, nos vemos mañana por la noche", "es"))
+    soundfile.write(tmp_path / "turn.wav", samples, SAMPLE_RATE)
+    settings = Settings(data_dir=tmp_path)
+    source = prepare_source(str(tmp_path / "turn.wav"), "test", settings, tmp_path)
+    assert isinstance(source, PreparedSource)
+    model = load_whisper(whisper_dir, settings.asr.device, settings.asr.compute_type, settings.asr.cpu_threads)
+    pieces = plan_pieces([source])
+    ranked = [[("de", 0.9), ("es", 0.1)]] * len(pieces)
+    first = decode_pieces(model, [source], pieces, [r[0] for r in ranked], settings.asr)
+    assert all(s.language == "de" for found in first.values() for s in found)
+
+    every_piece = settings.asr.model_copy(update={"second_language_below": 0.0})  # log-probs are < 0
+    better = second_opinions(model, [source], pieces, ranked, first, every_piece)
+    assert set(better) == set(pieces)
+    for piece, found in better.items():
+        assert {s.language for s in found} == {"es"}
+        assert words_logprob(found) > words_logprob(first[piece])
+
+    never = settings.asr.model_copy(update={"second_language_below": None})
+    assert second_opinions(model, [source], pieces, ranked, first, never) == {}
 
 
 def test_evaluation_splits_keep_whole_vad_segments(multilingual, whisper_dir: str, tmp_path: Path) -> None:

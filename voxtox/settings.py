@@ -62,6 +62,11 @@ class AsrSettings(BaseModel):
         [0.2, 0.4, 0.6, 0.8, 1.0], description="re-decode failed windows by sampling at these"
     )
     fallback_seed: int = 0
+    second_language_below: float | None = Field(
+        -0.8,
+        description="a piece whose words' mean log-probability is below this is decoded again in "
+        "its runner-up language, and the more probable text is kept (None: never)",
+    )
     # Hallucination filters (faster-whisper's own defaults for the first three).
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
