@@ -56,6 +56,20 @@ def test_eval_families_never_reach_training(cases: list[FunctionalCase]) -> None
     assert not {normalise_text(t) for t in builtin["train"].texts} & eval_texts
 
 
+def test_a_train_family_that_repeats_an_eval_text_is_refused(cases: list[FunctionalCase], tmp_path: Path) -> None:
+    """Loading keeps one of equal texts, eval first: a train copy of an eval case would vanish
+    from training silently, so the loader names it instead."""
+    import dataclasses
+
+    from voxtox.corpus.functional import check_train_repeats_no_eval_text
+
+    written = [c for c in cases if c.lang == "en"]
+    an_eval_case = next(c for c in written if c.split == "eval")
+    copied = dataclasses.replace(an_eval_case, split="train", family="en_copy", text=an_eval_case.text.upper() + "!")
+    with pytest.raises(ValueError, match=r"en\.toml: 1 train case\(s\) repeat an eval case's text, e\.g\. en_copy"):
+        check_train_repeats_no_eval_text([*written, copied], tmp_path / "en.toml")
+
+
 def test_spelling_variants_respell_the_group_word() -> None:
     rng = random.Random(3)
     variants = {perturb("Muslims are a disease on this planet", ["Muslims"], rng) for _ in range(40)}

@@ -122,7 +122,21 @@ def _load_language(lang: str) -> tuple[list[FunctionalCase], GroupForms]:
     duplicates = [n for n, k in Counter(f.name for f in families).items() if k > 1]
     if duplicates:
         raise ValueError(f"{path}: duplicate family ids {duplicates}")
-    return [case for family in families for case in _expand(family, lang, groups, path)], groups
+    cases = [case for family in families for case in _expand(family, lang, groups, path)]
+    check_train_repeats_no_eval_text(cases, path)
+    return cases, groups
+
+
+def check_train_repeats_no_eval_text(cases: Sequence[FunctionalCase], path: Path) -> None:
+    """Refuse a train family that writes an eval case's text again. Loading keeps the first of
+    equal texts (eval families first), so such a case would vanish from training unnoticed; it
+    also means a training frame was written as a copy of a test frame, which the eval split
+    must not measure."""
+    eval_texts = {normalise_text(c.text) for c in cases if c.split == "eval"}
+    repeats = [c for c in cases if c.split == "train" and normalise_text(c.text) in eval_texts]
+    if repeats:
+        shown = "; ".join(f"{c.family}: {c.text!r}" for c in repeats[:3])
+        raise ValueError(f"{path}: {len(repeats)} train case(s) repeat an eval case's text, e.g. {shown}")
 
 
 def _family(lang: str, raw: Mapping[str, Any], shared: Mapping[str, tuple[str, ...]], path: Path) -> _Family:
