@@ -441,7 +441,10 @@ def second_opinions(
     ]
     if not retry:
         return {}
-    again = decode_pieces(model, sources, [p for p, _ in retry], [a for _, a in retry], settings)
+    # One beam search per input, without the temperature fallback: the text in the first
+    # language already failed, and a second opinion that needs sampling to pass is no better.
+    probe = settings.model_copy(update={"fallback_temperatures": []})
+    again = decode_pieces(model, sources, [p for p, _ in retry], [a for _, a in retry], probe)
     return {piece: again[piece] for piece, _ in retry if words_logprob(again[piece]) > words_logprob(found[piece])}
 
 
