@@ -36,7 +36,14 @@ from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.storage.workdir import run_work_dir
 from voxtox.tasks.confine import confine
 from voxtox.tasks.embed import embed_task, resolve_text_encoder
-from voxtox.tasks.ingest import PreparedSource, SourceRejection, first_of_each_content, ingest_task, make_units
+from voxtox.tasks.ingest import (
+    PreparedSource,
+    SourceRejection,
+    first_of_each_content,
+    ingest_batches,
+    ingest_task,
+    make_units,
+)
 from voxtox.tasks.label import label_task
 from voxtox.tasks.transcribe import check_asr_model, transcribe_task
 from voxtox.tasks.write import WrittenUnit, write_rejections_task, write_task
@@ -137,9 +144,11 @@ def label_flow(
     if not allow_forgotten:
         known |= forgotten_sha256s(tombstones_file(settings.shards_dir))
     with run_work_dir(settings.work_dir, run_id) as work:
+        batches = ingest_batches(uris, settings.pipeline.ingest_batch_files, settings.pipeline.workers)
         ingested = [
-            f.result()
-            for f in ingest_task.map(uris, unmapped(split), unmapped(settings), unmapped(work), unmapped(known))
+            result
+            for f in ingest_task.map(batches, unmapped(split), unmapped(settings), unmapped(work), unmapped(known))
+            for result in f.result()
         ]
         prepared, duplicates = first_of_each_content(ingested)
         rejected = outside + outside_found + [r for r in ingested if isinstance(r, SourceRejection)] + duplicates

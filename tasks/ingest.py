@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from prefect import task
+from prefect import runtime, task
 
 from voxtox.audio import RejectedInput, SampleStats, check_usable, fetch_input, open_audio
 from voxtox.settings import Settings, Split, VadSettings
@@ -170,11 +170,28 @@ def _prepare(
     )
 
 
-@task(name="ingest", task_run_name="ingest {uri}")
+def _ingest_run_name() -> str:
+    uris = runtime.task_run.parameters["uris"]
+    return f"ingest {uris[0]}" + (f" and {len(uris) - 1} more" if len(uris) > 1 else "")
+
+
+@task(name="ingest", task_run_name=_ingest_run_name)
 def ingest_task(
-    uri: str, split_rule: str, settings: Settings, work_dir: Path, known: frozenset[str]
-) -> PreparedSource | SourceRejection | None:
-    return prepare_source(uri, split_rule, settings, work_dir, known)
+    uris: list[str], split_rule: str, settings: Settings, work_dir: Path, known: frozenset[str]
+) -> list[PreparedSource | SourceRejection | None]:
+    """A batch of inputs, each prepared on its own (a broken one becomes its own rejection).
+    Batched because a task run costs ~0.2 s of API calls with the local Prefect server, several
+    times what decoding and VAD cost for a typical voice-chat file (docs/benchmarks.md)."""
+    return [prepare_source(uri, split_rule, settings, work_dir, known) for uri in uris]
+
+
+def ingest_batches(uris: list[str], batch_files: int, workers: int) -> list[list[str]]:
+    """Inputs in batches of at most `batch_files`, and at least one batch per worker when there
+    are enough inputs, so batching never idles a worker."""
+    if not uris:
+        return []
+    size = max(1, min(batch_files, -(-len(uris) // max(workers, 1))))
+    return [uris[i : i + size] for i in range(0, len(uris), size)]
 
 
 def first_of_each_content(

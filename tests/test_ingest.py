@@ -146,3 +146,14 @@ def test_long_speech_is_split_at_the_quiet_point(layout) -> None:
     pauses = [(a.end_s, b.start_s) for a, b in zip(truth, truth[1:])]
     for cut in (c.end_s for c in chunks[:-1]):
         assert any(start - 0.05 <= cut <= end + 0.05 for start, end in pauses), cut
+
+
+def test_inputs_are_ingested_in_batches_that_keep_every_worker_busy() -> None:
+    from voxtox.tasks.ingest import ingest_batches
+
+    uris = [f"f{i}.wav" for i in range(20)]
+    assert [len(b) for b in ingest_batches(uris, 16, 1)] == [16, 4]
+    assert [len(b) for b in ingest_batches(uris, 16, 4)] == [5, 5, 5, 5]
+    assert [len(b) for b in ingest_batches(uris[:3], 16, 8)] == [1, 1, 1]
+    assert sum(ingest_batches(uris, 7, 2), []) == uris  # every input once, in order
+    assert ingest_batches([], 16, 1) == []

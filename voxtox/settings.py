@@ -151,6 +151,9 @@ class PipelineSettings(BaseModel):
     unit_speech_s: float = Field(
         300.0, gt=0, description="seconds of speech per transcription task (batched together)"
     )
+    ingest_batch_files: int = Field(
+        16, ge=1, description="inputs per ingest task (a task run costs ~0.2 s of Prefect API calls)"
+    )
 
 
 class SplitSettings(BaseModel):
