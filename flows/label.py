@@ -1,6 +1,6 @@
 """The labelling flow: raw voice audio in, labelled Parquet shards out, DuckDB views refreshed.
 
-ingest (per input) -> transcribe (per unit of sources, batched ASR) -> label -> embed -> write
+ingest (per batch of inputs) -> transcribe (per unit of sources, batched ASR) -> label -> embed -> write
 (per unit), then rejects and the catalog's views. Tasks pass paths and small manifests only.
 """
 
