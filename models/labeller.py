@@ -189,9 +189,9 @@ class UsemHeadScorer:
     multi_label = True
 
     def __init__(self, directory: Path, max_length: int, threads: int) -> None:
-        from voxtox.models.text_encoder import UsemEncoder
+        from voxtox.models.text_encoder import shared_usem
 
-        self.encoder = UsemEncoder(threads=threads)
+        self.encoder = shared_usem(threads)
         self.head = UsemHead.load(directory)
         self.id2label = dict(enumerate(CLASSES))
         # USE has no length limit; cap the work per text as the HF path's token truncation does.

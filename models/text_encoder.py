@@ -63,9 +63,17 @@ class SentenceTransformerEncoder:
         return embeddings.astype(np.float32)
 
 
+@lru_cache(maxsize=4)
+def shared_usem(threads: int) -> UsemEncoder:
+    """One USE per process (and thread count): the default labeller and the default text
+    encoder are the same model, and each copy costs a second or more to load and its weights'
+    memory. Its forward pass keeps no state, so tasks may share it."""
+    return UsemEncoder(threads=threads)
+
+
 @lru_cache(maxsize=2)
 def load_text_encoder(name: str, path: str, prefix: str = "", batch_size: int = 64) -> TextEncoder:
     """`name` is what the catalog records; `path` is where the model store found it."""
     if name == USEM3:
-        return UsemEncoder()
+        return shared_usem(UsemEncoder.threads)  # the labeller's, with the default asr.cpu_threads
     return SentenceTransformerEncoder(name, path, prefix, batch_size)

