@@ -28,6 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from voxtox.audio import discover_inputs
 from voxtox.flows.serve import check_served_run
 from voxtox.labels import CLASSES
+from voxtox.prefect_env import deprioritise_ephemeral_api
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.model_store import resolve_model
@@ -131,6 +132,7 @@ def label_flow(
     """Label every input (directory, glob, file or manifest) into the catalog's shards.
     Recordings `voxtox forget` erased are skipped unless `allow_forgotten`."""
     started = time.perf_counter()
+    deprioritise_ephemeral_api()
     inbox = check_served_run(settings, allow_forgotten)
     settings = settings or Settings()
     logger = get_run_logger()

@@ -239,6 +239,28 @@ def test_the_background_api_start_leaves_a_named_api_alone() -> None:
     assert {key for key, server in SubprocessASGIServer._instances.items() if server.running} == running
 
 
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="POSIX process priorities")
+def test_the_local_prefect_api_yields_the_cpu_to_the_pipeline() -> None:
+    """A label run lowers the CPU priority of the ephemeral API it started, so the API's
+    bookkeeping waits for a free core instead of slowing the ASR. Checked against Prefect's own
+    registry of such servers: if that changes shape, this fails instead of voxtox silently
+    doing nothing."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from voxtox.prefect_env import EPHEMERAL_API_NICENESS, deprioritise_ephemeral_api
+
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    server = SubprocessASGIServer(port=9)  # registered under its port; never started
+    server.server_process = stand_in
+    try:
+        deprioritise_ephemeral_api()
+        assert os.getpriority(os.PRIO_PROCESS, stand_in.pid) == EPHEMERAL_API_NICENESS
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+        SubprocessASGIServer._instances.pop(9, None)
+
+
 def test_prefect_start_up_timeout_is_one_line_saying_what_to_set(tmp_path: Path, speech_file: Path) -> None:
     """An ephemeral API that does not come up in time (forced here with a 0 s allowance)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | {

@@ -77,3 +77,33 @@ def api_starting() -> Iterator[None]:
         starter.join()
     if failures:
         raise failures[0]
+
+
+#: CPU niceness of the local (ephemeral) Prefect API's process during a labelling run.
+EPHEMERAL_API_NICENESS = 10
+
+
+def deprioritise_ephemeral_api() -> None:
+    """Run the local (ephemeral) Prefect API at a lower CPU priority than the pipeline.
+
+    On a small machine the API's own work (booting, then recording every task run's states,
+    logs and events) competes with the ASR for the same cores: the first `label` flow in a
+    process ran 0.80-0.82x its transcription stage, against 1.08-1.12x for flows that found the
+    API already up (docs/benchmarks.md). Its work is bookkeeping that can wait for a free core.
+    Nothing happens for a server voxtox did not start (PREFECT_API_URL), or off POSIX."""
+    if not hasattr(os, "setpriority"):
+        return
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        servers = list(getattr(SubprocessASGIServer, "_instances", {}).values())
+    except Exception:  # noqa: BLE001 (a Prefect without it: nothing to lower)
+        return
+    for server in servers:
+        process = getattr(server, "server_process", None)
+        if process is not None and process.poll() is None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, process.pid, EPHEMERAL_API_NICENESS)
+            except OSError:
+                pass  # not ours to change (another user's, or a restricted container): run as is
+
