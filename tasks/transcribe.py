@@ -360,8 +360,9 @@ def transcribe_all(
 ) -> dict[tuple[int, int], list[AsrSegment]]:
     """ASR segments (times from the source's start) per (source, chunk): every piece's language
     decided, the pieces packed per language into 30 s inputs, the inputs encoded and decoded in
-    batches across sources, each with its language token; then the pieces whose text came out
-    improbable decoded again in their runner-up language (`second_opinions`)."""
+    batches across sources, each with its language token; with `asr.second_language_below`
+    set, the pieces whose text came out improbable decoded again in another language
+    (`second_opinions`)."""
     pieces = plan_pieces(sources)
     candidates, scores = language_scores(model, sources, pieces, settings)
     ranked = [[(candidates[j], float(row[j])) for j in np.argsort(-row)] for row in scores]
