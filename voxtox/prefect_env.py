@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,15 +92,13 @@ def deprioritise_ephemeral_api() -> None:
     process ran 0.80-0.82x its transcription stage, against 1.08-1.12x for flows that found the
     API already up (docs/benchmarks.md). Its work is bookkeeping that can wait for a free core.
     Nothing happens for a server voxtox did not start (PREFECT_API_URL), or off POSIX."""
-    if not hasattr(os, "setpriority"):
+    # Prefect imports its server module only to start that process: if it is not loaded, this
+    # process started no API, and importing it here would cost seconds for nothing.
+    server_module = sys.modules.get("prefect.server.api.server")
+    if not hasattr(os, "setpriority") or server_module is None:
         return
-    try:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        servers = list(getattr(SubprocessASGIServer, "_instances", {}).values())
-    except Exception:  # noqa: BLE001 (a Prefect without it: nothing to lower)
-        return
-    for server in servers:
+    registry = getattr(getattr(server_module, "SubprocessASGIServer", None), "_instances", {})
+    for server in list(registry.values()):
         process = getattr(server, "server_process", None)
         if process is not None and process.poll() is None:
             try:
