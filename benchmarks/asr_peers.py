@@ -140,6 +140,7 @@ ABLATIONS = {
     "voxtox, no word times": {"word_timestamps": False},
     "voxtox, no temperature fallback": {"fallback_temperatures": []},
     "voxtox, any language (`asr.languages = []`)": {"languages": []},
+    "voxtox, no language weights (`asr.language_weights = {}`)": {"language_weights": {}},
     "voxtox, second opinion (`asr.second_language_below = -0.8`)": {"second_language_below": -0.8},
 }
 

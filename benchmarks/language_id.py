@@ -8,7 +8,9 @@ the spoken language (the language of most of the piece's speech) and time for:
 
 - padded to 30 s, alone (the previous per-chunk detection);
 - own length, alone;
-- the pipeline's rule (`decide_languages`: own length; doubtful pieces asked again).
+- the pipeline's rule without `asr.language_weights` (own length; doubtful pieces asked again);
+- the pipeline's rule (`decide_languages`: the same, then English's probability weighted by
+  `asr.language_weights`, 0.2 by default).
 
 Audio: benchmarks/asr_peers.py's recordings (code-switched en/es/de and English-only), built
 by benchmarks/_audio.py; candidates are the pipeline's `asr.languages` (the five labeller
@@ -90,8 +92,8 @@ def main() -> None:
     print(f"candidates: {', '.join(asr.languages) or f'all {len(candidates)}'}; doubtful below "
           f"{LANGUAGE_CONFIDENCE}, asked again padded to {RECHECK_PAD_S:g} s\n")
     print("| audio | pieces | padded to 30 s (before): right | s | own length: right | s | "
-          "pipeline (own length, doubtful asked again): right | s | doubtful |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "own length, doubtful asked again: right | s | the pipeline (and language weights): right | s | doubtful |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, recipe in VARIANTS.items():
         directory = args.audio_dir / f"{name}-{args.minutes:g}min-{args.files}"
         audio = build_audio(directory, args.minutes, args.files, recipe["seed"], recipe["langs"], recipe["other_share"])
@@ -108,6 +110,10 @@ def main() -> None:
             own = identify_languages(model, sources, pieces, candidates, asr.batch_size)
             timed["own"] = time.perf_counter() - started
             started = time.perf_counter()
+            unweighted = asr.model_copy(update={"language_weights": {}})
+            rule = [language for language, _ in decide_languages(model, sources, pieces, unweighted)]
+            timed["rule"] = time.perf_counter() - started
+            started = time.perf_counter()
             decided = [language for language, _ in decide_languages(model, sources, pieces, asr)]
             timed["pipeline"] = time.perf_counter() - started
 
@@ -118,7 +124,7 @@ def main() -> None:
             return [candidates[int(np.argmax(row))] for row in scores]
 
         print(f"| {name} | {len(pieces)} | {right(top(padded))} | {timed['padded']:.1f} | {right(top(own))} | "
-              f"{timed['own']:.1f} | {right(decided)} | {timed['pipeline']:.1f} | "
+              f"{timed['own']:.1f} | {right(rule)} | {timed['rule']:.1f} | {right(decided)} | {timed['pipeline']:.1f} | "
               f"{np.mean(own.max(axis=1) < LANGUAGE_CONFIDENCE):.0%} |", flush=True)
 
 

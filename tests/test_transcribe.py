@@ -24,7 +24,9 @@ from voxtox.tasks.transcribe import (
     sentence_segments,
     split_long_segment,
     to_pieces,
+    language_weights,
     transcribe_sources,
+    weigh_languages,
 )
 from voxtox.tasks.ingest import PreparedSource, prepare_source
 
@@ -128,6 +130,31 @@ def test_language_is_detected_per_chunk(whisper_dir: str, tmp_path: Path) -> Non
     unit = transcribe_sources([source], whisper_dir, settings, tmp_path / "out")
     rows = sorted(pq.read_table(unit.transcripts).to_pylist(), key=lambda r: r["start_s"])
     assert [row["lang"] for row in rows] == ["en", "de"]
+
+
+def test_language_weights_take_a_doubtful_piece_from_english_but_not_a_clear_one() -> None:
+    """English weighted by 0.2 (the default among listed languages): a piece another language
+    holds at least a fifth of English's probability goes to that language; a clearly English
+    piece stays English; languages not named keep their ratios; rows stay probabilities."""
+    candidates = ["en", "de", "es"]
+    scores = np.array([[0.70, 0.25, 0.05], [0.95, 0.03, 0.02], [0.10, 0.30, 0.60]])
+    weighted = weigh_languages(scores, candidates, language_weights(AsrSettings()))
+    assert [candidates[i] for i in weighted.argmax(axis=1)] == ["de", "en", "es"]
+    np.testing.assert_allclose(weighted.sum(axis=1), 1.0)
+    np.testing.assert_allclose(weighted[:, 1] / weighted[:, 2], scores[:, 1] / scores[:, 2])
+    np.testing.assert_allclose(weigh_languages(scores, candidates, {}), scores)
+
+
+def test_english_is_weighted_only_among_listed_languages_unless_weights_are_given() -> None:
+    assert language_weights(AsrSettings()) == {"en": 0.2}
+    assert language_weights(AsrSettings(languages=[])) == {}
+    assert language_weights(AsrSettings(language_weights={})) == {}
+    assert language_weights(AsrSettings(languages=[], language_weights={"en": 0.5})) == {"en": 0.5}
+
+
+def test_language_weights_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="greater than 0"):
+        AsrSettings(language_weights={"en": 0})
 
 
 def test_the_second_opinion_is_never_english_for_a_turn_first_heard_in_another_language() -> None:

@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, PositiveFloat, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -57,6 +57,13 @@ class AsrSettings(BaseModel):
         ["en", "es", "fr", "de", "pt"],
         description="languages a chunk may be given (by default those of the default labeller); [] for any"
         " language Whisper knows",
+    )
+    language_weights: dict[str, PositiveFloat] | None = Field(
+        None,
+        description="multiply a language's probability by this before each chunk's language is "
+        "chosen; {} trusts Whisper's guess as it is. Unset: English 0.2 among listed `languages` "
+        "(Whisper's guess leans to English on short turns in other languages), none with "
+        "`languages = []` (docs/benchmarks.md)",
     )
     fallback_temperatures: list[float] = Field(
         [0.2, 0.4, 0.6, 0.8, 1.0], description="re-decode failed windows by sampling at these"
