@@ -62,10 +62,10 @@ GAP_S = 1.0
 #: one piece in five of code-switched chat, none of single-language chat (docs/benchmarks.md).
 LANGUAGE_CONFIDENCE = 0.7
 RECHECK_PAD_S = 10.0
-#: English's weight in a piece's language decision (`language_weights`): a piece goes to another
-#: listed language when that one holds at least a fifth of English's probability. Chosen on
-#: held-out chat against 1, 0.3 and 0.1: code-switched word errors 777, 717, 703 (0.2), 702;
-#: English-only 128, 128, 131 (0.2), 137 (docs/benchmarks.md).
+#: English's weight in a piece's language decision (`language_weights`): from one pass, a piece
+#: goes to another listed language when that one holds at least a fifth of English's
+#: probability. Chosen on held-out chat (docs/benchmarks.md): code-switched word errors 777
+#: without weights, 712 with 0.2, 715 with 0.3; English-only 128, 131, 133.
 ENGLISH_WEIGHT = 0.2
 
 
@@ -328,22 +328,35 @@ def language_scores(
     model: WhisperModel, sources: list[PreparedSource], pieces: list[Piece], settings: AsrSettings
 ) -> tuple[list[str], np.ndarray]:
     """The candidate languages and P(language) over them for each piece: the own-length guess,
-    and for a doubtful piece (below LANGUAGE_CONFIDENCE) that guess times a second one from the
-    piece padded to RECHECK_PAD_S, as independent evidence; then `asr.language_weights`
-    applied (`weigh_languages`). A forced language (or an English-only model) is the only
+    and for a doubtful piece (`doubtful_pieces`) that guess times a second one from the piece
+    padded to RECHECK_PAD_S, as independent evidence; `asr.language_weights` applied to each
+    guess (`weigh_languages`: each pass leans to English on its own). A forced language (or an English-only model) is the only
     candidate."""
     if settings.language or not model.model.is_multilingual:
         return [settings.language or "en"], np.ones((len(pieces), 1))
     candidates = candidate_languages(model, settings)
+    weights = language_weights(settings)
     scores = identify_languages(model, sources, pieces, candidates, settings.batch_size)
-    doubtful = np.flatnonzero(scores.max(axis=1) < LANGUAGE_CONFIDENCE)
+    doubtful = np.flatnonzero(doubtful_pieces(scores, candidates, weights))
+    scores = weigh_languages(scores, candidates, weights)
     if doubtful.size:
         again = identify_languages(
             model, sources, [pieces[i] for i in doubtful], candidates, settings.batch_size, RECHECK_PAD_S
         )
-        joint = scores[doubtful] * again
+        joint = scores[doubtful] * weigh_languages(again, candidates, weights)
         scores[doubtful] = joint / joint.sum(axis=1, keepdims=True)
-    return candidates, weigh_languages(scores, candidates, language_weights(settings))
+    return candidates, scores
+
+
+def doubtful_pieces(scores: np.ndarray, candidates: list[str], weights: dict[str, float]) -> np.ndarray:
+    """Which pieces' own-length guesses need the padded recheck: those less sure than
+    LANGUAGE_CONFIDENCE, and those whose language the weights would change. A weight may take a
+    piece from English only with the recheck's evidence too: a short English "good game
+    everyone" came out 0.72 English, 0.26 Spanish from its own length (Spanish once weighted)
+    and 0.94 English padded."""
+    unsure = scores.max(axis=1) < LANGUAGE_CONFIDENCE
+    moved = weigh_languages(scores, candidates, weights).argmax(axis=1) != scores.argmax(axis=1)
+    return unsure | moved
 
 
 def language_weights(settings: AsrSettings) -> dict[str, float]:

@@ -16,6 +16,7 @@ from voxtox.tasks.transcribe import (
     hallucination_reason,
     max_ngram_repeats,
     decode_pieces,
+    doubtful_pieces,
     pack,
     plan_pieces,
     runner_up,
@@ -143,6 +144,17 @@ def test_language_weights_take_a_doubtful_piece_from_english_but_not_a_clear_one
     np.testing.assert_allclose(weighted.sum(axis=1), 1.0)
     np.testing.assert_allclose(weighted[:, 1] / weighted[:, 2], scores[:, 1] / scores[:, 2])
     np.testing.assert_allclose(weigh_languages(scores, candidates, {}), scores)
+
+
+def test_a_piece_the_weights_would_move_is_rechecked_first() -> None:
+    """A short English turn heard 0.72 English, 0.26 Spanish from its own length is sure enough
+    alone, but the English weight would make it Spanish: it is asked again (padded) before the
+    weight may move it. A clear piece is not; an unsure one is, as before."""
+    candidates = ["en", "es", "de"]
+    scores = np.array([[0.72, 0.26, 0.02], [0.95, 0.03, 0.02], [0.50, 0.30, 0.20], [0.05, 0.90, 0.05]])
+    weights = language_weights(AsrSettings())
+    assert doubtful_pieces(scores, candidates, weights).tolist() == [True, False, True, False]
+    assert doubtful_pieces(scores, candidates, {}).tolist() == [False, False, True, False]
 
 
 def test_english_is_weighted_only_among_listed_languages_unless_weights_are_given() -> None:
