@@ -134,8 +134,8 @@ def test_language_is_detected_per_chunk(whisper_dir: str, tmp_path: Path) -> Non
 
 
 def test_language_weights_take_a_doubtful_piece_from_english_but_not_a_clear_one() -> None:
-    """English weighted by 0.2 (the default among listed languages): a piece another language
-    holds at least a fifth of English's probability goes to that language; a clearly English
+    """English weighted by 0.3 (the default among listed languages): a piece another language
+    holds at least 0.3 of English's probability goes to that language; a clearly English
     piece stays English; languages not named keep their ratios; rows stay probabilities."""
     candidates = ["en", "de", "es"]
     scores = np.array([[0.70, 0.25, 0.05], [0.95, 0.03, 0.02], [0.10, 0.30, 0.60]])
@@ -158,7 +158,7 @@ def test_a_piece_the_weights_would_move_is_rechecked_first() -> None:
 
 
 def test_english_is_weighted_only_among_listed_languages_unless_weights_are_given() -> None:
-    assert language_weights(AsrSettings()) == {"en": 0.2}
+    assert language_weights(AsrSettings()) == {"en": 0.3}
     assert language_weights(AsrSettings(languages=[])) == {}
     assert language_weights(AsrSettings(language_weights={})) == {}
     assert language_weights(AsrSettings(languages=[], language_weights={"en": 0.5})) == {"en": 0.5}

@@ -61,7 +61,7 @@ class AsrSettings(BaseModel):
     language_weights: dict[str, PositiveFloat] | None = Field(
         None,
         description="multiply a language's probability by this before each chunk's language is "
-        "chosen; {} trusts Whisper's guess as it is. Unset: English 0.2 among listed `languages` "
+        "chosen; {} trusts Whisper's guess as it is. Unset: English 0.3 among listed `languages` "
         "(Whisper's guess leans to English on short turns in other languages), none with "
         "`languages = []` (docs/benchmarks.md)",
     )
