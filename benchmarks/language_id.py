@@ -9,8 +9,8 @@ the spoken language (the language of most of the piece's speech) and time for:
 - padded to 30 s, alone (the previous per-chunk detection);
 - own length, alone;
 - the pipeline's rule without `asr.language_weights` (own length; doubtful pieces asked again);
-- the pipeline's rule (`decide_languages`: the same, then English's probability weighted by
-  `asr.language_weights`, 0.2 by default).
+- the pipeline's rule (`decide_languages`: the same, with English's probability weighted by
+  `asr.language_weights`, 0.3 by default, and a piece the weight would move asked again too).
 
 Audio: benchmarks/asr_peers.py's recordings (code-switched en/es/de and English-only), built
 by benchmarks/_audio.py; candidates are the pipeline's `asr.languages` (the five labeller
