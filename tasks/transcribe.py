@@ -331,8 +331,8 @@ def language_scores(
     """The candidate languages and P(language) over them for each piece: the own-length guess,
     and for a doubtful piece (`doubtful_pieces`) that guess times a second one from the piece
     padded to RECHECK_PAD_S, as independent evidence; `asr.language_weights` applied to each
-    guess (`weigh_languages`: each pass leans to English on its own). A forced language (or an English-only model) is the only
-    candidate."""
+    guess (`weigh_languages`: each pass leans to English on its own). A forced language (or an
+    English-only model) is the only candidate."""
     if settings.language or not model.model.is_multilingual:
         return [settings.language or "en"], np.ones((len(pieces), 1))
     candidates = candidate_languages(model, settings)
