@@ -73,7 +73,8 @@ class AsrSettings(BaseModel):
         None,
         description="a piece whose words' mean log-probability is below this (e.g. -0.8) is decoded "
         "again in its runner-up language, and the more probable text is kept; None: never. On "
-        "held-out code-switched chat -0.8 cut WER by 9% for 11% more time (docs/benchmarks.md)",
+        "held-out code-switched chat -0.8 cut WER by 9% for 11% more time before the English "
+        "weight (`language_weights`), and nothing on top of it (docs/benchmarks.md)",
     )
     # Hallucination filters (faster-whisper's own defaults for the first three).
     no_speech_threshold: float = 0.6
