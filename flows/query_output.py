@@ -13,6 +13,8 @@ import base64
 import datetime as dt
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import BinaryIO, TextIO
 
@@ -79,9 +81,26 @@ def print_table(console: Console, table: pa.Table, title: str | None = None, max
         view.add_column(name, overflow="fold")
     for row in table.slice(0, max_rows).to_pylist():
         view.add_row(*[_cell(value) for value in row.values()])
-    console.print(view)
+    with _full_width(console, view):
+        console.print(view)
     if table.num_rows > max_rows:
         console.print(f"... {table.num_rows - max_rows} more rows (use --format csv for all)")
+
+
+@contextmanager
+def _full_width(console: Console, view: Table) -> Iterator[None]:
+    """Off a terminal (a log file, a pipe) rich would fold a table into 80 columns and drop the
+    columns that do not fit; there is no screen to fit, so print it at its natural width."""
+    if console.is_terminal:
+        yield
+        return
+    width = console.width
+    unbounded = console.options.update_width(10_000)
+    console.width = max(width, console.measure(view, options=unbounded).maximum)
+    try:
+        yield
+    finally:
+        console.width = width
 
 
 def _cell(value: object) -> str:

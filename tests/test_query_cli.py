@@ -151,3 +151,16 @@ def test_one_name_per_concept_old_spellings_still_work() -> None:
     classify = typer.main.get_command(app).commands["classify"]
     (out,) = [p for p in classify.params if p.name == "output"]
     assert out.opts == ["--out", "--output"]  # --out as every other command says it; --output still works
+
+
+def test_table_output_off_a_terminal_is_not_cut_to_80_columns(data_dir: Path) -> None:
+    """In a log file or a pipe every column keeps its whole name and value (rich would otherwise
+    fold the table into 80 columns and lose what does not fit)."""
+    columns = ", ".join(f"'value-{i}-of-a-wide-row' AS column_number_{i}" for i in range(8))
+    result = run(data_dir, f"SELECT {columns}")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) > 80
+    for i in range(8):
+        assert any(f"column_number_{i}" in line for line in lines)
+        assert any(f"value-{i}-of-a-wide-row" in line for line in lines)
