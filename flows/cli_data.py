@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from voxtox.flows.cli_common import (
@@ -93,6 +94,10 @@ def forget(
         with console.status("finding and erasing rows"):
             report = forget_recordings(parse_request(named), settings, runs, delete_inputs, dry_run)
     _print_erasure(report)
+    if report.unmatched:  # an erasure request never passes for done when part of it found nothing
+        errors.print(f"error: {len(report.unmatched)} of the named recordings matched no data held (listed above); "
+                     "check the names (nothing is stripped from them) or erase by sha256", markup=False, highlight=False)
+        raise typer.Exit(1)
 
 
 def _print_erasure(report: ErasureReport) -> None:
@@ -102,7 +107,9 @@ def _print_erasure(report: ErasureReport) -> None:
     for sha in report.recordings:
         console.print(f"  {sha}")
     for name in report.unmatched:
-        console.print(f"[yellow]no data held for[/yellow] {name}" + (" (tombstoned)" if len(name) == 64 else ""))
+        shown = escape(repr(name) if name != name.strip() else name)  # a trailing space is shown, not lost
+        console.print(f"[yellow]no data held for[/yellow] {shown}" + (" (tombstoned)" if len(name) == 64 else ""),
+                      highlight=False)
     view = Table("table", "rows", title=f"rows {verb}")
     for table, rows in sorted(report.rows.items()):
         view.add_row(table, str(rows))
