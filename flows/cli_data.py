@@ -151,6 +151,9 @@ def query(
         sql = sys.stdin.read()
     settings = load_settings(data_dir)
     catalog = Catalog.from_settings(settings)
+    if catalog.repair():  # other DuckDB clients read the catalog file; voxtox's queries do not need it
+        errors.print(f"note: {catalog.database} could not be opened; rebuilt it from the shards "
+                     f"(the damaged file is kept as {catalog.database.name}.damaged)", markup=False, highlight=False)
     statement = sql if table is None else f"SELECT {TABLE_COLUMNS.get(table, '*')} FROM {table}"
     try:
         result = catalog.read_only_query(statement)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import soundfile
 from typer.testing import CliRunner
@@ -27,7 +28,8 @@ def _cli(*args: str):  # noqa: ANN202
 def _count(data_dir: Path, sql: str) -> int:
     result = _cli("query", sql, "--data-dir", str(data_dir), "--format", "json")
     assert result.exit_code == 0, result.output
-    return next(iter(json.loads(result.output.splitlines()[0]).values()))
+    row = next(line for line in result.stdout.splitlines() if line.startswith("{"))
+    return next(iter(json.loads(row).values()))
 
 
 def _tone(path: Path, hz: float = 220.0, seconds: float = 2.0) -> Path:
@@ -61,3 +63,32 @@ def test_forget_keeps_a_trailing_space_and_fails_on_a_name_that_matched_nothing(
 
     alone = _cli("forget", missing, "--data-dir", str(data))
     assert alone.exit_code == 1 and "no data held for" in alone.output
+
+
+def _catalog_answers(data_dir: Path, sql: str) -> int:
+    """What another DuckDB client gets from the catalog file (opened read-only from the data dir)."""
+    with duckdb.connect(str(data_dir / "catalog.duckdb"), read_only=True,
+                        config={"file_search_path": str(data_dir)}) as con:
+        return con.sql(sql).fetchone()[0]
+
+
+def test_a_catalog_file_of_garbage_is_rebuilt_by_query_and_by_compact(tmp_path: Path) -> None:
+    """Fault 8: `catalog.duckdb` filled with garbage. Before: `label` warned to run `voxtox query`
+    later, `query` never rebuilt it, and `compact` exited 1 after merging."""
+    data = tmp_path / "data"
+    truth = tmp_path / "truth.jsonl"
+    truth.write_text(json.dumps({"audio": _tone(tmp_path / "a.wav").name, "start_s": 0.0, "end_s": 1.5,
+                                 "labels": ["bullying"]}) + "\n")
+    assert _cli("import-labels", str(truth), "--data-dir", str(data)).exit_code == 0
+    catalog = data / "catalog.duckdb"
+    count = "SELECT count(*) FROM human_labels"
+    assert _catalog_answers(data, count) == 1
+
+    catalog.write_bytes(np.random.default_rng(0).bytes(300_000))
+    assert _count(data, count) == 1  # the query itself never needed the file
+    assert _catalog_answers(data, count) == 1  # and it was rebuilt on the way
+
+    catalog.write_bytes(b"\0garbage" * 1000)
+    result = _cli("compact", "--data-dir", str(data))
+    assert result.exit_code == 0, result.output
+    assert _catalog_answers(data, count) == 1
