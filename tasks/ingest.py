@@ -65,6 +65,35 @@ class PreparedSource:
         return np.load(self.staged_power)
 
 
+#: The reason of an input whose file name is not valid UTF-8 text (it cannot be stored or shown).
+UNREADABLE_NAME = "unreadable_name"
+
+
+def printable_name(uri: str) -> str:
+    """`uri` as valid UTF-8 text. A file name's bytes that are not UTF-8 reach Python as lone
+    surrogates (PEP 383), which Parquet, JSON and Prefect's API all refuse; they are shown as
+    `\\xNN` escapes instead (`bad\\xff.wav`)."""
+    try:
+        raw = uri.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte (from a JSON manifest's \\ud800)
+        return uri.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def reject_unreadable_names(uris: list[str]) -> tuple[list[str], list[SourceRejection]]:
+    """Split `uris` into those whose names are text and a rejection for each of the others, before
+    any task sees them: one such name used to fail every run, and every rerun, at the write."""
+    readable, rejected = [], []
+    for uri in uris:
+        shown = printable_name(uri)
+        if shown == uri:
+            readable.append(uri)
+        else:
+            detail = "the file name is not valid UTF-8 (its other bytes are shown as \\xNN); rename the file to label it"
+            rejected.append(SourceRejection(shown, UNREADABLE_NAME, detail))
+    return readable, rejected
+
+
 def assign_split(source_sha256: str, rule: str, settings: Settings) -> Split:
     """A fixed split, or `auto`: by content hash in the configured proportions (stable)."""
     if rule != "auto":
