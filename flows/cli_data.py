@@ -15,6 +15,7 @@ from voxtox.flows.cli_common import (
     QueryFormat,
     View,
     console,
+    disk_full_in_one_line,
     errors,
     user_errors,
 )
@@ -62,7 +63,8 @@ def label(
 
             preflight(list(inputs), settings)  # a missing or corrupt model fails before any source
     flow = label_flow.with_options(task_runner=task_runner_for(settings))
-    report = flow(inputs=list(inputs), split=split, settings=settings, allow_forgotten=allow_forgotten)
+    with disk_full_in_one_line(settings.data_dir):
+        report = flow(inputs=list(inputs), split=split, settings=settings, allow_forgotten=allow_forgotten)
     summary = Table(title="voxtox label", show_header=False)
     for key, value in vars(report).items():
         summary.add_row(key, str(value))

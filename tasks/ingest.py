@@ -16,6 +16,7 @@ import numpy as np
 from prefect import runtime, task
 
 from voxtox.audio import RejectedInput, SampleStats, check_usable, fetch_input, open_audio
+from voxtox.files import DiskFullError, is_disk_full
 from voxtox.settings import Settings, Split, VadSettings
 from voxtox.tasks.chunk import SpeechAnalysis, SpeechAnalyzer, SpeechChunk, chunk_analysis
 
@@ -149,6 +150,8 @@ def prepare_source(
     except RejectedInput as rejected:
         return SourceRejection(uri, rejected.reason, rejected.detail, source_sha256)
     except Exception as error:  # noqa: BLE001 - recorded with its reason; the run goes on
+        if is_disk_full(error):  # not the input's fault: the run stops, and a rerun labels it
+            raise DiskFullError(work_dir) from error
         log.exception("ingest of %s failed", uri)
         return SourceRejection(uri, "error", f"{type(error).__name__}: {error}", source_sha256)
 

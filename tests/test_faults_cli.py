@@ -9,16 +9,32 @@ labelling run: it is in tests/test_label_flow.py, whose run already has such a f
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import duckdb
 import numpy as np
+import psutil
+import pytest
 import soundfile
 from typer.testing import CliRunner
 
+from conftest import spoken
 from voxtox.audio import SAMPLE_RATE
 from voxtox.files import sha256_file
 from voxtox.flows.cli import app
+from voxtox.tasks.speech_synth import Utterance
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("speech") / "speech.wav"
+    soundfile.write(path, spoken(Utterance("good game everyone, see you tomorrow", "en")), SAMPLE_RATE)
+    return path
 
 
 def _cli(*args: str):  # noqa: ANN202
@@ -92,3 +108,60 @@ def test_a_catalog_file_of_garbage_is_rebuilt_by_query_and_by_compact(tmp_path: 
     result = _cli("compact", "--data-dir", str(data))
     assert result.exit_code == 0, result.output
     assert _catalog_answers(data, count) == 1
+
+
+def _voxtox(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("voxtox")), *args]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _api_child(pid: int, timeout_s: float = 300.0) -> int:
+    """The pid of the local Prefect API (uvicorn) that process `pid` starts."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for child in psutil.Process(pid).children(recursive=True):
+            try:
+                if "prefect.server.api.server:create_app" in " ".join(child.cmdline()):
+                    return child.pid
+            except psutil.Error:
+                continue
+        time.sleep(0.2)
+    raise AssertionError(f"process {pid} started no Prefect API within {timeout_s} s")
+
+
+def test_a_killed_label_run_leaves_no_prefect_api_and_no_temporary_shard(tmp_path: Path, speech_wav: Path) -> None:
+    """Fault 6: SIGKILL of `voxtox label` left its local Prefect API (uvicorn, ~225 MB)
+    listening for good, and an empty `.part-*.tmp` beside the shards. The next run stops the
+    one and removes the other."""
+    data, inbox, empty = tmp_path / "data", tmp_path / "inbox", tmp_path / "empty"
+    inbox.mkdir()
+    empty.mkdir()
+    shutil.copy(speech_wav, inbox / "speech.wav")
+    run = subprocess.Popen(_voxtox("label", str(inbox), "--data-dir", str(data)),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        api = _api_child(run.pid)
+        time.sleep(1.0)
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    assert _alive(api)  # the kill left it behind: it is the next run's to stop
+    # What a kill between creating a shard's temporary file and renaming it leaves.
+    left = data / "shards" / "clips" / "split=train" / f".part-{'0' * 24}.parquet.{'f' * 32}.tmp"
+    left.parent.mkdir(parents=True, exist_ok=True)
+    left.touch()
+
+    nothing = subprocess.run(_voxtox("label", str(empty), "--data-dir", str(data)), capture_output=True, text=True,
+                             timeout=900)
+    assert nothing.returncode == 0, nothing.stderr[-3000:]
+    deadline = time.monotonic() + 10
+    while _alive(api) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(api)
+    assert list(data.rglob("*.tmp")) == []
