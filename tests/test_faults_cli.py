@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -23,7 +24,7 @@ import pytest
 import soundfile
 from typer.testing import CliRunner
 
-from conftest import spoken
+from conftest import spoken, write_audio
 from voxtox.audio import SAMPLE_RATE
 from voxtox.files import sha256_file
 from voxtox.flows.cli import app
@@ -165,3 +166,55 @@ def test_a_killed_label_run_leaves_no_prefect_api_and_no_temporary_shard(tmp_pat
         time.sleep(0.2)
     assert not _alive(api)
     assert list(data.rglob("*.tmp")) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 160 KiB tmpfs mounted where a data dir keeps its shards (root only): room for about one
+    source's clips, so the disk fills while a run writes its tables."""
+    data = tmp_path / "data"
+    shards = data / "shards"
+    shards.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(shards)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield data
+    finally:
+        subprocess.run(["umount", str(shards)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_leaves_every_table_whole(tmp_path: Path, small_disk: Path) -> None:
+    """Fault 4: a data dir on a small disk. Before: 368-493 lines ending in `OSError: [Errno 28]
+    No space left on device` naming no path, or `UnfinishedRun: Run is in PENDING state`, and once
+    a source's clips were left without its `sources` row."""
+    data, inbox = small_disk, tmp_path / "inbox"
+    for index, text in enumerate(["good game everyone, see you tomorrow", "nice shot mate, push mid with me",
+                                  "thanks for the heal, see you next round"]):
+        write_audio(inbox / f"s{index}.wav", spoken(Utterance(text, "en")))
+    full = subprocess.run(_voxtox("label", str(inbox), "--data-dir", str(data)), capture_output=True, text=True,
+                          timeout=900)
+    output = full.stdout + full.stderr
+    assert full.returncode == 1, output[-3000:]
+    assert "Traceback" not in output and "UnfinishedRun" not in output, output[-3000:]
+    said = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(said) == 1 and str(data / "shards") in said[0] and "free some space" in said[0], output[-3000:]
+    assert _orphan_clips(data) == 0
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(data / "shards")], check=True)  # space freed
+    again = subprocess.run(_voxtox("label", str(inbox), "--data-dir", str(data)), capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _count(data, "SELECT count(*) FROM sources") == 3
+    assert _count(data, "SELECT count(*) - count(DISTINCT clip_id) FROM clips") == 0
+    assert _count(data, "SELECT count(DISTINCT source_sha256) FROM clips") == 3
+    assert _orphan_clips(data) == 0
+
+
+def _orphan_clips(data: Path) -> int:
+    """Clips of a source that has no `sources` row (0 when there are no clips at all)."""
+    tables = _cli("query", "SHOW TABLES", "--data-dir", str(data), "--format", "csv").stdout
+    if "clips" not in tables:
+        return 0
+    assert "sources" in tables
+    return _count(data, "SELECT count(*) FROM clips WHERE source_sha256 NOT IN (SELECT source_sha256 FROM sources)")
