@@ -136,16 +136,12 @@ def label_flow(
     Recordings `voxtox forget` erased are skipped unless `allow_forgotten`."""
     started = time.perf_counter()
     deprioritise_ephemeral_api()
-    record_ephemeral_api()  # and the next run stops it if this one is killed
-    reap_orphaned_apis()
     inbox = check_served_run(settings, allow_forgotten)
     settings = settings or Settings()
     logger = get_run_logger()
     run_id = _run_id()
     catalog = Catalog.from_settings(settings)
-    swept = sweep_part_temporaries(settings.shards_dir)
-    if swept:
-        logger.info("removed %d temporary shard file(s) left by killed runs", len(swept))
+    _clear_up_after_killed_runs(settings.shards_dir, logger)
     inputs, outside = confine(inputs, inbox)  # a served run reads only below its inbox
     uris, models = preflight(inputs, settings)
     uris, outside_found = confine(uris, inbox)
@@ -184,6 +180,16 @@ def label_flow(
     )
     _publish_summary(report, catalog)
     return report
+
+
+def _clear_up_after_killed_runs(shards_dir: Path, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """Stop the local Prefect APIs of voxtox runs killed with SIGKILL and remove their temporary
+    shard files; record this run's API, so that the next run stops it if this one is killed."""
+    record_ephemeral_api()
+    reap_orphaned_apis()
+    swept = sweep_part_temporaries(shards_dir)
+    if swept:
+        logger.info("removed %d temporary shard file(s) left by killed runs", len(swept))
 
 
 def _label_prepared(
