@@ -57,6 +57,8 @@ HERE = Path(__file__).resolve().parent
 VARIANTS = {
     "code-switched": {"langs": ("en", "es", "de"), "other_share": 0.3, "seed": 11},
     "single-language": {"langs": ("en",), "other_share": 0.0, "seed": 12},
+    # The labeller's other two languages, which whisper-base knows least (issue 31, fault 10).
+    "code-switched-fr-pt": {"langs": ("en", "fr", "pt"), "other_share": 0.3, "seed": 13},
 }
 
 
