@@ -29,6 +29,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from voxtox.files import is_disk_full
 from voxtox.labels import CLASSES
 from voxtox.storage.dataset_card import write_dataset_card
 from voxtox.storage.schema import PARTITIONS, human_label_column, label_column
@@ -177,8 +178,8 @@ class Catalog:
         try:
             return duckdb.connect(str(self.database), config=self._config())
         except duckdb.Error as error:
-            if _held_elsewhere(error):
-                raise
+            if _held_elsewhere(error) or is_disk_full(error) or "Permission denied" in str(error):
+                raise  # the file may be sound: only one that cannot be read as a catalog is set aside
             aside = self.database.with_name(f"{self.database.name}.damaged")
             os.replace(self.database, aside)
             Path(f"{self.database}.wal").unlink(missing_ok=True)  # a log of the damaged file's changes

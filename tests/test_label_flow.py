@@ -118,11 +118,21 @@ def test_good_files_give_rows_and_broken_files_give_rejects(first_run) -> None:
         UNREADABLE_SHOWN: "unreadable_name",
         **NOT_FILES,
     }
-    unreadable = next(r for r in rejects if r["reason"] == "unreadable_name")
-    assert "not valid UTF-8" in unreadable["detail"]
     # Of two paths with the same content, the first in sorted order is labelled.
     duplicate = next(r for r in rejects if r["reason"] == "duplicate")
     assert duplicate["detail"].endswith("/en-2.mp3")
+
+
+def test_a_file_name_that_is_not_utf8_is_a_reject_and_the_others_are_labelled(first_run) -> None:
+    """Issue 31, fault 1: the run completes, the name is on record with its bytes escaped, and
+    the run's other recordings are labelled."""
+    report, settings = first_run
+    catalog = Catalog.from_settings(settings)
+    rejected = catalog.query("SELECT source_uri, detail FROM rejects WHERE reason = 'unreadable_name'").to_pylist()
+    assert [Path(r["source_uri"]).name for r in rejected] == [UNREADABLE_SHOWN]
+    assert "not valid UTF-8" in rejected[0]["detail"]
+    sources = catalog.query("SELECT count(*) AS n FROM sources").column("n")[0].as_py()
+    assert report.n_sources == sources == 10
 
 
 def test_the_same_audio_twice_is_labelled_once(first_run) -> None:
