@@ -3,8 +3,10 @@ can fix, and the option types that take exactly the values the settings accept."
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal
 
 import typer
@@ -40,3 +42,37 @@ def user_errors() -> Iterator[None]:
     except (ModelNotFoundError, FileNotFoundError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
+
+
+class _NoDiskFullTraceback(logging.Filter):
+    """Log a full disk as its one line: the traceback of a task that hit it says nothing more."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from voxtox.files import is_disk_full
+
+        if record.exc_info and record.exc_info[1] is not None and is_disk_full(record.exc_info[1]):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+@contextmanager
+def disk_full_in_one_line(data_dir: Path) -> Iterator[None]:
+    """A full disk during the block is one line naming where and what to do, exit status 1: not
+    hundreds of lines of Prefect's task tracebacks ending in an errno without a path."""
+    from voxtox.files import DiskFullError, is_disk_full
+
+    quiet = _NoDiskFullTraceback()
+    handlers = {h for name in ("", "prefect") for h in logging.getLogger(name).handlers}
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        full = error if isinstance(error, DiskFullError) else DiskFullError(getattr(error, "filename", None) or data_dir)
+        errors.print(f"error: {full}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from error
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)

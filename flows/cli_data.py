@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from voxtox.flows.cli_common import (
@@ -14,6 +15,7 @@ from voxtox.flows.cli_common import (
     QueryFormat,
     View,
     console,
+    disk_full_in_one_line,
     errors,
     user_errors,
 )
@@ -61,7 +63,8 @@ def label(
 
             preflight(list(inputs), settings)  # a missing or corrupt model fails before any source
     flow = label_flow.with_options(task_runner=task_runner_for(settings))
-    report = flow(inputs=list(inputs), split=split, settings=settings, allow_forgotten=allow_forgotten)
+    with disk_full_in_one_line(settings.data_dir):
+        report = flow(inputs=list(inputs), split=split, settings=settings, allow_forgotten=allow_forgotten)
     summary = Table(title="voxtox label", show_header=False)
     for key, value in vars(report).items():
         summary.add_row(key, str(value))
@@ -93,6 +96,10 @@ def forget(
         with console.status("finding and erasing rows"):
             report = forget_recordings(parse_request(named), settings, runs, delete_inputs, dry_run)
     _print_erasure(report)
+    if report.unmatched:  # an erasure request never passes for done when part of it found nothing
+        errors.print(f"error: {len(report.unmatched)} of the named recordings matched no data held (listed above); "
+                     "check the names (nothing is stripped from them) or erase by sha256", markup=False, highlight=False)
+        raise typer.Exit(1)
 
 
 def _print_erasure(report: ErasureReport) -> None:
@@ -102,7 +109,9 @@ def _print_erasure(report: ErasureReport) -> None:
     for sha in report.recordings:
         console.print(f"  {sha}")
     for name in report.unmatched:
-        console.print(f"[yellow]no data held for[/yellow] {name}" + (" (tombstoned)" if len(name) == 64 else ""))
+        shown = escape(repr(name) if name != name.strip() else name)  # a trailing space is shown, not lost
+        console.print(f"[yellow]no data held for[/yellow] {shown}" + (" (tombstoned)" if len(name) == 64 else ""),
+                      highlight=False)
     view = Table("table", "rows", title=f"rows {verb}")
     for table, rows in sorted(report.rows.items()):
         view.add_row(table, str(rows))
@@ -144,6 +153,9 @@ def query(
         sql = sys.stdin.read()
     settings = load_settings(data_dir)
     catalog = Catalog.from_settings(settings)
+    if catalog.repair():  # other DuckDB clients read the catalog file; voxtox's queries do not need it
+        errors.print(f"note: {catalog.database} could not be opened; rebuilt it from the shards "
+                     f"(the damaged file is kept as {catalog.database.name}.damaged)", markup=False, highlight=False)
     statement = sql if table is None else f"SELECT {TABLE_COLUMNS.get(table, '*')} FROM {table}"
     try:
         result = catalog.read_only_query(statement)

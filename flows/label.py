@@ -21,18 +21,20 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.futures import as_completed
+from prefect.exceptions import UnfinishedRun
+from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from voxtox.audio import discover_inputs
 from voxtox.flows.serve import check_served_run
 from voxtox.labels import CLASSES
-from voxtox.prefect_env import deprioritise_ephemeral_api
+from voxtox.prefect_env import deprioritise_ephemeral_api, reap_orphaned_apis, record_ephemeral_api
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.model_store import resolve_model
 from voxtox.storage.schema import label_column
+from voxtox.storage.shards import sweep_part_temporaries
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.storage.workdir import run_work_dir
 from voxtox.tasks.confine import confine
@@ -44,6 +46,7 @@ from voxtox.tasks.ingest import (
     ingest_batches,
     ingest_task,
     make_units,
+    reject_unreadable_names,
 )
 from voxtox.tasks.label import label_task
 from voxtox.tasks.transcribe import check_asr_model, transcribe_task
@@ -138,9 +141,11 @@ def label_flow(
     logger = get_run_logger()
     run_id = _run_id()
     catalog = Catalog.from_settings(settings)
+    _clear_up_after_killed_runs(settings.shards_dir, logger)
     inputs, outside = confine(inputs, inbox)  # a served run reads only below its inbox
     uris, models = preflight(inputs, settings)
     uris, outside_found = confine(uris, inbox)
+    uris, unreadable = reject_unreadable_names(uris)  # no task may see a name that is not text
     known = frozenset(catalog.known_sources())
     logger.info("%d inputs, %d sources already in the catalog", len(uris), len(known))
     if not allow_forgotten:
@@ -153,7 +158,7 @@ def label_flow(
             for result in f.result()
         ]
         prepared, duplicates = first_of_each_content(ingested)
-        rejected = outside + outside_found + [r for r in ingested if isinstance(r, SourceRejection)] + duplicates
+        rejected = outside + outside_found + unreadable + [r for r in ingested if isinstance(r, SourceRejection)] + duplicates
         written = _label_prepared(prepared, models, settings, run_id, work, allow_forgotten)
         if rejected:
             written.append(write_rejections_task(rejected, settings.shards_dir, run_id, allow_forgotten))
@@ -161,7 +166,7 @@ def label_flow(
 
     report = LabelReport(
         run_id=run_id,
-        n_inputs=len(uris) + len(outside) + len(outside_found),
+        n_inputs=len(uris) + len(outside) + len(outside_found) + len(unreadable),
         n_skipped=sum(r is None for r in ingested),
         n_sources=len(prepared),
         n_rejected_inputs=len(rejected),
@@ -175,6 +180,16 @@ def label_flow(
     )
     _publish_summary(report, catalog)
     return report
+
+
+def _clear_up_after_killed_runs(shards_dir: Path, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """Stop the local Prefect APIs of voxtox runs killed with SIGKILL and remove their temporary
+    shard files; record this run's API, so that the next run stops it if this one is killed."""
+    record_ephemeral_api()
+    reap_orphaned_apis()
+    swept = sweep_part_temporaries(shards_dir)
+    if swept:
+        logger.info("removed %d temporary shard file(s) left by killed runs", len(swept))
 
 
 def _label_prepared(
@@ -191,12 +206,29 @@ def _label_prepared(
         transcribed = transcribe_task.submit(unit, models.asr, settings, work / f"unit-{index:04d}")
         labelled = label_task.submit(transcribed, models.labeller, settings)
         embedded = embed_task.submit(labelled, models.text_encoder, settings)
-        writes.append(
-            write_task.submit(
-                unit, embedded, transcribed, settings.shards_dir, settings.asr.model, run_id, allow_forgotten
-            )
+        write = write_task.submit(
+            unit, embedded, transcribed, settings.shards_dir, settings.asr.model, run_id, allow_forgotten
         )
+        writes.append(UnitFutures(write, (transcribed, labelled, embedded)))
     return _wait_with_progress(writes, len(prepared))
+
+
+@dataclass(frozen=True)
+class UnitFutures:
+    """A unit's write, and the stages it waits on (in order)."""
+
+    write: PrefectFuture
+    upstream: tuple[PrefectFuture, ...]
+
+    def result(self) -> WrittenUnit:
+        """The write's result; when a stage before it failed, that stage's own error (Prefect
+        only says the write "is in PENDING state", which names no cause)."""
+        try:
+            return self.write.result()
+        except UnfinishedRun:
+            for stage in self.upstream:
+                stage.result()  # raises the first failure's exception
+            raise
 
 
 def _refresh_views(catalog: Catalog, logger: logging.Logger | logging.LoggerAdapter) -> None:
@@ -208,7 +240,7 @@ def _refresh_views(catalog: Catalog, logger: logging.Logger | logging.LoggerAdap
         logger.warning("catalog views not refreshed (%s); run `voxtox query` later to add them", error)
 
 
-def _wait_with_progress(writes: list, n_sources: int) -> list[WrittenUnit]:
+def _wait_with_progress(units: list[UnitFutures], n_sources: int) -> list[WrittenUnit]:
     """Collect write results as they finish, with a terminal bar and a Prefect progress artifact."""
     done: list[WrittenUnit] = []
     artifact = create_progress_artifact(progress=0.0, key="label-progress", description="sources written")
@@ -219,8 +251,9 @@ def _wait_with_progress(writes: list, n_sources: int) -> list[WrittenUnit]:
         TimeElapsedColumn(),
     ) as bar:
         task = bar.add_task("label", total=max(n_sources, 1))
-        for future in as_completed(writes):
-            result = future.result()
+        by_write = {id(unit.write): unit for unit in units}
+        for future in as_completed([unit.write for unit in units]):
+            result = by_write[id(future)].result()
             done.append(result)
             bar.advance(task, result.n_sources)
             finished = sum(w.n_sources for w in done)

@@ -29,6 +29,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from voxtox.files import is_disk_full
 from voxtox.labels import CLASSES
 from voxtox.storage.dataset_card import write_dataset_card
 from voxtox.storage.schema import PARTITIONS, human_label_column, label_column
@@ -162,13 +163,47 @@ class Catalog:
         self.database.parent.mkdir(parents=True, exist_ok=True)
         write_dataset_card(self.shards_root)
         try:
-            with _CATALOG_LOCK, shards_lock(self.shards_root), duckdb.connect(str(self.database), config=self._config()) as con:
+            with _CATALOG_LOCK, shards_lock(self.shards_root), self._open_for_writing() as con:
                 return self._define_views(con)
         except duckdb.IOException as error:
-            if "lock" not in str(error).lower():
+            if not _held_elsewhere(error):
                 raise
             logger.warning("catalog %s not refreshed (%s); voxtox's queries do not need it", self.database, error)
             return self.present_tables()
+
+    def _open_for_writing(self) -> duckdb.DuckDBPyConnection:
+        """The catalog file, opened to write. A file DuckDB cannot open (garbage, truncated, a
+        checksum that does not match) holds nothing but views derived from the shards: it is
+        set aside (`catalog.duckdb.damaged`, replacing an older one) and a new one is made."""
+        try:
+            return duckdb.connect(str(self.database), config=self._config())
+        except duckdb.Error as error:
+            if _held_elsewhere(error) or is_disk_full(error) or "Permission denied" in str(error):
+                raise  # the file may be sound: only one that cannot be read as a catalog is set aside
+            aside = self.database.with_name(f"{self.database.name}.damaged")
+            os.replace(self.database, aside)
+            Path(f"{self.database}.wal").unlink(missing_ok=True)  # a log of the damaged file's changes
+            logger.warning("catalog %s could not be opened (%s): set aside as %s, views rebuilt from the shards",
+                           self.database, error, aside.name)
+            return duckdb.connect(str(self.database), config=self._config())
+
+    def repair(self) -> bool:
+        """Rebuild the catalog file if DuckDB cannot open it (see `_open_for_writing`); True when
+        it did. voxtox's own queries never read the file, but other DuckDB clients do."""
+        if not self.database.exists():
+            return False
+        try:
+            with _CATALOG_LOCK, duckdb.connect(str(self.database), read_only=True):
+                return False
+        except duckdb.Error as error:
+            if _held_elsewhere(error):
+                return False
+        try:
+            self.refresh_views()
+        except (OSError, duckdb.Error) as error:  # a read-only copy of a data dir: read it as it is
+            logger.warning("catalog %s is damaged and could not be rebuilt (%s)", self.database, error)
+            return False
+        return True
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -213,6 +248,11 @@ class Catalog:
         if first_shard(self.shards_root, "sources") is None:
             return set()
         return set(self.query("SELECT DISTINCT source_sha256 FROM sources")["source_sha256"].to_pylist())
+
+
+def _held_elsewhere(error: duckdb.Error) -> bool:
+    """Whether DuckDB could not open the catalog file because another process holds it."""
+    return isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
 
 
 def uniform_schema(table_dir: Path) -> bool:

@@ -30,6 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from voxtox.files import DiskFullError, is_disk_full
 from voxtox.storage.schema import PARTITIONS, stored_partition_columns
 
 COMPRESSION = "zstd"
@@ -50,14 +51,18 @@ LOCK_FILE = ".voxtox-shards.lock"
 
 def write_parquet_atomic(table: pa.Table, path: Path, row_group_size: int | None = None) -> Path:
     """Write `table` to `path` (zstd) via a hidden temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with temporary.open("wb") as handle:
             pq.write_table(table, handle, compression=COMPRESSION, row_group_size=row_group_size)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        if is_disk_full(error):  # Arrow's and the kernel's own words name no file
+            raise DiskFullError(path) from error
+        raise
     finally:
         temporary.unlink(missing_ok=True)
     return path
@@ -65,6 +70,20 @@ def write_parquet_atomic(table: pa.Table, path: Path, row_group_size: int | None
 
 def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def sweep_part_temporaries(root: Path) -> list[Path]:
+    """Remove the temporary files of `part-` shards a killed writer left between creating and
+    renaming one. Such files are written only under the exclusive lock, so any found while
+    holding it belongs to a process that died. Returns them."""
+    pattern = f"**/.{PART_PREFIX}*.tmp"
+    if next(root.glob(pattern), None) is None:  # the usual case: no lock taken
+        return []
+    with shards_lock(root, exclusive=True):
+        left = list(root.glob(pattern))
+        for path in left:
+            path.unlink(missing_ok=True)
+    return left
 
 
 def shard_name(source_key: str) -> str:
@@ -273,9 +292,16 @@ def replace_source(
     """Replace everything one source contributed; the `sources` row goes last (it means done)."""
     with shards_lock(root, exclusive=True):
         remove_source(root, "sources", source_key)
-        written = replace_rows(root, "clips", source_key, clips)
-        written += replace_rows(root, "rejects", source_key, rejects)
-        written += write_partitioned(root, "sources", source, source_key)
+        try:
+            written = replace_rows(root, "clips", source_key, clips)
+            written += replace_rows(root, "rejects", source_key, rejects)
+            written += write_partitioned(root, "sources", source, source_key)
+        except OSError:
+            # A full disk midway: take back this source's rows (deleting its new files frees
+            # the space for it), so no table holds clips of a source without its `sources` row.
+            for name in ("clips", "rejects"):
+                remove_source(root, name, source_key)
+            raise
     return written
 
 

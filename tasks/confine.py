@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from voxtox.tasks.ingest import SourceRejection
+from voxtox.tasks.ingest import SourceRejection, printable_name
 
 SERVED_INBOX_ENV = "VOXTOX_SERVED_INBOX"
 OUTSIDE_INBOX = "outside_inbox"
@@ -43,4 +43,9 @@ def confine(uris: list[str], root: Path | None) -> tuple[list[str], list[SourceR
         return list(uris), []
     reasons = {uri: outside_reason(uri, root) for uri in uris}
     inside = [uri for uri, reason in reasons.items() if reason is None]
-    return inside, [SourceRejection(uri, OUTSIDE_INBOX, reason) for uri, reason in reasons.items() if reason]
+    outside = [
+        SourceRejection(printable_name(uri), OUTSIDE_INBOX, printable_name(reason))
+        for uri, reason in reasons.items()
+        if reason
+    ]
+    return inside, outside

@@ -57,10 +57,10 @@ class ForgetRequest:
 
 def parse_request(items: list[str]) -> ForgetRequest:
     """`sha256:<hex>`, `uri:<path or URL>`, `speaker:<id>`; without a prefix, 64 hex digits are
-    a sha256 and anything else is a URI."""
+    a sha256 and anything else is a URI. Nothing is stripped: a file name may end in a space, and
+    erasing another file than the one named (or none) must not pass for erasing it."""
     sha256s, uris, speakers = set(), set(), set()
-    for raw in items:
-        item = raw.strip()
+    for item in items:
         if item.startswith(SPEAKER_PREFIX):
             speakers.add(item.removeprefix(SPEAKER_PREFIX))
         elif item.startswith(URI_PREFIX):
@@ -68,7 +68,7 @@ def parse_request(items: list[str]) -> ForgetRequest:
         elif item.startswith(SHA256_PREFIX) or is_sha256(item.lower()):
             sha = item.removeprefix(SHA256_PREFIX).lower()
             if not is_sha256(sha):
-                raise ValueError(f"{raw!r} is not a sha256 (64 hex digits)")
+                raise ValueError(f"{item!r} is not a sha256 (64 hex digits)")
             sha256s.add(sha)
         elif item:
             uris.add(item)
@@ -76,11 +76,12 @@ def parse_request(items: list[str]) -> ForgetRequest:
 
 
 def read_request_file(path: Path) -> list[str]:
-    """One recording per line, as on the command line; blank lines and `#` comments are skipped."""
+    """One recording per line, as on the command line (spaces kept); blank lines and `#`
+    comments are skipped."""
     if not path.is_file():
         raise FileNotFoundError(f"list of recordings {path} does not exist")
-    lines = (line.strip() for line in path.read_text().splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+    lines = path.read_text().splitlines()
+    return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _local_path(uri: str) -> Path | None:

@@ -16,6 +16,7 @@ import numpy as np
 from prefect import runtime, task
 
 from voxtox.audio import RejectedInput, SampleStats, check_usable, fetch_input, open_audio
+from voxtox.files import DiskFullError, is_disk_full
 from voxtox.settings import Settings, Split, VadSettings
 from voxtox.tasks.chunk import SpeechAnalysis, SpeechAnalyzer, SpeechChunk, chunk_analysis
 
@@ -63,6 +64,35 @@ class PreparedSource:
 
     def power(self) -> np.ndarray:
         return np.load(self.staged_power)
+
+
+#: The reason of an input whose file name is not valid UTF-8 text (it cannot be stored or shown).
+UNREADABLE_NAME = "unreadable_name"
+
+
+def printable_name(uri: str) -> str:
+    """`uri` as valid UTF-8 text. A file name's bytes that are not UTF-8 reach Python as lone
+    surrogates (PEP 383), which Parquet, JSON and Prefect's API all refuse; they are shown as
+    `\\xNN` escapes instead (`bad\\xff.wav`)."""
+    try:
+        raw = uri.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte (from a JSON manifest's \\ud800)
+        return uri.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def reject_unreadable_names(uris: list[str]) -> tuple[list[str], list[SourceRejection]]:
+    """Split `uris` into those whose names are text and a rejection for each of the others, before
+    any task sees them: one such name used to fail every run, and every rerun, at the write."""
+    readable, rejected = [], []
+    for uri in uris:
+        shown = printable_name(uri)
+        if shown == uri:
+            readable.append(uri)
+        else:
+            detail = "the file name is not valid UTF-8 (its other bytes are shown as \\xNN); rename the file to label it"
+            rejected.append(SourceRejection(shown, UNREADABLE_NAME, detail))
+    return readable, rejected
 
 
 def assign_split(source_sha256: str, rule: str, settings: Settings) -> Split:
@@ -120,6 +150,8 @@ def prepare_source(
     except RejectedInput as rejected:
         return SourceRejection(uri, rejected.reason, rejected.detail, source_sha256)
     except Exception as error:  # noqa: BLE001 - recorded with its reason; the run goes on
+        if is_disk_full(error):  # not the input's fault: the run stops, and a rerun labels it
+            raise DiskFullError(work_dir) from error
         log.exception("ingest of %s failed", uri)
         return SourceRejection(uri, "error", f"{type(error).__name__}: {error}", source_sha256)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,10 @@ NOT_FILES = {
     "folder.wav": "not_a_file",
     "resent-en-2.mp3": "duplicate",
 }
+#: A file whose name's bytes are not UTF-8 (issue 31, fault 1): before, the write task failed on
+#: "surrogates not allowed" and no input of the run, nor of any rerun, was labelled.
+UNREADABLE_NAME = os.fsdecode(b"bad\xff\xfename.wav")
+UNREADABLE_SHOWN = "bad\\xff\\xfename.wav"
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +61,8 @@ def inbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (directory / "loop-b.wav").symlink_to(directory / "loop-a.wav")
     (directory / "folder.wav").mkdir()
     (directory / "resent-en-2.mp3").write_bytes((directory / "en-2.mp3").read_bytes())
+    write_audio(directory / "unreadable-name.wav", spoken(Utterance("my name cannot be read", "en")))
+    (directory / "unreadable-name.wav").rename(directory / UNREADABLE_NAME)
     return directory
 
 
@@ -94,7 +101,7 @@ def clips_of(settings: Settings) -> pa.Table:
 
 def test_good_files_give_rows_and_broken_files_give_rejects(first_run) -> None:
     report, settings = first_run
-    assert (report.n_inputs, report.n_sources, report.n_rejected_inputs) == (21, 10, 11)
+    assert (report.n_inputs, report.n_sources, report.n_rejected_inputs) == (22, 10, 12)
     catalog = Catalog.from_settings(settings)
     sources = catalog.query("SELECT DISTINCT source_uri FROM clips").column("source_uri").to_pylist()
     assert sorted(Path(s).name for s in sources) == sorted(name for name, _ in GOOD)
@@ -108,11 +115,24 @@ def test_good_files_give_rows_and_broken_files_give_rejects(first_run) -> None:
         "truncated.wav": "truncated",
         "zero.wav": "empty",
         "offline.wav": "unreadable",
+        UNREADABLE_SHOWN: "unreadable_name",
         **NOT_FILES,
     }
     # Of two paths with the same content, the first in sorted order is labelled.
     duplicate = next(r for r in rejects if r["reason"] == "duplicate")
     assert duplicate["detail"].endswith("/en-2.mp3")
+
+
+def test_a_file_name_that_is_not_utf8_is_a_reject_and_the_others_are_labelled(first_run) -> None:
+    """Issue 31, fault 1: the run completes, the name is on record with its bytes escaped, and
+    the run's other recordings are labelled."""
+    report, settings = first_run
+    catalog = Catalog.from_settings(settings)
+    rejected = catalog.query("SELECT source_uri, detail FROM rejects WHERE reason = 'unreadable_name'").to_pylist()
+    assert [Path(r["source_uri"]).name for r in rejected] == [UNREADABLE_SHOWN]
+    assert "not valid UTF-8" in rejected[0]["detail"]
+    sources = catalog.query("SELECT count(*) AS n FROM sources").column("n")[0].as_py()
+    assert report.n_sources == sources == 10
 
 
 def test_the_same_audio_twice_is_labelled_once(first_run) -> None:
@@ -161,7 +181,7 @@ def test_rerun_adds_no_rows(first_run, inbox: Path) -> None:
     assert again.n_skipped == 11 and again.n_clips == 0  # the copy of en-2 is skipped as well
     assert clips_of(settings).equals(before)
     catalog = Catalog.from_settings(settings)
-    assert catalog.query("SELECT count(*) AS n FROM rejects WHERE stage = 'ingest'").column("n")[0].as_py() == 11
+    assert catalog.query("SELECT count(*) AS n FROM rejects WHERE stage = 'ingest'").column("n")[0].as_py() == 12
 
 
 def test_query_cli_answers_the_readme_query(first_run) -> None:

@@ -8,12 +8,18 @@ user's own setting always wins.
 
 from __future__ import annotations
 
+import atexit
 import contextvars
+import json
+import logging
 import os
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 STARTUP_TIMEOUT_VAR = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 #: Seconds voxtox lets an ephemeral Prefect API take to start (Prefect's own default: 20).
@@ -65,7 +71,11 @@ def api_starting() -> Iterator[None]:
                 return
             from prefect.server.api.server import SubprocessASGIServer
 
-            SubprocessASGIServer().start()
+            reap_orphaned_apis()
+            server = SubprocessASGIServer()
+            _record_on_launch(server)
+            server.start()
+            record_ephemeral_api()
         except BaseException as error:  # noqa: BLE001 (re-raised in the caller's thread)
             failures.append(error)
 
@@ -94,15 +104,134 @@ def deprioritise_ephemeral_api() -> None:
     Nothing happens for a server voxtox did not start (PREFECT_API_URL), or off POSIX."""
     # Prefect imports its server module only to start that process: if it is not loaded, this
     # process started no API, and importing it here would cost seconds for nothing.
-    server_module = sys.modules.get("prefect.server.api.server")
-    if not hasattr(os, "setpriority") or server_module is None:
+    if not hasattr(os, "setpriority"):
         return
-    registry = getattr(getattr(server_module, "SubprocessASGIServer", None), "_instances", {})
-    for server in list(registry.values()):
-        process = getattr(server, "server_process", None)
-        if process is not None and process.poll() is None:
-            try:
-                os.setpriority(os.PRIO_PROCESS, process.pid, EPHEMERAL_API_NICENESS)
-            except OSError:
-                pass  # not ours to change (another user's, or a restricted container): run as is
+    for process in _our_api_processes():
+        try:
+            os.setpriority(os.PRIO_PROCESS, process.pid, EPHEMERAL_API_NICENESS)
+        except OSError:
+            pass  # not ours to change (another user's, or a restricted container): run as is
 
+
+def _our_api_processes() -> list[subprocess.Popen]:
+    """The running local (ephemeral) Prefect APIs this process started."""
+    # Prefect imports its server module only to start that process: if it is not loaded, this
+    # process started no API, and importing it here would cost seconds for nothing.
+    server_module = sys.modules.get("prefect.server.api.server")
+    if server_module is None:
+        return []
+    registry = getattr(getattr(server_module, "SubprocessASGIServer", None), "_instances", {})
+    processes = [getattr(server, "server_process", None) for server in list(registry.values())]
+    return [p for p in processes if p is not None and p.poll() is None]
+
+
+# --- ephemeral APIs of killed runs -----------------------------------------------------------------
+#
+# Prefect stops its ephemeral API at exit, but a SIGKILLed `voxtox label` runs no exit handler: its
+# API (uvicorn, ~225 MB) went on listening, for good. Linux cannot tie a child's life to a parent
+# it did not start itself, so each voxtox process records the API it started (its pid and start
+# time, and its own), and the next voxtox process to start one stops those whose owner is gone.
+
+log = logging.getLogger(__name__)
+#: Seconds a reaped API has to stop on SIGTERM before it is killed.
+REAP_GRACE_S = 5.0
+
+
+def _api_records_dir() -> Path:
+    from prefect.settings import PREFECT_HOME
+
+    return Path(PREFECT_HOME.value()) / "voxtox-ephemeral-apis"
+
+
+def _started_at(pid: int) -> float | None:
+    """When process `pid` started (None if there is none): with the pid, it names one process."""
+    import psutil
+
+    try:
+        return round(psutil.Process(pid).create_time(), 2)
+    except psutil.Error:
+        return None
+
+
+_recorded: set[int] = set()
+
+
+def record_ephemeral_api() -> None:
+    """Record each running ephemeral API this process started (see `_record`)."""
+    for process in _our_api_processes():
+        _record(process)
+
+
+def _record(process: subprocess.Popen) -> None:
+    """Record an API process this process started, and remove the record at exit."""
+    if process.pid in _recorded:
+        return
+    _recorded.add(process.pid)
+    record = {"owner": os.getpid(), "owner_started": _started_at(os.getpid()),
+              "api": process.pid, "api_started": _started_at(process.pid)}
+    path = _api_records_dir() / f"{os.getpid()}-{process.pid}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    atexit.register(path.unlink, missing_ok=True)
+
+
+def _record_on_launch(server: object) -> None:
+    """Record the API the moment Prefect launches it, not once it answers: a kill during its
+    seconds of start-up must not leak it either. (Should Prefect rename its launcher, the API is
+    still recorded once started, by `record_ephemeral_api`.)"""
+    launch = getattr(server, "_run_uvicorn_command", None)
+    if launch is None:
+        return
+
+    def launch_and_record() -> subprocess.Popen:
+        process = launch()
+        _record(process)
+        return process
+
+    server._run_uvicorn_command = launch_and_record  # type: ignore[attr-defined]
+
+
+def reap_orphaned_apis() -> list[int]:
+    """Stop the ephemeral APIs whose voxtox process died without stopping them; their pids."""
+    directory = _api_records_dir()
+    reaped = []
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being written by a process starting now
+        if _started_at(record["owner"]) == record["owner_started"]:
+            continue  # its owner still runs
+        if _started_at(record["api"]) == record["api_started"]:  # the same process, not a reused pid
+            _stop(record["api"])
+            reaped.append(record["api"])
+        path.unlink(missing_ok=True)
+    if reaped:
+        log.info("stopped %d local Prefect API(s) left running by killed voxtox runs: pids %s", len(reaped), reaped)
+    return reaped
+
+
+def _stop(pid: int) -> None:
+    """SIGTERM, and SIGKILL if it has not stopped within REAP_GRACE_S."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        process.terminate()
+        deadline = time.monotonic() + REAP_GRACE_S
+        while _alive(process) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(process):
+            process.kill()
+    except psutil.Error:
+        pass  # gone meanwhile, or not ours to stop
+
+
+def _alive(process: object) -> bool:
+    """Running, and not a zombie (an orphan's parent, PID 1 in a container, may never reap it)."""
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE  # type: ignore[attr-defined]
+    except psutil.Error:
+        return False
