@@ -110,7 +110,7 @@ def _publish_summary(report: LabelReport, catalog: Catalog) -> None:
         + "\n".join(f"- **{k}**: {v}" for k, v in asdict(report).items()),
         description="voxtox label: what this run did",
     )
-    if not report.n_clips:
+    if not report.n_clips or "clips" in catalog.damaged:  # said before the run; the rows are written
         return
     sums = ", ".join(f"sum({label_column(c)}::INT)::BIGINT AS {c}" for c in CLASSES)
     rows = catalog.query(
