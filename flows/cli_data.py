@@ -56,11 +56,11 @@ def label(
     with user_errors():
         for spec in inputs:
             discover_inputs(spec)  # a mistyped input fails at once, before a Prefect API is started
+        _say_damaged_shards(settings)
         with api_starting():  # while the pipeline's modules import and its models load
             from voxtox.flows.label import label_flow, preflight, task_runner_for
 
             preflight(list(inputs), settings)  # a missing or corrupt model fails before any source
-        _say_damaged_shards(settings)
     flow = label_flow.with_options(task_runner=task_runner_for(settings))
     report = flow(inputs=list(inputs), split=split, settings=settings, allow_forgotten=allow_forgotten)
     summary = Table(title="voxtox label", show_header=False)

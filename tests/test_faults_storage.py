@@ -20,12 +20,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import soundfile
 from typer.testing import CliRunner
 
+from conftest import spoken
 from test_data_access import clips_of
+from voxtox.audio import SAMPLE_RATE
 from voxtox.flows.cli import app
 from voxtox.storage.schema import SOURCES_SCHEMA
 from voxtox.storage.shards import replace_source, write_partitioned
+from voxtox.tasks.speech_synth import Utterance
 
 SHA = [hashlib.sha256(f"recording {i}".encode()).hexdigest() for i in range(4)]
 CLIPS_PER_SOURCE = 3
@@ -154,6 +158,35 @@ def test_writing_a_source_goes_on_beside_a_damaged_file_and_leaves_it_alone(data
     assert damaged.read_bytes() == before
     damaged.unlink()  # the user moves it away, as the message says: the rest reads
     assert clip_counts(data_dir) == {"rows": CLIPS_PER_SOURCE, "ids": CLIPS_PER_SOURCE}
+
+
+def _label_cli(data_dir: Path, inputs: Path, cache: Path):  # noqa: ANN202
+    return CliRunner().invoke(app, ["label", str(inputs), "--data-dir", str(data_dir)],
+                              env={"VOXTOX_MODEL_CACHE_DIR": str(cache)})
+
+
+def test_label_names_a_damaged_clips_file_and_labels_beside_it(data_dir: Path, tmp_path: Path, model_cache: Path) -> None:
+    """Before: `voxtox label` failed before labelling anything. Now one warning line names the
+    file, the new recording is labelled, and the damaged file is left byte for byte."""
+    damaged = clips_file(data_dir)
+    _truncate(damaged)
+    before = damaged.read_bytes()
+    inputs = tmp_path / "inbox"
+    inputs.mkdir()
+    soundfile.write(inputs / "hello.wav", spoken(Utterance("good game everyone, see you tomorrow", "en")), SAMPLE_RATE)
+    result = _label_cli(data_dir, inputs, model_cache)
+    assert result.exit_code == 0, result.output
+    assert str(damaged) in one_line(result.output) and "goes on" in result.output
+    assert query(data_dir, "SELECT count(*) AS n FROM sources WHERE source_uri LIKE '%hello.wav'") == [{"n": 1}]
+    assert damaged.read_bytes() == before
+
+
+def test_label_refuses_a_damaged_sources_file_in_one_line(data_dir: Path, tmp_path: Path, model_cache: Path) -> None:
+    """Without its `sources` rows a run cannot tell which recordings are done: it stops, naming the file."""
+    (damaged,) = (data_dir / "shards" / "sources").rglob("*.parquet")
+    _truncate(damaged)
+    result = _label_cli(data_dir, data_dir, model_cache)
+    assert result.exit_code == 2 and str(damaged) in one_line(result.output)
 
 
 # --- 3 and 5. kills -------------------------------------------------------------------------------
