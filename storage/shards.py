@@ -384,14 +384,15 @@ def compact(root: Path, names: Iterable[str] | None = None, target_bytes: int = 
             row_group_bytes: int = 16 << 20) -> list[CompactionResult]:
     """Merge each partition's small files (under half of `target_bytes`) into files of about
     `target_bytes`, with row groups of about `row_group_bytes` of data. Idempotent: a second run
-    finds nothing to merge."""
+    finds nothing to merge. First finishes the swaps and deletes the temporary files that killed
+    runs left (storage/swaps.py)."""
+    with shards_lock(root, exclusive=True):  # taking it finishes half-done swaps
+        sweep_dead_temporaries(root)
     return [compact_table(root, name, target_bytes, row_group_bytes) for name in (names or PARTITIONS)]
 
 
 def compact_table(root: Path, name: str, target_bytes: int, row_group_bytes: int) -> CompactionResult:
     """Compact one table; a damaged file stops it (DamagedShardError) rather than be left out."""
-    with shards_lock(root, exclusive=True):  # finishes swaps killed runs left half done
-        sweep_dead_temporaries(root / name)
     before = shard_files(root, name)
     merged = skipped = 0
     for directory in sorted({path.parent for path in before}):
