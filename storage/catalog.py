@@ -56,6 +56,10 @@ HIVE_TYPES = {"split": "VARCHAR", "lang": "VARCHAR", "date": "DATE"}
 #: utterance the VAD cut in two; a span merely touching the clip's edge does not.
 TRUTH_MIN_OVERLAP = 0.5
 
+#: What DuckDB raises when a file cannot be read: a bad footer or page names the file
+#: (InvalidInputException, IOException); a bad page header is a bare "TProtocolException: Invalid data".
+READ_FAILURES = (duckdb.Error, duckdb.IOException, duckdb.InvalidInputException)
+
 #: What `voxtox query` runs: statements that only read. Anything else (DROP, CREATE, ATTACH,
 #: COPY ... TO, SET, INSTALL, ...) is refused before it runs.
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -227,7 +231,7 @@ class Catalog:
     def _name_damaged_data(self, sql: str, error: duckdb.Error) -> None:
         """After DuckDB failed reading (a file damaged mid-way fails as "Invalid data", naming no
         file), read the files of the tables `sql` names to say which is damaged."""
-        if isinstance(error, duckdb.CatalogException | duckdb.ParserException | duckdb.BinderException):
+        if type(error) not in READ_FAILURES:  # a conversion error, say: not worth reading every file
             return
         tables = _tables_of(sql) or set(self.present_tables())
         broken = unreadable_files(path for name in sorted(tables) for path in shard_files(self.shards_root, name))

@@ -56,7 +56,7 @@ def locked_temporary(path: Path) -> Iterator[tuple[Path, BinaryIO]]:
 def is_temporary(name: str) -> bool:
     """Whether `name` is one of voxtox's temporary files of a shard or a swap journal."""
     return name.startswith(".") and name.endswith(TEMPORARY_SUFFIX) and (
-        ".parquet." in name or name.startswith(JOURNAL_PREFIX)
+        ".parquet." in name or JOURNAL_PREFIX in name
     )
 
 

@@ -192,23 +192,24 @@ def test_label_refuses_a_damaged_sources_file_in_one_line(data_dir: Path, tmp_pa
 # --- 3 and 5. kills -------------------------------------------------------------------------------
 
 #: A child process that runs `action` and SIGKILLs itself at a step: just before or just after it
-#: first renames a data file into place (`replace`) or deletes one (`unlink`), or just before it
-#: first forces a written file to disk (`fsync`: a file is then written but not yet in place).
+#: first renames a file whose name holds `marker` into place (`replace`) or deletes one
+#: (`unlink`), or just before it first forces a written file to disk (`fsync`: written, not yet
+#: in place). `.parquet` marks a data file; `voxtox-swap-` a compaction's journal.
 #: A real kill at that step: no clean-up code runs.
 _KILL_AT = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    sys.path.insert(0, sys.argv[5])
-    step, when, data_dir, action = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+    sys.path.insert(0, sys.argv[6])
+    step, when, marker, data_dir, action = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]), sys.argv[5]
     real = getattr(os, step)
 
     def kill_at_step(*args, **kwargs):
-        target = {"unlink": str(args[0]), "replace": str(args[-1]), "fsync": ".parquet"}[step]
-        if target.endswith(".parquet") and when == "before":
+        target = {"unlink": str(args[0]), "replace": str(args[-1]), "fsync": marker}[step]
+        if marker in target and when == "before":
             os.kill(os.getpid(), signal.SIGKILL)
         done = real(*args, **kwargs)
-        if target.endswith(".parquet"):
+        if marker in target:
             os.kill(os.getpid(), signal.SIGKILL)
         return done
 
@@ -225,10 +226,10 @@ _KILL_AT = textwrap.dedent(
 )
 
 
-def run_killed(data_dir: Path, step: str, when: str, action: str) -> None:
+def run_killed(data_dir: Path, step: str, when: str, action: str, marker: str = ".parquet") -> None:
     """Run `action` (`compact`, or a recording's hash to label it) in a child killed at a step."""
     tests = str(Path(__file__).parent)
-    done = subprocess.run([sys.executable, "-c", _KILL_AT, step, when, str(data_dir), action, tests],
+    done = subprocess.run([sys.executable, "-c", _KILL_AT, step, when, marker, str(data_dir), action, tests],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == -9, done.stdout + done.stderr
 
@@ -263,16 +264,20 @@ def test_compaction_heals_duplicate_clip_ids_however_they_came(data_dir: Path) -
     assert query(data_dir, "SELECT count(*) AS n, count(DISTINCT source_sha256) AS d FROM sources") == [{"n": 3, "d": 3}]
 
 
-@pytest.mark.parametrize(("step", "when"), [("fsync", "before"), ("replace", "before"), ("unlink", "after")],
-                         ids=["writing", "before-rename", "after-rename"])
-def test_a_killed_compaction_never_shows_double_rows_nor_leaves_files(tmp_path: Path, step: str, when: str) -> None:
+@pytest.mark.parametrize(("step", "when", "marker"), [
+    ("fsync", "before", ".parquet"), ("replace", "before", "voxtox-swap-"), ("replace", "before", ".parquet"),
+    ("unlink", "after", ".parquet"),
+], ids=["writing", "recording-the-swap", "before-rename", "after-rename"])
+def test_a_killed_compaction_never_shows_double_rows_nor_leaves_files(
+    tmp_path: Path, step: str, when: str, marker: str
+) -> None:
     """Issue 31, item 5: SIGKILL during `compact`. Before: every kill left a hidden
     `.compact-*.parquet.*.tmp` that nothing removed, and a kill after the rename, before the
     merged files were deleted, made `query` count every row twice until the next compaction."""
     for sha in SHA:
         label(tmp_path, sha)
     whole = {"rows": 4 * CLIPS_PER_SOURCE, "ids": 4 * CLIPS_PER_SOURCE}
-    run_killed(tmp_path, step, when, "compact")
+    run_killed(tmp_path, step, when, "compact", marker)
     assert clip_counts(tmp_path) == whole
     assert query(tmp_path, "SELECT count(*) AS n FROM sources") == [{"n": 4}]
     assert cli(tmp_path, "compact").exit_code == 0
