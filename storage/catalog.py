@@ -271,8 +271,10 @@ class Catalog:
 
 
 def damaged_tables(shards_root: Path, tables: Iterable[str] | None = None) -> dict[str, dict[Path, str]]:
-    """Per table (default: all) that has any, its shard files whose footer cannot be read."""
-    found = {name: scan_schemas(shards_root / name).damaged for name in tables or PARTITIONS}
+    """Per table (default: all) that has any, its shard files whose footer cannot be read (under
+    the shared lock: no writer swaps files meanwhile)."""
+    with shards_lock(shards_root):
+        found = {name: scan_schemas(shards_root / name).damaged for name in tables or PARTITIONS}
     return {name: files for name, files in found.items() if files}
 
 
