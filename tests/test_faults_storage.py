@@ -346,3 +346,15 @@ def test_forgetting_after_compaction_leaves_only_the_tombstone(data_dir: Path) -
     assert SHA[1] in (data_dir / "shards" / "tombstones.txt").read_text()
     assert cli(data_dir, "compact").exit_code == 0
     assert _traces(data_dir, SHA[1]) == []
+
+
+def test_forgetting_clears_the_names_an_older_version_kept_in_compacted_footers(data_dir: Path) -> None:
+    """Data compacted by a version before this one: its footers list the files they replaced,
+    `part-<key>` of each recording. Erasure drops that list from every file it rewrites."""
+    path = clips_file(data_dir)
+    table = pq.read_table(path)
+    replaced = json.dumps([f"part-{sha[:24]}.parquet" for sha in SHA[:3]]).encode()
+    pq.write_table(table.replace_schema_metadata(table.schema.metadata | {b"voxtox.replaces": replaced}), path)
+    assert _traces(data_dir, SHA[1])  # the old footer names it
+    assert cli(data_dir, "forget", SHA[1]).exit_code == 0
+    assert _traces(data_dir, SHA[1]) == []
