@@ -20,7 +20,7 @@ from voxtox.flows.cli_common import (
     user_errors,
 )
 from voxtox.labels import CLASSES
-from voxtox.settings import load_settings
+from voxtox.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from voxtox.tasks.forget import ErasureReport
@@ -58,6 +58,7 @@ def label(
     with user_errors():
         for spec in inputs:
             discover_inputs(spec)  # a mistyped input fails at once, before a Prefect API is started
+        _say_damaged_shards(settings)
         with api_starting():  # while the pipeline's modules import and its models load
             from voxtox.flows.label import label_flow, preflight, task_runner_for
 
@@ -70,6 +71,20 @@ def label(
         summary.add_row(key, str(value))
     console.print(summary)
     console.print("Query it: voxtox query \"SELECT lang, count(*) FROM clips GROUP BY lang\"")
+
+
+def _say_damaged_shards(settings: Settings) -> None:
+    """Before a label run: a damaged `sources` file stops it (it cannot tell which recordings are
+    done); a damaged file of another table is named, left as it is, and the run goes on."""
+    from voxtox.storage.catalog import damaged_tables
+    from voxtox.storage.shards import DamagedShardError
+
+    damaged = damaged_tables(settings.shards_dir)
+    if "sources" in damaged:
+        raise DamagedShardError(damaged["sources"])
+    for name, files in damaged.items():
+        errors.print(f"warning: {DamagedShardError(files)}; labelling goes on, that file is left as it is "
+                     f"(table {name})", markup=False, highlight=False, soft_wrap=True)
 
 
 def forget(
@@ -187,7 +202,9 @@ def compact(
         raise typer.BadParameter(f"unknown table {', '.join(unknown)}: choose from {', '.join(PARTITIONS)}")
     settings = load_settings(data_dir)
     view = Table("table", "files before", "files after", "merged", "left for next time", title="voxtox compact")
-    for result in compact_shards(settings, table):
+    with user_errors():  # a damaged shard: one line naming it, nothing compacted
+        results = compact_shards(settings, table)
+    for result in results:
         view.add_row(result.table, str(result.files_before), str(result.files_after), str(result.merged),
                      str(result.skipped))
     console.print(view)

@@ -31,7 +31,7 @@ from voxtox.flows.serve import check_served_run
 from voxtox.labels import CLASSES
 from voxtox.prefect_env import deprioritise_ephemeral_api, reap_orphaned_apis, record_ephemeral_api
 from voxtox.settings import Settings
-from voxtox.storage.catalog import Catalog
+from voxtox.storage.catalog import Catalog, CatalogError
 from voxtox.storage.model_store import resolve_model
 from voxtox.storage.schema import label_column
 from voxtox.storage.shards import sweep_part_temporaries
@@ -116,10 +116,14 @@ def _publish_summary(report: LabelReport, catalog: Catalog) -> None:
     if not report.n_clips:
         return
     sums = ", ".join(f"sum({label_column(c)}::INT)::BIGINT AS {c}" for c in CLASSES)
-    rows = catalog.query(
-        f"SELECT lang, count(*) AS clips, round(sum(duration_s) / 60, 2)::DOUBLE AS minutes, {sums} "
-        f"FROM clips WHERE run_id = '{report.run_id}' GROUP BY lang ORDER BY lang"
-    ).to_pylist()
+    try:
+        rows = catalog.query(
+            f"SELECT lang, count(*) AS clips, round(sum(duration_s) / 60, 2)::DOUBLE AS minutes, {sums} "
+            f"FROM clips WHERE run_id = '{report.run_id}' GROUP BY lang ORDER BY lang"
+        ).to_pylist()
+    except CatalogError as error:  # a damaged clips file (named before the run): the rows are written
+        get_run_logger().warning("no per-language counts: %s", error)
+        return
     create_table_artifact(
         key="label-counts", table=rows, description="clips and label decisions per language"
     )

@@ -20,8 +20,9 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,16 @@ from voxtox.files import is_disk_full
 from voxtox.labels import CLASSES
 from voxtox.storage.dataset_card import write_dataset_card
 from voxtox.storage.schema import PARTITIONS, human_label_column, label_column
-from voxtox.storage.shards import SUFFIX, first_shard, shards_lock
+from voxtox.storage.shards import (
+    READ_ERRORS,
+    SUFFIX,
+    DamagedShardError,
+    damaged,
+    first_shard,
+    shard_files,
+    shards_lock,
+    unreadable_files,
+)
 
 if TYPE_CHECKING:
     from voxtox.settings import Settings
@@ -46,6 +56,10 @@ HIVE_TYPES = {"split": "VARCHAR", "lang": "VARCHAR", "date": "DATE"}
 #: one: a whole utterance inside a 1-60 s segment counts, and so does either half of an
 #: utterance the VAD cut in two; a span merely touching the clip's edge does not.
 TRUTH_MIN_OVERLAP = 0.5
+
+#: What DuckDB raises when a file cannot be read: a bad footer or page names the file
+#: (InvalidInputException, IOException); a bad page header is a bare "TProtocolException: Invalid data".
+READ_FAILURES = (duckdb.Error, duckdb.IOException, duckdb.InvalidInputException)
 
 #: What `voxtox query` runs: statements that only read. Anything else (DROP, CREATE, ATTACH,
 #: COPY ... TO, SET, INSTALL, ...) is refused before it runs.
@@ -91,6 +105,8 @@ class Catalog:
     def __init__(self, database: Path, shards_root: Path) -> None:
         self.database = database
         self.shards_root = shards_root
+        #: Tables left without a view the last time views were defined: table -> {file: why}.
+        self.damaged: dict[str, dict[Path, str]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Catalog:
@@ -141,10 +157,16 @@ class Catalog:
         """Define the views on `con`. With `check_schemas` (a private connection, under the
         shards' lock: nothing can swap files until it closes), a table whose files all share one
         schema is read without `union_by_name`; the catalog file's views, read later by other
-        clients while files come and go, always union by name."""
-        present = self.present_tables()
-        for name in present:
-            mixed = not check_schemas or not uniform_schema(self.shards_root / name)
+        clients while files come and go, always union by name. A table with a damaged file gets
+        no view (it is in `self.damaged`): the others can still be queried."""
+        present, self.damaged = [], {}
+        for name in self.present_tables():
+            scan = scan_schemas(self.shards_root / name)
+            if scan.damaged:
+                self.damaged[name] = scan.damaged
+                continue
+            present.append(name)
+            mixed = not check_schemas or not scan.uniform
             if mixed:
                 # union_by_name reads every file's footer when a view is defined and again when a
                 # query expands it; the cache makes the second read free. (Without union_by_name
@@ -216,15 +238,48 @@ class Catalog:
     def query(self, sql: str) -> pa.Table:
         """Run voxtox's own SQL (trusted) over the views."""
         with self.connect() as con:
+            self._refuse_damaged(sql)
             try:
                 return con.sql(sql).to_arrow_table()
             except duckdb.CatalogException as error:
+                if self.damaged:
+                    raise CatalogError(f"{error}\n{self._damaged_error()}") from error
                 raise CatalogError(
                     f"{error}\n(tables appear once data exists: run `voxtox label` first; "
                     f"data: {self.base})"
                 ) from error
             except (duckdb.ParserException, duckdb.BinderException) as error:
                 raise CatalogError(f"{error}\n(the SQL is DuckDB's dialect; data: {self.base})") from error
+            except duckdb.Error as error:
+                self._name_damaged_data(sql, error)
+                raise
+
+    def _damaged_error(self, tables: set[str] | None = None, found: dict[Path, str] | None = None) -> str:
+        """One line: the damaged files (`found`, or those of `tables` found when views were
+        defined) and the tables that can still be queried."""
+        hit = found or {path: why for name, files in self.damaged.items() if tables is None or name in tables
+                        for path, why in files.items()}
+        broken = {path.relative_to(self.shards_root).parts[0] for path in hit} | set(self.damaged)
+        unaffected = ", ".join(name for name in self.present_tables() if name not in broken)
+        return f"{DamagedShardError(hit)} (the other tables can be queried: {unaffected or 'none'})"
+
+    def _name_damaged_data(self, sql: str, error: duckdb.Error) -> None:
+        """After DuckDB failed reading (a file damaged mid-way fails as "Invalid data", naming no
+        file), read the files of the tables `sql` names to say which is damaged."""
+        if type(error) not in READ_FAILURES:  # a conversion error, say: not worth reading every file
+            return
+        tables = _tables_of(sql) or set(self.present_tables())
+        broken = unreadable_files(path for name in sorted(tables) for path in shard_files(self.shards_root, name))
+        if broken:
+            raise CatalogError(self._damaged_error(found=broken)) from error
+
+    def _refuse_damaged(self, sql: str) -> None:
+        """A statement that reads a table with a damaged file is refused, naming the file."""
+        if not self.damaged:
+            return
+        tables = _tables_of(sql)
+        if tables & self.damaged.keys():
+            raise CatalogError(self._damaged_error(tables))
 
     def read_only_query(self, sql: str) -> pa.Table:
         """Run one statement that only reads (what `voxtox query` answers); refuse anything else
@@ -255,17 +310,53 @@ def _held_elsewhere(error: duckdb.Error) -> bool:
     return isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
 
 
+def damaged_tables(shards_root: Path, tables: Iterable[str] | None = None) -> dict[str, dict[Path, str]]:
+    """Per table (default: all) that has any, its shard files whose footer cannot be read (under
+    the shared lock: no writer swaps files meanwhile)."""
+    with shards_lock(shards_root):
+        found = {name: scan_schemas(shards_root / name).damaged for name in tables or PARTITIONS}
+    return {name: files for name, files in found.items() if files}
+
+
+def _tables_of(sql: str) -> set[str]:
+    """The tables a statement reads (segment_truth reads two); empty when DuckDB cannot parse it."""
+    try:
+        tables = set(duckdb.get_table_names(sql))
+    except duckdb.Error:
+        return set()  # DuckDB says what is wrong with the SQL when it runs it
+    return tables | ({"clips", "human_labels"} if "segment_truth" in tables else set())
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def uniform_schema(table_dir: Path) -> bool:
     """Whether every shard under `table_dir` has the same columns of the same types (in any order:
-    DuckDB matches columns by name). Footers are read only for files not in the directory's
+    DuckDB matches columns by name)."""
+    return scan_schemas(table_dir).uniform
+
+
+@dataclass(frozen=True)
+class SchemaScan:
+    """The schemas of one table's shards: whether they are all alike, and the files whose footer
+    cannot be read (path -> why)."""
+
+    uniform: bool
+    damaged: dict[Path, str]
+
+
+def scan_schemas(table_dir: Path) -> SchemaScan:
+    """Read the footers of `table_dir`'s shards: only those of files not in the directory's
     schema cache under the same stamp; the cache is rewritten when it changed (best effort: a
-    read-only data dir just reads the footers each time)."""
+    read-only data dir just reads the footers each time). A damaged file is not cached."""
     cache_path = table_dir / SCHEMA_CACHE
     try:
         cached = json.loads(cache_path.read_text())
     except (OSError, ValueError):
         cached = {}
     current: dict[str, list] = {}
+    unreadable: dict[Path, str] = {}
     for directory, _, names in os.walk(table_dir):  # os.walk: a third of pathlib's glob time here
         for name in names:
             if not name.endswith(SUFFIX):
@@ -275,14 +366,24 @@ def uniform_schema(table_dir: Path) -> bool:
             stamp = [stat.st_ino, stat.st_size, stat.st_mtime_ns]
             key = os.path.relpath(path, table_dir)
             entry = cached.get(key)
-            current[key] = entry if entry and entry[0] == stamp else [stamp, _schema_fingerprint(path)]
+            if entry and entry[0] == stamp:
+                current[key] = entry
+                continue
+            try:
+                current[key] = [stamp, _schema_fingerprint(path)]
+            except DamagedShardError as error:
+                unreadable |= error.damaged
     if current != cached:
         _write_schema_cache(cache_path, current)
-    return len({fingerprint for _, fingerprint in current.values()}) <= 1
+    return SchemaScan(len({fingerprint for _, fingerprint in current.values()}) <= 1, unreadable)
 
 
 def _schema_fingerprint(path: str) -> str:
-    columns = sorted(f"{field.name}:{field.type}" for field in pq.read_schema(path))
+    try:
+        schema = pq.read_schema(path)
+    except READ_ERRORS as error:
+        raise damaged(Path(path), error) from error
+    columns = sorted(f"{field.name}:{field.type}" for field in schema)
     return hashlib.sha256("\n".join(columns).encode()).hexdigest()[:16]
 
 

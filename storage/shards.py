@@ -11,27 +11,36 @@ the next run redoes it without duplicating rows.
 
 Changes that swap files (a replacement, a compaction) hold an exclusive lock on the shards
 directory while they rename and delete; voxtox's readers (the catalog) hold a shared one while
-they read, so they see a table before or after a change, never half of it.
+they read, so they see a table before or after a change, never half of it. A replacement rewrites
+a shared file in place (one rename: a kill leaves the old file or the new one); a compaction
+swaps several files for one through a journal that the next holder of the lock finishes if the
+compaction was killed (storage/swaps.py), and sweeps the temporary files of killed writers.
+
+A file that cannot be read is a `DamagedShardError` naming it: compaction refuses to run, a
+writer looking for a source's rows goes on without it and leaves it as it is.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import threading
 import uuid
 from collections.abc import Collection, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from voxtox.files import DiskFullError, is_disk_full
 from voxtox.storage.schema import PARTITIONS, stored_partition_columns
+from voxtox.storage.swaps import finish_swaps, locked_temporary, pending_swaps, swap_in, sweep_dead_temporaries
 
 COMPRESSION = "zstd"
 PART_PREFIX = "part-"
@@ -39,51 +48,43 @@ COMPACT_PREFIX = "compact-"
 SUFFIX = ".parquet"
 #: Footer metadata of a compacted file: `[[key, rows], ...]` in row order.
 KEYS_METADATA = b"voxtox.shard_keys"
-#: Footer metadata of a compacted file: the names of the files it replaced in its directory.
-#: A crash between renaming it into place and deleting them leaves both; the next compaction
-#: deletes the leftovers (`recover_partition`).
+#: Footer metadata of compacted files written before compactions were journalled
+#: (storage/swaps.py): the names of the files one replaced, which a crash could leave beside it.
+#: No longer written; `recover_partition` still deletes such leftovers, and erasure drops it.
 REPLACES_METADATA = b"voxtox.replaces"
 LOCK_FILE = ".voxtox-shards.lock"
+
+log = logging.getLogger(__name__)
 
 
 # --- writing one file ----------------------------------------------------------------------
 
 
 def write_parquet_atomic(table: pa.Table, path: Path, row_group_size: int | None = None) -> Path:
-    """Write `table` to `path` (zstd) via a hidden temporary file and an atomic rename."""
-    temporary = _temporary(path)
+    """Write `table` to `path` (zstd) via a hidden temporary file (flocked while written: a
+    sweep tells a dead writer's from a live one's) and an atomic rename. A full disk raises
+    DiskFullError naming `path` (Arrow's and the kernel's own words name no file)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with temporary.open("wb") as handle:
+        with locked_temporary(path) as (temporary, handle):
             pq.write_table(table, handle, compression=COMPRESSION, row_group_size=row_group_size)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
+            os.replace(temporary, path)
     except OSError as error:
-        if is_disk_full(error):  # Arrow's and the kernel's own words name no file
+        if is_disk_full(error):
             raise DiskFullError(path) from error
         raise
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-
-
 def sweep_part_temporaries(root: Path) -> list[Path]:
-    """Remove the temporary files of `part-` shards a killed writer left between creating and
-    renaming one. Such files are written only under the exclusive lock, so any found while
-    holding it belongs to a process that died. Returns them."""
-    pattern = f"**/.{PART_PREFIX}*.tmp"
-    if next(root.glob(pattern), None) is None:  # the usual case: no lock taken
+    """Remove the temporary files killed writers left under `root` (a live writer's is flocked
+    and stays); returns them."""
+    if next(root.glob(f"**/.*{SUFFIX}.*.tmp"), None) is None:  # the usual case: no lock taken
         return []
     with shards_lock(root, exclusive=True):
-        left = list(root.glob(pattern))
-        for path in left:
-            path.unlink(missing_ok=True)
-    return left
+        return sweep_dead_temporaries(root)
 
 
 def shard_name(source_key: str) -> str:
@@ -129,6 +130,7 @@ def shards_lock(root: Path, exclusive: bool = False) -> Iterator[None]:
         return
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        _finish_dead_swaps(root, descriptor, exclusive)
         modes[key] = [exclusive]
         try:
             yield
@@ -136,6 +138,19 @@ def shards_lock(root: Path, exclusive: bool = False) -> Iterator[None]:
             del modes[key]
     finally:
         os.close(descriptor)  # releases the flock
+
+
+def _finish_dead_swaps(root: Path, descriptor: int, exclusive: bool) -> None:
+    """Finish the file swaps a killed process left half done (storage/swaps.py) before anything
+    reads or changes the files. A reader that finds one takes the lock exclusively to finish it,
+    then shares it again (a writer may slip in between: it too finishes first)."""
+    if not pending_swaps(root):
+        return
+    if not exclusive:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    finish_swaps(root)
+    if not exclusive:
+        fcntl.flock(descriptor, fcntl.LOCK_SH)
 
 
 # --- which sources a file holds --------------------------------------------------------------
@@ -146,11 +161,57 @@ def _stamp(path: Path) -> tuple[int, int, int]:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
+class DamagedShardError(ValueError):
+    """Shard files that cannot be read (truncated, overwritten, corrupt), named in one line."""
+
+    def __init__(self, damaged: dict[Path, str]) -> None:
+        self.damaged = damaged
+        named = "; ".join(f"{path} ({reason})" for path, reason in sorted(damaged.items()))
+        super().__init__(
+            f"damaged shard, cannot be read: {named}; move it out of the shards folder (keep it: it "
+            "holds rows) or restore it from a backup, then run again"
+        )
+
+
+#: What reading a damaged Parquet file raises (pyarrow's own, or the OS's for a bad read).
+READ_ERRORS = (pa.ArrowException, OSError, ValueError)
+
+
+def damaged(path: Path, error: BaseException) -> DamagedShardError:
+    """The error for `path` that `error` showed to be damaged (its first line: no traceback)."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return DamagedShardError({path: reason})
+
+
+def unreadable_files(files: Iterable[Path], columns: list[str] | None = None) -> dict[Path, str]:
+    """The files among `files` whose data (`columns`, default all) cannot be read, and why: what
+    names the file after a reader that does not (DuckDB's "Invalid data") failed on one."""
+    found = {}
+    for path in files:
+        try:
+            with pq.ParquetFile(path) as handle:
+                for _ in handle.iter_batches(columns=columns):
+                    pass
+        except READ_ERRORS as error:
+            found |= damaged(path, error).damaged
+    return found
+
+
+def _read_table(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except READ_ERRORS as error:
+        raise damaged(path, error) from error
+
+
 @lru_cache(maxsize=8192)
 def _footer_keys(path: str, _stamp: tuple[int, int, int]) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
     """(keys with row counts, names replaced) from a compacted file's footer; cached per file
-    identity (compacted files are never modified in place, only replaced)."""
-    metadata = pq.read_schema(path).metadata or {}
+    identity (a rewrite renames a new file over it: another inode)."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except READ_ERRORS as error:
+        raise damaged(Path(path), error) from error
     keys = tuple((str(k), int(n)) for k, n in json.loads(metadata.get(KEYS_METADATA, b"[]")))
     replaces = tuple(json.loads(metadata.get(REPLACES_METADATA, b"[]")))
     return keys, replaces
@@ -160,7 +221,11 @@ def key_rows(path: Path) -> tuple[tuple[str, int], ...]:
     """The source keys a shard holds and how many rows of each, in file order."""
     if path.name.startswith(COMPACT_PREFIX):
         return _footer_keys(str(path), _stamp(path))[0]
-    return ((path.name.removeprefix(PART_PREFIX).removesuffix(SUFFIX), pq.read_metadata(path).num_rows),)
+    try:
+        rows = pq.read_metadata(path).num_rows
+    except READ_ERRORS as error:
+        raise damaged(path, error) from error
+    return ((path.name.removeprefix(PART_PREFIX).removesuffix(SUFFIX), rows),)
 
 
 def keys_of(path: Path) -> frozenset[str]:
@@ -171,9 +236,19 @@ def keys_of(path: Path) -> frozenset[str]:
 
 
 def files_holding(root: Path, name: str, keys: Collection[str]) -> list[Path]:
-    """Every shard of table `name` that holds rows of any of the sources `keys`."""
+    """Every shard of table `name` that holds rows of any of the sources `keys`. A compacted
+    file whose footer cannot be read is left as it is and said in a warning: a writer goes on
+    without it (if it held rows of `keys`, the compaction after it is restored drops the copies
+    by id)."""
     wanted = set(keys)
-    return [path for path in shard_files(root, name) if wanted & keys_of(path)]
+    holding = []
+    for path in shard_files(root, name):
+        try:
+            if wanted & keys_of(path):
+                holding.append(path)
+        except DamagedShardError as error:
+            log.warning("%s", error)
+    return holding
 
 
 # --- the one primitive that removes rows -----------------------------------------------------
@@ -182,8 +257,9 @@ def files_holding(root: Path, name: str, keys: Collection[str]) -> list[Path]:
 def rewrite_without(root: Path, files: Iterable[Path], keys: Collection[str]) -> list[Path]:
     """Rewrite `files` (shards under `root`) without the rows of the sources `keys`, atomically
     for voxtox's readers: under the exclusive lock, a file left with no rows is deleted and one
-    that keeps rows is replaced by a new compacted file of exactly the kept rows, in order.
-    Files that hold none of `keys` are left alone. Returns the files written.
+    that keeps rows is rewritten in place (a temporary file renamed over it, so a kill leaves
+    the old file or the new one, never both) with exactly the kept rows, in order. Files that
+    hold none of `keys` are left alone. Returns the files written.
 
     Replacing a source and forgetting a recording are both this, followed (for a replacement)
     by writing the source's new part files under the same lock."""
@@ -197,12 +273,13 @@ def rewrite_without(root: Path, files: Iterable[Path], keys: Collection[str]) ->
                 continue
             if kept:
                 written.append(_write_kept_rows(path, held, dropped))
-            path.unlink()
+            else:
+                path.unlink()
     return written
 
 
 def _write_kept_rows(path: Path, held: tuple[tuple[str, int], ...], dropped: set[str]) -> Path:
-    table = pq.read_table(path)
+    table = _read_table(path)
     pieces, kept, offset = [], [], 0
     for key, n in held:
         if key not in dropped:
@@ -210,18 +287,20 @@ def _write_kept_rows(path: Path, held: tuple[tuple[str, int], ...], dropped: set
             kept.append((key, n))
         offset += n
     merged = pa.concat_tables(pieces)
-    merged = merged.replace_schema_metadata(_compacted_metadata(table.schema, kept, [path.name]))
+    merged = merged.replace_schema_metadata(_compacted_metadata(table.schema, kept))
     groups = pq.ParquetFile(path).metadata
     rows_per_group = max(groups.row_group(0).num_rows, 1) if groups.num_row_groups else None
-    return write_parquet_atomic(merged, _compacted_path(path.parent), row_group_size=rows_per_group)
+    return write_parquet_atomic(merged, path, row_group_size=rows_per_group)
 
 
 def metadata_without_rows(metadata: dict[bytes, bytes] | None, dropped: pa.Array) -> dict[bytes, bytes] | None:
     """A shard's schema metadata after the rows marked in `dropped` (a boolean per row) are
     removed by another rewrite (storage/erasure.py): a compacted file's key ranges shrink with
-    them, and a key left without rows is no longer listed."""
+    them, and a key left without rows is no longer listed (nor the names of the files it
+    replaced, which older versions kept: `part-<key>` names a source)."""
     if not metadata or KEYS_METADATA not in metadata:
         return metadata
+    metadata = {k: v for k, v in metadata.items() if k != REPLACES_METADATA}
     marks = dropped.to_pylist()
     kept, offset = [], 0
     for key, n in json.loads(metadata[KEYS_METADATA]):
@@ -236,10 +315,9 @@ def _compacted_path(directory: Path) -> Path:
     return directory / f"{COMPACT_PREFIX}{uuid.uuid4().hex}{SUFFIX}"
 
 
-def _compacted_metadata(schema: pa.Schema, keys: list[tuple[str, int]], replaces: list[str]) -> dict[bytes, bytes]:
-    metadata = dict(schema.metadata or {})
+def _compacted_metadata(schema: pa.Schema, keys: list[tuple[str, int]]) -> dict[bytes, bytes]:
+    metadata = {k: v for k, v in (schema.metadata or {}).items() if k != REPLACES_METADATA}
     metadata[KEYS_METADATA] = json.dumps(keys).encode()
-    metadata[REPLACES_METADATA] = json.dumps(replaces).encode()
     return metadata
 
 
@@ -329,11 +407,15 @@ def compact(root: Path, names: Iterable[str] | None = None, target_bytes: int = 
             row_group_bytes: int = 16 << 20) -> list[CompactionResult]:
     """Merge each partition's small files (under half of `target_bytes`) into files of about
     `target_bytes`, with row groups of about `row_group_bytes` of data. Idempotent: a second run
-    finds nothing to merge."""
+    finds nothing to merge. First finishes the swaps and deletes the temporary files that killed
+    runs left (storage/swaps.py)."""
+    with shards_lock(root, exclusive=True):  # taking it finishes half-done swaps
+        sweep_dead_temporaries(root)
     return [compact_table(root, name, target_bytes, row_group_bytes) for name in (names or PARTITIONS)]
 
 
 def compact_table(root: Path, name: str, target_bytes: int, row_group_bytes: int) -> CompactionResult:
+    """Compact one table; a damaged file stops it (DamagedShardError) rather than be left out."""
     before = shard_files(root, name)
     merged = skipped = 0
     for directory in sorted({path.parent for path in before}):
@@ -385,26 +467,30 @@ def merge_files(root: Path, files: list[Path], row_group_bytes: int) -> Path | N
     lock, or return None when a file changed meanwhile (a writer replaced a source: the next
     compaction tries again) or their schemas cannot be merged."""
     stamps = [_stamp(path) for path in files]
+    schemas = [_read_schema(path) for path in files]
     try:
-        schema = pa.unify_schemas([pq.read_schema(path) for path in files])
+        schema = pa.unify_schemas(schemas)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
     keys = [pair for path in files for pair in key_rows(path)]
-    schema = schema.with_metadata(_compacted_metadata(pq.read_schema(files[0]), keys, [p.name for p in files]))
+    schema = schema.with_metadata(_compacted_metadata(schemas[0], keys))
     target = _compacted_path(files[0].parent)
-    temporary = _temporary(target)
-    try:
-        _stream_into(temporary, schema, files, row_group_bytes, _folder_values(root, files[0].parent))
+    with ExitStack() as stack:
+        with shards_lock(root):  # created under the lock: a sweep never takes it for a dead run's
+            temporary, handle = stack.enter_context(locked_temporary(target))
+        _stream_into(handle, schema, files, row_group_bytes, _folder_values(root, files[0].parent))
         with shards_lock(root, exclusive=True):
             if [_stamp(path) if path.exists() else None for path in files] != stamps:
                 return None
-            os.replace(temporary, target)
-            for path in files:
-                path.unlink()
-            _fsync_directory(target.parent)
-    finally:
-        temporary.unlink(missing_ok=True)
+            swap_in(root, temporary, target, files)
     return target
+
+
+def _read_schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except READ_ERRORS as error:
+        raise damaged(path, error) from error
 
 
 def _folder_values(root: Path, directory: Path) -> dict[str, str]:
@@ -415,23 +501,21 @@ def _folder_values(root: Path, directory: Path) -> dict[str, str]:
     return {column: values[column] for column in stored_partition_columns(table) if column in values}
 
 
-def _stream_into(path: Path, schema: pa.Schema, files: list[Path], row_group_bytes: int,
+def _stream_into(handle: BinaryIO, schema: pa.Schema, files: list[Path], row_group_bytes: int,
                  folder_values: dict[str, str]) -> None:
     """Write the files' rows in order, buffering them into row groups of about `row_group_bytes`
     (a training read of one clip decodes one row group's audio), one input file in memory at a time."""
     buffered: list[pa.Table] = []
-    with path.open("wb") as handle:
-        writer = pq.ParquetWriter(handle, schema, compression=COMPRESSION)
+    with pq.ParquetWriter(handle, schema, compression=COMPRESSION) as writer:
         for source in files:
-            buffered.append(_conform(pq.read_table(source), schema, folder_values))
+            buffered.append(_conform(_read_table(source), schema, folder_values))
             if sum(t.nbytes for t in buffered) >= row_group_bytes:
                 _write_group(writer, buffered)
                 buffered = []
         if buffered:
             _write_group(writer, buffered)
-        writer.close()
-        handle.flush()
-        os.fsync(handle.fileno())
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 def _write_group(writer: pq.ParquetWriter, tables: list[pa.Table]) -> None:
@@ -452,10 +536,3 @@ def _conform(table: pa.Table, schema: pa.Schema, folder_values: dict[str, str]) 
             columns.append(pa.nulls(table.num_rows, field.type))
     return pa.Table.from_arrays(columns, schema=schema)
 
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -31,10 +31,10 @@ import duckdb
 
 from voxtox.files import sha256_file
 from voxtox.settings import Settings
-from voxtox.storage.catalog import uniform_schema
+from voxtox.storage.catalog import damaged_tables, uniform_schema
 from voxtox.storage.erasure import RecordingRows, Rewritten, erase_rows, matching_rows, shards_lock
 from voxtox.storage.schema import TRAINING_SOURCES_FILE
-from voxtox.storage.shards import shard_files
+from voxtox.storage.shards import DamagedShardError, shard_files
 from voxtox.storage.tombstones import add_tombstones, is_sha256, tombstones_file
 from voxtox.storage.workdir import sweep_stale_work
 
@@ -298,5 +298,8 @@ def forget(
 ) -> ErasureReport:
     """Forget what `request` names: find it, erase it, tombstone it, list the runs that saw it.
     Runs are looked for under `settings.runs_dir` and `runs_dirs`."""
+    damaged = damaged_tables(settings.shards_dir, _table_names(settings.shards_dir))
+    if damaged:  # it may hold the recording: erasure must not report done without it
+        raise DamagedShardError({path: why for files in damaged.values() for path, why in files.items()})
     recordings = identify(request, settings.shards_dir)
     return erase_recordings(recordings, settings, [settings.runs_dir, *(runs_dirs or [])], delete_inputs, dry_run)
