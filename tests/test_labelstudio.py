@@ -1,0 +1,131 @@
+"""The review loop through a real Label Studio (1.23.2, its own venv: scripts/labelstudio.sh),
+started once for this module on 127.0.0.1: push a batch, play a task's audio, annotate through
+the API as reviewers would in the browser, pull the export, import, check the reviews."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import synthetic_clips
+from tests.prefect_server import free_port, stop, wait_until
+from voxtox.flows.cli import app
+from voxtox.labels import CLASSES
+from voxtox.settings import Settings
+from voxtox.storage.catalog import Catalog
+from voxtox.storage.clips import read_clip_index
+from voxtox.storage.reviews import read_reviews
+from voxtox.storage.schema import label_column
+from voxtox.storage.shards import write_partitioned
+from voxtox.tasks.review_export import CHOICES, TEXT
+from voxtox.tasks.review_push import pushed_projects
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "voxtox-test-token-0123456789abcdef"
+#: First start migrates a new SQLite database: ~40 s on an idle 2-core machine, more on a busy one.
+START_TIMEOUT_S = 300
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """(URL, data dir): Label Studio serving local files from the data dir, with a login and a token."""
+    data_dir = tmp_path_factory.mktemp("review-data")
+    port = free_port()
+    env = os.environ | {"LABEL_STUDIO_USERNAME": "reviewer@example.com", "LABEL_STUDIO_PASSWORD": "voxtox-test-pw",
+                        "LABEL_STUDIO_USER_TOKEN": TOKEN, "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(data_dir)}
+    log = (tmp_path_factory.mktemp("label-studio-log") / "server.log").open("w")
+    server = subprocess.Popen(["bash", str(REPO / "scripts" / "labelstudio.sh"), "start", str(port),
+                               str(tmp_path_factory.mktemp("label-studio"))], env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if server.poll() is not None:
+            raise RuntimeError(f"Label Studio exited ({server.returncode}); log: {log.name}")
+        try:
+            return httpx.get(f"{url}/api/projects", headers={"Authorization": f"Token {TOKEN}"}, timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(up, START_TIMEOUT_S, f"Label Studio on {url} (log: {log.name})", poll_s=2)
+        yield url, data_dir
+    finally:
+        stop(server)
+        log.close()
+
+
+def _settings(data_dir: Path) -> Settings:
+    table = synthetic_clips(12, "train", 0)
+    write_partitioned(data_dir / "shards", "clips", table, "src-train")
+    Catalog(data_dir / "catalog.duckdb", data_dir / "shards").refresh_views()
+    return Settings(data_dir=data_dir)
+
+
+def _annotate(client: httpx.Client, task_id: int, labels: list[str], text: str | None = None,
+              cancelled: bool = False) -> None:
+    result = [{"from_name": CHOICES, "to_name": "audio", "type": "choices", "value": {"choices": labels}}]
+    if text is not None:
+        result.append({"from_name": TEXT, "to_name": "audio", "type": "textarea", "value": {"text": [text]}})
+    answer = client.post(f"/api/tasks/{task_id}/annotations/", json={"result": [] if cancelled else result,
+                                                                     "was_cancelled": cancelled})
+    assert answer.status_code == 201, answer.text
+
+
+def test_a_batch_goes_to_label_studio_and_its_answers_come_back(label_studio: tuple[str, Path],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    url, data_dir = label_studio
+    settings = _settings(data_dir)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    common = ["--data-dir", str(data_dir)]
+    assert runner.invoke(app, ["review", "select", "--budget", "4", "--strategy", "random", *common]).exit_code == 0
+    pushed = runner.invoke(app, ["review", "export", "--push", url, *common])
+    assert pushed.exit_code == 0, pushed.output
+    project = pushed_projects(settings)[-1]
+    project_id = int(project.rsplit("/", 1)[1])
+
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Token {TOKEN}"}, timeout=60)
+    listed = client.get("/api/tasks/", params={"project": project_id, "page_size": 100}).json()
+    tasks = sorted(listed["tasks"] if isinstance(listed, dict) else listed, key=lambda t: t["id"])
+    assert len(tasks) == 4 and all(t["data"]["clip_id"].startswith("train-") for t in tasks)
+    audio = client.get(tasks[0]["data"]["audio"])  # what the task page's player loads
+    assert audio.status_code == 200 and audio.content[:4] == b"fLaC"
+
+    first, second, third, _untouched = tasks
+    _annotate(client, first["id"], ["racism"], "a corrected transcript")
+    for labels in (["bullying"], ["bullying", "profanity"], ["bullying"]):  # three reviewers: majority
+        _annotate(client, second["id"], labels)
+    _annotate(client, third["id"], [], cancelled=True)  # skipped
+
+    imported = runner.invoke(app, ["review", "import", "--pull", project, *common])
+    assert imported.exit_code == 0, imported.output
+    rows = {r["clip_id"]: r for r in read_reviews(settings.shards_dir).to_pylist()}
+    assert set(rows) == {first["data"]["clip_id"], second["data"]["clip_id"]}
+    one, two = rows[first["data"]["clip_id"]], rows[second["data"]["clip_id"]]
+    assert [c for c in CLASSES if one[label_column(c)]] == ["racism"] and one["transcript"] == "a corrected transcript"
+    assert one["reviewers"] == "reviewer@example.com" and one["task_id"] == first["id"] and one["project"] == project
+    assert [c for c in CLASSES if two[label_column(c)]] == ["bullying"] and two["status"] == "majority"
+    assert two["n_annotations"] == 3
+
+    again = runner.invoke(app, ["review", "import", "--pull", project, *common])
+    assert "0 new, 0 changed, 2 already imported" in " ".join(again.output.split())
+    index = read_clip_index(Catalog.from_settings(settings), settings.shards_dir, "train", "TRUE")
+    assert index.n_reviewed == 2
+
+    exported = client.get(f"/api/projects/{project_id}/export", params={"exportType": "JSON_MIN"})
+    path = data_dir / "min.json"
+    path.write_bytes(exported.content)
+    from_file = runner.invoke(app, ["review", "import", str(path), *common])  # the same answers, another format
+    assert from_file.exit_code == 0, from_file.output
+    after = {r["clip_id"]: r for r in read_reviews(settings.shards_dir).to_pylist()}
+    assert {k: [c for c in CLASSES if v[label_column(c)]] for k, v in after.items()} == \
+        {k: [c for c in CLASSES if v[label_column(c)]] for k, v in rows.items()}
+    assert pa.Table.from_pylist(list(after.values())).num_rows == 2
