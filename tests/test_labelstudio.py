@@ -18,7 +18,7 @@ from tests.conftest import synthetic_clips
 from tests.prefect_server import free_port, stop, wait_until
 from voxtox.flows.cli import app
 from voxtox.labels import CLASSES
-from voxtox.settings import Settings
+from voxtox.settings import ReviewSettings, Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.clips import read_clip_index
 from voxtox.storage.reviews import read_reviews
@@ -36,8 +36,9 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """(URL, data dir): Label Studio serving local files from the data dir, with a login and a token."""
-    data_dir = tmp_path_factory.mktemp("review-data")
+    """(URL, document root): Label Studio serving local files below the root, with a login and a
+    token; each test keeps its data dir below the root (`review.document_root`)."""
+    data_dir = tmp_path_factory.mktemp("review-root")
     port = free_port()
     env = os.environ | {"LABEL_STUDIO_USERNAME": "reviewer@example.com", "LABEL_STUDIO_PASSWORD": "voxtox-test-pw",
                         "LABEL_STUDIO_USER_TOKEN": TOKEN, "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(data_dir)}
@@ -63,11 +64,21 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         log.close()
 
 
-def _settings(data_dir: Path) -> Settings:
-    table = synthetic_clips(12, "train", 0)
-    write_partitioned(data_dir / "shards", "clips", table, "src-train")
+def _settings(root: Path, name: str, **review: object) -> Settings:
+    """A data dir below Label Studio's document root with 12 labelled train clips."""
+    data_dir = root / name
+    write_partitioned(data_dir / "shards", "clips", synthetic_clips(12, "train", 0), "src-train")
     Catalog(data_dir / "catalog.duckdb", data_dir / "shards").refresh_views()
-    return Settings(data_dir=data_dir)
+    return Settings(data_dir=data_dir, review=ReviewSettings(document_root=root, **review))
+
+
+def _client(url: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Token {TOKEN}"}, timeout=60)
+
+
+def _tasks(client: httpx.Client, project_url: str) -> list[dict]:
+    listed = client.get("/api/tasks/", params={"project": int(project_url.rsplit("/", 1)[1]), "page_size": 100}).json()
+    return sorted(listed["tasks"] if isinstance(listed, dict) else listed, key=lambda t: t["id"])
 
 
 def _annotate(client: httpx.Client, task_id: int, labels: list[str], text: str | None = None,
@@ -82,9 +93,11 @@ def _annotate(client: httpx.Client, task_id: int, labels: list[str], text: str |
 
 def test_a_batch_goes_to_label_studio_and_its_answers_come_back(label_studio: tuple[str, Path],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    url, data_dir = label_studio
-    settings = _settings(data_dir)
+    url, root = label_studio
+    settings = _settings(root, "by-hand")
+    data_dir = settings.data_dir
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    monkeypatch.setenv("VOXTOX_REVIEW__DOCUMENT_ROOT", str(root))  # the audio URLs are relative to it
     common = ["--data-dir", str(data_dir)]
     assert runner.invoke(app, ["review", "select", "--budget", "4", "--strategy", "random", *common]).exit_code == 0
     pushed = runner.invoke(app, ["review", "export", "--push", url, *common])
@@ -92,9 +105,8 @@ def test_a_batch_goes_to_label_studio_and_its_answers_come_back(label_studio: tu
     project = pushed_projects(settings)[-1]
     project_id = int(project.rsplit("/", 1)[1])
 
-    client = httpx.Client(base_url=url, headers={"Authorization": f"Token {TOKEN}"}, timeout=60)
-    listed = client.get("/api/tasks/", params={"project": project_id, "page_size": 100}).json()
-    tasks = sorted(listed["tasks"] if isinstance(listed, dict) else listed, key=lambda t: t["id"])
+    client = _client(url)
+    tasks = _tasks(client, project)
     assert len(tasks) == 4 and all(t["data"]["clip_id"].startswith("train-") for t in tasks)
     audio = client.get(tasks[0]["data"]["audio"])  # what the task page's player loads
     assert audio.status_code == 200 and audio.content[:4] == b"fLaC"
@@ -129,3 +141,39 @@ def test_a_batch_goes_to_label_studio_and_its_answers_come_back(label_studio: tu
     assert {k: [c for c in CLASSES if v[label_column(c)]] for k, v in after.items()} == \
         {k: [c for c in CLASSES if v[label_column(c)]] for k, v in rows.items()}
     assert pa.Table.from_pylist(list(after.values())).num_rows == 2
+
+
+def test_the_nightly_step_brings_answers_back_and_sends_a_new_batch(label_studio: tuple[str, Path],
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    prefect_harness: None) -> None:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from voxtox.flows.nightly import NightlyReport, _review
+
+    url, root = label_studio
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    settings = _settings(root, "nightly", nightly=True, budget=4, strategy="random", label_studio_url=url)
+
+    @flow
+    def night(date: str) -> NightlyReport:
+        report = NightlyReport(night=date)
+        _review(settings, report)
+        return report
+
+    first = night("2026-12-06")
+    assert first.review == "4 sent"
+    project = pushed_projects(settings)[-1]
+    sent_first = [t["data"]["clip_id"] for t in _tasks(_client(url), project)]
+    _annotate(_client(url), _tasks(_client(url), project)[0]["id"], ["profanity", "racism"])
+
+    second = night("2026-12-07")
+    assert second.review.startswith("4 sent; 1 reviewed clips (1 new, 0 changed, 0 ties)")
+    reviews = read_reviews(settings.shards_dir).to_pylist()
+    assert [r["clip_id"] for r in reviews] == [sent_first[0]] and reviews[0]["project"] == project
+    sent_second = [t["data"]["clip_id"] for t in _tasks(_client(url), pushed_projects(settings)[-1])]
+    assert len(sent_second) == 4 and not set(sent_first) & set(sent_second)  # nothing is sent twice
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["review"])))
+    assert any("came back from" in (a.data or "") and project in (a.data or "") for a in artifacts)
