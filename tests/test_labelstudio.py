@@ -4,8 +4,6 @@ the API as reviewers would in the browser, pull the export, import, check the re
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +12,9 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
+from labelstudio_server import TOKEN, label_studio_server, log_in, open_task
+from prefect_server import browser
 from tests.conftest import synthetic_clips
-from tests.prefect_server import free_port, stop, wait_until
 from voxtox.flows.cli import app
 from voxtox.labels import CLASSES
 from voxtox.settings import ReviewSettings, Settings
@@ -27,10 +26,6 @@ from voxtox.storage.shards import write_partitioned
 from voxtox.tasks.review_export import CHOICES, TEXT
 from voxtox.tasks.review_push import pushed_projects
 
-REPO = Path(__file__).resolve().parents[1]
-TOKEN = "voxtox-test-token-0123456789abcdef"
-#: First start migrates a new SQLite database: ~40 s on an idle 2-core machine, more on a busy one.
-START_TIMEOUT_S = 300
 runner = CliRunner()
 
 
@@ -38,30 +33,10 @@ runner = CliRunner()
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """(URL, document root): Label Studio serving local files below the root, with a login and a
     token; each test keeps its data dir below the root (`review.document_root`)."""
-    data_dir = tmp_path_factory.mktemp("review-root")
-    port = free_port()
-    env = os.environ | {"LABEL_STUDIO_USERNAME": "reviewer@example.com", "LABEL_STUDIO_PASSWORD": "voxtox-test-pw",
-                        "LABEL_STUDIO_USER_TOKEN": TOKEN, "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(data_dir)}
-    log = (tmp_path_factory.mktemp("label-studio-log") / "server.log").open("w")
-    server = subprocess.Popen(["bash", str(REPO / "scripts" / "labelstudio.sh"), "start", str(port),
-                               str(tmp_path_factory.mktemp("label-studio"))], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if server.poll() is not None:
-            raise RuntimeError(f"Label Studio exited ({server.returncode}); log: {log.name}")
-        try:
-            return httpx.get(f"{url}/api/projects", headers={"Authorization": f"Token {TOKEN}"}, timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(up, START_TIMEOUT_S, f"Label Studio on {url} (log: {log.name})", poll_s=2)
-        yield url, data_dir
-    finally:
-        stop(server)
-        log.close()
+    root = tmp_path_factory.mktemp("review-root")
+    state = tmp_path_factory.mktemp("label-studio")
+    with label_studio_server(root, state, state / "server.log") as url:
+        yield url, root
 
 
 def _settings(root: Path, name: str, **review: object) -> Settings:
@@ -177,3 +152,22 @@ def test_the_nightly_step_brings_answers_back_and_sends_a_new_batch(label_studio
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["review"])))
     assert any("came back from" in (a.data or "") and project in (a.data or "") for a in artifacts)
+
+
+def test_a_task_page_plays_its_audio_in_chromium(label_studio: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, root = label_studio
+    settings = _settings(root, "browser")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    monkeypatch.setenv("VOXTOX_REVIEW__DOCUMENT_ROOT", str(root))
+    common = ["--data-dir", str(settings.data_dir)]
+    assert runner.invoke(app, ["review", "select", "--budget", "2", *common]).exit_code == 0
+    assert runner.invoke(app, ["review", "export", "--push", url, *common]).exit_code == 0
+    project = pushed_projects(settings)[-1]
+    task = _tasks(_client(url), project)[0]
+    with browser() as session:
+        log_in(session, url)
+        # 206: the player asks for a byte range, as browsers do for audio
+        assert open_task(session, url, int(project.rsplit("/", 1)[1]), task["id"]) in (200, 206)
+        shown = session.evaluate("document.body.innerText + ' ' + "
+                                 "[...document.querySelectorAll('textarea, input')].map(e => e.value).join(' ')")
+    assert task["data"]["transcript"] in shown  # the transcript the reviewer corrects, pre-filled
