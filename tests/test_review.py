@@ -242,6 +242,12 @@ def test_training_manifest_counts_the_human_labels(settings: Settings, tiny_whis
     run = Path(train_model(settings.model_copy(update={"train": train}), tmp_path / "run").run_dir)
     config = json.loads((run / "config.json").read_text())
     assert config["train_human_labels"] == 5 and config["train_clips"] == N_TRAIN
+    # The trained model's disagreement with the given labels chooses the next batch (the
+    # reviewed clips are out of it): in each stratum the clip it finds least likely.
+    chosen = select_for_review(settings, 12, strategy="disagreement", model=run)
+    assert len(chosen.rows) == 12 and not {r["clip_id"] for r in chosen.rows} & {f"train-{i:04d}" for i in range(5)}
+    assert (run / "evaluation" / "scores" / "review-best.parquet").exists()  # scored once, cached in the run
+    assert all(-1 <= r["doubt"] <= 0 for r in chosen.rows)
 
 
 def test_forget_erases_reviews_and_their_copies(settings: Settings, tmp_path: Path) -> None:
