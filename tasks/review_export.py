@@ -139,21 +139,23 @@ def export_batch(settings: Settings, batch: Path | None = None, out: Path | None
     return Export(config, tasks, audio_dir, len(rows))
 
 
-def _without_clips(path: Path, clip_ids: frozenset[str]) -> bool:
-    """Rewrite a batch (JSONL) or tasks file (JSON) without the clips; whether it held any."""
+def _without_clips(path: Path, clip_ids: frozenset[str], dry_run: bool) -> bool:
+    """Rewrite a batch (JSONL: one clip per line) or tasks file (JSON: a list of tasks) without
+    the clips (unless `dry_run`); whether it held any."""
     if path.suffix == ".jsonl":
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if not line.strip() or json.loads(line).get("clip_id") not in clip_ids]
-        text = "".join(kept)
+        entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = [e for e in entries if e.get("clip_id") not in clip_ids]
+        text = "".join(json.dumps(e) + "\n" for e in kept)
     else:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
-        kept = [t for t in tasks if t.get("data", {}).get("clip_id") not in clip_ids]
-        lines, text = tasks, json.dumps(kept, indent=1, ensure_ascii=False) + "\n"
-    if len(kept) == len(lines):
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        kept = [t for t in entries if t.get("data", {}).get("clip_id") not in clip_ids]
+        text = json.dumps(kept, indent=1, ensure_ascii=False) + "\n"
+    if len(kept) == len(entries):
         return False
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
+    if not dry_run:
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
     return True
 
 
@@ -168,7 +170,6 @@ def erase_review_copies(data_dir: Path, clip_ids: frozenset[str], dry_run: bool 
         for path in changed:
             path.unlink()
     for path in sorted([*root.glob("*.jsonl"), *root.glob(f"*/{TASKS_FILE}")]):
-        held = _without_clips(path, clip_ids) if not dry_run else any(c in path.read_text() for c in clip_ids)
-        if held:
+        if _without_clips(path, clip_ids, dry_run):
             changed.append(path)
     return [str(p) for p in changed]
