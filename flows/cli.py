@@ -14,6 +14,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import typer
 
 from voxtox.flows import cli_corpus, cli_data, cli_labeller, cli_models, cli_schedule
+from voxtox.flows.cli_review import review_app
 from voxtox.flows.cli_common import console
 
 
@@ -80,6 +81,8 @@ labeller_app.command("predict")(cli_labeller.labeller_predict)
 labeller_app.command("train")(cli_labeller.labeller_train)
 labeller_app.command("eval")(cli_labeller.labeller_eval)
 labeller_app.command("functional")(cli_labeller.labeller_functional)
+
+app.add_typer(review_app, name="review")
 
 run_app = typer.Typer(help="Run a scheduled flow now, in this process.", no_args_is_help=True)
 app.add_typer(run_app, name="run")

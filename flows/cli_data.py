@@ -133,6 +133,9 @@ def _print_erasure(report: ErasureReport) -> None:
     console.print(view)
     console.print(f"files rewritten: {len(report.files_rewritten)}, deleted: {len(report.files_deleted)}; "
                   f"work directories removed: {len(report.work_dirs_removed)}, in use: {len(report.work_dirs_in_use)}")
+    if report.review_files:
+        console.print(f"review copies {verb} or rewritten: {len(report.review_files)} file(s) under review/ "
+                      "(a task already pushed to Label Studio stays there: delete it in Label Studio)")
     if report.runs_trained_on:
         console.print("[bold]trained runs that learnt from these recordings[/bold] (a model cannot be "
                       "un-trained; retrain without them, or retire these):")

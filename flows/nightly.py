@@ -54,6 +54,7 @@ from voxtox.tasks.nightly import (
     truth_files,
 )
 from voxtox.tasks.retention import retention_task
+from voxtox.tasks.review_push import review_task
 from voxtox.tasks.train import is_finished
 
 
@@ -63,6 +64,7 @@ class NightlyReport:
     labelled_clips: dict[str, int] = field(default_factory=dict)  # per split, this run
     skipped_sources: int = 0
     imported_label_spans: int = 0
+    review: str | None = None  # with `review.nightly`: what went out to and came back from Label Studio
     compacted_files: int = 0  # small shard files merged into large ones
     train_clips: int = 0
     new_train_clips: int = 0
@@ -125,6 +127,17 @@ def _apply_retention(settings: Settings) -> None:
     create_markdown_artifact(key="retention", markdown="\n".join(lines), description="voxtox retention: what was removed")
 
 
+def _review(settings: Settings, report: NightlyReport) -> None:
+    """`[review]`: finished reviews in, the night's batch out, with an artifact saying what."""
+    cycle = review_task(settings, report.night)
+    lines = [f"## Review {report.night}", "", f"- **sent for review**: {cycle.sent} clips"
+             + (f" to {cycle.pushed_to}" if cycle.pushed_to else (f" ({cycle.export})" if cycle.export else ""))]
+    lines += [f"- **note**: {cycle.note}"] if cycle.note else []
+    lines += [f"- **came back from** {url}: {what}" for url, what in cycle.imported.items()]
+    create_markdown_artifact(key="review", markdown="\n".join(lines), description="voxtox review: what went out and came back")
+    report.review = "; ".join([f"{cycle.sent} sent", *cycle.imported.values()])
+
+
 def _publish(report: NightlyReport) -> None:
     lines = [f"## Nightly {report.night}: {'promoted' if report.promoted else 'not promoted'}", "", report.reason, ""]
     lines += [f"- **{key}**: {value}" for key, value in asdict(report).items() if key != "reason"]
@@ -139,6 +152,8 @@ def _take_in(inbox_dir: Path, settings: Settings, served: Path | None, report: N
     _label_new_audio(inbox_dir, settings, report)
     if files := truth_files(inbox_dir):
         report.imported_label_spans = import_labels_task([str(p) for p in files], settings, served)
+    if settings.review.nightly:
+        _review(settings, report)
     if settings.nightly.compact:
         report.compacted_files = sum(result.merged for result in compact_task(settings))
 

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/labelstudio.sh install  # for tests/test_labelstudio.py; the demo's set-up never needs it
 exec .venv/bin/python -m pytest -q "$@"

@@ -75,8 +75,9 @@ _CATALOG_LOCK = threading.RLock()
 SCHEMA_CACHE = ".voxtox-schemas.json"
 
 
-def segment_truth_sql() -> str:
-    """The `segment_truth` view: each clip of a human-labelled source with its true labels."""
+def imported_truth_sql() -> str:
+    """Each clip of a source with imported human labels (spans): a class is true when a span of
+    it overlaps the clip enough."""
     overlap = "least(c.end_s, h.end_s) - greatest(c.start_s, h.start_s)"
     shorter = "least(c.end_s - c.start_s, h.end_s - h.start_s)"
     counts = f"{overlap} >= {TRUTH_MIN_OVERLAP} * {shorter}"
@@ -85,11 +86,35 @@ def segment_truth_sql() -> str:
         for name in CLASSES
     )
     return (
-        "CREATE OR REPLACE VIEW segment_truth AS "
         f"SELECT c.clip_id, c.source_sha256, c.split, c.segment_kind, c.start_s, c.end_s, {labels}, "
         f"count(h.source_sha256) FILTER (WHERE {counts}) AS n_human_spans "
         "FROM clips c JOIN human_labels h USING (source_sha256) "
         "GROUP BY c.clip_id, c.source_sha256, c.split, c.segment_kind, c.start_s, c.end_s"
+    )
+
+
+def segment_truth_sql(imported: bool = True, reviewed: bool = False) -> str:
+    """The `segment_truth` view: each clip with human labels, from imported spans (`human_labels`)
+    and/or people's reviews of the clip itself (`reviews`, ties left out); a review overrides
+    imported spans for its clip, being about exactly that clip."""
+    view = "CREATE OR REPLACE VIEW segment_truth AS "
+    if not reviewed:
+        return view + f"SELECT *, false AS reviewed FROM ({imported_truth_sql()})"
+    review_labels = ", ".join(f"{label_column(c)} AS {human_label_column(c)}" for c in CLASSES)
+    parts = [f"reviewed AS (SELECT clip_id, {review_labels} FROM reviews WHERE status <> 'tie')"]
+    if imported:
+        parts.insert(0, f"imported AS ({imported_truth_sql()})")
+    else:
+        no_spans = ", ".join(f"NULL::BOOLEAN AS {human_label_column(c)}" for c in CLASSES)
+        parts.insert(0, f"imported AS (SELECT NULL::VARCHAR AS clip_id, {no_spans}, 0 AS n_human_spans WHERE false)")
+    labels = ", ".join(f"coalesce(r.{human_label_column(c)}, i.{human_label_column(c)}) AS {human_label_column(c)}"
+                       for c in CLASSES)
+    return view + (
+        f"WITH {', '.join(parts)} "
+        f"SELECT c.clip_id, c.source_sha256, c.split, c.segment_kind, c.start_s, c.end_s, {labels}, "
+        "coalesce(i.n_human_spans, 0) AS n_human_spans, r.clip_id IS NOT NULL AS reviewed "
+        "FROM clips c LEFT JOIN imported i ON i.clip_id = c.clip_id LEFT JOIN reviewed r ON r.clip_id = c.clip_id "
+        "WHERE i.clip_id IS NOT NULL OR r.clip_id IS NOT NULL"
     )
 
 
@@ -134,9 +159,10 @@ class Catalog:
         pattern = (relative / "**" / f"*{SUFFIX}").as_posix()
         types = {c: HIVE_TYPES[c] for c in PARTITIONS[name]}
         hive_types = "{" + ", ".join(f"'{k}': '{v}'" for k, v in types.items()) + "}"
+        hive = f"hive_partitioning = true, hive_types = {hive_types}" if types else "hive_partitioning = false"
         return (
             f"CREATE OR REPLACE VIEW {name} AS SELECT *{self._fixed_size_lists(name)} FROM read_parquet('{pattern}', "
-            f"hive_partitioning = true, union_by_name = {str(union_by_name).lower()}, hive_types = {hive_types})"
+            f"union_by_name = {str(union_by_name).lower()}, {hive})"
         )
 
     def _fixed_size_lists(self, name: str) -> str:
@@ -173,8 +199,9 @@ class Catalog:
                 # the cache only costs time: docs/benchmarks.md, "The labelled data at scale".)
                 con.execute("SET parquet_metadata_cache = true")
             con.execute(self.view_sql(name, union_by_name=mixed))
-        if {"clips", "human_labels"} <= set(present):
-            con.execute(segment_truth_sql())
+        imported, reviewed = "human_labels" in present, "reviews" in present
+        if "clips" in present and (imported or reviewed):
+            con.execute(segment_truth_sql(imported, reviewed))
             present.append("segment_truth")
         return present
 

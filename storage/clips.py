@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from voxtox.labels import CLASSES
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import HAS_AUDIO, label_column
-from voxtox.storage.shards import shard_files
+from voxtox.storage.shards import first_shard, shard_files
 
 
 @dataclass
@@ -30,6 +30,7 @@ class ClipIndex:
     text: np.ndarray  # (n, text_dim) float32
     files: list[str]
     rows: np.ndarray  # (n,) row number inside its file
+    n_reviewed: int = 0  # clips whose labels are people's reviews (`voxtox review import`), not the pipeline's
 
     def __len__(self) -> int:
         return len(self.clip_ids)
@@ -53,15 +54,26 @@ def locate_clips(catalog: Catalog, files: list[str], chosen: str) -> pa.Table:
     )
 
 
-def read_clip_index(catalog: Catalog, shards_root: Path, split: str, condition: str) -> ClipIndex:
-    """Rows of `split` matching the SQL `condition` on the clips view, ordered by clip id."""
-    files = clips_files(shards_root)
-    labels = ", ".join(f"{label_column(c)}::FLOAT AS {label_column(c)}" for c in CLASSES)
-    table = locate_clips(
-        catalog, files,
-        f"SELECT clip_id, source_sha256, duration_s, text_embedding, {labels} FROM clips "
-        f"WHERE split = '{split}' AND {HAS_AUDIO} AND ({condition})",
+def labelled_clips_sql(split: str, condition: str, reviewed: bool) -> str:
+    """The clips of `split` matching `condition` with their labels: a reviewed clip's review
+    (ties left out), else the pipeline's."""
+    chosen = f"SELECT * FROM clips WHERE split = '{split}' AND {HAS_AUDIO} AND ({condition})"
+    if not reviewed:
+        labels = ", ".join(f"{label_column(c)}::FLOAT AS {label_column(c)}" for c in CLASSES)
+        return f"SELECT clip_id, source_sha256, duration_s, text_embedding, {labels}, false AS reviewed FROM ({chosen})"
+    labels = ", ".join(f"coalesce(r.{label_column(c)}, c.{label_column(c)})::FLOAT AS {label_column(c)}" for c in CLASSES)
+    return (
+        f"SELECT c.clip_id, c.source_sha256, c.duration_s, c.text_embedding, {labels}, r.clip_id IS NOT NULL AS reviewed "
+        f"FROM ({chosen}) c LEFT JOIN (SELECT * FROM reviews WHERE status <> 'tie') r ON r.clip_id = c.clip_id"
     )
+
+
+def read_clip_index(catalog: Catalog, shards_root: Path, split: str, condition: str) -> ClipIndex:
+    """Rows of `split` matching the SQL `condition` on the clips view, ordered by clip id, with
+    their labels: people's where they reviewed the clip, else the pipeline's."""
+    files = clips_files(shards_root)
+    reviewed = first_shard(shards_root, "reviews") is not None
+    table = locate_clips(catalog, files, labelled_clips_sql(split, condition, reviewed))
     if not table.num_rows:
         raise ValueError(f"no {split} clips match the filter {condition!r}")
     return ClipIndex(
@@ -72,6 +84,7 @@ def read_clip_index(catalog: Catalog, shards_root: Path, split: str, condition: 
         text=np.asarray(table["text_embedding"].to_pylist(), dtype=np.float32),
         files=table["filename"].to_pylist(),
         rows=table["file_row_number"].to_numpy(),
+        n_reviewed=int(sum(table["reviewed"].to_pylist())),
     )
 
 

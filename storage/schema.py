@@ -8,6 +8,8 @@ Tables, each a directory of hive-partitioned shards under `<data_dir>/shards/`:
   and test are measured against (`voxtox import-labels`; `voxtox synth` writes them)
 - `evaluations` one row per metric of an evaluation (date=): AP with its interval, paired
   differences, operating points and calibration (`voxtox evaluate`, `voxtox ablate`)
+- `reviews` one row per clip people reviewed in Label Studio (`voxtox review import`;
+  storage/reviews.py): its resolved labels, who reviewed it, when, and the corrected transcript
 
 The catalog also defines the view `segment_truth`: every clip of a source that has human labels,
 with `human_label_<class>` true when a labelled span of that class overlaps the clip by at least
@@ -42,6 +44,7 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "sources": ("date",),
     "human_labels": ("date",),
     "evaluations": ("date",),
+    "reviews": (),  # one file, rewritten whole: an import lands entirely or not at all
 }
 
 #: Partition columns that a table also stores inside its files: `datasets` does not read hive
@@ -184,6 +187,31 @@ EVALUATIONS_SCHEMA = _with_metadata(
         ]
     ),
     "evaluations",
+)
+
+
+REVIEWS_SCHEMA = _with_metadata(
+    pa.schema(
+        [
+            ("clip_id", pa.string()),
+            ("source_sha256", pa.string()),  # `voxtox forget` erases reviews with their recording
+            ("split", pa.string()),
+            ("lang", pa.string()),
+            ("start_s", pa.float64()),
+            ("end_s", pa.float64()),
+            # The reviewers' majority per class; null where as many said yes as no (`status` tie).
+            *[(label_column(c), pa.bool_()) for c in CLASSES],
+            ("status", pa.string()),  # agreed (unanimous), majority, or tie (not used anywhere)
+            ("n_annotations", pa.int32()),
+            ("reviewers", pa.string()),  # who answered, comma-separated (Label Studio e-mails or ids)
+            ("reviewed_at", pa.timestamp("us", tz="UTC")),  # the latest answer
+            ("task_id", pa.int64()),  # the Label Studio task
+            ("project", pa.string()),  # where it came from: the export file or project URL
+            ("transcript", pa.string()),  # the corrected transcript; null when nobody changed it
+            ("imported_at", pa.timestamp("us", tz="UTC")),
+        ]
+    ),
+    "reviews",
 )
 
 

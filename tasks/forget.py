@@ -37,6 +37,7 @@ from voxtox.storage.schema import TRAINING_SOURCES_FILE
 from voxtox.storage.shards import DamagedShardError, shard_files
 from voxtox.storage.tombstones import add_tombstones, is_sha256, tombstones_file
 from voxtox.storage.workdir import sweep_stale_work
+from voxtox.tasks.review_export import erase_review_copies
 
 SHA256_PREFIX = "sha256:"
 URI_PREFIX = "uri:"
@@ -225,6 +226,7 @@ class ErasureReport:
     runs_without_record: list[str] = field(default_factory=list)
     input_files: list[str] = field(default_factory=list)  # still there, same content
     input_files_deleted: list[str] = field(default_factory=list)
+    review_files: list[str] = field(default_factory=list)  # under <data_dir>/review: deleted or rewritten
     dry_run: bool = False
 
 
@@ -275,6 +277,8 @@ def erase_recordings(
             _record(report, name, _erase(shard_files(shards, name), rows, dry_run))
             if not dry_run:  # the schema cache names files by source key: drop the erased ones
                 uniform_schema(shards / name)
+        # `voxtox review export`'s copies: the clips' audio, batches and Label Studio task files.
+        report.review_files = erase_review_copies(settings.data_dir, rows.clip_ids, dry_run)
         if not dry_run:  # dead runs' scratch holds decoded audio; a running label run keeps its own
             report.work_dirs_removed = [str(p) for p in sweep_stale_work(settings.work_dir)]
         if settings.work_dir.is_dir():

@@ -348,7 +348,9 @@ def train_model(settings: Settings, out: Path, resume: bool = False) -> TrainRep
         out.mkdir(parents=True, exist_ok=True)
         config = {"train": train.model_dump(mode="json"), "data_dir": str(settings.data_dir),
                   "world_size": processes.world, "train_clips": len(clips),
-                  "train_minutes": round(float(clips.durations.sum()) / 60, 2), "val_clips": len(val_clips),
+                  "train_minutes": round(float(clips.durations.sum()) / 60, 2),
+                  # labels people gave (`voxtox review import`) in place of the pipeline's
+                  "train_human_labels": clips.n_reviewed, "val_clips": len(val_clips),
                   "val_labels": val_labels, "steps_per_epoch": steps_per_epoch}
         (out / "config.json").write_text(json.dumps(config, indent=2))
         write_training_sources(out, {"train": clips, "val": val_clips})

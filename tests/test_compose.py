@@ -25,7 +25,11 @@ from voxtox.settings import NightlySettings, Settings
 ROOT = Path(__file__).resolve().parents[1]
 VOXTOX_IMAGE_SERVICES = ("serve", "gpu-worker")
 #: The two secrets compose will not start without (an .env file beside it, in production).
-SECRETS = {"PREFECT_AUTH_STRING": "admin:Zq8vN3xKp2", "POSTGRES_PASSWORD": "Hv6tR9wLm4"}
+SECRETS = {"PREFECT_AUTH_STRING": "admin:Zq8vN3xKp2", "POSTGRES_PASSWORD": "Hv6tR9wLm4",
+           # Label Studio's (the `review` profile): test_label_studio_has_its_own_database_and_secrets
+           "LABEL_STUDIO_PASSWORD": "Lp4sW8qRt1", "LABEL_STUDIO_TOKEN": "Tk7bN2xQw9", "LABEL_STUDIO_DB_PASSWORD": "Db3mK6vLz5"}
+#: The review profile's services (docs/review.md).
+REVIEW_SERVICES = {"label-studio", "label-studio-db"}
 #: Services that talk to the Prefect API as clients.
 PREFECT_CLIENTS = ("serve", "gpu-worker")
 
@@ -41,10 +45,12 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_self_hosting_layout(services: dict[str, Any]) -> None:
-    assert set(services) == {"postgres", "redis", "prefect-server", "prefect-services", "serve", "gpu-worker"}
+    assert set(services) == {"postgres", "redis", "prefect-server", "prefect-services", "serve", "gpu-worker"} | REVIEW_SERVICES
     assert services["postgres"]["image"].startswith("postgres:")
     assert services["redis"]["image"].startswith("redis:")
-    assert [s for s, spec in services.items() if "profiles" in spec] == ["gpu-worker"]  # only GPU work is opt-in
+    # only GPU work and human review are opt-in
+    assert {s: spec["profiles"] for s, spec in services.items() if "profiles" in spec} == {
+        "gpu-worker": ["gpu"], "label-studio-db": ["review"], "label-studio": ["review"]}
 
 
 def test_health_checks_gate_the_start_order(services: dict[str, Any]) -> None:
@@ -94,7 +100,7 @@ def test_every_prefect_process_needs_the_login_and_the_database_its_password(ser
 
 def test_only_the_ui_is_published_and_on_loopback_unless_asked(services: dict[str, Any]) -> None:
     assert {name: spec["ports"] for name, spec in services.items() if "ports" in spec} == {
-        "prefect-server": ["127.0.0.1:4200:4200"]}  # never PostgreSQL or Redis
+        "prefect-server": ["127.0.0.1:4200:4200"], "label-studio": ["127.0.0.1:8080:8080"]}  # never a database or Redis
     opened = load_compose(ROOT / "docker-compose.yml", SECRETS | {"VOXTOX_UI_BIND": "0.0.0.0"})["services"]
     assert opened["prefect-server"]["ports"] == ["0.0.0.0:4200:4200"]
 
@@ -143,7 +149,8 @@ def test_voxtox_services_share_the_data_directory_and_talk_to_the_server(
         assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
         assert (env["VOXTOX_DATA_DIR"], env["VOXTOX_MODEL_CACHE_DIR"]) == ("/data", "/models")
     named = {v.split(":")[0] for spec in services.values() for v in spec.get("volumes", []) if not v.startswith(".")}
-    assert named == set(compose["volumes"]) == {"postgres_data", "redis_data", "models"}
+    assert named == set(compose["volumes"]) == {"postgres_data", "redis_data", "models", "label_studio_db",
+                                                "label_studio_data"}
 
 
 def test_the_gpu_worker_reserves_the_nvidia_gpus_and_works_the_pool_the_nightly_trains_on(services: dict[str, Any]) -> None:
@@ -183,3 +190,23 @@ def test_dockerfile_installs_the_pinned_package_with_its_system_tools() -> None:
     assert packages <= copied, f"not copied into the image: {packages - copied}"
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert not (copied & ignored), "the image copies what .dockerignore leaves out"
+
+
+def test_label_studio_has_its_own_database_and_secrets_and_reads_the_data_read_only(services: dict[str, Any]) -> None:
+    studio, database = services["label-studio"], services["label-studio-db"]
+    env = studio["environment"]
+    assert studio["image"].endswith(":1.23.2") and "--enable-legacy-api-token" in studio["command"]
+    assert studio["depends_on"] == {"label-studio-db": {"condition": "service_healthy"}}
+    assert (env["DJANGO_DB"], env["POSTGRE_HOST"]) == ("default", "label-studio-db")
+    assert env["POSTGRE_PASSWORD"] == database["environment"]["POSTGRES_PASSWORD"] == SECRETS["LABEL_STUDIO_DB_PASSWORD"]
+    assert database["environment"]["POSTGRES_DB"] != services["postgres"]["environment"]["POSTGRES_DB"]
+    assert env["LABEL_STUDIO_PASSWORD"] == SECRETS["LABEL_STUDIO_PASSWORD"]
+    assert env["LABEL_STUDIO_USER_TOKEN"] == services["serve"]["environment"]["LABEL_STUDIO_API_KEY"] == SECRETS["LABEL_STUDIO_TOKEN"]
+    assert env["LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED"] == "true" and env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] == "/data"
+    assert "./voxtox-data:/data:ro" in studio["volumes"]  # the path serve writes the review audio under
+    assert services["serve"]["environment"]["VOXTOX_DATA_DIR"] == "/data"
+    assert (env["SENTRY_DSN"], env["COLLECT_ANALYTICS"]) == ("", "false")
+    review_env = {k: v for k, v in services["serve"]["environment"].items() if k.startswith("VOXTOX_REVIEW__")}
+    with mock.patch.dict(os.environ, review_env):
+        review = Settings().review  # the defaults compose passes are valid settings: review off
+    assert review.nightly is False and review.label_studio_url is None

@@ -332,6 +332,32 @@ class RetentionSettings(BaseModel):
         return self.audio_days is not None or self.delete_days is not None
 
 
+class ReviewSettings(BaseModel):
+    """`voxtox review` and the nightly review step (docs/review.md): doubtful clips out to Label
+    Studio, people's answers back into training and truth."""
+
+    nightly: bool = Field(False, description="the nightly flow imports finished reviews and sends out a new batch")
+    budget: int = Field(50, ge=1, description="clips the nightly sends out for review")
+    split: Literal["train", "val", "test"] = Field("train", description="the split the nightly's batch comes from")
+    strategy: Literal["random", "uncertainty", "disagreement"] = Field(
+        "uncertainty", description="how the nightly chooses: random, uncertainty (the labeller's closest calls), "
+        "disagreement (what the current audio model finds least likely)",
+    )
+    label_studio_url: str | None = Field(
+        None, description="the nightly pushes its batch to this Label Studio (token: LABEL_STUDIO_API_KEY); "
+        "None: it only writes the project files under <data_dir>/review/export",
+    )
+    document_root: Path | None = Field(
+        None, description="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT as voxtox sees it; audio URLs are "
+        "relative to it; None: the data dir",
+    )
+
+    @field_validator("label_studio_url", mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
 #: The settings file a command was given (`--config`), for the `Settings()` built while it is set:
 #: a context variable rather than `VOXTOX_CONFIG` in the process environment, so one command's file
 #: does not become every later caller's default.
@@ -374,6 +400,7 @@ class Settings(BaseSettings):
     nightly: NightlySettings = NightlySettings()
     retention: RetentionSettings = RetentionSettings()
     compact: CompactSettings = CompactSettings()
+    review: ReviewSettings = ReviewSettings()
 
     @classmethod
     def settings_customise_sources(

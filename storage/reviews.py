@@ -1,0 +1,82 @@
+"""The `reviews` table: clips people reviewed (Label Studio, `voxtox review import`).
+
+One row per clip, in one Parquet file (`<data_dir>/shards/reviews/reviews.parquet`) rewritten
+whole under the shards' exclusive lock: an import lands entirely or not at all, and a clip
+reviewed again replaces its row. Reviews are made by people, so the table stays small (100 000
+reviews are a few MB). `voxtox forget` erases rows like any table's (by `source_sha256`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from voxtox.storage.schema import REVIEWS_SCHEMA
+from voxtox.storage.shards import shards_lock, write_parquet_atomic
+from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
+
+REVIEWS_TABLE = "reviews"
+REVIEWS_FILE = "part-reviews.parquet"
+#: Columns that say when a row was written, not what it says: an identical re-import keeps the old row.
+_STAMP_COLUMNS = ("imported_at",)
+
+
+class ForgottenClipError(ValueError):
+    """A review of a recording `voxtox forget` erased."""
+
+
+@dataclass(frozen=True)
+class ReviewsWritten:
+    new: int  # clips reviewed for the first time
+    changed: int  # clips whose review this import replaced
+    unchanged: int  # clips whose review was already exactly this
+
+
+def reviews_path(shards_root: Path) -> Path:
+    return shards_root / REVIEWS_TABLE / REVIEWS_FILE
+
+
+def read_reviews(shards_root: Path) -> pa.Table:
+    """Every review (an empty table when there is none)."""
+    path = reviews_path(shards_root)
+    with shards_lock(shards_root):
+        if not path.exists():
+            return REVIEWS_SCHEMA.empty_table()
+        return pq.read_table(path, schema=REVIEWS_SCHEMA)
+
+
+def reviewed_clip_ids(shards_root: Path) -> set[str]:
+    return set(read_reviews(shards_root)["clip_id"].to_pylist())
+
+
+def _same(old: dict[str, object], new: dict[str, object]) -> bool:
+    return all(old[k] == new[k] for k in new if k not in _STAMP_COLUMNS)
+
+
+def write_reviews(shards_root: Path, rows: list[dict[str, object]]) -> ReviewsWritten:
+    """Add or replace the reviews of `rows`' clips (rows in REVIEWS_SCHEMA). All or nothing: a
+    row of a recording forgotten meanwhile fails the whole write, naming its clip."""
+    with shards_lock(shards_root, exclusive=True):
+        forgotten = forgotten_sha256s(tombstones_file(shards_root))
+        for row in rows:
+            if row["source_sha256"] in forgotten:
+                raise ForgottenClipError(f"clip {row['clip_id']}: its recording was forgotten (`voxtox forget`)")
+        existing = {row["clip_id"]: row for row in read_reviews(shards_root).to_pylist()}
+        new = changed = unchanged = 0
+        for row in rows:
+            old = existing.get(row["clip_id"])
+            if old is None:
+                new += 1
+            elif _same(old, row):
+                unchanged += 1
+                continue
+            else:
+                changed += 1
+            existing[row["clip_id"]] = row
+        if new or changed:
+            table = pa.Table.from_pylist(sorted(existing.values(), key=lambda r: r["clip_id"]), REVIEWS_SCHEMA)
+            write_parquet_atomic(table, reviews_path(shards_root))
+    return ReviewsWritten(new, changed, unchanged)
