@@ -54,7 +54,7 @@ def serve(
         torch.set_num_threads(settings.stream.threads)
     chosen = settings.stream
     errors.print(f"voxtox stream: model {spec}; ws://{chosen.host}:{chosen.port}/v1/stream "
-                 f"(batches of up to {chosen.max_batch}, waiting at most {chosen.max_wait_ms:g} ms)")
+                 f"(batches of up to {chosen.max_batch}, waiting at most {chosen.max_wait_ms:g} ms)", soft_wrap=True)
     uvicorn.run(server.app(), host=chosen.host, port=chosen.port, log_level="warning", access_log=False,
                 ws_max_size=2 * server.max_frame_bytes + 4096)
 

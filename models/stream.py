@@ -219,8 +219,8 @@ class ModelHolder:
     def __init__(self, spec: str | Path, window_s: float, max_batch: int, threads: int | None = None) -> None:
         self.spec, self.window_s, self.max_batch, self.threads = spec, window_s, max_batch, threads
         self.identity: tuple[str, int, int, int] | None = None
+        self.failed_identity: tuple[str, int, int, int] | None = None
         self.current: ServedModel | None = None
-        self.reloads = 0
         self.last_error: str | None = None
 
     def load(self) -> ServedModel:
@@ -240,18 +240,20 @@ class ModelHolder:
 
     def refresh(self) -> bool:
         """Load the model again if `spec` now names another one; a model that fails to load (a
-        file half written) leaves the current one serving, and is tried again next time."""
+        file half written) leaves the current one serving until the file changes again."""
+        identity = None
         try:
-            if model_identity(self.spec) == self.identity:
+            identity = model_identity(self.spec)
+            if identity in (self.identity, self.failed_identity):  # a broken file is tried once
                 return False
             previous = self.current.version if self.current else None
             self.load()
         except Exception as error:  # noqa: BLE001 - any failure keeps the old model serving
+            self.failed_identity = identity
             self.last_error = f"{type(error).__name__}: {error}"
             log.warning("model %s not reloaded: %s", self.spec, self.last_error)
             return False
-        self.reloads += 1
-        self.last_error = None
+        self.last_error, self.failed_identity = None, None
         log.warning("model reloaded: %s -> %s", previous, self.current.version if self.current else None)
         return True
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -280,16 +281,23 @@ def test_a_model_promoted_mid_stream_scores_new_windows_without_a_disconnect(ser
     # a half-written model file does not stop the server: the model it has keeps serving
     weights = runs / "run-a" / "best" / "model.safetensors"
     good = weights.read_bytes()
-    time.sleep(1.5)  # the server is back on run-a
+    _wait_for_ready(server, lambda ready: ready["model_version"].startswith("run-a/"))
     try:
         weights.write_bytes(good[: len(good) // 2])
-        time.sleep(1.5)
-        ready = httpx.get(f"{server['http']}/readyz", timeout=5).json()
-        assert ready["ready"] and "model.safetensors" in (ready["model_reload_error"] or "") or ready["model_reload_error"]
+        ready = _wait_for_ready(server, lambda ready: ready["model_reload_error"] is not None)
+        assert ready["ready"] and ready["model_version"] == versions[0]
         after = asyncio.run(replay(server["url"], TOKEN, speech, "during-bad-file", speed=0))
-        assert after.fault is None and _windows(after)
+        assert after.fault is None and {w["model_version"] for w in _windows(after)} == {versions[0]}
     finally:
         weights.write_bytes(good)
+
+
+def _wait_for_ready(server: dict, condition: Callable[[dict], bool], timeout_s: float = 30) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while not condition(ready := httpx.get(f"{server['http']}/readyz", timeout=5).json()):
+        assert time.monotonic() < deadline, f"/readyz never satisfied the condition: {ready}"
+        time.sleep(0.2)
+    return ready
 
 
 # --- memory -----------------------------------------------------------------------------------
