@@ -40,7 +40,7 @@ def serve(
     import uvicorn
 
     from voxtox.models.stream import model_identity
-    from voxtox.models.stream_server import StreamServer
+    from voxtox.models.stream_server import StreamServer, listening_socket
 
     options = dict(host=host, port=port, hop_s=hop_s, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads)
     with user_errors():
@@ -55,8 +55,14 @@ def serve(
     chosen = settings.stream
     errors.print(f"voxtox stream: model {spec}; ws://{chosen.host}:{chosen.port}/v1/stream "
                  f"(batches of up to {chosen.max_batch}, waiting at most {chosen.max_wait_ms:g} ms)", soft_wrap=True)
-    uvicorn.run(server.app(), host=chosen.host, port=chosen.port, log_level="warning", access_log=False,
-                ws_max_size=2 * server.max_frame_bytes + 4096)
+    with user_errors():
+        try:
+            sock = listening_socket(chosen.host, chosen.port, chosen.send_buffer_kb)
+        except OSError as error:
+            raise ValueError(f"cannot listen on {chosen.host}:{chosen.port}: {error.strerror or error}") from None
+    config = uvicorn.Config(server.app(), log_level="warning", access_log=False,
+                            ws_max_size=2 * server.max_frame_bytes + 4096)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 @stream_app.command("send")

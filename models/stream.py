@@ -272,6 +272,14 @@ class ModelHolder:
 class Job:
     window: DueWindow
     future: asyncio.Future = field(repr=False)
+    taken: bool = False  # in a batch being scored: too late to withdraw
+
+    def withdraw(self) -> bool:
+        """Take the job back before it is scored (its future is cancelled); False if too late."""
+        if self.taken or self.future.done():
+            return False
+        self.future.cancel()
+        return True
 
 
 @dataclass(frozen=True)
@@ -328,7 +336,10 @@ class Batcher:
                 batch.append(await asyncio.wait_for(self.queue.get(), remaining))
             except TimeoutError:
                 break
-        return [job for job in batch if not job.future.done()]  # a gone stream cancelled its own
+        batch = [job for job in batch if not job.future.done()]  # withdrawn, or its stream is gone
+        for job in batch:
+            job.taken = True
+        return batch
 
     async def run(self) -> None:
         while True:

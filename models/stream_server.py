@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import json
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ PROTOCOL_VERSION = 1
 POLICY = 1008  # bad token (before accepting: HTTP 403), events not read
 UNSUPPORTED = 1003  # a start message or frame the server cannot use
 TRY_LATER = 1013  # too many streams
+REFUSALS = ("token", "full", "bad_input", "idle", "not_reading")
 
 
 class StreamMetrics:
@@ -59,6 +61,10 @@ class StreamMetrics:
         self.refused = Counter("voxtox_stream_refused_total", "connections refused or closed for a fault",
                                ["reason"], registry=r)
         self.reloads = Counter("voxtox_stream_model_reloads_total", "newly promoted models loaded", registry=r)
+        for reason in REFUSALS:  # every series from the start, so rates and alerts see zeros
+            self.refused.labels(reason)
+        for reason in ("hop", "speech_end", "end"):
+            self.windows.labels(reason)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -131,6 +137,24 @@ def window_event(window: DueWindow, scored: Scored, dropped: int) -> dict[str, o
         "model_version": model.version, "batch_size": scored.batch_size,
         "latency_ms": round(1000 * (time.monotonic() - window.due_at), 1), "dropped_windows": dropped,
     }
+
+
+def listening_socket(host: str, port: int, send_buffer_kb: int) -> socket.socket:
+    """The server's bound socket, its accepted connections inheriting a fixed send buffer."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_kb * 1024)
+    sock.bind(address)
+    return sock
+
+
+def overloaded_event(window: DueWindow, dropped: int) -> dict[str, object]:
+    return {"type": "overloaded", "stream_id": window.stream_id,
+            "dropped": {"start_s": round(window.start_s, 3), "end_s": round(window.end_s, 3)},
+            "dropped_windows": dropped,
+            "rule": "a hop window still waiting when the next is due is replaced by it; hop windows are "
+                    "dropped while the scoring queue is full; speech-end windows wait"}
 
 
 class StreamServer:
@@ -228,6 +252,7 @@ class StreamSession:
         self.totals = StreamTotals()
         self.start: StartMessage | None = None
         self.sender: asyncio.Task | None = None
+        self.last_hop: Job | None = None  # this stream's newest hop window in the scoring queue
 
     async def run(self) -> None:
         jobs: list[Job] = []
@@ -296,23 +321,30 @@ class StreamSession:
         return np.frombuffer(data, dtype="<i2")
 
     async def _submit(self, window: DueWindow, jobs: list[Job]) -> None:
-        """Queue a window for scoring. The rule under load: a hop window that finds the scoring
-        queue or this stream's event buffer full is dropped (the stream hears so); a speech-end
-        or end window waits for room, which stops this stream's reads until there is some."""
+        """Queue a window for scoring. The rules under load: a new hop window supersedes this
+        stream's previous one if that is still waiting (it covers most of the same audio, and a
+        stream never has more than one hop window queued, so waiting cannot grow with the
+        backlog); a hop window that finds the scoring queue or this stream's event buffer full is
+        dropped. The stream hears of each in an `overloaded` event. A speech-end or end window is
+        never dropped: it waits for room, which stops this stream's reads until there is some."""
         assert self.server.batcher is not None
-        if window.reason == "hop" and (self.events.full() or self.server.batcher.queue.full()):
-            self.totals.dropped += 1
-            self.server.metrics.dropped.inc()
-            with contextlib.suppress(asyncio.QueueFull):  # said in the next window's event anyway
-                self.events.put_nowait({"type": "overloaded", "stream_id": window.stream_id,
-                                        "dropped": {"start_s": round(window.start_s, 3), "end_s": round(window.end_s, 3)},
-                                        "dropped_windows": self.totals.dropped,
-                                        "rule": "hop windows are dropped while the scoring queue is full; "
-                                                "speech-end windows wait"})
-            return
+        if window.reason == "hop":
+            if self.last_hop is not None and self.last_hop.withdraw():
+                self._dropped()  # its `overloaded` event is sent in its place, in order
+            if self.events.full() or self.server.batcher.queue.full():
+                self._dropped()
+                with contextlib.suppress(asyncio.QueueFull):  # the next window's event counts it anyway
+                    self.events.put_nowait(overloaded_event(window, self.totals.dropped))
+                return
         job = await self.server.batcher.put(window)
         jobs.append(job)
+        if window.reason == "hop":
+            self.last_hop = job
         await self._put_event(job)
+
+    def _dropped(self) -> None:
+        self.totals.dropped += 1
+        self.server.metrics.dropped.inc()
 
     async def _put_event(self, item: Job | None) -> None:
         """Wait for room in the event buffer, unless the sender gives up on the client meanwhile
@@ -329,7 +361,11 @@ class StreamSession:
         """Window events in the order their windows fell due, then the summary."""
         while (item := await self.events.get()) is not None:
             if isinstance(item, Job):
-                scored: Scored = await item.future
+                await asyncio.wait([item.future])
+                if item.future.cancelled():  # superseded by a newer hop window
+                    await self._send(overloaded_event(item.window, self.totals.dropped))
+                    continue
+                scored: Scored = item.future.result()
                 self.totals.add(scored)
                 self.server.metrics.windows.labels(item.window.reason).inc()
                 event = window_event(item.window, scored, self.totals.dropped)

@@ -293,6 +293,10 @@ class StreamSettings(BaseModel):
     max_frame_s: float = Field(2.0, gt=0, description="longest audio frame a client may send")
     event_buffer: int = Field(64, ge=1, description="events a stream may have unread; beyond, it is closed")
     send_timeout_s: float = Field(10.0, gt=0, description="a stream whose client takes longer to take an event is closed")
+    send_buffer_kb: int = Field(
+        64, ge=4, description="kernel send buffer per connection: bounds what a client that does not read can hold "
+        "(the system's default grows to megabytes), and lets send_timeout_s notice it"
+    )
     reload_check_s: float = Field(5.0, gt=0, description="how often the server looks for a newly promoted model")
     threads: int | None = Field(None, ge=1, description="torch / onnxruntime threads for scoring")
 
