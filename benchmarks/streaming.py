@@ -1,6 +1,7 @@
 """Streaming service capacity: N concurrent real-time streams against `voxtox stream serve`, N = 1,
 2, 4, ... until it cannot keep up, with batching across streams and without it (one forward
-pass per window as it falls due: `--max-batch 1`), in the same run.
+pass per window as it falls due: `--max-batch 1`), in the same run: both servers run side by
+side and take turns at each N, so load from other processes falls on both alike.
 
 Per level: latency from a window's end to its event (p50 / p95 / p99, measured by the clients:
 from sending the frame that holds the window's last sample to receiving its event; a speech-end
@@ -208,24 +209,32 @@ def main() -> None:
     levels: list[Level] = []
     with tempfile.TemporaryDirectory(prefix="voxtox-stream-bench-") as scratch:
         model = save_benchmark_model(Path(scratch) / "run", args.encoder)
-        for mode in args.modes.split(","):
-            max_batch, max_wait = MODES[mode]
-            server = Server(model, max_batch, max_wait, args.threads, args.hop_s)
-            try:
+        servers = {mode: Server(model, *MODES[mode], args.threads, args.hop_s) for mode in args.modes.split(",")}
+        try:
+            for mode, server in servers.items():
                 run_level(server, mode, clips, 10, args.hop_s, 1)  # warm up
-                n = 1
-                while n <= args.max_streams:
-                    level = run_level(server, mode, clips, args.seconds, args.hop_s, n)
-                    levels.append(level)
-                    print_table([level])
-                    if level.dropped or not level.p95 < args.give_up_s:
-                        break
-                    n *= 2
-                if args.soak_minutes > 0 and mode == "batched":
-                    soak(server, clips, args)
-            finally:
+            run_levels(servers, clips, args, levels)
+            if args.soak_minutes > 0 and "batched" in servers:
+                soak(servers["batched"], clips, args)
+        finally:
+            for server in servers.values():
                 server.stop()
     print_table(levels)
+
+
+def run_levels(servers: dict[str, Server], clips: list[np.ndarray], args: argparse.Namespace, levels: list[Level]) -> None:
+    """N = 1, 2, 4, ...; at each N every mode in turn (so load from elsewhere falls on both alike),
+    a mode leaving once it drops windows or its p95 passes --give-up-s."""
+    going = dict(servers)
+    n = 1
+    while going and n <= args.max_streams:
+        for mode, server in list(going.items()):
+            level = run_level(server, mode, clips, args.seconds, args.hop_s, n)
+            levels.append(level)
+            print_table([level])
+            if level.dropped or not level.p95 < args.give_up_s:
+                del going[mode]
+        n *= 2
 
 
 def soak(server: Server, clips: list[np.ndarray], args: argparse.Namespace) -> None:

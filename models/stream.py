@@ -258,11 +258,27 @@ class ModelHolder:
         return True
 
     def score(self, clips: list[np.ndarray]) -> tuple[np.ndarray, ServedModel]:
-        """(len(clips), classes) probabilities, one window per clip, and the model that gave them."""
+        """(len(clips), classes) probabilities, one window per clip, and the model that gave them.
+        Clips of similar length share a forward pass (`length_groups`): padding a 2 s window to
+        15 s would cost the encoder as much as a 15 s one."""
         served = self.current
         if served is None:
             raise RuntimeError("no model loaded")
-        return np.concatenate(served.scorer.score_many(clips)), served
+        probs = np.empty((len(clips), len(served.classes)), dtype=np.float32)
+        for group in length_groups([len(clip) for clip in clips]):
+            probs[group] = np.concatenate(served.scorer.score_many([clips[i] for i in group]))
+        return probs, served
+
+
+def length_groups(lengths: list[int], max_ratio: float = 1.5) -> list[list[int]]:
+    """Indices grouped so that within a group the longest is at most `max_ratio` × the shortest."""
+    groups: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True):
+        if groups and lengths[groups[-1][0]] <= max_ratio * lengths[index]:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
 
 
 # --- batching across streams ------------------------------------------------------------------

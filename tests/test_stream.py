@@ -197,6 +197,17 @@ def test_windows_of_concurrent_streams_share_batches(server: dict, speech: np.nd
         np.testing.assert_allclose([other[k] for k in shared], [first[k] for k in shared], atol=1e-4)
 
 
+def test_only_windows_of_similar_length_share_a_forward_pass() -> None:
+    from voxtox.models.stream import length_groups
+
+    seconds = [15, 2, 15, 3.1, 12.5, 1]
+    groups = length_groups([int(x * RATE) for x in seconds])
+    assert sorted(i for group in groups for i in group) == list(range(len(seconds)))
+    assert [0, 2, 4] in groups  # 12.5 s pads to 15 s at little cost; 2 s to 15 s would not
+    for group in groups:
+        assert max(seconds[i] for i in group) <= 1.5 * min(seconds[i] for i in group)
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 
