@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import typer
 
-from voxtox.flows import cli_corpus, cli_data, cli_labeller, cli_models, cli_schedule
+from voxtox.flows import cli_corpus, cli_data, cli_labeller, cli_models, cli_schedule, cli_stream
 from voxtox.flows.cli_review import review_app
 from voxtox.flows.cli_common import console
 
@@ -83,6 +83,7 @@ labeller_app.command("eval")(cli_labeller.labeller_eval)
 labeller_app.command("functional")(cli_labeller.labeller_functional)
 
 app.add_typer(review_app, name="review")
+app.add_typer(cli_stream.stream_app, name="stream")
 
 run_app = typer.Typer(help="Run a scheduled flow now, in this process.", no_args_is_help=True)
 app.add_typer(run_app, name="run")

@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, PositiveFloat, field_validator, model_validator
+from pydantic import BaseModel, Field, PositiveFloat, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -271,6 +271,36 @@ class ServeSettings(BaseModel):
         return self
 
 
+class StreamSettings(BaseModel):
+    """`voxtox stream serve`: live audio scored over WebSockets (docs/streaming.md)."""
+
+    token: SecretStr | None = Field(
+        None, description="clients must send `Authorization: Bearer <token>`; the server refuses to start without one"
+    )
+    host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 opens the server to the network")
+    port: int = Field(8765, ge=0, le=65535)
+    window_s: float = Field(15.0, gt=0, le=30, description="window length, seconds (paper: 15)")
+    hop_s: float = Field(5.0, gt=0, description="while speech goes on, score the last window every hop_s of stream time")
+    score_silence: bool = Field(False, description="also score hop windows in which the VAD heard no speech")
+    max_batch: int = Field(16, ge=1, description="windows of all streams scored in one forward pass at most; 1: no batching")
+    max_wait_ms: float = Field(50.0, ge=0, description="how long a due window may wait for others to share its batch")
+    queue_windows: int = Field(
+        64, ge=1, description="windows waiting to be scored, all streams together; when full, hop windows are dropped "
+        "(the stream is told) and end-of-speech windows wait, which slows that stream's reads"
+    )
+    max_streams: int = Field(256, ge=1, description="connections beyond this are refused (close 1013)")
+    idle_timeout_s: float = Field(120.0, gt=0, description="a stream that sends nothing this long is closed")
+    max_frame_s: float = Field(2.0, gt=0, description="longest audio frame a client may send")
+    event_buffer: int = Field(64, ge=1, description="events a stream may have unread; beyond, it is closed")
+    send_timeout_s: float = Field(10.0, gt=0, description="a stream whose client takes longer to take an event is closed")
+    send_buffer_kb: int = Field(
+        64, ge=4, description="kernel send buffer per connection: bounds what a client that does not read can hold "
+        "(the system's default grows to megabytes), and lets send_timeout_s notice it"
+    )
+    reload_check_s: float = Field(5.0, gt=0, description="how often the server looks for a newly promoted model")
+    threads: int | None = Field(None, ge=1, description="torch / onnxruntime threads for scoring")
+
+
 class CompactSettings(BaseModel):
     """`voxtox compact` and the nightly compaction step: merge each partition's small shard files."""
 
@@ -401,6 +431,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     compact: CompactSettings = CompactSettings()
     review: ReviewSettings = ReviewSettings()
+    stream: StreamSettings = StreamSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,378 @@
+"""Live audio scored while people speak: which windows fall due on a stream, and scoring the due
+windows of many streams together. Prefect-free; models/stream_server.py puts it behind WebSockets.
+
+A stream is 16 kHz mono audio arriving in frames. Windows are the paper's 15 s (§4.1), scored
+  - every `hop_s` of stream time on the last `window_s` of audio ("hop"), while there is speech
+    in it (a hop over silence is skipped unless `score_silence`), and
+  - when a speech region ends ("speech_end"): the region's last `window_s`, at least 1 s, so a
+    short outburst is scored when it ends rather than at the next hop, and
+  - when the stream ends inside a speech region ("end").
+Speech regions come from webrtcvad with the labelling pipeline's `[vad]` settings (tasks/chunk.py):
+a region opens at a speech frame (less `start_padding_ms`) and closes once `hangover_ms` +
+`merge_gap_s` of non-speech followed it, ending `hangover_ms` after its last speech frame.
+
+A stream keeps only the audio its next window can need (window + the VAD's close delay), so its
+memory is bounded whatever its length; the batcher's queue is bounded too (`Batcher`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import webrtcvad
+
+from voxtox.audio import SAMPLE_RATE
+from voxtox.models.inference import WindowScorer
+from voxtox.settings import VadSettings
+
+log = logging.getLogger(__name__)
+
+WindowReason = Literal["hop", "speech_end", "end"]
+#: A window shorter than this is widened backwards to it when the stream has the audio.
+MIN_WINDOW_S = 1.0
+#: Shorter than this is not a window Whisper's convolutions can take.
+MIN_SCORABLE_S = 0.1
+
+
+@dataclass(frozen=True)
+class DueWindow:
+    """A window of one stream that is ready to be scored; times are samples of stream time."""
+
+    stream_id: str
+    start: int
+    end: int
+    reason: WindowReason
+    samples: np.ndarray  # float32, end - start long
+    due_at: float  # time.monotonic() when its last sample arrived
+
+    @property
+    def start_s(self) -> float:
+        return self.start / SAMPLE_RATE
+
+    @property
+    def end_s(self) -> float:
+        return self.end / SAMPLE_RATE
+
+
+class StreamVad:
+    """webrtcvad over a stream, frame by frame; `feed` returns the speech regions that closed."""
+
+    def __init__(self, settings: VadSettings) -> None:
+        self._vad = webrtcvad.Vad(settings.aggressiveness)
+        self.frame = SAMPLE_RATE * settings.frame_ms // 1000
+        self._carry = np.zeros(0, dtype="<i2")
+        self._frames = 0
+        self._padding = int(settings.start_padding_ms / 1000 * SAMPLE_RATE)
+        self._hangover = int(settings.hangover_ms / 1000 * SAMPLE_RATE)
+        self.close_delay = self._hangover + int(settings.merge_gap_s * SAMPLE_RATE)
+        self.region_start: int | None = None  # first speech sample of the open region
+        self.last_speech_end: int | None = None  # end of the last speech frame heard
+
+    def feed(self, pcm: np.ndarray) -> list[tuple[int, int]]:
+        """(start, end) samples of the regions this audio closed, padding and hang-over applied."""
+        pcm = np.concatenate([self._carry, pcm])
+        whole = len(pcm) // self.frame * self.frame
+        closed = []
+        for offset in range(0, whole, self.frame):
+            position = self._frames * self.frame
+            self._frames += 1
+            if self._vad.is_speech(pcm[offset : offset + self.frame].tobytes(), SAMPLE_RATE):
+                if self.region_start is None:
+                    self.region_start = position
+                self.last_speech_end = position + self.frame
+            elif self.region_start is not None and self.last_speech_end is not None and (
+                position + self.frame - self.last_speech_end >= self.close_delay
+            ):
+                closed.append(self._region())
+        self._carry = pcm[whole:]
+        return closed
+
+    def flush(self) -> tuple[int, int] | None:
+        """The open region at the end of the stream, if any."""
+        return self._region() if self.region_start is not None else None
+
+    def _region(self) -> tuple[int, int]:
+        assert self.region_start is not None and self.last_speech_end is not None
+        region = (max(0, self.region_start - self._padding), self.last_speech_end + self._hangover)
+        self.region_start = None
+        return region
+
+    def speech_after(self, sample: int) -> bool:
+        """Whether speech was heard after `sample` (or a region is still open)."""
+        return self.region_start is not None or (self.last_speech_end or 0) > sample
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    window_s: float = 15.0
+    hop_s: float = 5.0
+    score_silence: bool = False
+    max_frame_s: float = 2.0  # a window can end this far before the newest sample
+
+
+class StreamWindower:
+    """One stream's recent audio and the windows that fall due as it arrives."""
+
+    def __init__(self, stream_id: str, plan: WindowPlan, vad: VadSettings) -> None:
+        self.stream_id, self.plan = stream_id, plan
+        self.vad = StreamVad(vad)
+        self.window = int(plan.window_s * SAMPLE_RATE)
+        self.hop = int(plan.hop_s * SAMPLE_RATE)
+        # A window ends up to a frame (and for speech ends the VAD's close delay) before the newest
+        # sample and reaches a window back from there.
+        self.keep = self.window + self.vad.close_delay + self.vad.frame + int(plan.max_frame_s * SAMPLE_RATE)
+        self.buffer = np.zeros(0, dtype=np.float32)
+        self.buffer_start = 0  # stream sample of buffer[0]
+        self.received = 0
+        self.next_hop = self.hop
+        self.last_scored_end = 0
+
+    def feed(self, pcm: np.ndarray) -> list[DueWindow]:
+        """Windows due once this 16-bit PCM frame has arrived."""
+        now = time.monotonic()
+        self.received += len(pcm)
+        self.buffer = np.concatenate([self.buffer, pcm.astype(np.float32) / 32768.0])
+        if len(self.buffer) > self.keep:  # a copy, so the old buffer's memory goes
+            self.buffer_start += len(self.buffer) - self.keep
+            self.buffer = self.buffer[-self.keep :].copy()
+        due = [self._window(start, end, "speech_end", now) for start, end in self.vad.feed(pcm)]
+        while self.received >= self.next_hop:
+            end = self.next_hop
+            if self.plan.score_silence or self.vad.speech_after(end - self.window):
+                due.append(self._window(end - self.window, end, "hop", now))
+            self.next_hop += self.hop
+        return [window for window in due if window is not None]
+
+    def finish(self) -> list[DueWindow]:
+        """At the end of the stream: the open speech region, or with `score_silence` the tail."""
+        now = time.monotonic()
+        region = self.vad.flush()
+        if region is not None:
+            window = self._window(region[0], min(region[1], self.received), "end", now)
+        elif self.plan.score_silence and self.received > self.last_scored_end:
+            window = self._window(self.received - self.window, self.received, "end", now)
+        else:
+            window = None
+        return [window] if window is not None else []
+
+    def _window(self, start: int, end: int, reason: WindowReason, now: float) -> DueWindow | None:
+        first = max(0, self.buffer_start)
+        start = max(start, end - self.window, first)
+        if end - start < MIN_WINDOW_S * SAMPLE_RATE:
+            start = max(first, end - int(MIN_WINDOW_S * SAMPLE_RATE))
+        if end - start < MIN_SCORABLE_S * SAMPLE_RATE:
+            return None
+        self.last_scored_end = max(self.last_scored_end, end)
+        samples = self.buffer[start - self.buffer_start : end - self.buffer_start].copy()
+        return DueWindow(self.stream_id, start, end, reason, samples, now)
+
+
+# --- the model, following a run directory -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    scorer: WindowScorer
+    classes: list[str]
+    thresholds: np.ndarray
+    thresholds_source: str
+    version: str  # "<run>/<model dir>@<sha256 of the weights, 12 hex>"
+
+
+def _weights_file(spec: str | Path) -> Path:
+    from voxtox.tasks.classify import resolve_model_dir
+
+    path = Path(spec).expanduser()
+    return path.resolve() if path.is_file() else resolve_model_dir(path) / "model.safetensors"
+
+
+def model_identity(spec: str | Path) -> tuple[str, int, int, int]:
+    """What changes when a new model is promoted or a model file replaced: the resolved weights
+    file, its modification time and size, and its thresholds.json's modification time."""
+    weights = _weights_file(spec)
+    stat = weights.stat()
+    thresholds = weights.parent / "thresholds.json"
+    return str(weights), stat.st_mtime_ns, stat.st_size, thresholds.stat().st_mtime_ns if thresholds.exists() else 0
+
+
+def _version(weights: Path) -> str:
+    digest = hashlib.sha256()
+    with weights.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    name = weights.stem if weights.suffix in (".onnx", ".pt") else f"{weights.parent.parent.name}/{weights.parent.name}"
+    return f"{name}@{digest.hexdigest()[:12]}"
+
+
+class ModelHolder:
+    """The model behind `spec` (a run directory such as runs/current, a model directory or an
+    exported file), reloaded when what it names changes; scoring uses whichever is current."""
+
+    def __init__(self, spec: str | Path, window_s: float, max_batch: int, threads: int | None = None) -> None:
+        self.spec, self.window_s, self.max_batch, self.threads = spec, window_s, max_batch, threads
+        self.identity: tuple[str, int, int, int] | None = None
+        self.failed_identity: tuple[str, int, int, int] | None = None
+        self.current: ServedModel | None = None
+        self.last_error: str | None = None
+
+    def load(self) -> ServedModel:
+        from voxtox.tasks.classify import load_model
+
+        identity = model_identity(self.spec)
+        loaded = load_model(self.spec, self.threads)
+        if model_identity(self.spec) != identity:
+            raise RuntimeError(f"{self.spec} changed while it was being loaded")
+        scorer = WindowScorer(loaded.model, window_s=self.window_s, stride_s=self.window_s, batch_size=self.max_batch)
+        served = ServedModel(scorer, loaded.classes, loaded.thresholds.values, loaded.thresholds.source,
+                             _version(Path(identity[0])))
+        if self.current is not None and served.classes != self.current.classes:
+            raise ValueError(f"{self.spec}: the new model's classes {served.classes} differ from the served ones")
+        self.current, self.identity = served, identity
+        return served
+
+    def refresh(self) -> bool:
+        """Load the model again if `spec` now names another one; a model that fails to load (a
+        file half written) leaves the current one serving until the file changes again."""
+        identity = None
+        try:
+            identity = model_identity(self.spec)
+            if identity in (self.identity, self.failed_identity):  # a broken file is tried once
+                return False
+            previous = self.current.version if self.current else None
+            self.load()
+        except Exception as error:  # noqa: BLE001 - any failure keeps the old model serving
+            self.failed_identity = identity
+            self.last_error = f"{type(error).__name__}: {error}"
+            log.warning("model %s not reloaded: %s", self.spec, self.last_error)
+            return False
+        self.last_error, self.failed_identity = None, None
+        log.warning("model reloaded: %s -> %s", previous, self.current.version if self.current else None)
+        return True
+
+    def score(self, clips: list[np.ndarray]) -> tuple[np.ndarray, ServedModel]:
+        """(len(clips), classes) probabilities, one window per clip, and the model that gave them.
+        Clips of similar length share a forward pass (`length_groups`): padding a 2 s window to
+        15 s would cost the encoder as much as a 15 s one."""
+        served = self.current
+        if served is None:
+            raise RuntimeError("no model loaded")
+        probs = np.empty((len(clips), len(served.classes)), dtype=np.float32)
+        for group in length_groups([len(clip) for clip in clips]):
+            probs[group] = np.concatenate(served.scorer.score_many([clips[i] for i in group]))
+        return probs, served
+
+
+def length_groups(lengths: list[int], max_ratio: float = 1.5) -> list[list[int]]:
+    """Indices grouped so that within a group the longest is at most `max_ratio` × the shortest."""
+    groups: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True):
+        if groups and lengths[groups[-1][0]] <= max_ratio * lengths[index]:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
+# --- batching across streams ------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    window: DueWindow
+    future: asyncio.Future = field(repr=False)
+    taken: bool = False  # in a batch being scored: too late to withdraw
+
+    def withdraw(self) -> bool:
+        """Take the job back before it is scored (its future is cancelled); False if too late."""
+        if self.taken or self.future.done():
+            return False
+        self.future.cancel()
+        return True
+
+
+@dataclass(frozen=True)
+class Scored:
+    probs: np.ndarray  # (classes,)
+    model: ServedModel
+    batch_size: int
+
+
+class Batcher:
+    """Windows due from any stream, scored together: a batch is whatever is queued when the scorer
+    is free, up to `max_batch`, after waiting at most `max_wait_s` for others to join the first.
+    The queue holds at most `capacity` windows (`offer` refuses beyond; `put` waits for room).
+    Scoring runs in a worker thread, one batch at a time, so audio keeps arriving meanwhile."""
+
+    def __init__(
+        self,
+        score: Callable[[list[np.ndarray]], tuple[np.ndarray, ServedModel]],
+        max_batch: int,
+        max_wait_s: float,
+        capacity: int,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._score, self.max_batch, self.max_wait_s = score, max_batch, max_wait_s
+        self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=capacity)
+        self._on_batch = on_batch
+
+    def offer(self, window: DueWindow) -> Job | None:
+        """Queue `window` if there is room now, else None (the caller drops it)."""
+        job = Job(window, asyncio.get_running_loop().create_future())
+        try:
+            self.queue.put_nowait(job)
+        except asyncio.QueueFull:
+            return None
+        return job
+
+    async def put(self, window: DueWindow) -> Job:
+        """Queue `window`, waiting for room."""
+        job = Job(window, asyncio.get_running_loop().create_future())
+        await self.queue.put(job)
+        return job
+
+    async def _next_batch(self) -> list[Job]:
+        batch = [await self.queue.get()]
+        deadline = asyncio.get_running_loop().time() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            if not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+                continue
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except TimeoutError:
+                break
+        batch = [job for job in batch if not job.future.done()]  # withdrawn, or its stream is gone
+        for job in batch:
+            job.taken = True
+        return batch
+
+    async def run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            started = time.monotonic()
+            try:
+                probs, model = await asyncio.to_thread(self._score, [job.window.samples for job in batch])
+            except Exception as error:  # noqa: BLE001 - each waiting stream hears of it
+                log.exception("scoring a batch of %d failed", len(batch))
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+                continue
+            if self._on_batch:
+                self._on_batch(len(batch), time.monotonic() - started)
+            for job, row in zip(batch, probs, strict=True):
+                if not job.future.done():
+                    job.future.set_result(Scored(row, model, len(batch)))
