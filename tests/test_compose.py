@@ -45,7 +45,8 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_self_hosting_layout(services: dict[str, Any]) -> None:
-    assert set(services) == {"postgres", "redis", "prefect-server", "prefect-services", "serve", "gpu-worker"} | REVIEW_SERVICES
+    assert set(services) == {"postgres", "redis", "prefect-server", "prefect-services", "serve", "gpu-worker",
+                             "stream"} | REVIEW_SERVICES
     assert services["postgres"]["image"].startswith("postgres:")
     assert services["redis"]["image"].startswith("redis:")
     # only GPU work and human review are opt-in
@@ -100,7 +101,8 @@ def test_every_prefect_process_needs_the_login_and_the_database_its_password(ser
 
 def test_only_the_ui_is_published_and_on_loopback_unless_asked(services: dict[str, Any]) -> None:
     assert {name: spec["ports"] for name, spec in services.items() if "ports" in spec} == {
-        "prefect-server": ["127.0.0.1:4200:4200"], "label-studio": ["127.0.0.1:8080:8080"]}  # never a database or Redis
+        "prefect-server": ["127.0.0.1:4200:4200"], "label-studio": ["127.0.0.1:8080:8080"],
+        "stream": ["127.0.0.1:8765:8765"]}  # never a database or Redis
     opened = load_compose(ROOT / "docker-compose.yml", SECRETS | {"VOXTOX_UI_BIND": "0.0.0.0"})["services"]
     assert opened["prefect-server"]["ports"] == ["0.0.0.0:4200:4200"]
 
@@ -133,7 +135,7 @@ def test_prefect_runs_from_the_voxtox_image_with_the_tested_pins(services: dict[
     """Server, services and voxtox share one image, so the server is the Prefect (and
     SQLAlchemy, prefect-redis) that constraints.txt pins and tests/test_prefect_server.py runs."""
     assert {name for name, spec in services.items() if spec.get("image") == "voxtox:0.1.0"} == {
-        "prefect-server", "prefect-services", "serve", "gpu-worker"}
+        "prefect-server", "prefect-services", "serve", "gpu-worker", "stream"}
     assert all(services[name]["build"] == "." for name in ("prefect-server", "prefect-services", "serve", "gpu-worker"))
     pins = set((ROOT / "constraints.txt").read_text().splitlines())
     assert {f"prefect=={prefect.__version__}", "prefect-redis==0.3.0", "SQLAlchemy==2.0.58"} <= pins
@@ -210,3 +212,14 @@ def test_label_studio_has_its_own_database_and_secrets_and_reads_the_data_read_o
     with mock.patch.dict(os.environ, review_env):
         review = Settings().review  # the defaults compose passes are valid settings: review off
     assert review.nightly is False and review.label_studio_url is None
+
+
+def test_the_stream_service_takes_its_token_from_the_environment_and_reads_the_data_read_only(
+    services: dict[str, Any],
+) -> None:
+    stream = services["stream"]
+    assert stream["command"][:3] == ["voxtox", "stream", "serve"] and "/data/runs/current" in stream["command"]
+    assert stream["environment"]["VOXTOX_STREAM__TOKEN"] == ""  # unset here: the server refuses to start
+    with_token = load_compose(ROOT / "docker-compose.yml", SECRETS | {"VOXTOX_STREAM_TOKEN": "St5kP9wQx2"})
+    assert with_token["services"]["stream"]["environment"]["VOXTOX_STREAM__TOKEN"] == "St5kP9wQx2"
+    assert "./voxtox-data:/data:ro" in stream["volumes"]  # it follows runs/current and never writes
