@@ -3,7 +3,8 @@
 The frozen USE encoder is nearly all of a head training's cost (a few minutes for 100k texts on
 two cores; a head epoch takes seconds). Entries are keyed by the encoder's name and a SHA-1 of the
 exact text the encoder sees; each call that meets new texts appends one shard
-(`<encoder>-<n>.npz`, written to a temporary name and renamed, so a crash leaves no half shard).
+(`<encoder>-<n>.npz`) per 4,096 new texts, written to a temporary name and renamed, so a crash
+loses at most the shard in progress and leaves no half-written file.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from voxtox.models.text_encoder import TextEncoder
+
+
+#: Texts encoded and written per shard.
+SHARD_TEXTS = 4096
 
 
 def _key(text: str) -> str:
@@ -40,9 +45,10 @@ class EmbeddingCache:
         """(len(texts), dim) embeddings; texts not cached yet are encoded and stored."""
         keys = [_key(t) for t in texts]
         missing = list(dict.fromkeys(t for t, k in zip(texts, keys, strict=True) if k not in self._vectors))
-        if missing:
-            vectors = self.encoder.encode(missing)
-            new_keys = [_key(t) for t in missing]
+        for start in range(0, len(missing), SHARD_TEXTS):  # a shard at a time: a crash keeps the rest
+            chunk = missing[start : start + SHARD_TEXTS]
+            vectors = self.encoder.encode(chunk)
+            new_keys = [_key(t) for t in chunk]
             self._vectors.update(zip(new_keys, vectors, strict=True))
             self._write_shard(new_keys, vectors)
         if not texts:

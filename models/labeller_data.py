@@ -36,9 +36,17 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from voxtox.corpus.davidson import UNLABELLED_CLASSES, assign_split, load_davidson
+from voxtox.corpus.davidson import UNLABELLED_CLASSES, DavidsonRow, assign_split, load_davidson
 from voxtox.corpus.functional import FunctionalCase, load_functional_cases
-from voxtox.corpus.real import NONCOMMERCIAL_SETS, REAL_SETS, TRAINABLE_SETS, load_real
+from voxtox.corpus.real import (
+    BENIGN_IDENTITY,
+    HATE,
+    NONCOMMERCIAL_SETS,
+    REAL_SETS,
+    TRAINABLE_SETS,
+    load_real,
+    names_group,
+)
 from voxtox.corpus.seed import SeedSentence, family_split, generate_seed_corpus, normalise_text
 from voxtox.labels import CLASSES
 
@@ -231,8 +239,16 @@ def _davidson_splits(seed: int) -> dict[str, LabelledTexts]:
             np.tile(labelled, (len(chosen), 1)),
             ["davidson"] * len(chosen),
             ["en"] * len(chosen),
+            [_davidson_kind(r) for r in chosen],
         )
     return out
+
+
+def _davidson_kind(row: DavidsonRow) -> str:
+    """The proxy's roles on Davidson: a majority-hate tweet, or a "neither" tweet naming a group."""
+    if row.davidson_class == 0:
+        return HATE
+    return BENIGN_IDENTITY if row.davidson_class == 2 and names_group(row.text, "en") else ""
 
 
 def check_labelled_data(data: str) -> None:

@@ -474,7 +474,7 @@ def train_labeller(
     label_map = LabelMap.identity()
     label_map.thresholds = choose_thresholds(val, val_probs, config.threshold, config.target_precision)
     record = {
-        "settings": config.model_dump(),
+        "settings": config.model_dump(mode="json"),
         "n_train": len(train),
         "n_val": len(val),
         "train_sources": {s: train.source.count(s) for s in sorted(set(train.source))},
