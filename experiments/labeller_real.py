@@ -65,7 +65,9 @@ def embed(cache: EmbeddingCache, data: LabelledTexts, max_chars: int) -> torch.T
     return torch.from_numpy(cache.encode([clean_text(t)[:max_chars] for t in data.texts]))
 
 
-def train_variant(variant: Variant, train: LabelledTexts, x_train: torch.Tensor, val: tuple[torch.Tensor, LabelledTexts]):
+def train_variant(
+    variant: Variant, train: LabelledTexts, x_train: torch.Tensor, val: tuple[torch.Tensor, LabelledTexts]
+) -> HeadNet:
     keep = [i for i, s in enumerate(train.source) if s not in variant.drop_sources]
     rows = repeat_sources(train.subset(keep), variant.repeat)
     # repeat_sources keeps row order per source; map repeated rows back to embedding rows

@@ -10,10 +10,9 @@ import numpy as np
 from prefect import get_run_logger, task
 
 from voxtox.corpus.functional import load_functional_cases
-from voxtox.models.labeller import TextLabeller
 from voxtox.corpus.real import REAL_SETS
+from voxtox.models.labeller import TextLabeller
 from voxtox.models.labeller_data import load_held_out, load_splits
-from voxtox.models.labeller_real import evaluate_real, real_markdown
 from voxtox.models.labeller_eval import compare, comparison_markdown, evaluate, results_markdown
 from voxtox.models.labeller_functional import (
     CaseOutcomes,
@@ -23,6 +22,7 @@ from voxtox.models.labeller_functional import (
     functional_markdown,
     outcomes,
 )
+from voxtox.models.labeller_real import evaluate_real, real_markdown
 from voxtox.models.labeller_training import USEM3_LORA, EpochRecord, train_labeller
 from voxtox.models.text_encoder import USEM3
 from voxtox.settings import Settings

@@ -125,7 +125,8 @@ def _germeval(folder: Path, seed: int) -> Iterator[RealRow]:
             if fine == "OTHER":
                 yield RealRow(text, "de", _none_but(), split, BENIGN_IDENTITY if group else "")
             elif fine == "PROFANITY":
-                yield RealRow(text, "de", {"profanity": 1.0, "racism": 0.0, "dating_sexting": 0.0, "no_violation": 0.0}, split)
+                labels = {"profanity": 1.0, "racism": 0.0, "dating_sexting": 0.0, "no_violation": 0.0}
+                yield RealRow(text, "de", labels, split)
             elif fine == "INSULT":
                 yield RealRow(text, "de", {"bullying": 1.0, "dating_sexting": 0.0, "no_violation": 0.0}, split)
             elif group:
@@ -163,6 +164,10 @@ _MLMA_IDENTITY_TARGETS = {"origin", "gender", "sexual_orientation", "religion", 
 _MLMA_TOXIC = {"offensive", "abusive", "hateful", "disrespectful", "fearful"}
 
 
+def _mlma_names_identity(record: Mapping[str, str]) -> bool:
+    return record["target"] in _MLMA_IDENTITY_TARGETS and record["group"] != "individual"
+
+
 def _mlma(folder: Path, seed: int) -> Iterator[RealRow]:
     """French only (the English file's "normal" rows hold slurs such as "ching chong", and English
     has cleaner sets). normal -> no_violation; hateful at an identity group -> racism; toxic at an
@@ -178,7 +183,7 @@ def _mlma(folder: Path, seed: int) -> Iterator[RealRow]:
                 split = _hash_split(text, seed)
                 if sentiments == {"normal"}:
                     yield RealRow(text, lang, _none_but(), split, BENIGN_IDENTITY if names_group(text, lang) else "")
-                elif "hateful" in sentiments and record["target"] in _MLMA_IDENTITY_TARGETS and record["group"] != "individual":
+                elif "hateful" in sentiments and _mlma_names_identity(record):
                     yield RealRow(text, lang, {"racism": 1.0, "no_violation": 0.0}, split, HATE)
                 elif record["group"] == "individual" and sentiments & _MLMA_TOXIC:
                     yield RealRow(text, lang, {"bullying": 1.0, "no_violation": 0.0}, split)
