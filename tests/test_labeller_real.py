@@ -144,3 +144,12 @@ def test_embedding_cache_returns_the_encoders_vectors_and_skips_it_next_time(tmp
     second = Counting()
     np.testing.assert_array_equal(EmbeddingCache(second, tmp_path).encode(texts[::-1]), vectors[::-1])
     assert second.seen == 0
+
+
+def test_eval_of_a_real_set_adds_the_per_language_real_report() -> None:
+    from voxtox.settings import Settings
+    from voxtox.tasks.labeller import evaluate_task
+
+    report = evaluate_task.fn("voxtox-labeller", "toxigen", Settings(), None)
+    assert "**Hate vs benign talk about identity on real text**" in report
+    assert "| en | 57 | 77 |" in report  # ToxiGen's test split: 57 neutral, 77 hateful statements
