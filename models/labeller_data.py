@@ -10,7 +10,14 @@ Every source becomes `LabelledTexts`: soft targets in [0, 1] per voxtox class, a
 - `functional`: voxtox's functional tests (`voxtox.corpus.functional`): the `train` families'
   templates split 80/20 into train/val by a hash of the template, the `eval` families as test
   (they never train);
-- `builtin`: all three.
+- `builtin`: all three;
+- real text (`voxtox.corpus.real`): `real` = every real set that may train the shipped default
+  (GermEval 2018, ToLD-Br, MLMA, OpenAI moderation, ToxiGen), `real-nc` = the non-commercial
+  Spanish sets (OffendES, HatEval: val and test rows only, they never train), or one set by name.
+
+`--data` takes one name, a comma-separated list of names (`real,builtin`), or a file. When a list
+mixes real text with the templated sources (`seed`, `functional`), those two give no validation
+rows: epochs and thresholds are chosen on real sentences, the templates only train.
 
 A file (`.csv` or `.parquet`) needs a `text` column and one column per voxtox class it labels
 (0/1 or a probability; empty means unlabelled); a missing class column is unlabelled for every
@@ -21,7 +28,7 @@ by a hash of their normalised text, so texts that differ only in case or punctua
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +36,38 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from voxtox.corpus.davidson import UNLABELLED_CLASSES, assign_split, load_davidson
+from voxtox.corpus.davidson import UNLABELLED_CLASSES, DavidsonRow, assign_split, load_davidson
 from voxtox.corpus.functional import FunctionalCase, load_functional_cases
+from voxtox.corpus.real import (
+    BENIGN_IDENTITY,
+    HATE,
+    NONCOMMERCIAL_SETS,
+    REAL_SETS,
+    TRAINABLE_SETS,
+    load_real,
+    names_group,
+)
 from voxtox.corpus.seed import SeedSentence, family_split, generate_seed_corpus, normalise_text
 from voxtox.labels import CLASSES
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-BUILTIN_SOURCES: tuple[str, ...] = ("builtin", "seed", "davidson", "functional")
+BUILTIN_SOURCES: tuple[str, ...] = ("builtin", "seed", "davidson", "functional", "real", "real-nc", *REAL_SETS)
+#: What each group name stands for; a name not here is one source.
+_GROUPS: dict[str, tuple[str, ...]] = {
+    "builtin": ("seed", "davidson", "functional"),
+    "real": TRAINABLE_SETS,
+    "real-nc": NONCOMMERCIAL_SETS,
+}
+#: Licence of every source's text, recorded with a trained labeller (`training.json`).
+SOURCE_LICENCES: dict[str, str] = {
+    "seed": "voxtox's own (project licence)",
+    "functional": "voxtox's own (project licence)",
+    "davidson": "MIT",
+    "file": "the user's file",
+    **{name: s.licence for name, s in REAL_SETS.items()},
+}
+#: Templated sources: they train, but never choose epochs or thresholds next to real text.
+TEMPLATED_SOURCES: tuple[str, ...] = ("seed", "functional")
 _SEED_PARTS = {"labeller_train": "train", "labeller_val": "val", "labeller_test": "test"}
 _FILE_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 _FUNCTIONAL_FRACTIONS = {"train": 0.8, "val": 0.2}
@@ -45,13 +77,15 @@ _FUNCTIONAL_FRACTIONS = {"train": 0.8, "val": 0.2}
 class LabelledTexts:
     """Texts with soft targets (n, 6) and a labelled mask (n, 6), in `CLASSES` order.
 
-    `source` and `lang` say where each row comes from; evaluation reports them separately."""
+    `source` and `lang` say where each row comes from; evaluation reports them separately.
+    `kind` marks rows of the hate-vs-benign-identity check (`voxtox.corpus.real`; "" for others)."""
 
     texts: list[str]
     targets: np.ndarray
     mask: np.ndarray
     source: list[str]
     lang: list[str]
+    kind: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.texts)
@@ -59,6 +93,10 @@ class LabelledTexts:
             raise ValueError(f"targets and mask must have shape ({n}, {len(CLASSES)})")
         if len(self.source) != n or len(self.lang) != n:
             raise ValueError("source and lang need one entry per text")
+        if not self.kind:
+            self.kind = [""] * n
+        elif len(self.kind) != n:
+            raise ValueError("kind needs one entry per text")
         labelled = self.targets[self.mask]
         if not np.isfinite(labelled).all() or ((labelled < 0) | (labelled > 1)).any():
             raise ValueError("labelled targets must lie in [0, 1]")
@@ -74,6 +112,7 @@ class LabelledTexts:
             self.mask[index],
             [self.source[i] for i in index],
             [self.lang[i] for i in index],
+            [self.kind[i] for i in index],
         )
 
     def binary_targets(self) -> np.ndarray:
@@ -88,12 +127,13 @@ class LabelledTexts:
             np.concatenate([p.mask for p in parts]),
             [s for p in parts for s in p.source],
             [lang for p in parts for lang in p.lang],
+            [k for p in parts for k in p.kind],
         )
 
 
 def load_splits(data: str, seed: int = 0) -> dict[str, LabelledTexts]:
-    """`data` as train/val/test: a built-in source name or a .csv/.parquet path."""
-    if data in BUILTIN_SOURCES:
+    """`data` as train/val/test: built-in source names (comma-separated) or a .csv/.parquet path."""
+    if _source_names(data):
         return _without_leaks(_builtin(data, seed))
     rows, splits = _read_file(data)
     if splits is None:
@@ -104,16 +144,47 @@ def load_splits(data: str, seed: int = 0) -> dict[str, LabelledTexts]:
 def load_held_out(data: str, seed: int = 0) -> LabelledTexts:
     """Evaluation rows: a built-in source's test split, a file's `test` rows if it has a
     `split` column, else the whole file (it is the held-out text)."""
-    if data in BUILTIN_SOURCES:
+    if _source_names(data):
         return load_splits(data, seed)["test"]
     rows, splits = _read_file(data)
     return rows if splits is None else load_splits(data, seed)["test"]
 
 
-def _builtin(name: str, seed: int) -> dict[str, LabelledTexts]:
+def _source_names(data: str) -> list[str]:
+    """The sources `data` names (groups expanded, each once), or [] if it is not a list of names."""
+    names = [n.strip() for n in data.split(",")]
+    if not all(n in BUILTIN_SOURCES for n in names):
+        return []
+    return list(dict.fromkeys(s for n in names for s in _GROUPS.get(n, (n,))))
+
+
+def _builtin(data: str, seed: int) -> dict[str, LabelledTexts]:
     loaders = {"seed": _seed_splits, "davidson": _davidson_splits, "functional": _functional_splits}
-    sources = [load(seed) for source, load in loaders.items() if name in ("builtin", source)]
-    return {split: LabelledTexts.concat([s[split] for s in sources]) for split in SPLITS}
+    names = _source_names(data)
+    sources = {n: loaders[n](seed) if n in loaders else _real_splits(n, seed) for n in names}
+    if any(n in REAL_SETS for n in names):
+        for name in set(names) & set(TEMPLATED_SOURCES):
+            sources[name]["val"] = sources[name]["val"].subset([])
+    return {split: LabelledTexts.concat([s[split] for s in sources.values()]) for split in SPLITS}
+
+
+def _real_splits(name: str, seed: int) -> dict[str, LabelledTexts]:
+    """One real set as splits; each row labels only the classes its annotation covers."""
+    rows = load_real(name, seed)
+    out = {}
+    for split in SPLITS:
+        chosen = [r for r in rows if r.split == split]
+        targets = np.array([[r.labels.get(c, 0.0) for c in CLASSES] for r in chosen], np.float32)
+        mask = np.array([[c in r.labels for c in CLASSES] for r in chosen], bool)
+        out[split] = LabelledTexts(
+            [r.text for r in chosen],
+            targets.reshape(-1, len(CLASSES)),
+            mask.reshape(-1, len(CLASSES)),
+            [name] * len(chosen),
+            [r.lang for r in chosen],
+            [r.kind for r in chosen],
+        )
+    return out
 
 
 def _without_leaks(splits: dict[str, LabelledTexts]) -> dict[str, LabelledTexts]:
@@ -168,15 +239,23 @@ def _davidson_splits(seed: int) -> dict[str, LabelledTexts]:
             np.tile(labelled, (len(chosen), 1)),
             ["davidson"] * len(chosen),
             ["en"] * len(chosen),
+            [_davidson_kind(r) for r in chosen],
         )
     return out
 
 
+def _davidson_kind(row: DavidsonRow) -> str:
+    """The proxy's roles on Davidson: a majority-hate tweet, or a "neither" tweet naming a group."""
+    if row.davidson_class == 0:
+        return HATE
+    return BENIGN_IDENTITY if row.davidson_class == 2 and names_group(row.text, "en") else ""
+
+
 def check_labelled_data(data: str) -> None:
     """Raise FileNotFoundError unless `data` names a built-in source or an existing file."""
-    if data not in BUILTIN_SOURCES and not Path(data).is_file():
+    if not _source_names(data) and not Path(data).is_file():
         raise FileNotFoundError(
-            f"--data {data!r} is neither a file nor a built-in source ({', '.join(BUILTIN_SOURCES)})"
+            f"--data {data!r} is neither a file nor built-in sources, comma-separated ({', '.join(BUILTIN_SOURCES)})"
         )
 
 

@@ -40,7 +40,8 @@ from voxtox.models.labeller import (
     UsemTuned,
     clean_text,
 )
-from voxtox.models.labeller_data import LabelledTexts, repeat_sources, subsample
+from voxtox.models.embedding_cache import EmbeddingCache
+from voxtox.models.labeller_data import SOURCE_LICENCES, LabelledTexts, repeat_sources, subsample
 from voxtox.models.labeller_losses import OrdinalSeverityLoss, TripleEntropyLoss, masked_bce
 from voxtox.models.metrics import average_precision, best_f1_thresholds
 from voxtox.models.text_encoder import USEM3, UsemEncoder
@@ -473,10 +474,12 @@ def train_labeller(
     label_map = LabelMap.identity()
     label_map.thresholds = choose_thresholds(val, val_probs, config.threshold, config.target_precision)
     record = {
-        "settings": config.model_dump(),
+        "settings": config.model_dump(mode="json"),
         "n_train": len(train),
         "n_val": len(val),
         "train_sources": {s: train.source.count(s) for s in sorted(set(train.source))},
+        "train_source_licences": {s: SOURCE_LICENCES.get(s, "unknown") for s in sorted(set(train.source))},
+        "val_sources": {s: val.source.count(s) for s in sorted(set(val.source))},
         "epochs": [asdict(r) for r in history],
         "best_epoch": max(history, key=lambda r: r.val_map or 0.0).epoch,
         "val_average_precision": labelled_average_precision(val, val_probs),
@@ -493,7 +496,9 @@ def _usem_head_parts(
 ) -> tuple[HeadNet, Tensor, Tensor, SaveFn]:
     """Embed every text once with the frozen encoder (cleaned and capped as `TextLabeller` will
     at inference); only the head trains."""
-    encoder = UsemEncoder()
+    encoder: UsemEncoder | EmbeddingCache = UsemEncoder()
+    if config.embedding_cache_dir is not None:
+        encoder = EmbeddingCache(encoder, config.embedding_cache_dir)
     max_chars = CHARS_PER_TOKEN * config.max_length
 
     def embed(data: LabelledTexts) -> Tensor:

