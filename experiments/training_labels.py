@@ -49,7 +49,7 @@ def joined(catalog: Catalog, truth: pa.Table, split: str, condition: str) -> pa.
         for n in TOXIC_CLASSES
     )
     clips = catalog.query(
-        f"SELECT clip_id, source_sha256, start_s, end_s, transcript, "
+        "SELECT clip_id, source_sha256, start_s, end_s, transcript, "
         + ", ".join(f"{prob_column(n)}, {label_column(n)}" for n in TOXIC_CLASSES)
         + f" FROM clips WHERE split = '{split}' AND segment_kind = 'sentence' AND ({condition})"
     )

@@ -96,7 +96,6 @@ def corpus_report(
 ) -> None:
     """Label a synth corpus, import its truth, and report label quality, WER and VAD error."""
     import shlex
-    import sys
 
     from voxtox.flows.synth import corpus_report_flow
 

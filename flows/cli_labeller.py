@@ -53,7 +53,6 @@ def labeller_predict(
 def _print_jsonl(labeller: TextLabeller, lines: list[str], batch_size: int) -> None:
     """Score `lines` in batches, one JSON object per line on stdout, a progress bar on stderr."""
     import json
-    import sys
 
     from rich.progress import track
 

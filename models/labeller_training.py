@@ -45,10 +45,10 @@ from voxtox.models.labeller_data import SOURCE_LICENCES, LabelledTexts, repeat_s
 from voxtox.models.labeller_losses import OrdinalSeverityLoss, TripleEntropyLoss, masked_bce
 from voxtox.models.metrics import average_precision, best_f1_thresholds
 from voxtox.models.text_encoder import USEM3, UsemEncoder
+from voxtox.settings import LabellerTrainSettings
 
 #: `backbone` value that fine-tunes USE through low-rank adapters (`models/usem_torch.py`).
 USEM3_LORA = "usem3-lora"
-from voxtox.settings import LabellerTrainSettings
 
 TRAINING_RECORD = "training.json"
 

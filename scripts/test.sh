@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/labelstudio.sh install  # for tests/test_labelstudio.py; the demo's set-up never needs it
+.venv/bin/ruff check .  # the linter ([tool.ruff] in pyproject.toml): clean, or no tests
 exec .venv/bin/python -m pytest -q "$@"
