@@ -13,8 +13,6 @@ import base64
 import datetime as dt
 import json
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from typing import BinaryIO, TextIO
 
@@ -81,26 +79,21 @@ def print_table(console: Console, table: pa.Table, title: str | None = None, max
         view.add_column(name, overflow="fold")
     for row in table.slice(0, max_rows).to_pylist():
         view.add_row(*[_cell(value) for value in row.values()])
-    with _full_width(console, view):
-        console.print(view)
+    _print_full_width(console, view)
     if table.num_rows > max_rows:
         console.print(f"... {table.num_rows - max_rows} more rows (use --format csv for all)")
 
 
-@contextmanager
-def _full_width(console: Console, view: Table) -> Iterator[None]:
+def _print_full_width(console: Console, view: Table) -> None:
     """Off a terminal (a log file, a pipe) rich would fold a table into 80 columns and drop the
-    columns that do not fit; there is no screen to fit, so print it at its natural width."""
+    columns that do not fit; there is no screen to fit, so print it at its natural width (on a
+    console of its own: the shared one keeps following the terminal's, or COLUMNS')."""
     if console.is_terminal:
-        yield
+        console.print(view)
         return
-    width = console.width
-    unbounded = console.options.update_width(10_000)
-    console.width = max(width, console.measure(view, options=unbounded).maximum)
-    try:
-        yield
-    finally:
-        console.width = width
+    natural = console.measure(view, options=console.options.update_width(10_000)).maximum
+    wide = Console(file=console.file, width=max(console.width, natural), color_system=console.color_system)
+    wide.print(view)
 
 
 def _cell(value: object) -> str:

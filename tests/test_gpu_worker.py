@@ -37,7 +37,10 @@ from voxtox.settings import NightlySettings, Settings
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[1]
 AUTH_STRING = "voxtox:gpu-worker-login"
-COMPOSE_ENV = {"PREFECT_AUTH_STRING": AUTH_STRING, "POSTGRES_PASSWORD": "Postgres4Tests"}
+COMPOSE_ENV = {"PREFECT_AUTH_STRING": AUTH_STRING, "POSTGRES_PASSWORD": "Postgres4Tests",
+               # compose reads the review profile's secrets for every profile (docker-compose.yml)
+               "LABEL_STUDIO_PASSWORD": "Studio4Tests", "LABEL_STUDIO_TOKEN": "Token4Tests",
+               "LABEL_STUDIO_DB_PASSWORD": "StudioDb4Tests"}
 #: As few sessions as give the first candidate an evaluation (test segments with human labels).
 SESSIONS = {"train": 2, "val": 1, "test": 2}
 WORKER = "gpu-host-stand-in"

@@ -43,7 +43,10 @@ SCREENSHOT_ENV = "VOXTOX_UI_SCREENSHOT"
 LABEL_CRON = "30 2 * * *"
 #: The UI's and API's login (compose's PREFECT_AUTH_STRING).
 AUTH_STRING = "voxtox:correct-horse-battery-staple"
-COMPOSE_ENV = {"PREFECT_AUTH_STRING": AUTH_STRING, "POSTGRES_PASSWORD": "Postgres4Tests"}
+COMPOSE_ENV = {"PREFECT_AUTH_STRING": AUTH_STRING, "POSTGRES_PASSWORD": "Postgres4Tests",
+               # compose reads the review profile's secrets for every profile (docker-compose.yml)
+               "LABEL_STUDIO_PASSWORD": "Studio4Tests", "LABEL_STUDIO_TOKEN": "Token4Tests",
+               "LABEL_STUDIO_DB_PASSWORD": "StudioDb4Tests"}
 
 
 @pytest.fixture(scope="module")
