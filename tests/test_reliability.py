@@ -25,9 +25,9 @@ from voxtox.flows.cli import app
 from voxtox.settings import Settings, VadSettings
 from voxtox.storage.model_store import MANIFEST, ModelIntegrityError, resolve_model
 from voxtox.storage.workdir import LOCK_NAME, run_work_dir, sweep_stale_work
-from voxtox.tasks.chunk import SpeechAnalyzer, chunk_analysis, chunk_speech
+from voxtox.chunk import SpeechAnalyzer, chunk_analysis, chunk_speech
 from voxtox.tasks.ingest import PreparedSource, prepare_source
-from voxtox.tasks.speech_synth import Utterance
+from voxtox.corpus.speech_synth import Utterance
 
 REPO = Path(__file__).resolve().parents[1]
 

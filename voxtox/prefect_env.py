@@ -98,9 +98,9 @@ def deprioritise_ephemeral_api() -> None:
     """Run the local (ephemeral) Prefect API at a lower CPU priority than the pipeline.
 
     On a small machine the API's own work (booting, then recording every task run's states,
-    logs and events) competes with the ASR for the same cores: the first `label` flow in a
-    process ran 0.80-0.82x its transcription stage, against 1.08-1.12x for flows that found the
-    API already up (docs/benchmarks.md). Its work is bookkeeping that can wait for a free core.
+    logs and events) competes with the ASR for the same cores: the first `label` flow of a
+    process, which starts the API, was slower than its transcription stage, and flows that found
+    the API up were not (docs/benchmarks.md). Its work is bookkeeping that can wait for a free core.
     Nothing happens for a server voxtox did not start (PREFECT_API_URL), or off POSIX."""
     # Prefect imports its server module only to start that process: if it is not loaded, this
     # process started no API, and importing it here would cost seconds for nothing.

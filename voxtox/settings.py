@@ -72,9 +72,9 @@ class AsrSettings(BaseModel):
     second_language_below: float | None = Field(
         None,
         description="a piece whose words' mean log-probability is below this (e.g. -0.8) is decoded "
-        "again in its runner-up language, and the more probable text is kept; None: never. On "
-        "held-out code-switched chat -0.8 cut WER by 9% for 11% more time before the English "
-        "weight (`language_weights`), and nothing on top of it (docs/benchmarks.md)",
+        "again in its runner-up language, and the more probable text is kept; None: never. Off by "
+        "default: on top of the English weight (`language_weights`) it gained nothing "
+        "(docs/benchmarks.md)",
     )
     # Hallucination filters (faster-whisper's own defaults for the first three).
     no_speech_threshold: float = 0.6

@@ -50,7 +50,7 @@ from voxtox.corpus.seed import (
 )
 from voxtox.audio import SAMPLE_RATE, decode_audio
 from voxtox.labels import CLASSES
-from voxtox.tasks.speech_synth import Utterance, speak
+from voxtox.corpus.speech_synth import Utterance, speak
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Hours per split in the paper's Table 1 (train 11,833.5 h, validation 1,877.4 h, test 820.9 h).
@@ -336,10 +336,15 @@ def render_session(
     conditions: dict[str, object] = {"n_overlaps": n_overlaps, "speakers": tuple(s.name for s in cast)}
     mix = _add_noise(mix, truth, rng, config, plan, pool, speakers, cast, conditions)
     mix = _apply_channel(mix, rng, config, conditions)
+    return _level_and_format(mix, rng, config, conditions), truth, conditions
+
+
+def _level_and_format(mix: np.ndarray, rng: random.Random, config: SynthConfig, conditions: dict[str, object]) -> np.ndarray:
+    """The mix at a random peak level; the file format it will be written in goes to `conditions`."""
     peak = float(np.abs(mix).max()) or 1.0
     mix = (mix * np.float32(rng.uniform(0.4, 0.9) / peak)).astype(np.float32)
     conditions["format"] = _draw(rng, config.formats)
-    return mix, truth, conditions
+    return mix
 
 
 def _next_speaker(rng: random.Random, cast: Sequence[Speaker], current: Speaker | None) -> Speaker:
@@ -570,10 +575,7 @@ def synthesize_corpus(
     config = SynthConfig(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, **overrides})
     out = Path(out_dir)
     pools = sentence_pools(config.langs, config.seed)
-    for split in SPLITS:
-        for lang in config.langs:
-            if config.split_fractions.get(split, 0) > 0 and not pools[split][lang]:
-                raise ValueError(f"no {lang} sentences for the {split} split")
+    _check_pools(pools, config)
     rosters = voice_rosters(config.seed, config.split_fractions)
     speakers = {split: make_speakers(rosters[split], config) for split in SPLITS}
     plans = plan_sessions(config)
@@ -606,6 +608,14 @@ def synthesize_corpus(
     utterances = [u for _, truth in results for u in truth]
     _write_truth(out, sessions, {info.session: truth for info, truth in results}, config)
     return CorpusManifest(out, config, sessions, utterances)
+
+
+def _check_pools(pools: Mapping[str, Mapping[str, Sequence[SeedSentence]]], config: SynthConfig) -> None:
+    """Every language has sentences in every split the corpus has."""
+    for split in SPLITS:
+        for lang in config.langs:
+            if config.split_fractions.get(split, 0) > 0 and not pools[split][lang]:
+                raise ValueError(f"no {lang} sentences for the {split} split")
 
 
 def _write_truth(

@@ -30,8 +30,8 @@ from voxtox.settings import Settings, VadSettings, with_overrides
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.model_store import resolve_model
 from voxtox.storage.schema import human_label_column, label_column, prob_column
-from voxtox.tasks.chunk import detect_speech
-from voxtox.tasks.human_labels import ImportReport, import_truth_files
+from voxtox.chunk import detect_speech
+from voxtox.storage.human_labels import ImportReport, import_truth_files
 
 #: Classes whose pipeline labels are scored against the truth (humans do not label `other`).
 REPORT_CLASSES: tuple[str, ...] = (*TOXIC_CLASSES, "no_violation")

@@ -37,7 +37,7 @@ from voxtox.storage.schema import TRAINING_SOURCES_FILE
 from voxtox.storage.shards import DamagedShardError, shard_files
 from voxtox.storage.tombstones import add_tombstones, is_sha256, tombstones_file
 from voxtox.storage.workdir import sweep_stale_work
-from voxtox.tasks.review_export import erase_review_copies
+from voxtox.storage.review_export import erase_review_copies
 
 SHA256_PREFIX = "sha256:"
 URI_PREFIX = "uri:"

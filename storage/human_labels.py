@@ -25,19 +25,15 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import task
-from prefect.tasks import exponential_backoff
 
 from voxtox.audio import SAMPLE_RATE, RejectedInput, open_audio
 from voxtox.files import jsonl_objects, sha256_file
 from voxtox.labels import CLASSES
-from voxtox.settings import Settings
-from voxtox.storage.catalog import Catalog
 from voxtox.storage.erasure import shards_lock
 from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, label_column
 from voxtox.storage.shards import replace_human_labels, shard_files
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
-from voxtox.tasks.confine import outside_reason
+from voxtox.confine import outside_reason
 
 AUDIO_KEYS = ("audio", "path", "audio_path", "source_uri")
 SHA_KEYS = ("audio_sha256", "source_sha256", "sha256")
@@ -269,11 +265,3 @@ def import_truth_files(
             written += [str(p) for p in replace_human_labels(shards_root, sha, table)]
     imported = [rows for sha, rows in by_source.items() if sha not in skipped]
     return ImportReport(len(paths), len(imported), sum(map(len, imported)), written, len(skipped))
-
-
-@task(name="import-labels", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10))
-def import_labels_task(paths: list[str], settings: Settings, confine_to: Path | None = None) -> int:
-    """Import human-label files (the nightly's inbox `truth/`) and refresh the catalog's views."""
-    report = import_truth_files([Path(p) for p in paths], settings.shards_dir, confine_to=confine_to)
-    Catalog.from_settings(settings).refresh_views()
-    return report.n_spans

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -18,10 +17,9 @@ import pyarrow as pa
 from voxtox.labels import CLASSES, TOXIC_CLASSES
 from voxtox.models.metrics import apply_temperature
 from voxtox.settings import EvaluateSettings
-from voxtox.tasks.evaluation_report import Rows
+from voxtox.models.evaluation_report import Rows
+from voxtox.models.scoring import EvalSet, System
 
-if TYPE_CHECKING:
-    from voxtox.tasks.evaluate import EvalSet, System
 
 
 def _value(row: dict | None, key: str) -> float:

@@ -16,8 +16,8 @@ from voxtox.models.metrics import MAP_NAME
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import HAS_AUDIO
-from voxtox.tasks.evaluate import ALL_LANGUAGES
-from voxtox.tasks.train import CURRENT, is_finished
+from voxtox.storage.runs import CURRENT, RunDir
+from voxtox.models.scoring import ALL_LANGUAGES
 
 SPLIT_DIRS = ("train", "val", "test")
 TRUTH_DIR = "truth"
@@ -95,7 +95,7 @@ def candidate_run(settings: Settings, night: str) -> Path:
 
 
 def latest_candidate(settings: Settings) -> Path | None:
-    finished = [run for run in sorted(settings.runs_dir.glob("nightly-*")) if is_finished(run)]
+    finished = [run for run in sorted(settings.runs_dir.glob("nightly-*")) if RunDir(run).is_finished()]
     return finished[-1].resolve() if finished else None
 
 

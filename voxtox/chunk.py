@@ -10,11 +10,12 @@ longer than the maximum are split at the quietest point, so a cut falls between 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import webrtcvad
 
-from voxtox.audio import SAMPLE_RATE
+from voxtox.audio import SAMPLE_RATE, SampleStats, check_usable, open_audio
 from voxtox.settings import VadSettings
 
 #: Energy is smoothed over this many seconds when looking for a quiet cut point.
@@ -240,3 +241,31 @@ def chunk_analysis(analysis: SpeechAnalysis, settings: VadSettings) -> ChunkingR
                 )
             )
     return ChunkingResult(chunks, dropped, dropped_s)
+
+
+# --- decoding into the staged file, analysing speech on the way ---------------------------------
+
+#: Staged audio: raw little-endian float32 samples, 16 kHz mono (read back as a memory map).
+STAGED_DTYPE = np.dtype("<f4")
+
+
+@dataclass(frozen=True)
+class DecodedAudioStage:
+    """What decoding a recording into its staged file learnt about it on the way."""
+
+    original_rate: int
+    channels: int
+    codec: str
+    analysis: SpeechAnalysis
+
+
+def decode_and_stage(path: Path, staged: Path, vad: VadSettings) -> DecodedAudioStage:
+    """Decode `path` block by block into `staged`, analysing speech on the way."""
+    analyzer, stats = SpeechAnalyzer(vad), SampleStats()
+    with open_audio(path) as reader, staged.open("wb") as out:
+        for block in reader.blocks():
+            out.write(block.astype(STAGED_DTYPE, copy=False).tobytes())
+            analyzer.feed(block)
+            stats.update(block)
+    check_usable(stats, reader.declared_s)
+    return DecodedAudioStage(reader.original_rate, reader.channels, reader.codec, analyzer.finish())

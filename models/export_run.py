@@ -8,7 +8,7 @@ from pathlib import Path
 
 from voxtox.models.export import compare_outputs, export_model, format_of
 from voxtox.models.trainer import load_classifier
-from voxtox.tasks.classify import THRESHOLDS_FILE, resolve_model_dir
+from voxtox.storage.runs import THRESHOLDS_FILE, resolve_model_dir
 
 
 

@@ -1,6 +1,7 @@
 """Audio-only inference (the point of the paper): audio in, toxicity out, no ASR, no text model.
 
-The operations behind `voxtox classify` and the `classify` flow (flows/classify.py).
+The operations behind `voxtox classify` and the `classify` flow (flows/classify.py): both run
+`classify_files`.
 
 `classify_inputs` decodes each input (voxtox/audio.py: any format to 16 kHz mono; a broken file
 becomes a `rejected` record and the rest go on), keeps the VAD's speech segments when asked (the
@@ -21,7 +22,7 @@ import json
 import math
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,10 +36,9 @@ from voxtox.models.inference import AGGREGATIONS, WindowScorer, aggregate, windo
 from voxtox.models.trainer import load_classifier
 from voxtox.settings import VadSettings
 from voxtox.storage.schema import label_column, prob_column
-from voxtox.tasks.chunk import chunk_analysis
-from voxtox.tasks.ingest import STAGED_DTYPE, decode_and_stage
+from voxtox.storage.runs import THRESHOLDS_FILE, resolve_model_dir
+from voxtox.chunk import STAGED_DTYPE, chunk_analysis, decode_and_stage
 
-THRESHOLDS_FILE = "thresholds.json"
 DEFAULT_THRESHOLD = 0.5
 #: Windows decoded and scored together (bounds memory: 64 × 15 s of float32 audio ≈ 60 MB).
 WINDOWS_PER_GROUP = 64
@@ -48,22 +48,6 @@ MIN_DURATION_S = 0.1
 
 # --- the model -------------------------------------------------------------------------------
 
-
-
-def resolve_model_dir(spec: str | Path) -> Path:
-    """The model directory a run directory or model directory names (links resolved):
-    the directory itself when it holds `model.json`, else its `best/`, else its `final/`."""
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"model {spec}: no such file or directory")
-    path = path.resolve()
-    for candidate in (path, path / "best", path / "final"):
-        if (candidate / "model.json").is_file() and (candidate / "model.safetensors").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"{spec} is neither a model directory (model.json + model.safetensors) nor a run directory "
-        "with best/ or final/ (from `voxtox train`)"
-    )
 
 
 @dataclass
@@ -186,7 +170,7 @@ class StagedRecording:
 def stage_recording(uri: str, scratch: Path, vad: VadSettings | None, window_s: float) -> StagedRecording:
     """Decode `uri` into `scratch`; the spans to score are the whole recording
     (`whole_recording_spans`), or with `vad` the 1-60 s speech segments the labelling pipeline cuts
-    (tasks/chunk.py), which is what validation scored (paper §4.1)."""
+    (voxtox/chunk.py), which is what validation scored (paper §4.1)."""
     path, _ = fetch_input(uri, scratch / "download")
     staged = scratch / f"{uuid.uuid4().hex}.f32"
     decoded = decode_and_stage(path, staged, vad or VadSettings())
@@ -257,6 +241,30 @@ def classify_inputs(
                 yield from _score_group(scorer, pending, aggregation)
                 pending, pending_windows = [], 0
         yield from _score_group(scorer, pending, aggregation)
+
+
+def classify_files(
+    inputs: Iterable[str],
+    loaded: LoadedModel,
+    vad: VadSettings | None,
+    window_s: float = 15.0,
+    aggregation: str = "max",
+    batch_size: int = 8,
+    out: Path | None = None,
+    on_result: Callable[[FileResult], None] | None = None,
+) -> list[dict[str, object]]:
+    """Classify `inputs` with `loaded` and return one record per file, written to `out` (.jsonl or
+    .parquet) when given. `on_result` sees each result as it comes (the CLI prints rejects). The
+    one path of `voxtox classify` and the `classify` flow."""
+    records = []
+    for result in classify_inputs(inputs, loaded.model, window_s, aggregation, batch_size, vad):
+        if on_result is not None:
+            on_result(result)
+        records.append(result.record(loaded.classes, loaded.thresholds.values))
+    if out is not None:
+        write_records(records, out, loaded.classes,
+                      {"model": loaded.description, "thresholds": loaded.thresholds.source, "vad": str(vad is not None)})
+    return records
 
 
 def _windows(scorer: WindowScorer, start: int, end: int) -> list[tuple[int, int]]:

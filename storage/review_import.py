@@ -31,7 +31,7 @@ from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.reviews import ReviewsWritten, write_reviews
 from voxtox.storage.schema import label_column
-from voxtox.tasks.review_export import CHOICES, TEXT
+from voxtox.storage.review_export import CHOICES, TEXT
 
 #: What JSON_MIN rows carry besides data fields and control values.
 _MIN_META = {"id", "annotator", "annotation_id", "created_at", "updated_at", "lead_time"}

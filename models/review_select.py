@@ -36,14 +36,11 @@ from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.clips import clips_files, locate_clips
 from voxtox.storage.model_store import ModelNotFoundError, resolve_model
-from voxtox.storage.reviews import reviewed_clip_ids
+from voxtox.storage.reviews import batch_path, reviewed_clip_ids
 from voxtox.storage.schema import HAS_AUDIO, label_column, prob_column
 
 Strategy = Literal["random", "uncertainty", "disagreement"]
 STRATEGIES: tuple[str, ...] = ("random", "uncertainty", "disagreement")
-#: Where `select` writes its batch and `export` reads it, under the data dir.
-REVIEW_DIR = "review"
-BATCH_FILE = "selected.jsonl"
 _EPS = 1e-6
 NO_VIOLATION = "no_violation"
 
@@ -62,10 +59,6 @@ class Candidates:
 
     def __len__(self) -> int:
         return len(self.rows)
-
-
-def batch_path(settings: Settings) -> Path:
-    return settings.data_dir / REVIEW_DIR / BATCH_FILE
 
 
 def candidate_condition(split: str, settings: Settings) -> str:
@@ -132,8 +125,8 @@ def disagreement_doubt(audio_probs: np.ndarray, labels: np.ndarray) -> np.ndarra
 
 def audio_model_scores(settings: Settings, candidates: Candidates, run: Path | None) -> np.ndarray:
     """(n, classes) the audio model's scores of the candidates (max over 15 s windows), cached in the run."""
-    from voxtox.tasks.evaluate import EvalSet, score_run, segment_scores
-    from voxtox.tasks.train import CURRENT
+    from voxtox.models.scoring import EvalSet, score_run, segment_scores
+    from voxtox.storage.runs import CURRENT
 
     run = run or settings.runs_dir / CURRENT
     if not (run / settings.evaluate.checkpoint / "model.safetensors").exists():

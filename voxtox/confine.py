@@ -12,9 +12,47 @@ a run cannot lift it.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from voxtox.tasks.ingest import SourceRejection, printable_name
+
+@dataclass(frozen=True)
+class SourceRejection:
+    uri: str
+    reason: str
+    detail: str
+    source_sha256: str | None = None
+    stage: str = "ingest"
+
+
+#: The reason of an input whose file name is not valid UTF-8 text (it cannot be stored or shown).
+UNREADABLE_NAME = "unreadable_name"
+
+
+def printable_name(uri: str) -> str:
+    """`uri` as valid UTF-8 text. A file name's bytes that are not UTF-8 reach Python as lone
+    surrogates (PEP 383), which Parquet, JSON and Prefect's API all refuse; they are shown as
+    `\\xNN` escapes instead (`bad\\xff.wav`)."""
+    try:
+        raw = uri.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte (from a JSON manifest's \\ud800)
+        return uri.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def reject_unreadable_names(uris: list[str]) -> tuple[list[str], list[SourceRejection]]:
+    """Split `uris` into those whose names are text and a rejection for each of the others, before
+    any task sees them: one such name used to fail every run, and every rerun, at the write."""
+    readable, rejected = [], []
+    for uri in uris:
+        shown = printable_name(uri)
+        if shown == uri:
+            readable.append(uri)
+        else:
+            detail = "the file name is not valid UTF-8 (its other bytes are shown as \\xNN); rename the file to label it"
+            rejected.append(SourceRejection(shown, UNREADABLE_NAME, detail))
+    return readable, rejected
+
 
 SERVED_INBOX_ENV = "VOXTOX_SERVED_INBOX"
 OUTSIDE_INBOX = "outside_inbox"

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from voxtox.models.metrics import MAP_NAME
 from voxtox.settings import EvaluateSettings
+from voxtox.models.scoring import EvalSet
 
-if TYPE_CHECKING:
-    from voxtox.tasks.evaluate import EvalSet
 
 Row = dict[str, object]
 SIGNIFICANT = "*"

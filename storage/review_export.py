@@ -9,7 +9,7 @@ Writes, in the export folder (default `<data_dir>/review/export/`):
 and each clip's audio as a FLAC file under `<data_dir>/review/audio/`, which Label Studio plays
 through its local-files serving (`/data/local-files/?d=review/audio/<clip>.flac`, relative to
 its document root: the data dir). `--push URL` creates the project, its local-files storage and
-the tasks through Label Studio's API (tasks/labelstudio_api.py).
+the tasks through Label Studio's API (storage/labelstudio_api.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.clips import clips_files, locate_clips, read_audio_bytes
 from voxtox.storage.shards import shards_lock
-from voxtox.tasks.review_select import REVIEW_DIR, batch_path
+from voxtox.storage.reviews import REVIEW_DIR, batch_path
 
 #: Control names: not named like a data field (JSON_MIN would let a control overwrite the field).
 AUDIO = "audio"
