@@ -29,7 +29,7 @@ from voxtox.models.corpus_report import corpus_settings, corpus_summary, evaluat
 
 @flow(name="synth", log_prints=True)
 def synth_flow(out: str, config: SynthConfig) -> dict[str, object]:
-    """Generate a corpus (see voxtox/corpus/synth.py) with a terminal bar and a Prefect progress
+    """Generate a corpus (see core/corpus/synth.py) with a terminal bar and a Prefect progress
     artifact; returns the corpus's totals."""
     logger = get_run_logger()
     started = time.perf_counter()

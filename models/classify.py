@@ -3,7 +3,7 @@
 The operations behind `voxtox classify` and the `classify` flow (flows/classify.py): both run
 `classify_files`.
 
-`classify_inputs` decodes each input (voxtox/audio.py: any format to 16 kHz mono; a broken file
+`classify_inputs` decodes each input (core/audio.py: any format to 16 kHz mono; a broken file
 becomes a `rejected` record and the rest go on), keeps the VAD's speech segments when asked (the
 CLI's default: the evaluation segments validation scores), cuts them into 15 s windows, scores them
 with the trained classifier in batches shared across files (models/inference.py) and takes a
@@ -170,7 +170,7 @@ class StagedRecording:
 def stage_recording(uri: str, scratch: Path, vad: VadSettings | None, window_s: float) -> StagedRecording:
     """Decode `uri` into `scratch`; the spans to score are the whole recording
     (`whole_recording_spans`), or with `vad` the 1-60 s speech segments the labelling pipeline cuts
-    (voxtox/chunk.py), which is what validation scored (paper §4.1)."""
+    (core/chunk.py), which is what validation scored (paper §4.1)."""
     path, _ = fetch_input(uri, scratch / "download")
     staged = scratch / f"{uuid.uuid4().hex}.f32"
     decoded = decode_and_stage(path, staged, vad or VadSettings())

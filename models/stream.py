@@ -7,7 +7,7 @@ A stream is 16 kHz mono audio arriving in frames. Windows are the paper's 15 s (
   - when a speech region ends ("speech_end"): the region's last `window_s`, at least 1 s, so a
     short outburst is scored when it ends rather than at the next hop, and
   - when the stream ends inside a speech region ("end").
-Speech regions come from webrtcvad with the labelling pipeline's `[vad]` settings (voxtox/chunk.py):
+Speech regions come from webrtcvad with the labelling pipeline's `[vad]` settings (core/chunk.py):
 a region opens at a speech frame (less `start_padding_ms`) and closes once `hangover_ms` +
 `merge_gap_s` of non-speech followed it, ending `hangover_ms` after its last speech frame.
 

@@ -1,4 +1,4 @@
-"""A served deployment reads only below its inbox (voxtox/confine.py, flows/serve.py), and a run
+"""A served deployment reads only below its inbox (core/confine.py, flows/serve.py), and a run
 of a served deployment cannot bring its own settings; a local user's runs are not confined."""
 
 from __future__ import annotations

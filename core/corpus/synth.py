@@ -6,7 +6,7 @@ over each other. Each session may get background noise at a drawn SNR (white, pi
 spoken from other lines of the corpus), a telephone band or an Opus round trip, and is written as
 Ogg/Opus, WAV or FLAC, as real captures come.
 
-What is said comes from the seed corpus (`voxtox/corpus/seed.py`), split by family exactly as the
+What is said comes from the seed corpus (`core/corpus/seed.py`), split by family exactly as the
 labeller's own data is: the `train` split speaks the labeller's held-out parts (`labeller_val`,
 `labeller_test`), `val` and `test` speak the `speech_eval` families, split again by family, so
 no sentence of an evaluation split is one the labeller trained on or one another split speaks.

@@ -1,6 +1,6 @@
 """Audio in: find inputs, hash them, decode any audio format to 16 kHz mono float32 with PyAV.
 
-The ground floor (voxtox/): the ingest stage, the corpus synthesiser, inference and the
+The ground floor (core/, the `voxtox` package itself): the ingest stage, the corpus synthesiser, inference and the
 benchmarks all decode through it, and `SAMPLE_RATE` here is the one rate everything uses.
 
 Inputs that cannot be used raise `RejectedInput` with a short reason code and a readable detail;
