@@ -5,6 +5,9 @@ opens a little before the first speech frame (start padding, so onsets are not c
 open for a while after the last one (hang-over, so word endings and short pauses survive), and
 merges what is separated by short gaps. Regions shorter than the minimum are dropped and counted;
 longer than the maximum are split at the quietest point, so a cut falls between words.
+
+`decode_and_stage` (the ingest stage's and classify's decoding) runs the analysis block by block
+while it decodes a recording into its staged file, so the two live side by side.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ followed) below it: an input outside is a reject with the reason `outside_inbox`
 opened, nor is a URL fetched. A local user running `voxtox label` has no such variable and reads
 whatever they name. The variable comes from the serving process, not from a run's parameters, so
 a run cannot lift it.
+
+The records of inputs refused before any stage opens them (`SourceRejection`, unreadable names)
+live here too: the ingest and write stages and the label flow share them.
 """
 
 from __future__ import annotations

@@ -17,9 +17,11 @@ from voxtox.flows.cli_common import (
     RunCheckpoint,
     TruthLabels,
     console,
+    default_model,
     user_errors,
 )
 from voxtox.settings import load_settings
+from voxtox.storage.runs import THRESHOLDS_FILE
 
 
 def train(
@@ -77,9 +79,7 @@ def classify(
     with user_errors():
         if output is not None and output.suffix.lower() not in (".jsonl", ".parquet"):
             raise ValueError(f"--out must end in .jsonl or .parquet, not {output.name!r}")
-        if model is None:
-            model = "runs/current" if Path("runs/current").exists() else str(load_settings().runs_dir / "current")
-        loaded = load_model(model, threads)
+        loaded = load_model(default_model(model), threads)
         note = "" if loaded.thresholds.calibrated else " — not calibrated: run `voxtox calibrate` on the run"
         console.print(f"model {loaded.description}; thresholds: {loaded.thresholds.source}{note}")
         vad_settings = load_settings().vad if vad else None  # the labelling pipeline's VAD settings
@@ -149,7 +149,7 @@ def calibrate(
     console.print(view)
     if result["defaulted_to_0.5"]:
         console.print(f"no positives, left at 0.5: {', '.join(result['defaulted_to_0.5'])}")
-    console.print(f"written to {Path(str(result['model_dir'])) / 'thresholds.json'}")
+    console.print(f"written to {Path(str(result['model_dir'])) / THRESHOLDS_FILE}")
 
 
 def export_command(

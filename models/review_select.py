@@ -126,10 +126,10 @@ def disagreement_doubt(audio_probs: np.ndarray, labels: np.ndarray) -> np.ndarra
 def audio_model_scores(settings: Settings, candidates: Candidates, run: Path | None) -> np.ndarray:
     """(n, classes) the audio model's scores of the candidates (max over 15 s windows), cached in the run."""
     from voxtox.models.scoring import EvalSet, score_run, segment_scores
-    from voxtox.storage.runs import CURRENT
+    from voxtox.storage.runs import MODEL_WEIGHTS, RunDir
 
-    run = run or settings.runs_dir / CURRENT
-    if not (run / settings.evaluate.checkpoint / "model.safetensors").exists():
+    run = run or RunDir.current(settings.runs_dir).path
+    if not (run / settings.evaluate.checkpoint / MODEL_WEIGHTS).exists():
         raise NoAudioModelError(
             f"strategy disagreement needs a trained audio model and {run} holds none "
             "(train one with `voxtox train`, or name a run with --model)")

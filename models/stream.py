@@ -32,6 +32,7 @@ import webrtcvad
 from voxtox.audio import SAMPLE_RATE
 from voxtox.models.inference import WindowScorer
 from voxtox.settings import VadSettings
+from voxtox.storage.runs import MODEL_WEIGHTS, THRESHOLDS_FILE, resolve_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +189,8 @@ class ServedModel:
 
 
 def _weights_file(spec: str | Path) -> Path:
-    from voxtox.storage.runs import resolve_model_dir
-
     path = Path(spec).expanduser()
-    return path.resolve() if path.is_file() else resolve_model_dir(path) / "model.safetensors"
+    return path.resolve() if path.is_file() else resolve_model_dir(path) / MODEL_WEIGHTS
 
 
 def model_identity(spec: str | Path) -> tuple[str, int, int, int]:
@@ -199,7 +198,7 @@ def model_identity(spec: str | Path) -> tuple[str, int, int, int]:
     file, its modification time and size, and its thresholds.json's modification time."""
     weights = _weights_file(spec)
     stat = weights.stat()
-    thresholds = weights.parent / "thresholds.json"
+    thresholds = weights.parent / THRESHOLDS_FILE
     return str(weights), stat.st_mtime_ns, stat.st_size, thresholds.stat().st_mtime_ns if thresholds.exists() else 0
 
 
