@@ -18,6 +18,10 @@ paper does (§4.1, ../shared/DESIGN.md §2).
 - Output: one long table (storage/schema.py EVALUATIONS_SCHEMA), written beside the results and
   into the `evaluations` shards that the catalog's view of the same name reads; a Markdown report;
   PNG plots (models/evaluation_plots.py).
+
+The evaluation set, scoring and the score cache are models/scoring.py (training, calibration and
+review selection use them too); the report and the plots are models/evaluation_report.py and
+models/evaluation_plots.py.
 """
 
 from __future__ import annotations
