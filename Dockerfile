@@ -25,7 +25,7 @@ RUN apt-get update \
 
 WORKDIR /opt/voxtox
 COPY pyproject.toml constraints.txt README.md ./
-COPY voxtox ./voxtox
+COPY core ./core
 COPY flows ./flows
 COPY tasks ./tasks
 COPY models ./models

@@ -20,7 +20,7 @@ import soundfile
 
 from voxtox.audio import SAMPLE_RATE
 from voxtox.corpus.seed import LANGS, family_split, generate_seed_corpus
-from voxtox.tasks.speech_synth import VARIANTS, Utterance, lay_out, speak
+from voxtox.corpus.speech_synth import VARIANTS, Utterance, lay_out, speak
 
 #: Bump when the recipe changes, so cached audio is rebuilt.
 RECIPE_VERSION = 2

@@ -6,7 +6,7 @@ replaces, on the same audio, in the same run; seconds of audio per wall second.
   ingest (decode + webrtcvad chunking), faster-whisper transcription (tasks/transcribe.py; the
   pipeline's defaults: whisper-base int8, beam 5, per-chunk language detection, temperature
   fallback, hallucination filters) and the default text labeller (models/labeller.py).
-- Audio-only path: `voxtox classify`'s code (tasks/classify.py: decode, 15 s windows, log-mel,
+- Audio-only path: `voxtox classify`'s code (models/classify.py: decode, 15 s windows, log-mel,
   Whisper encoder + projection + pooling + head, max over windows). The encoder is the default
   `voxtox train` encoder (whisper-base from the offline model store) with a freshly initialised
   projection and head: throughput does not depend on the trained weights. Also whisper-tiny.en's
@@ -56,7 +56,7 @@ from voxtox.models.speech_classifier import SpeechToxicityClassifier  # noqa: E4
 from voxtox.models.whisper_encoder import load_speech_encoder  # noqa: E402
 from voxtox.settings import Settings, VadSettings  # noqa: E402
 from voxtox.storage.model_store import resolve_model  # noqa: E402
-from voxtox.tasks.classify import classify_inputs  # noqa: E402
+from voxtox.models.classify import classify_inputs  # noqa: E402
 from voxtox.tasks.ingest import PreparedSource, prepare_source  # noqa: E402
 from voxtox.tasks.label import label_transcripts, load_labeller  # noqa: E402
 from voxtox.tasks.transcribe import transcribe_sources  # noqa: E402

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import soundfile  # noqa: E402
 
 from voxtox.audio import SAMPLE_RATE  # noqa: E402
-from voxtox.tasks.speech_synth import Utterance, lay_out  # noqa: E402
+from voxtox.corpus.speech_synth import Utterance, lay_out  # noqa: E402
 
 LINES = (
     Utterance("good game everyone, see you tomorrow night", "en"),
@@ -53,7 +53,7 @@ PROBES = {
         n_chunks = len(result.chunks)
     """,
     "ingest (whole file)": """
-        from voxtox.tasks.chunk import chunk_speech
+        from voxtox.chunk import chunk_speech
         from voxtox.audio import load_audio
         n_chunks = len(chunk_speech(load_audio(path).samples, settings.vad).chunks)
     """,
@@ -67,7 +67,7 @@ PROBES = {
 }
 CLASSIFY_PROBES = {
     "classify (streaming)": """
-        from voxtox.tasks.classify import classify_inputs, load_model
+        from voxtox.models.classify import classify_inputs, load_model
         model = load_model(run).model
         (result,) = classify_inputs([path], model, vad=settings.vad)
         n_chunks = len(result.windows)
@@ -75,8 +75,8 @@ CLASSIFY_PROBES = {
     "classify (whole file)": """
         from voxtox.audio import load_audio
         from voxtox.models.inference import WindowScorer
-        from voxtox.tasks.chunk import chunk_speech
-        from voxtox.tasks.classify import load_model
+        from voxtox.chunk import chunk_speech
+        from voxtox.models.classify import load_model
         scorer = WindowScorer(load_model(run).model)
         samples = load_audio(path).samples
         spans = [(int(c.start_s * 16000), int(c.end_s * 16000)) for c in chunk_speech(samples, settings.vad).chunks]

@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--cache", required=True, help="embedding cache directory")
     parser.add_argument("--data", default="real,builtin")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--baseline", default="voxtox/shipped_models/voxtox-labeller")
+    parser.add_argument("--baseline", default="core/shipped_models/voxtox-labeller")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     started = time.perf_counter()

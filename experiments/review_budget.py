@@ -39,8 +39,8 @@ from voxtox.storage.clips import read_clip_index
 from voxtox.storage.reviews import reviews_path
 from voxtox.storage.schema import clips_schema, label_column, prob_column
 from voxtox.storage.shards import write_partitioned
-from voxtox.tasks.review_import import import_answers
-from voxtox.tasks.review_select import (
+from voxtox.storage.review_import import import_answers
+from voxtox.models.review_select import (
     decided_class,
     disagreement_doubt,
     labeller_thresholds,

@@ -1,4 +1,4 @@
-"""The `classify` flow: audio-only classification of a directory (tasks/classify.py), with a
+"""The `classify` flow: audio-only classification of a directory (models/classify.py), with a
 summary and the per-file decisions as Prefect artifacts (for the nightly flow or any deployment)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from voxtox.settings import Settings
 from voxtox.storage.schema import prob_column
-from voxtox.tasks.classify import classify_inputs, load_model, summarise, write_records
+from voxtox.models.classify import classify_files, load_model, summarise
 
 
 @flow(name="classify", log_prints=True)
@@ -22,10 +22,7 @@ def classify_flow(
     publish a summary and the per-file decisions as Prefect artifacts; returns the summary."""
     settings = settings or Settings()
     loaded = load_model(model)
-    results = classify_inputs(inputs, loaded.model, window_s, "max", batch_size, settings.vad if vad else None)
-    records = [r.record(loaded.classes, loaded.thresholds.values) for r in results]
-    write_records(records, Path(output), loaded.classes,
-                  {"model": loaded.description, "thresholds": loaded.thresholds.source, "vad": str(vad)})
+    records = classify_files(inputs, loaded, settings.vad if vad else None, window_s, "max", batch_size, Path(output))
     summary = summarise(records, loaded.classes) | {"model": loaded.description,
                                                      "thresholds": loaded.thresholds.source, "output": output}
     create_markdown_artifact(

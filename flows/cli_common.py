@@ -12,7 +12,8 @@ from typing import Literal
 import typer
 from rich.console import Console
 
-from voxtox.settings import EvaluateSettings, NightlySettings, TrainSettings
+from voxtox.settings import EvaluateSettings, NightlySettings, TrainSettings, load_settings
+from voxtox.storage.runs import RunDir
 
 console = Console()
 errors = Console(stderr=True)
@@ -30,6 +31,15 @@ ExportFormat = Literal["onnx", "torchscript"]
 View = Literal["clips", "rejects", "sources", "human_labels", "evaluations", "segment_truth"]
 LabellerLoss = Literal["bce", "tripleentropy", "wranksim"]
 LabellerThreshold = Literal["f1", "precision"]
+
+
+def default_model(model: str | None) -> str:
+    """The model `classify` and `stream` score with: the one named, else `./runs/current` when
+    there is one, else the nightly's `<runs_dir>/current`."""
+    if model is not None:
+        return model
+    local = RunDir.current(Path("runs"))
+    return str(local.path) if local.exists() else str(RunDir.current(load_settings().runs_dir).path)
 
 
 @contextmanager

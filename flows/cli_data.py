@@ -23,7 +23,7 @@ from voxtox.labels import CLASSES
 from voxtox.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from voxtox.tasks.forget import ErasureReport
+    from voxtox.storage.forget import ErasureReport
 
 
 #: What `voxtox query --table NAME` shows: the columns a person reads (SQL gives the rest).
@@ -100,8 +100,8 @@ def forget(
     """Erase recordings from every table, shard and cached score, tombstone them so no later run
     labels them again (unless `voxtox label --allow-forgotten`), and list the trained runs that
     learnt from them."""
-    from voxtox.tasks.forget import forget as forget_recordings
-    from voxtox.tasks.forget import parse_request, read_request_file
+    from voxtox.storage.forget import forget as forget_recordings
+    from voxtox.storage.forget import parse_request, read_request_file
 
     settings = load_settings(data_dir)
     with user_errors():
@@ -219,7 +219,7 @@ def import_labels(
 ) -> None:
     """Import human labels (spans of audio with classes) into the catalog; re-importing replaces."""
     from voxtox.storage.catalog import Catalog
-    from voxtox.tasks.human_labels import import_truth_files
+    from voxtox.storage.human_labels import import_truth_files
 
     settings = load_settings(data_dir)
     with user_errors():

@@ -17,9 +17,11 @@ from voxtox.flows.cli_common import (
     RunCheckpoint,
     TruthLabels,
     console,
+    default_model,
     user_errors,
 )
 from voxtox.settings import load_settings
+from voxtox.storage.runs import THRESHOLDS_FILE
 
 
 def train(
@@ -64,32 +66,27 @@ def classify(
     decisions. No ASR and no text model."""
     import torch
 
-    from voxtox.tasks.classify import classify_inputs, load_model, write_records
+    from voxtox.models.classify import FileResult, classify_files, load_model
+
+    def show(result: FileResult) -> None:
+        if result.status == "rejected":
+            console.print(f"[red]rejected[/red] {result.file}: {result.reason} ({result.detail})")
+        elif result.status == "no_speech":
+            console.print(f"[yellow]no speech[/yellow] {result.file}: {result.detail}")
 
     if threads:
         torch.set_num_threads(threads)
     with user_errors():
         if output is not None and output.suffix.lower() not in (".jsonl", ".parquet"):
             raise ValueError(f"--out must end in .jsonl or .parquet, not {output.name!r}")
-        if model is None:
-            model = "runs/current" if Path("runs/current").exists() else str(load_settings().runs_dir / "current")
-        loaded = load_model(model, threads)
+        loaded = load_model(default_model(model), threads)
         note = "" if loaded.thresholds.calibrated else " — not calibrated: run `voxtox calibrate` on the run"
         console.print(f"model {loaded.description}; thresholds: {loaded.thresholds.source}{note}")
-        results = []
         vad_settings = load_settings().vad if vad else None  # the labelling pipeline's VAD settings
-        for result in classify_inputs(inputs, loaded.model, window_s, aggregation, batch_size, vad_settings):
-            if result.status == "rejected":
-                console.print(f"[red]rejected[/red] {result.file}: {result.reason} ({result.detail})")
-            elif result.status == "no_speech":
-                console.print(f"[yellow]no speech[/yellow] {result.file}: {result.detail}")
-            results.append(result)
-    records = [r.record(loaded.classes, loaded.thresholds.values) for r in results]
+        records = classify_files(inputs, loaded, vad_settings, window_s, aggregation, batch_size, output, show)
     ok = [r for r in records if r["status"] == "ok"]
     rejected = sum(r["status"] == "rejected" for r in records)
     if output is not None:
-        write_records(records, output, loaded.classes,
-                      {"model": loaded.description, "thresholds": loaded.thresholds.source, "vad": str(vad)})
         console.print(f"{len(ok)} files classified, {len(records) - len(ok) - rejected} without speech, "
                       f"{rejected} rejected; written to {output}")
     else:
@@ -152,7 +149,7 @@ def calibrate(
     console.print(view)
     if result["defaulted_to_0.5"]:
         console.print(f"no positives, left at 0.5: {', '.join(result['defaulted_to_0.5'])}")
-    console.print(f"written to {Path(str(result['model_dir'])) / 'thresholds.json'}")
+    console.print(f"written to {Path(str(result['model_dir'])) / THRESHOLDS_FILE}")
 
 
 def export_command(
@@ -163,7 +160,7 @@ def export_command(
 ) -> None:
     """Export the classifier to ONNX or TorchScript (log-mel features in, probabilities out) and
     check its outputs against PyTorch's."""
-    from voxtox.tasks.export import export_run
+    from voxtox.models.export_run import export_run
 
     with user_errors():
         path, diff = export_run(run, out, fmt, quantize=int8)
@@ -190,7 +187,8 @@ def evaluate(
     a Markdown report and PNG plots."""
     from voxtox.flows.evaluate import evaluate_flow
     from voxtox.storage.catalog import Catalog
-    from voxtox.tasks.evaluate import model_dir, read_eval_set
+    from voxtox.models.scoring import read_eval_set
+    from voxtox.storage.runs import RunDir
 
     options = dict(split=split, labels=labels, checkpoint=checkpoint, aggregation=aggregation, resample_by=resample_by,
                    n_resamples=n_resamples, calibrate=calibrate, filter=segment_filter)
@@ -198,7 +196,7 @@ def evaluate(
         settings = load_settings(data_dir, config, evaluate=options)
         chosen = settings.evaluate
         for run in runs:  # fail fast, before a Prefect API is started
-            model_dir(run, chosen.checkpoint)
+            RunDir(run).model(chosen.checkpoint)
         catalog = Catalog.from_settings(settings)
         catalog.refresh_views()
         read_eval_set(catalog, settings.shards_dir, chosen.split, chosen.labels, chosen.filter)

@@ -26,7 +26,7 @@ DataDir = Annotated[Path | None, typer.Option(help="where shards and the catalog
 @contextmanager
 def review_errors() -> Iterator[None]:
     """user_errors, plus Label Studio refusing or not answering: one line each."""
-    from voxtox.tasks.labelstudio_api import LabelStudioError
+    from voxtox.storage.labelstudio_api import LabelStudioError
 
     with user_errors():
         try:
@@ -49,7 +49,7 @@ def select(
 ) -> None:
     """Choose clips nobody reviewed yet, most doubtful first, with equal quotas per language and
     decided class; writes the batch that `voxtox review export` sends to Label Studio."""
-    from voxtox.tasks.review_select import select_for_review
+    from voxtox.models.review_select import select_for_review
 
     settings = load_settings(data_dir)
     with user_errors():
@@ -73,7 +73,7 @@ def export(
 ) -> None:
     """Write the batch as a Label Studio project: labelling config, tasks JSON with the pipeline's
     labels as predictions, and the clips' audio for Label Studio's local-files serving."""
-    from voxtox.tasks.review_export import export_batch
+    from voxtox.storage.review_export import export_batch
     from voxtox.tasks.review_push import push_export
 
     settings = load_settings(data_dir)
@@ -96,7 +96,7 @@ def import_(
 ) -> None:
     """Import Label Studio's answers as reviews: they replace the pipeline's labels in training and
     count as truth for val/test. Checked whole first: bad input imports nothing."""
-    from voxtox.tasks.review_import import import_export_file
+    from voxtox.storage.review_import import import_export_file
     from voxtox.tasks.review_push import pull_and_import
 
     if (export_file is None) == (pull is None):

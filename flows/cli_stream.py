@@ -11,16 +11,10 @@ from typing import Annotated
 
 import typer
 
-from voxtox.flows.cli_common import errors, user_errors
+from voxtox.flows.cli_common import default_model, errors, user_errors
 from voxtox.settings import load_settings
 
 stream_app = typer.Typer(help="Score live voice channels over WebSockets.", no_args_is_help=True)
-
-
-def _default_model(model: str | None) -> str:
-    if model is not None:
-        return model
-    return "runs/current" if Path("runs/current").exists() else str(load_settings().runs_dir / "current")
 
 
 @stream_app.command("serve")
@@ -45,7 +39,7 @@ def serve(
     options = dict(host=host, port=port, hop_s=hop_s, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads)
     with user_errors():
         settings = load_settings(stream=options)
-        spec = _default_model(model)
+        spec = default_model(model)
         server = StreamServer(settings.stream, spec, settings.vad)
         model_identity(spec)  # a missing model is one line now, not a failed start-up later
     if settings.stream.threads:

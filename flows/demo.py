@@ -29,7 +29,7 @@ from voxtox.flows.train import train_flow
 from voxtox.models.trainer import latest_checkpoint
 from voxtox.settings import Settings, with_overrides
 from voxtox.storage.catalog import Catalog
-from voxtox.tasks.train import CURRENT
+from voxtox.storage.runs import RunDir
 
 #: whisper-base recognises espeak-ng's French and Portuguese poorly (docs/corpus.md), so the
 #: quick start speaks the three languages it transcribes well; `voxtox synth` makes all five.
@@ -76,7 +76,7 @@ def make_inbox(inbox: Path, console: Console) -> None:
 def train_baseline(settings: Settings) -> Path:
     """The same model without text injection (α = 1), on the same data: what injection must beat."""
     out = settings.runs_dir / "baseline"
-    if not (out / "final" / "model.safetensors").exists():
+    if not RunDir(out).is_finished():
         baseline = with_overrides(settings, train={"alpha": 1.0})
         train_flow(out=str(out), settings=baseline, resume=latest_checkpoint(out) is not None)
     return out
@@ -93,7 +93,7 @@ def run_demo(settings: Settings, console: Console) -> None:
     console.print(f"nightly: {'promoted' if report.promoted else 'not promoted'}: {report.reason}")
     console.rule("baseline (α = 1, no text injection) vs the text-injection model, on the test split")
     baseline = train_baseline(settings)
-    current = settings.runs_dir / CURRENT
+    current = RunDir.current(settings.runs_dir).path
     evaluation = evaluate_flow(runs=[str(baseline), str(current.resolve())], settings=settings)
     show_results(settings, console)
     console.print(report_summary(Path(evaluation.report).read_text()), markup=False, highlight=False, soft_wrap=True)

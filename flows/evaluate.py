@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from voxtox.settings import Settings
 from voxtox.tasks.evaluate import Evaluation, evaluate_task, score_run_task
-from voxtox.tasks.evaluation_report import Rows, format_ci
+from voxtox.models.evaluation_report import Rows, format_ci
 
 
 def ap_artifact_rows(results: str) -> list[dict[str, str | int | None]]:

@@ -37,17 +37,9 @@ from voxtox.storage.schema import label_column
 from voxtox.storage.shards import sweep_part_temporaries
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.storage.workdir import run_work_dir
-from voxtox.tasks.confine import confine
 from voxtox.tasks.embed import embed_task, resolve_text_encoder
-from voxtox.tasks.ingest import (
-    PreparedSource,
-    SourceRejection,
-    first_of_each_content,
-    ingest_batches,
-    ingest_task,
-    make_units,
-    reject_unreadable_names,
-)
+from voxtox.confine import SourceRejection, confine, reject_unreadable_names
+from voxtox.tasks.ingest import PreparedSource, first_of_each_content, ingest_batches, ingest_task, make_units
 from voxtox.tasks.label import label_task
 from voxtox.tasks.transcribe import check_asr_model, transcribe_task
 from voxtox.tasks.write import WrittenUnit, write_rejections_task, write_task
@@ -155,12 +147,7 @@ def label_flow(
     if not allow_forgotten:
         known |= forgotten_sha256s(tombstones_file(settings.shards_dir))
     with run_work_dir(settings.work_dir, run_id) as work:
-        batches = ingest_batches(uris, settings.pipeline.ingest_batch_files, settings.pipeline.workers)
-        ingested = [
-            result
-            for f in ingest_task.map(batches, unmapped(split), unmapped(settings), unmapped(work), unmapped(known))
-            for result in f.result()
-        ]
+        ingested = _ingest(uris, split, settings, work, known)
         prepared, duplicates = first_of_each_content(ingested)
         rejected = outside + outside_found + unreadable + [r for r in ingested if isinstance(r, SourceRejection)] + duplicates
         written = _label_prepared(prepared, models, settings, run_id, work, allow_forgotten)
@@ -184,6 +171,15 @@ def label_flow(
     )
     _publish_summary(report, catalog)
     return report
+
+
+def _ingest(
+    uris: list[str], split: str, settings: Settings, work: Path, known: frozenset[str]
+) -> list[PreparedSource | SourceRejection | None]:
+    """Ingest `uris` in batches, one task run per batch; the results in input order."""
+    batches = ingest_batches(uris, settings.pipeline.ingest_batch_files, settings.pipeline.workers)
+    futures = ingest_task.map(batches, unmapped(split), unmapped(settings), unmapped(work), unmapped(known))
+    return [result for f in futures for result in f.result()]
 
 
 def _clear_up_after_killed_runs(shards_dir: Path, logger: logging.Logger | logging.LoggerAdapter) -> None:

@@ -34,13 +34,13 @@ from voxtox.flows.serve import check_served_run
 from voxtox.flows.train import train_flow
 from voxtox.flows.train_pool import TrainingNotDone, train_on_pool
 from voxtox.settings import Settings
+from voxtox.storage.runs import RunDir
 from voxtox.tasks.calibrate import calibrate_task
-from voxtox.tasks.classify import THRESHOLDS_FILE
 from voxtox.tasks.compact import compact_task
-from voxtox.tasks.confine import outside_reason
-from voxtox.tasks.evaluate import NoHumanLabelsError
-from voxtox.tasks.human_labels import import_labels_task
-from voxtox.tasks.nightly import (
+from voxtox.confine import outside_reason
+from voxtox.models.scoring import NoHumanLabelsError
+from voxtox.tasks.import_labels import import_labels_task
+from voxtox.models.nightly import (
     Decision,
     candidate_run,
     clips_trained_on,
@@ -55,7 +55,6 @@ from voxtox.tasks.nightly import (
 )
 from voxtox.tasks.retention import retention_task
 from voxtox.tasks.review_push import review_task
-from voxtox.tasks.train import is_finished
 
 
 @dataclass
@@ -181,7 +180,7 @@ def nightly_flow(
         [clips_trained_on(run) for run in (current, latest_candidate(settings)) if run is not None], default=0
     )
     candidate = candidate_run(settings, report.night)
-    if not is_finished(candidate):
+    if not RunDir(candidate).is_finished():
         enough = report.new_train_clips >= settings.nightly.min_new_clips or current is None
         if not report.train_clips or not (enough or force_train):
             report.reason = (f"{report.new_train_clips} new training clips since the current model "
@@ -196,7 +195,7 @@ def nightly_flow(
             raise
         report.trained_now = True
     report.candidate = str(candidate)
-    if not (candidate / "best" / THRESHOLDS_FILE).exists():  # also when a rerun finds it missing
+    if not RunDir(candidate).thresholds().exists():  # also when a rerun finds it missing
         calibrate_task(str(candidate), settings)
 
     decision = _evaluate_and_decide(candidate, current, settings, report)

@@ -34,7 +34,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.schedules import Cron
 
 from voxtox.settings import Settings
-from voxtox.tasks.confine import SERVED_INBOX_ENV, served_inbox
+from voxtox.confine import SERVED_INBOX_ENV, served_inbox
 
 #: Every deployment gets this name ("nightly/voxtox", "label/voxtox" in Prefect's UI and CLI).
 DEPLOYMENT_NAME = "voxtox"
@@ -211,7 +211,7 @@ def serve_deployments(deployments: list[RunnerDeployment], settings: Settings) -
     (settings.inbox_dir / TRAIN_INBOX).mkdir(parents=True, exist_ok=True)
     # Flow runs start in subprocesses that read Settings() afresh: give them this data directory
     # (from --data-dir or a TOML file) rather than their working directory's default, and confine
-    # what they read to the inbox (tasks/confine.py).
+    # what they read to the inbox (core/confine.py).
     os.environ["VOXTOX_DATA_DIR"] = str(settings.data_dir.resolve())
     os.environ[SERVED_INBOX_ENV] = str(settings.inbox_dir.resolve())
     serve(*deployments, limit=settings.serve.limit)

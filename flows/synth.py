@@ -2,7 +2,7 @@
 synthetic corpus whose truth is known.
 
 The report labels the corpus's splits with the ordinary `label` flow (sources labelled before
-are skipped), then measures the pipeline against the truth (tasks/corpus_report.py: hours per
+are skipped), then measures the pipeline against the truth (models/corpus_report.py: hours per
 class and language, label quality with bootstrap intervals, ASR word error rate, VAD boundary
 error).
 """
@@ -24,12 +24,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from voxtox.corpus.synth import CorpusManifest, SessionInfo, SynthConfig, load_manifest, synthesize_corpus
 from voxtox.flows.label import label_flow, task_runner_for
 from voxtox.settings import Settings
-from voxtox.tasks.corpus_report import corpus_settings, corpus_summary, evaluation_splits, hours_table, measure_corpus
+from voxtox.models.corpus_report import corpus_settings, corpus_summary, evaluation_splits, hours_table, measure_corpus
 
 
 @flow(name="synth", log_prints=True)
 def synth_flow(out: str, config: SynthConfig) -> dict[str, object]:
-    """Generate a corpus (see voxtox/corpus/synth.py) with a terminal bar and a Prefect progress
+    """Generate a corpus (see core/corpus/synth.py) with a terminal bar and a Prefect progress
     artifact; returns the corpus's totals."""
     logger = get_run_logger()
     started = time.perf_counter()

@@ -36,7 +36,8 @@ from prefect.states import Cancelled, Cancelling
 
 from voxtox.flows.train import train_and_publish
 from voxtox.settings import Settings
-from voxtox.tasks.train import CURRENT, TrainReport, is_finished
+from voxtox.storage.runs import CURRENT, RunDir
+from voxtox.tasks.train import TrainReport
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -77,8 +78,8 @@ def pool_run_dir(run: str, settings: Settings) -> Path:
     path = settings.runs_dir / run
     if path.is_symlink():
         raise ValueError(f"run {run!r}: {path} is a link, not a run directory")
-    if is_finished(path):
-        raise ValueError(f"run {run!r} has finished training ({path / 'final'} exists): name a new run")
+    if RunDir(path).is_finished():
+        raise ValueError(f"run {run!r} has finished training ({RunDir(path).final} exists): name a new run")
     return path
 
 
@@ -125,9 +126,9 @@ def train_on_pool(candidate: Path, settings: Settings) -> FlowRun:
     if not ended.state.is_completed():
         raise TrainingNotDone(f"the training run {flow_run.name!r} on worker {worker!r} ended "
                               f"{ended.state.name}: {ended.state.message}")
-    if not is_finished(candidate):
+    if not RunDir(candidate).is_finished():
         raise TrainingNotDone(f"the training run {flow_run.name!r} completed on worker {worker!r}, but "
-                              f"{candidate / 'final'} is not here: the worker's data directory must be this one "
+                              f"{RunDir(candidate).final} is not here: the worker's data directory must be this one "
                               f"({settings.data_dir}), on storage both share")
     get_run_logger().info("training %s: done on worker %r", candidate.name, worker)
     return ended

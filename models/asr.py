@@ -75,8 +75,8 @@ def encode(model: WhisperModel, inputs: list[np.ndarray], pad_to_s: float | None
     that many seconds, whichever is longer, which costs a fraction as much for short inputs (for
     telling languages only).
 
-    30 s inputs go through the encoder one at a time: on a CPU a batch of 8 is no faster, and
-    its attention scores (8 × 1500² per head) took 600 MB more memory than one input's.
+    30 s inputs go through the encoder one at a time: on a CPU a batch is no faster, and its
+    attention scores (inputs × 1500² per head) take much more memory (docs/benchmarks.md).
     """
     features = [model.feature_extractor(audio)[..., :-1] for audio in inputs]
     if pad_to_s is None:

@@ -253,6 +253,16 @@ def validation_map(data: LabelledTexts, probs: np.ndarray) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def _optimizer(
+    net: LabellerNet, loss_fn: TrainingLoss, learning_rate: float, proxy_learning_rate: float | None
+) -> torch.optim.AdamW:
+    """AdamW over the network and the loss's own parameters (a learnt proxy has some, at its own rate)."""
+    groups = [{"params": list(net.parameters())}]
+    if any(True for _ in loss_fn.parameters()):
+        groups.append({"params": list(loss_fn.parameters()), "lr": proxy_learning_rate or learning_rate})
+    return torch.optim.AdamW(groups, lr=learning_rate)
+
+
 def train_net(
     net: LabellerNet,
     loss_fn: TrainingLoss,
@@ -269,10 +279,7 @@ def train_net(
 ) -> TrainResult:
     """AdamW over shuffled batches; with `validation`, keep the weights of the epoch with the
     best validation mAP (the paper reports the best checkpoint by validation)."""
-    groups = [{"params": list(net.parameters())}]
-    if any(True for _ in loss_fn.parameters()):
-        groups.append({"params": list(loss_fn.parameters()), "lr": proxy_learning_rate or learning_rate})
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate)
+    optimizer = _optimizer(net, loss_fn, learning_rate, proxy_learning_rate)
     targets = torch.tensor(train.targets, dtype=torch.float32)
     mask = torch.tensor(train.mask)
     generator = torch.Generator().manual_seed(seed)

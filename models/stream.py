@@ -7,7 +7,7 @@ A stream is 16 kHz mono audio arriving in frames. Windows are the paper's 15 s (
   - when a speech region ends ("speech_end"): the region's last `window_s`, at least 1 s, so a
     short outburst is scored when it ends rather than at the next hop, and
   - when the stream ends inside a speech region ("end").
-Speech regions come from webrtcvad with the labelling pipeline's `[vad]` settings (tasks/chunk.py):
+Speech regions come from webrtcvad with the labelling pipeline's `[vad]` settings (core/chunk.py):
 a region opens at a speech frame (less `start_padding_ms`) and closes once `hangover_ms` +
 `merge_gap_s` of non-speech followed it, ending `hangover_ms` after its last speech frame.
 
@@ -32,6 +32,7 @@ import webrtcvad
 from voxtox.audio import SAMPLE_RATE
 from voxtox.models.inference import WindowScorer
 from voxtox.settings import VadSettings
+from voxtox.storage.runs import MODEL_WEIGHTS, THRESHOLDS_FILE, resolve_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +189,8 @@ class ServedModel:
 
 
 def _weights_file(spec: str | Path) -> Path:
-    from voxtox.tasks.classify import resolve_model_dir
-
     path = Path(spec).expanduser()
-    return path.resolve() if path.is_file() else resolve_model_dir(path) / "model.safetensors"
+    return path.resolve() if path.is_file() else resolve_model_dir(path) / MODEL_WEIGHTS
 
 
 def model_identity(spec: str | Path) -> tuple[str, int, int, int]:
@@ -199,7 +198,7 @@ def model_identity(spec: str | Path) -> tuple[str, int, int, int]:
     file, its modification time and size, and its thresholds.json's modification time."""
     weights = _weights_file(spec)
     stat = weights.stat()
-    thresholds = weights.parent / "thresholds.json"
+    thresholds = weights.parent / THRESHOLDS_FILE
     return str(weights), stat.st_mtime_ns, stat.st_size, thresholds.stat().st_mtime_ns if thresholds.exists() else 0
 
 
@@ -224,7 +223,7 @@ class ModelHolder:
         self.last_error: str | None = None
 
     def load(self) -> ServedModel:
-        from voxtox.tasks.classify import load_model
+        from voxtox.models.classify import load_model
 
         identity = model_identity(self.spec)
         loaded = load_model(self.spec, self.threads)

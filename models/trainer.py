@@ -34,8 +34,8 @@ from voxtox.models.whisper_encoder import encoder_config_json, encoder_from_conf
 from voxtox.settings import TrainSettings
 from voxtox.storage.clips import ClipIndex
 from voxtox.storage.model_store import resolve_model
+from voxtox.storage.runs import CHECKPOINTS
 
-CHECKPOINTS = "checkpoints"
 KEPT_CHECKPOINTS = 2
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the server helpers the tests use
 
 from prefect_server import browser, log_in, prefect_server, run_served_deployment
 from voxtox.audio import SAMPLE_RATE
-from voxtox.tasks.speech_synth import Utterance, lay_out
+from voxtox.corpus.speech_synth import Utterance, lay_out
 
 #: A throwaway login for the temporary server.
 AUTH_STRING = "voxtox:screenshots"

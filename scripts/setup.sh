@@ -25,10 +25,14 @@ fi
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null || python=python3
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-echo "== pip install -c constraints.txt -e .[offline-models,test]"
+# Strict editable mode: a tree of links to the sources under build/, which editors and static tools
+# (pyright, mypy) can follow through pyproject.toml's package-dir remap; the default mode's import
+# hook is invisible to them. A new module needs this script run again to be linked (README, "Layout").
+echo "== pip install -c constraints.txt -e .[offline-models,test] (editable_mode=strict)"
 log=$(mktemp)
 for attempt in 1 2; do  # a second try rides out a transient registry or cache error
-  if .venv/bin/python -m pip install -q -c constraints.txt -e ".[offline-models,test]" >"$log" 2>&1; then
+  if .venv/bin/python -m pip install -q -c constraints.txt -e ".[offline-models,test]" \
+       --config-settings editable_mode=strict >"$log" 2>&1; then
     break
   fi
   grep -v "is ignored" "$log" >&2

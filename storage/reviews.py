@@ -14,11 +14,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from voxtox.settings import Settings
 from voxtox.storage.schema import REVIEWS_SCHEMA
 from voxtox.storage.shards import shards_lock, write_parquet_atomic
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 
 REVIEWS_TABLE = "reviews"
+#: Where `select` writes its batch and `export` reads it, under the data dir.
+REVIEW_DIR = "review"
+BATCH_FILE = "selected.jsonl"
 REVIEWS_FILE = "part-reviews.parquet"
 #: Columns that say when a row was written, not what it says: an identical re-import keeps the old row.
 _STAMP_COLUMNS = ("imported_at",)
@@ -80,3 +84,7 @@ def write_reviews(shards_root: Path, rows: list[dict[str, object]]) -> ReviewsWr
             table = pa.Table.from_pylist(sorted(existing.values(), key=lambda r: r["clip_id"]), REVIEWS_SCHEMA)
             write_parquet_atomic(table, reviews_path(shards_root))
     return ReviewsWritten(new, changed, unchanged)
+
+
+def batch_path(settings: Settings) -> Path:
+    return settings.data_dir / REVIEW_DIR / BATCH_FILE

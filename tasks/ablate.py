@@ -29,16 +29,12 @@ from voxtox.models.whisper_encoder import ct2_encoder_config, read_ct2_variables
 from voxtox.settings import Settings, TrainSettings, with_overrides
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.model_store import resolve_model
-from voxtox.tasks.evaluate import (
-    EVALUATION_DIR,
-    RESULTS_FILE,
-    Evaluation,
-    default_out_dir,
-    evaluate_runs,
-    read_eval_set,
-)
-from voxtox.tasks.evaluation_report import Row, Rows, format_ci, markdown_table
-from voxtox.tasks.features import FEATURES_DIR
+from voxtox.storage.runs import RunDir
+from voxtox.storage.runs import EVALUATION_DIR
+from voxtox.models.scoring import read_eval_set
+from voxtox.tasks.evaluate import RESULTS_FILE, Evaluation, default_out_dir, evaluate_runs
+from voxtox.models.evaluation_report import Row, Rows, format_ci, markdown_table
+from voxtox.models.features import FEATURES_DIR
 from voxtox.tasks.train import train_model
 
 BASELINE = "baseline"
@@ -221,7 +217,7 @@ def cell_evaluation(plan: AblationPlan, cell: Cell) -> Path:
 
 
 def is_trained(plan: AblationPlan, cell: Cell) -> bool:
-    return (cell_dir(plan, cell) / "final" / "model.safetensors").is_file()
+    return RunDir(cell_dir(plan, cell)).is_finished()
 
 
 def is_done(plan: AblationPlan, cell: Cell) -> bool:

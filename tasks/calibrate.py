@@ -1,5 +1,5 @@
 """Per-class decision thresholds for the audio-only classifier: best F1 on the validation split's
-evaluation segments, scored exactly as `voxtox classify` scores (tasks/classify.py), written to
+evaluation segments, scored exactly as `voxtox classify` scores (models/classify.py), written to
 `thresholds.json` beside the model, where classify and export find them."""
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog, CatalogError
 from voxtox.storage.clips import ClipIndex, read_clip_index
 from voxtox.storage.schema import human_label_column
-from voxtox.tasks.classify import DEFAULT_THRESHOLD, THRESHOLDS_FILE, resolve_model_dir
-from voxtox.tasks.evaluate import read_segment_audio
+from voxtox.storage.runs import THRESHOLDS_FILE, resolve_model_dir
+from voxtox.models.classify import DEFAULT_THRESHOLD
+from voxtox.models.scoring import read_segment_audio
 
 
 

@@ -17,13 +17,16 @@ paper does (§4.1, ../shared/DESIGN.md §2).
   optionally after temperature scaling fitted on the validation split).
 - Output: one long table (storage/schema.py EVALUATIONS_SCHEMA), written beside the results and
   into the `evaluations` shards that the catalog's view of the same name reads; a Markdown report;
-  PNG plots (tasks/evaluation_plots.py).
+  PNG plots (models/evaluation_plots.py).
+
+The evaluation set, scoring and the score cache are models/scoring.py (training, calibration and
+review selection use them too); the report and the plots are models/evaluation_report.py and
+models/evaluation_plots.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,14 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-import soundfile
-import torch
 from prefect import task
 
-from voxtox.audio import SAMPLE_RATE
 from voxtox.labels import CLASSES, TOXIC_CLASSES
-from voxtox.models.inference import WindowScorer, aggregate
 from voxtox.models.metrics import (
     MetricCI,
     ap_resamples,
@@ -51,195 +49,30 @@ from voxtox.models.metrics import (
     precision_recall_at_fpr,
     summarise_resamples,
 )
-from voxtox.models.trainer import load_classifier
+from voxtox.models.scoring import (
+    ALL_LANGUAGES,
+    EvalSet,
+    System,
+    read_eval_set,
+    reported_classes,
+    score_run,
+    segment_scores,
+)
+from voxtox.storage.runs import EVALUATION_DIR, RunDir
 from voxtox.settings import EvaluateSettings, Settings
 from voxtox.storage.catalog import Catalog
-from voxtox.storage.clips import clips_files, locate_clips, read_audio_bytes
-from voxtox.storage.schema import EVALUATIONS_SCHEMA, HAS_AUDIO, human_label_column, label_column
+from voxtox.storage.schema import EVALUATIONS_SCHEMA
 from voxtox.storage.shards import replace_rows, write_parquet_atomic
-from voxtox.tasks.evaluation_plots import plot_ap_bars, plot_reliability
-from voxtox.tasks.evaluation_report import report_markdown
+from voxtox.models.evaluation_plots import plot_ap_bars, plot_reliability
+from voxtox.models.evaluation_report import report_markdown
 
-EVALUATION_DIR = "evaluation"
-SCORES_DIR = "scores"
 RESULTS_FILE = "evaluation.parquet"
 REPORT_FILE = "report.md"
 AP_PLOT = "ap.png"
 RELIABILITY_PLOT = "reliability.png"
-ALL_LANGUAGES = "all"
-#: Evaluation segments are 1-60 s (../shared/DESIGN.md §2); a little slack for float rounding of spans.
-SEGMENT_BOUNDS_S = (1.0 - 1e-3, 60.0 + 1e-3)
-CLIPS_PER_SCORING_BATCH = 64  # segments decoded at once while scoring (bounds memory)
-
-
-class NoHumanLabelsError(ValueError):
-    """The split has evaluation segments but no human labels for them."""
-
-
-# --- the evaluation set ----------------------------------------------------------------------
-
-
-@dataclass
-class EvalSet:
-    """A split's evaluation segments, their truth, and where their audio is."""
-
-    split: str
-    labels: str  # "human" or "pipeline"
-    clip_ids: list[str]
-    sources: np.ndarray  # (n,) source content hash: the session, for grouped resampling
-    langs: np.ndarray  # (n,)
-    durations: np.ndarray  # (n,) seconds
-    truth: np.ndarray  # (n, len(CLASSES)) bool
-    files: list[str]
-    rows: np.ndarray
-    n_without_truth: int = 0  # evaluation segments of the split whose source has no human labels
-
-    def __len__(self) -> int:
-        return len(self.clip_ids)
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256("\n".join(self.clip_ids).encode()).hexdigest()[:16]
-
-
-def reported_classes(labels: str) -> tuple[str, ...]:
-    """The toxic classes (the mAP's), then `no_violation`; `other` only when judged against the
-    pipeline's labels (humans do not label it, ../shared/DESIGN.md §2)."""
-    rest = [c for c in CLASSES if c not in TOXIC_CLASSES and (labels == "pipeline" or c != "other")]
-    return (*TOXIC_CLASSES, *rest)
-
-
-def _has_view(catalog: Catalog, name: str) -> bool:
-    found = catalog.query(f"SELECT count(*) AS n FROM duckdb_views() WHERE view_name = '{name}'")
-    return bool(found["n"][0].as_py())
-
-
-def read_eval_set(
-    catalog: Catalog, shards_root: Path, split: str, labels: str = "human", condition: str = "TRUE"
-) -> EvalSet:
-    """Evaluation segments of `split` (matching the SQL `condition` on `clips`) with their truth."""
-    files = clips_files(shards_root)
-    low, high = SEGMENT_BOUNDS_S
-    segments = (
-        f"SELECT * FROM clips WHERE split = '{split}' AND segment_kind = 'evaluation' "
-        f"AND duration_s BETWEEN {low} AND {high} AND {HAS_AUDIO} AND ({condition})"
-    )
-    n_segments = catalog.query(f"SELECT count(*) AS n FROM ({segments})")["n"][0].as_py()
-    if not n_segments:
-        raise ValueError(f"no evaluation segments (segment_kind = 'evaluation', 1-60 s) in split {split!r} "
-                         f"matching {condition!r}: label {split} audio with `voxtox label --split {split}`")
-    if labels == "human":
-        if not _has_view(catalog, "segment_truth"):
-            raise NoHumanLabelsError(
-                "no human labels in the catalog (table human_labels): import them (`voxtox synth` writes them "
-                "for the synthetic corpus), or evaluate against the pipeline's own labels with --labels pipeline"
-            )
-        truth = ", ".join(f"t.{human_label_column(c)} AS truth_{c}" for c in CLASSES)
-        chosen = (f"SELECT c.clip_id, c.source_sha256, c.lang, c.duration_s, {truth} "
-                  f"FROM ({segments}) c JOIN segment_truth t USING (clip_id)")
-    elif labels == "pipeline":
-        truth = ", ".join(f"{label_column(c)} AS truth_{c}" for c in CLASSES)
-        chosen = f"SELECT clip_id, source_sha256, lang, duration_s, {truth} FROM ({segments})"
-    else:
-        raise ValueError(f"labels must be 'human' or 'pipeline', not {labels!r}")
-    table = locate_clips(catalog, files, chosen)
-    if not table.num_rows:
-        raise NoHumanLabelsError(
-            f"none of the {n_segments} evaluation segments of split {split!r} has human labels: import them, "
-            f"or evaluate against the pipeline's own labels with --labels pipeline"
-        )
-    return EvalSet(
-        split=split,
-        labels=labels,
-        clip_ids=table["clip_id"].to_pylist(),
-        sources=np.asarray(table["source_sha256"].to_pylist(), dtype=object),
-        langs=np.asarray([lang or "unknown" for lang in table["lang"].to_pylist()], dtype=object),
-        durations=table["duration_s"].to_numpy(),
-        truth=np.stack([table[f"truth_{c}"].to_numpy(zero_copy_only=False) for c in CLASSES], axis=1).astype(bool),
-        files=table["filename"].to_pylist(),
-        rows=table["file_row_number"].to_numpy(),
-        n_without_truth=int(n_segments - table.num_rows),
-    )
-
-
-def read_segment_audio(file: str, row: int, clip_id: str) -> np.ndarray:
-    data = read_audio_bytes(file, row, clip_id)
-    samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    if rate != SAMPLE_RATE or samples.ndim != 1:
-        raise ValueError(f"{file} row {row}: expected 16 kHz mono audio, got {rate} Hz {samples.shape}")
-    return samples
-
-
-# --- scoring, cached per run directory ---------------------------------------------------------
-
-
-def model_dir(run_dir: Path, checkpoint: str) -> Path:
-    directory = run_dir / checkpoint
-    if not (directory / "model.safetensors").exists():
-        raise FileNotFoundError(f"{directory} holds no model: is {run_dir} a finished `voxtox train` run?")
-    return directory
-
-
-def scores_path(run_dir: Path, split: str, checkpoint: str) -> Path:
-    return run_dir / EVALUATION_DIR / SCORES_DIR / f"{split}-{checkpoint}.parquet"
-
-
-def _scores_key(model: Path, eval_set: EvalSet, options: EvaluateSettings) -> dict[str, object]:
-    weights = (model / "model.safetensors").stat()
-    return {"model": str(model.resolve()), "model_size": weights.st_size, "model_mtime_ns": weights.st_mtime_ns,
-            "segments": eval_set.fingerprint(), "window_s": options.window_s, "stride_s": options.stride_s}
-
-
-def _read_cached(path: Path, key: dict[str, object]) -> list[np.ndarray] | None:
-    if not path.exists():
-        return None
-    table = pq.read_table(path)
-    if json.loads((table.schema.metadata or {}).get(b"voxtox.scores_key", b"{}")) != key:
-        return None
-    return [np.asarray(w, dtype=np.float32).reshape(-1, len(CLASSES)) for w in table["window_probs"].to_pylist()]
-
-
-def score_run(
-    run_dir: Path, eval_set: EvalSet, options: EvaluateSettings, threads: int | None = None
-) -> list[np.ndarray]:
-    """Per segment, its (windows, classes) probabilities under the run's model: from the cache
-    when the same model scored the same segments with the same windows, else scored and cached."""
-    model = model_dir(run_dir, options.checkpoint)
-    key = _scores_key(model, eval_set, options)
-    path = scores_path(run_dir, eval_set.split, options.checkpoint)
-    cached = _read_cached(path, key)
-    if cached is not None:
-        return cached
-    if threads:
-        torch.set_num_threads(threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    scorer = WindowScorer(load_classifier(model), options.window_s, options.stride_s, options.batch_size, device)
-    windows: list[np.ndarray] = []
-    for start in range(0, len(eval_set), CLIPS_PER_SCORING_BATCH):
-        chosen = range(start, min(start + CLIPS_PER_SCORING_BATCH, len(eval_set)))
-        windows += scorer.score_many([read_segment_audio(eval_set.files[i], int(eval_set.rows[i]), eval_set.clip_ids[i]) for i in chosen])
-    table = pa.table({"clip_id": eval_set.clip_ids,
-                      "window_probs": pa.array([w.tolist() for w in windows], pa.list_(pa.list_(pa.float32())))})
-    table = table.replace_schema_metadata({b"voxtox.scores_key": json.dumps(key).encode()})
-    write_parquet_atomic(table, path)
-    return windows
-
-
-def segment_scores(windows: list[np.ndarray], aggregation: str) -> np.ndarray:
-    """(n, classes) segment scores from each segment's window probabilities."""
-    return np.stack([aggregate(w.astype(np.float64), aggregation) for w in windows])  # type: ignore[arg-type]
 
 
 # --- measuring -------------------------------------------------------------------------------
-
-
-@dataclass
-class System:
-    """One model's segment scores on the evaluation set (and its fitted temperature, if any)."""
-
-    name: str
-    run_dir: str
-    scores: np.ndarray  # (n, len(CLASSES))
-    temperature: float | None = None
 
 
 @dataclass
@@ -425,7 +258,7 @@ def evaluate_runs(run_dirs: Sequence[Path], settings: Settings, out_dir: Path | 
     run_dirs = [Path(p) for p in run_dirs]
     names = run_names(run_dirs)
     for run_dir in run_dirs:
-        model_dir(run_dir, options.checkpoint)
+        RunDir(run_dir).model(options.checkpoint)
     catalog = Catalog.from_settings(settings)
     catalog.refresh_views()
     eval_set = read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
@@ -463,7 +296,7 @@ def score_run_task(run_dir: str, settings: Settings) -> str:
     catalog.refresh_views()
     eval_set = read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
     score_run(Path(run_dir), eval_set, options, settings.train.threads)
-    return str(scores_path(Path(run_dir), options.split, options.checkpoint))
+    return str(RunDir(Path(run_dir)).scores(options.split, options.checkpoint))
 
 
 @task(name="evaluate-runs")

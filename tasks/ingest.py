@@ -15,25 +15,13 @@ from pathlib import Path
 import numpy as np
 from prefect import runtime, task
 
-from voxtox.audio import RejectedInput, SampleStats, check_usable, fetch_input, open_audio
+from voxtox.audio import RejectedInput, fetch_input
 from voxtox.files import DiskFullError, is_disk_full
-from voxtox.settings import Settings, Split, VadSettings
-from voxtox.tasks.chunk import SpeechAnalysis, SpeechAnalyzer, SpeechChunk, chunk_analysis
+from voxtox.settings import Settings, Split
+from voxtox.chunk import STAGED_DTYPE, SpeechChunk, chunk_analysis, decode_and_stage
+from voxtox.confine import SourceRejection
 
 log = logging.getLogger(__name__)
-
-#: Staged audio: raw little-endian float32 samples, 16 kHz mono (read back as a memory map).
-STAGED_DTYPE = np.dtype("<f4")
-
-
-@dataclass(frozen=True)
-class SourceRejection:
-    uri: str
-    reason: str
-    detail: str
-    source_sha256: str | None = None
-    stage: str = "ingest"
-
 
 @dataclass(frozen=True)
 class PreparedSource:
@@ -66,35 +54,6 @@ class PreparedSource:
         return np.load(self.staged_power)
 
 
-#: The reason of an input whose file name is not valid UTF-8 text (it cannot be stored or shown).
-UNREADABLE_NAME = "unreadable_name"
-
-
-def printable_name(uri: str) -> str:
-    """`uri` as valid UTF-8 text. A file name's bytes that are not UTF-8 reach Python as lone
-    surrogates (PEP 383), which Parquet, JSON and Prefect's API all refuse; they are shown as
-    `\\xNN` escapes instead (`bad\\xff.wav`)."""
-    try:
-        raw = uri.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate that is no escaped byte (from a JSON manifest's \\ud800)
-        return uri.encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def reject_unreadable_names(uris: list[str]) -> tuple[list[str], list[SourceRejection]]:
-    """Split `uris` into those whose names are text and a rejection for each of the others, before
-    any task sees them: one such name used to fail every run, and every rerun, at the write."""
-    readable, rejected = [], []
-    for uri in uris:
-        shown = printable_name(uri)
-        if shown == uri:
-            readable.append(uri)
-        else:
-            detail = "the file name is not valid UTF-8 (its other bytes are shown as \\xNN); rename the file to label it"
-            rejected.append(SourceRejection(shown, UNREADABLE_NAME, detail))
-    return readable, rejected
-
-
 def assign_split(source_sha256: str, rule: str, settings: Settings) -> Split:
     """A fixed split, or `auto`: by content hash in the configured proportions (stable)."""
     if rule != "auto":
@@ -105,28 +64,6 @@ def assign_split(source_sha256: str, rule: str, settings: Settings) -> Split:
     if position < settings.split.train + settings.split.val:
         return "val"
     return "test"
-
-
-@dataclass(frozen=True)
-class DecodedAudioStage:
-    """What decoding a recording into its staged file learnt about it on the way."""
-
-    original_rate: int
-    channels: int
-    codec: str
-    analysis: SpeechAnalysis
-
-
-def decode_and_stage(path: Path, staged: Path, vad: VadSettings) -> DecodedAudioStage:
-    """Decode `path` block by block into `staged`, analysing speech on the way."""
-    analyzer, stats = SpeechAnalyzer(vad), SampleStats()
-    with open_audio(path) as reader, staged.open("wb") as out:
-        for block in reader.blocks():
-            out.write(block.astype(STAGED_DTYPE, copy=False).tobytes())
-            analyzer.feed(block)
-            stats.update(block)
-    check_usable(stats, reader.declared_s)
-    return DecodedAudioStage(reader.original_rate, reader.channels, reader.codec, analyzer.finish())
 
 
 def prepare_source(
@@ -212,8 +149,8 @@ def ingest_task(
     uris: list[str], split_rule: str, settings: Settings, work_dir: Path, known: frozenset[str]
 ) -> list[PreparedSource | SourceRejection | None]:
     """A batch of inputs, each prepared on its own (a broken one becomes its own rejection).
-    Batched because a task run costs ~0.2 s of API calls with the local Prefect server, several
-    times what decoding and VAD cost for a typical voice-chat file (docs/benchmarks.md)."""
+    Batched because a task run's API calls with the local Prefect server cost several times what
+    decoding and VAD cost for a typical voice-chat file (docs/benchmarks.md)."""
     return [prepare_source(uri, split_rule, settings, work_dir, known) for uri in uris]
 
 

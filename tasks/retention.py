@@ -26,7 +26,7 @@ from voxtox.settings import Settings
 from voxtox.storage.erasure import Condition, matching_rows, rewrite_parquet, shards_lock
 from voxtox.storage.schema import HAS_AUDIO
 from voxtox.storage.shards import shard_files
-from voxtox.tasks.forget import Recordings, erase_recordings
+from voxtox.storage.forget import Recordings, erase_recordings
 
 #: Per table, the column saying when a row was written.
 WRITTEN_AT = {"sources": "labelled_at", "clips": "labelled_at", "rejects": "rejected_at"}

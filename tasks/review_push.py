@@ -15,10 +15,10 @@ from prefect import task
 
 from voxtox.files import jsonl_objects
 from voxtox.settings import Settings
-from voxtox.tasks.labelstudio_api import LabelStudio, LabelStudioError, ProjectRef, parse_project_url
-from voxtox.tasks.review_export import Export
-from voxtox.tasks.review_import import ImportReport, import_answers
-from voxtox.tasks.review_select import REVIEW_DIR
+from voxtox.storage.labelstudio_api import LabelStudio, LabelStudioError, ProjectRef, parse_project_url
+from voxtox.storage.review_export import Export
+from voxtox.storage.review_import import ImportReport, import_answers
+from voxtox.storage.reviews import REVIEW_DIR
 
 PROJECTS_FILE = "projects.json"
 
@@ -105,8 +105,8 @@ def review_cycle(settings: Settings, night: str) -> ReviewCycle:
     """Import the finished answers of every pushed project, then choose tonight's batch
     (`[review]` settings; the night's date seeds `random`), export it and push it when
     `review.label_studio_url` is set."""
-    from voxtox.tasks.review_export import export_batch
-    from voxtox.tasks.review_select import NoAudioModelError, select_for_review
+    from voxtox.storage.review_export import export_batch
+    from voxtox.models.review_select import NoAudioModelError, select_for_review
 
     review = settings.review
     cycle = ReviewCycle(imported={})

@@ -54,13 +54,13 @@ from voxtox.models.whisper_encoder import HOP_LENGTH, MAX_FRAMES, log_mel, mel_f
 from voxtox.settings import Settings, TrainSettings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.clips import ClipIndex, read_audio_bytes, read_clip_index
-from voxtox.storage.schema import TRAINING_SOURCES_FILE, TRAINING_SOURCES_SCHEMA
+from voxtox.storage.schema import TRAINING_SOURCES_SCHEMA
 from voxtox.storage.shards import write_parquet_atomic
-from voxtox.tasks.evaluate import read_eval_set
-from voxtox.tasks.features import FEATURES_DIR, ComputeFeatures, FeatureCache
+from voxtox.storage.runs import RunDir
+from voxtox.models.scoring import read_eval_set
+from voxtox.models.features import FEATURES_DIR, ComputeFeatures, FeatureCache
 
 #: `<runs_dir>/current`: a link to the promoted run (the nightly flow moves it).
-CURRENT = "current"
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ class ClipFeatures(Dataset[Clip]):
 
 
 class CachedClipFeatures(Dataset[Clip]):
-    """Clips whose log-mel features are already in memory (tasks/features.py)."""
+    """Clips whose log-mel features are already in memory (models/features.py)."""
 
     def __init__(self, features: list[Tensor]) -> None:
         self.features = features
@@ -274,7 +274,7 @@ def write_training_sources(run_dir: Path, splits: dict[str, ClipIndex]) -> Path:
         for split, clips in splits.items()
         for sha, n in sorted(Counter(clips.sources).items())
     ]
-    return write_parquet_atomic(pa.Table.from_pylist(rows, TRAINING_SOURCES_SCHEMA), run_dir / TRAINING_SOURCES_FILE)
+    return write_parquet_atomic(pa.Table.from_pylist(rows, TRAINING_SOURCES_SCHEMA), RunDir(run_dir).training_sources)
 
 
 def write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:
@@ -363,7 +363,7 @@ def train_model(settings: Settings, out: Path, resume: bool = False) -> TrainRep
     while state.epoch < train.epochs:
         state = _train_epoch(trainer, state, {"train": clips, "val": val_clips}, datasets, workers, train, out)
     if processes.is_main:
-        save_model(trainer.model, out / "final")
+        save_model(trainer.model, RunDir(out).final)
     barrier()
     return TrainReport(str(out), train.epochs, state.global_step, state.best_epoch, state.best_map,
                        state.history, round(time.time() - started, 2))
@@ -394,7 +394,7 @@ def _train_epoch(
     if score > state.best_map or state.best_epoch < 0 or score == state.best_map == -math.inf:
         state.best_map, state.best_epoch = score, state.epoch + 1
         if processes.is_main:
-            save_model(trainer.model, out / "best")
+            save_model(trainer.model, RunDir(out).best)
     state = TrainState(epoch=state.epoch + 1, global_step=state.global_step, best_map=state.best_map,
                        best_epoch=state.best_epoch, history=state.history)
     if processes.is_main:
@@ -402,11 +402,6 @@ def _train_epoch(
         save_checkpoint(trainer, state, out)
     barrier()
     return state
-
-
-def is_finished(run: Path) -> bool:
-    """Whether the run directory holds its trained model (`final/`, written last)."""
-    return (run / "final" / "model.safetensors").exists()
 
 
 @task(name="train")

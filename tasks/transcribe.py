@@ -48,25 +48,22 @@ from voxtox.settings import AsrSettings, SentenceSettings, Settings
 from voxtox.storage.model_store import ModelNotFoundError
 from voxtox.storage.schema import REJECTS_SCHEMA, clips_schema
 from voxtox.storage.shards import write_parquet_atomic
-from voxtox.tasks.chunk import SpeechChunk, energy_db, split_at_quiet_points
+from voxtox.chunk import SpeechChunk, energy_db, split_at_quiet_points
 from voxtox.tasks.ingest import PreparedSource
 
 #: Silence between the pieces of a packed input: Whisper hears a pause between turns (they were
 #: further apart in the recording), and a word timed a little early or late still falls in or
-#: next to its own piece. 1 s gave the lowest word error on both kinds of chat against none
-#: and 0.5 s in one run of benchmarks/asr_peers.py; on held-out audio 0.5 s and 1 s tied
-#: (docs/benchmarks.md).
+#: next to its own piece. The gap's word errors against none and 0.5 s: docs/benchmarks.md.
 GAP_S = 1.0
 #: A piece whose own-length language guess is less sure than this is asked again, padded to
-#: RECHECK_PAD_S (closer to the 30 s inputs Whisper was trained on, a third of the cost): about
-#: one piece in five of code-switched chat, none of single-language chat (docs/benchmarks.md).
+#: RECHECK_PAD_S (closer to the 30 s inputs Whisper was trained on, a third of the cost); how
+#: many pieces that asks again: docs/benchmarks.md.
 LANGUAGE_CONFIDENCE = 0.7
 RECHECK_PAD_S = 10.0
 #: English's weight in a piece's language decision (`language_weights`): from one pass, a piece
 #: goes to another listed language when that one holds at least 0.3 of English's probability.
-#: On held-out chat 0.3 and 0.2 tied (code-switched word errors 715 and 712, 777 without;
-#: English-only 133 and 131, 128 without); 0.3, the milder, moved one of twelve 1-2 s English
-#: game phrases from English, 0.2 two (docs/benchmarks.md).
+#: Of the weights that tied on held-out chat, the milder one, which moves fewer short English
+#: phrases away from English (the word errors of each weight: docs/benchmarks.md).
 ENGLISH_WEIGHT = 0.3
 
 
@@ -366,11 +363,10 @@ def language_weights(settings: AsrSettings) -> dict[str, float]:
 
     Why English: Whisper learnt its language token from data about two thirds English, and on
     a short turn in another language its guess leans to English (German turns in English
-    lobbies came out `en` at 0.6-0.94 from their own-length pass), and a turn decoded with the
-    wrong language token is lost. Why only among listed languages: with all of Whisper's
-    languages as candidates, the probability taken from English goes to languages close to it
-    rather than to the one spoken (English-only chat: WER 0.124 with a weight of 0.2, 0.084
-    without)."""
+    lobbies came out `en` from their own-length pass), and a turn decoded with the wrong language
+    token is lost. Why only among listed languages: with all of Whisper's languages as
+    candidates, the probability taken from English goes to languages close to it rather than to
+    the one spoken, and English-only chat got worse (docs/benchmarks.md)."""
     if settings.language_weights is not None:
         return settings.language_weights
     return {"en": ENGLISH_WEIGHT} if settings.languages else {}

@@ -20,7 +20,8 @@ from voxtox.storage.erasure import shards_lock
 from voxtox.storage.schema import REJECTS_SCHEMA, SOURCES_SCHEMA, clips_schema
 from voxtox.storage.shards import replace_rows, replace_source
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
-from voxtox.tasks.ingest import PreparedSource, SourceRejection
+from voxtox.confine import SourceRejection
+from voxtox.tasks.ingest import PreparedSource
 from voxtox.tasks.transcribe import TranscribedUnit
 
 

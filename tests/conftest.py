@@ -29,7 +29,7 @@ from voxtox.labels import CLASSES  # noqa: E402
 from voxtox.settings import Settings  # noqa: E402
 from voxtox.storage.model_store import resolve_model  # noqa: E402
 from voxtox.storage.schema import clips_schema, label_column, prob_column  # noqa: E402
-from voxtox.tasks.speech_synth import VARIANTS, Utterance, lay_out  # noqa: E402
+from voxtox.corpus.speech_synth import VARIANTS, Utterance, lay_out  # noqa: E402
 from voxtox.tasks.write import encode_flac  # noqa: E402
 
 SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"

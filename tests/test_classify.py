@@ -26,8 +26,9 @@ from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, label_column
 from voxtox.storage.shards import replace_human_labels, write_partitioned
 from voxtox.tasks.calibrate import calibrate_thresholds
-from voxtox.tasks.classify import THRESHOLDS_FILE, classify_inputs, load_model, resolve_model_dir
-from voxtox.tasks.speech_synth import Utterance
+from voxtox.storage.runs import THRESHOLDS_FILE, resolve_model_dir
+from voxtox.models.classify import classify_inputs, load_model
+from voxtox.corpus.speech_synth import Utterance
 from voxtox.tasks.train import train_model
 
 RATE = 16_000
@@ -221,7 +222,7 @@ def test_a_long_recording_is_scored_a_group_of_windows_at_a_time(run_dir: Path, 
     probabilities are those of scoring the file in one piece, and no scratch file is left."""
     import tempfile
 
-    import voxtox.tasks.classify as classify
+    import voxtox.models.classify as classify
 
     model = load_model(run_dir).model
     whole = WindowScorer(model).score(load_audio(str(audio_dir / "long.wav")).samples)

@@ -1,4 +1,4 @@
-"""A served deployment reads only below its inbox (tasks/confine.py, flows/serve.py), and a run
+"""A served deployment reads only below its inbox (core/confine.py, flows/serve.py), and a run
 of a served deployment cannot bring its own settings; a local user's runs are not confined."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from voxtox.flows.nightly import nightly_flow
 from voxtox.flows.serve import check_served_run
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
-from voxtox.tasks.confine import OUTSIDE_INBOX, SERVED_INBOX_ENV, confine
-from voxtox.tasks.speech_synth import Utterance
+from voxtox.confine import OUTSIDE_INBOX, SERVED_INBOX_ENV, confine
+from voxtox.corpus.speech_synth import Utterance
 
 #: Paths opened while `WATCHING` holds a directory: an audit hook sees every open() in the process.
 OPENED: list[str] = []

@@ -20,16 +20,9 @@ from voxtox.settings import EvaluateSettings, Settings, TrainSettings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, label_column
 from voxtox.storage.shards import replace_human_labels, write_partitioned
-from voxtox.tasks.evaluate import (
-    EvalSet,
-    NoHumanLabelsError,
-    System,
-    evaluate_runs,
-    measure,
-    read_eval_set,
-    reported_classes,
-    scores_path,
-)
+from voxtox.storage.runs import RunDir
+from voxtox.models.scoring import EvalSet, NoHumanLabelsError, System, read_eval_set, reported_classes
+from voxtox.tasks.evaluate import evaluate_runs, measure
 from voxtox.tasks.train import train_model
 from voxtox.tasks.write import encode_flac
 
@@ -218,7 +211,7 @@ def test_two_runs_evaluated_paired_to_parquet_catalog_report_and_plots(data_dir:
         assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # window scores: 3 windows for the 32 s segment; cached, so evaluating again does not rescore
-    cache = scores_path(runs[0], "test", "best")
+    cache = RunDir(runs[0]).scores("test", "best")
     windows = dict(zip(*pq.read_table(cache).to_pydict().values(), strict=True))
     assert len(windows["test-0000"]) == 3 and all(len(w) == 1 for k, w in windows.items() if k != "test-0000")
     stamp = cache.stat().st_mtime_ns

@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 
 from voxtox.flows.cli import app
 from voxtox.labels import CLASSES
-from voxtox.tasks.classify import THRESHOLDS_FILE, classify_inputs, load_model
-from voxtox.tasks.export import export_run
+from voxtox.storage.runs import THRESHOLDS_FILE
+from voxtox.models.classify import classify_inputs, load_model
+from voxtox.models.export_run import export_run
 from voxtox.models.export import (
     ExportedClassifier,
     compare_outputs,

@@ -28,7 +28,7 @@ from conftest import spoken, write_audio
 from voxtox.audio import SAMPLE_RATE
 from voxtox.files import sha256_file
 from voxtox.flows.cli import app
-from voxtox.tasks.speech_synth import Utterance
+from voxtox.corpus.speech_synth import Utterance
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from voxtox.audio import SAMPLE_RATE
 from voxtox.flows.cli import app
 from voxtox.storage.schema import SOURCES_SCHEMA
 from voxtox.storage.shards import replace_source, write_partitioned
-from voxtox.tasks.speech_synth import Utterance
+from voxtox.corpus.speech_synth import Utterance
 
 SHA = [hashlib.sha256(f"recording {i}".encode()).hexdigest() for i in range(4)]
 CLIPS_PER_SOURCE = 3

@@ -20,10 +20,10 @@ from voxtox.settings import EvaluateSettings, Settings, TrainSettings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import TRAINING_SOURCES_FILE
 from voxtox.storage.tombstones import TOMBSTONES_FILE, read_tombstones
-from voxtox.tasks.evaluate import read_eval_set, score_run
-from voxtox.tasks.forget import identify, parse_request
-from voxtox.tasks.human_labels import import_truth_files
-from voxtox.tasks.speech_synth import Utterance
+from voxtox.models.scoring import read_eval_set, score_run
+from voxtox.storage.forget import identify, parse_request
+from voxtox.storage.human_labels import import_truth_files
+from voxtox.corpus.speech_synth import Utterance
 from voxtox.tasks.train import train_model
 
 KEPT = Utterance("good game everyone, see you tomorrow", "en")

@@ -11,9 +11,10 @@ import soundfile
 from conftest import make_broken_inputs, spoken, write_audio
 from voxtox.audio import SAMPLE_RATE, RejectedInput, discover_inputs, load_audio
 from voxtox.settings import Settings, VadSettings
-from voxtox.tasks.chunk import chunk_speech, detect_speech
-from voxtox.tasks.ingest import PreparedSource, SourceRejection, prepare_source
-from voxtox.tasks.speech_synth import Utterance, lay_out
+from voxtox.chunk import chunk_speech, detect_speech
+from voxtox.confine import SourceRejection
+from voxtox.tasks.ingest import PreparedSource, prepare_source
+from voxtox.corpus.speech_synth import Utterance, lay_out
 
 
 @pytest.fixture(scope="module")

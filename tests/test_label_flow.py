@@ -16,7 +16,7 @@ from voxtox.flows.cli import app
 from voxtox.flows.label import LabelReport, label_flow
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
-from voxtox.tasks.speech_synth import Utterance
+from voxtox.corpus.speech_synth import Utterance
 
 GOOD = [  # espeak-ng sentences whisper-base recognises; the weakest in lossless formats
     ("en-1.wav", Utterance("what the fuck man, this lag is killing me", "en")),

@@ -288,7 +288,7 @@ def test_distilbert_backbone_trains_from_the_cli_and_labels_through_voxtox_label
     from tests.conftest import spoken, write_audio
     from voxtox.flows.cli import app
     from voxtox.storage.catalog import Catalog
-    from voxtox.tasks.speech_synth import Utterance
+    from voxtox.corpus.speech_synth import Utterance
 
     backbone = tmp_path / "distilbert"
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2", model_cache))

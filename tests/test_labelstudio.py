@@ -23,7 +23,7 @@ from voxtox.storage.clips import read_clip_index
 from voxtox.storage.reviews import read_reviews
 from voxtox.storage.schema import label_column
 from voxtox.storage.shards import write_partitioned
-from voxtox.tasks.review_export import CHOICES, TEXT
+from voxtox.storage.review_export import CHOICES, TEXT
 from voxtox.tasks.review_push import pushed_projects
 
 runner = CliRunner()

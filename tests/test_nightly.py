@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import write_nightly_inbox
 from voxtox.flows.nightly import nightly_flow
 from voxtox.settings import Settings
-from voxtox.tasks.nightly import candidate_run, current_run, decide, inbox_inputs, latest_candidate, promote, truth_files
+from voxtox.models.nightly import candidate_run, current_run, decide, inbox_inputs, latest_candidate, promote, truth_files
 
 #: Sessions per split; each speaks three sentences of three different classes.
 SESSIONS = {"train": 4, "val": 2, "test": 2}

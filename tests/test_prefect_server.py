@@ -32,7 +32,7 @@ from prefect_server import (
     wait_until,
 )
 from voxtox.audio import SAMPLE_RATE
-from voxtox.tasks.speech_synth import Utterance
+from voxtox.corpus.speech_synth import Utterance
 
 pytestmark = pytest.mark.timeout(900)
 ROOT = Path(__file__).resolve().parents[1]

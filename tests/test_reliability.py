@@ -25,9 +25,9 @@ from voxtox.flows.cli import app
 from voxtox.settings import Settings, VadSettings
 from voxtox.storage.model_store import MANIFEST, ModelIntegrityError, resolve_model
 from voxtox.storage.workdir import LOCK_NAME, run_work_dir, sweep_stale_work
-from voxtox.tasks.chunk import SpeechAnalyzer, chunk_analysis, chunk_speech
+from voxtox.chunk import SpeechAnalyzer, chunk_analysis, chunk_speech
 from voxtox.tasks.ingest import PreparedSource, prepare_source
-from voxtox.tasks.speech_synth import Utterance
+from voxtox.corpus.speech_synth import Utterance
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -224,7 +224,7 @@ def test_prefect_start_up_timeout_is_generous_and_overridable() -> None:
 
 
 def test_the_background_api_start_leaves_a_named_api_alone() -> None:
-    """`voxtox label` starts the local Prefect API while it loads its models (voxtox/prefect_env.py);
+    """`voxtox label` starts the local Prefect API while it loads its models (core/prefect_env.py);
     where PREFECT_API_URL names a server it must start none, and the block's own error must reach
     the caller unchanged."""
     from prefect.server.api.server import SubprocessASGIServer

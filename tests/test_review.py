@@ -22,10 +22,10 @@ from voxtox.storage.clips import read_clip_index
 from voxtox.storage.reviews import read_reviews
 from voxtox.storage.schema import label_column, prob_column
 from voxtox.storage.shards import write_partitioned
-from voxtox.tasks.forget import Recordings, erase_recordings
-from voxtox.tasks.review_export import CHOICES, TEXT, export_batch
-from voxtox.tasks.review_import import ExportError, import_answers, import_export_file
-from voxtox.tasks.review_select import select_for_review
+from voxtox.storage.forget import Recordings, erase_recordings
+from voxtox.storage.review_export import CHOICES, TEXT, export_batch
+from voxtox.storage.review_import import ExportError, import_answers, import_export_file
+from voxtox.models.review_select import select_for_review
 
 N_TRAIN = 48  # 2 languages x 6 classes x 4 clips
 runner = CliRunner()
@@ -226,7 +226,7 @@ def test_reviews_replace_pipeline_labels_in_training_and_count_as_truth(settings
     truth = catalog.query("SELECT * FROM segment_truth ORDER BY clip_id").to_pylist()
     assert [(t["clip_id"], t["reviewed"]) for t in truth] == [("train-0000", True), ("val-0002", True)]
     assert [c for c in CLASSES if truth[1][f"human_label_{c}"]] == ["no_violation"]
-    from voxtox.tasks.evaluate import read_eval_set
+    from voxtox.models.scoring import read_eval_set
 
     evaluated = read_eval_set(catalog, settings.shards_dir, "val", "human")
     assert evaluated.clip_ids == ["val-0002"] and evaluated.truth[0].tolist() == [c == "no_violation" for c in CLASSES]

@@ -32,8 +32,8 @@ from voxtox.models.stream_client import replay, to_pcm16
 from voxtox.settings import Settings, TrainSettings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.shards import write_partitioned
-from voxtox.tasks.classify import load_model
-from voxtox.tasks.speech_synth import Utterance
+from voxtox.models.classify import load_model
+from voxtox.corpus.speech_synth import Utterance
 from voxtox.tasks.train import train_model
 
 RATE = 16_000
@@ -300,7 +300,7 @@ def _eventually(condition: Callable[[], bool], timeout_s: float = 15) -> None:
 
 def test_a_model_promoted_mid_stream_scores_new_windows_without_a_disconnect(server: dict, runs: Path,
                                                                              speech: np.ndarray) -> None:
-    def promote(run: str) -> None:  # as tasks/nightly.py `promote` does: an atomic link swap
+    def promote(run: str) -> None:  # as models/nightly.py `promote` does: an atomic link swap
         staging = runs / ".current.test"
         staging.symlink_to(run, target_is_directory=True)
         os.replace(staging, runs / "current")

@@ -27,8 +27,8 @@ from voxtox.files import sha256_file
 from voxtox.labels import CLASSES
 from voxtox.settings import VadSettings
 from voxtox.storage.catalog import Catalog
-from voxtox.tasks.chunk import detect_speech
-from voxtox.tasks.human_labels import TruthFileError, import_truth_files
+from voxtox.chunk import detect_speech
+from voxtox.storage.human_labels import TruthFileError, import_truth_files
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 
@@ -221,7 +221,7 @@ def test_import_labels_names_the_file_and_problem(corpus: Path, tmp_path: Path) 
 
 
 def test_report_measures_vad_hours_and_label_quality(corpus: Path) -> None:
-    from voxtox.tasks.corpus_report import (
+    from voxtox.models.corpus_report import (
         EvalRows,
         hours_table,
         label_quality_tables,
@@ -243,7 +243,7 @@ def test_report_measures_vad_hours_and_label_quality(corpus: Path) -> None:
 
 
 def test_wer_compares_each_segment_with_the_utterances_inside_it(corpus: Path) -> None:
-    from voxtox.tasks.corpus_report import EvalRows, wer_table
+    from voxtox.models.corpus_report import EvalRows, wer_table
 
     manifest = load_manifest(corpus)
     sha = {s.session: s.sha256 for s in manifest.sessions}
@@ -262,7 +262,7 @@ def test_wer_compares_each_segment_with_the_utterances_inside_it(corpus: Path) -
 
 def test_training_rows_take_truth_from_overlapping_utterances(corpus: Path, tmp_path: Path) -> None:
     from conftest import synthetic_clips
-    from voxtox.tasks.corpus_report import training_rows
+    from voxtox.models.corpus_report import training_rows
     from voxtox.storage.shards import write_partitioned
 
     manifest = load_manifest(corpus)
@@ -279,7 +279,7 @@ def test_training_rows_take_truth_from_overlapping_utterances(corpus: Path, tmp_
     catalog.refresh_views()
     rows = training_rows(catalog, manifest)
     assert len(rows.lang) == 2 and rows.lang[0] == train.lang
-    from voxtox.tasks.corpus_report import REPORT_CLASSES
+    from voxtox.models.corpus_report import REPORT_CLASSES
 
     overlapping = [u for u in utterances if min(first.end_s, u.end_s) - max(first.start_s, u.start_s)
                    >= 0.5 * min(first.end_s - first.start_s, u.end_s - u.start_s)]
@@ -289,7 +289,7 @@ def test_training_rows_take_truth_from_overlapping_utterances(corpus: Path, tmp_
 
 def test_synth_cli_runs_the_flow_and_report_names_the_command(tmp_path: Path, prefect_harness: None) -> None:
     from voxtox.flows.cli import app
-    from voxtox.tasks.corpus_report import synth_command
+    from voxtox.models.corpus_report import synth_command
 
     out = tmp_path / "corpus"
     args = ["synth", "--out", str(out), "--hours", "0.006", "--langs", "es", "--seed", "5",

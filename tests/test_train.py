@@ -198,7 +198,7 @@ def test_the_feature_cache_trains_exactly_as_decoding_and_is_filled_once(
 ) -> None:
     """Cached log-mel features are the decoding path's own (float32): the same run either way.
     The cache is Parquet keyed by clip id under the run, where `voxtox forget` erases rows."""
-    from voxtox.tasks.forget import cached_score_files
+    from voxtox.storage.forget import cached_score_files
 
     common = dict(loss="contrastive", alpha=0.5, epochs=1, batch_size=8, grad_accum=1)
     train_model(settings_for(data_dir, tiny_whisper, feature_cache=False, **common), tmp_path / "decoded")
@@ -239,7 +239,7 @@ def test_a_text_step_of_one_micro_batch_equals_the_cached_gradient_path(data_dir
 def test_best_is_chosen_on_human_labels_where_the_catalog_has_them(tmp_path: Path) -> None:
     from test_evaluate import build_data_dir
 
-    from voxtox.tasks.evaluate import NoHumanLabelsError
+    from voxtox.models.scoring import NoHumanLabelsError
     from voxtox.tasks.train import read_val_index
 
     labelled = build_data_dir(tmp_path / "labelled")

@@ -117,7 +117,7 @@ def test_language_is_detected_per_chunk(whisper_dir: str, tmp_path: Path) -> Non
 
     from conftest import spoken
     from voxtox.audio import SAMPLE_RATE
-    from voxtox.tasks.speech_synth import Utterance
+    from voxtox.corpus.speech_synth import Utterance
 
     samples = spoken(
         Utterance("good game everyone, that was a really close match, see you tomorrow night", "en"),
@@ -187,7 +187,7 @@ def test_a_turn_decoded_in_the_wrong_language_is_decoded_again_in_the_runner_up(
 
     from conftest import spoken
     from voxtox.audio import SAMPLE_RATE
-    from voxtox.tasks.speech_synth import Utterance
+    from voxtox.corpus.speech_synth import Utterance
 
     samples = spoken(Utterance("buena partida a todos, fue muy reñida, nos vemos mañana por la noche", "es"))
     soundfile.write(tmp_path / "turn.wav", samples, SAMPLE_RATE)

@@ -1,0 +1,212 @@
+"""`voxtox review select`: which clips people should review next.
+
+Candidates are the clips of one split that nobody reviewed yet and whose audio is still held:
+every training clip `voxtox train` would read (`train.train_filter`), or for val/test the
+evaluation segments that truth is measured on. Each candidate gets a doubt score by a strategy:
+
+- `random`: a seeded random order;
+- `uncertainty`: how close the labeller came to changing its mind, the smallest distance over
+  the classes between its score and its decision threshold, in logits (a score of 0.49 against
+  a threshold of 0.5 is in more doubt than 0.9);
+- `disagreement` (confident-learning style): the current audio model's probability of the
+  labels the pipeline gave, the least likely class (min over classes of q or 1 − q); the clips
+  whose given label the audio model finds least likely come first. The audio model learnt from
+  the training clips, so its scores on them are in-sample: it disagrees less than an
+  out-of-fold model would, and the order is what is used.
+
+Quotas: the budget is shared equally by the strata (language × decided class: the pipeline's
+most probable violation class, else `no_violation`), taken round-robin in doubt order; a stratum
+that runs out leaves its share to the others. Ties break by a seeded random key, so a seed
+gives the same batch for the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from voxtox.labels import CLASSES
+from voxtox.settings import Settings
+from voxtox.storage.catalog import Catalog
+from voxtox.storage.clips import clips_files, locate_clips
+from voxtox.storage.model_store import ModelNotFoundError, resolve_model
+from voxtox.storage.reviews import batch_path, reviewed_clip_ids
+from voxtox.storage.schema import HAS_AUDIO, label_column, prob_column
+
+Strategy = Literal["random", "uncertainty", "disagreement"]
+STRATEGIES: tuple[str, ...] = ("random", "uncertainty", "disagreement")
+_EPS = 1e-6
+NO_VIOLATION = "no_violation"
+
+
+class NoAudioModelError(ValueError):
+    """`disagreement` needs a trained audio model and there is none."""
+
+
+@dataclass
+class Candidates:
+    """A split's unreviewed clips with what the strategies and the export need."""
+
+    rows: list[dict[str, object]]
+    probs: np.ndarray  # (n, classes) the labeller's scores
+    labels: np.ndarray  # (n, classes) bool, the pipeline's labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def candidate_condition(split: str, settings: Settings) -> str:
+    """The clips of `split` that training (train) or evaluation (val, test) would read."""
+    if split == "train":
+        return f"split = 'train' AND {HAS_AUDIO} AND ({settings.train.train_filter})"
+    return f"split = '{split}' AND segment_kind = 'evaluation' AND {HAS_AUDIO}"
+
+
+def read_candidates(settings: Settings, split: str, exclude: set[str] | frozenset[str] = frozenset()) -> Candidates:
+    catalog = Catalog.from_settings(settings)
+    if "clips" not in catalog.present_tables():
+        raise ValueError(f"no clips in {settings.data_dir}: label audio first (`voxtox label`)")
+    columns = ", ".join([*(prob_column(c) for c in CLASSES), *(label_column(c) for c in CLASSES)])
+    table = catalog.query(
+        "SELECT clip_id, source_sha256, split, coalesce(lang, 'unknown') AS lang, start_s, end_s, duration_s, "
+        f"transcript, labeller_model, {columns} FROM clips WHERE {candidate_condition(split, settings)} ORDER BY clip_id"
+    )
+    if not table.num_rows:
+        raise ValueError(f"no {split} clips with audio to review: label {split} audio first (`voxtox label --split {split}`)")
+    done = reviewed_clip_ids(settings.shards_dir) | set(exclude)
+    keep = np.array([clip not in done for clip in table["clip_id"].to_pylist()])
+    table = table.filter(keep)
+    probs = np.stack([table[prob_column(c)].to_numpy(zero_copy_only=False) for c in CLASSES], axis=1).astype(np.float64)
+    labels = np.stack([table[label_column(c)].to_numpy(zero_copy_only=False) for c in CLASSES], axis=1).astype(bool)
+    keys = ["clip_id", "source_sha256", "split", "lang", "start_s", "end_s", "duration_s", "transcript", "labeller_model"]
+    return Candidates(table.select(keys).to_pylist(), np.nan_to_num(probs), labels)
+
+
+def decided_class(probs: np.ndarray, labels: np.ndarray) -> str:
+    """The pipeline's class of a clip for quotas: its most probable violation, else no_violation."""
+    violations = [i for i, c in enumerate(CLASSES) if c != NO_VIOLATION and labels[i]]
+    return CLASSES[max(violations, key=lambda i: probs[i])] if violations else NO_VIOLATION
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _EPS, 1 - _EPS)
+    return np.log(p / (1 - p))
+
+
+def labeller_thresholds(candidates: Candidates, settings: Settings) -> np.ndarray:
+    """The labeller's per-class decision thresholds (its `voxtox_labeller.json`), 0.5 where unknown."""
+    from voxtox.models.labeller import DEFAULT_THRESHOLD, LabelMap
+
+    names = {str(r["labeller_model"]) for r in candidates.rows if r["labeller_model"]}
+    if len(names) == 1:
+        try:
+            return LabelMap.load(Path(resolve_model(names.pop(), settings.model_cache_dir, allow_hub=False))).threshold_vector()
+        except (ModelNotFoundError, OSError, ValueError):
+            pass
+    return np.full(len(CLASSES), DEFAULT_THRESHOLD)
+
+
+def uncertainty_doubt(candidates: Candidates, thresholds: np.ndarray) -> np.ndarray:
+    """Higher is more doubtful: minus the smallest logit distance to a threshold."""
+    return -np.abs(_logit(candidates.probs) - _logit(thresholds)[None, :]).min(axis=1)
+
+
+def disagreement_doubt(audio_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Higher is more doubtful: minus the audio model's probability of the given label, least likely class."""
+    given = np.where(labels, audio_probs, 1 - audio_probs)
+    return -given.min(axis=1)
+
+
+def audio_model_scores(settings: Settings, candidates: Candidates, run: Path | None) -> np.ndarray:
+    """(n, classes) the audio model's scores of the candidates (max over 15 s windows), cached in the run."""
+    from voxtox.models.scoring import EvalSet, score_run, segment_scores
+    from voxtox.storage.runs import MODEL_WEIGHTS, RunDir
+
+    run = run or RunDir.current(settings.runs_dir).path
+    if not (run / settings.evaluate.checkpoint / MODEL_WEIGHTS).exists():
+        raise NoAudioModelError(
+            f"strategy disagreement needs a trained audio model and {run} holds none "
+            "(train one with `voxtox train`, or name a run with --model)")
+    ids = [str(r["clip_id"]) for r in candidates.rows]
+    located = locate_clips(Catalog.from_settings(settings), clips_files(settings.shards_dir),
+                           "SELECT clip_id FROM clips WHERE list_contains(" + json.dumps(ids).replace('"', "'") + ", clip_id)")
+    where = {c: (f, r) for c, f, r in zip(located["clip_id"].to_pylist(), located["filename"].to_pylist(),
+                                          located["file_row_number"].to_pylist(), strict=True)}
+    eval_set = EvalSet(
+        split="review", labels="pipeline", clip_ids=ids, sources=np.array([r["source_sha256"] for r in candidates.rows]),
+        langs=np.array([r["lang"] for r in candidates.rows]), durations=np.array([r["duration_s"] for r in candidates.rows]),
+        truth=candidates.labels, files=[where[c][0] for c in ids], rows=np.array([where[c][1] for c in ids]),
+    )
+    windows = score_run(run, eval_set, settings.evaluate, settings.train.threads)
+    return segment_scores(windows, settings.evaluate.aggregation)
+
+
+def doubt_scores(strategy: str, candidates: Candidates, settings: Settings, seed: int, model: Path | None) -> np.ndarray:
+    if strategy == "random":
+        return np.random.default_rng([seed, 1]).random(len(candidates))
+    if strategy == "uncertainty":
+        return uncertainty_doubt(candidates, labeller_thresholds(candidates, settings))
+    if strategy == "disagreement":
+        return disagreement_doubt(audio_model_scores(settings, candidates, model), candidates.labels)
+    raise ValueError(f"unknown strategy {strategy!r}: choose from {', '.join(STRATEGIES)}")
+
+
+def quota_pick(strata: list[str], doubt: np.ndarray, budget: int, seed: int) -> list[int]:
+    """Indices of `budget` clips: strata take turns (in name order), each giving its most doubtful
+    clip left; ties in doubt break by a seeded random key."""
+    tiebreak = np.random.default_rng([seed, 2]).random(len(strata))
+    queues: dict[str, list[int]] = {}
+    for index in np.lexsort((tiebreak, -doubt)):  # most doubtful first
+        queues.setdefault(strata[index], []).append(int(index))
+    picked: list[int] = []
+    turn = 0
+    order = sorted(queues)
+    while len(picked) < budget and any(queues.values()):
+        queue = queues[order[turn % len(order)]]
+        if queue:
+            picked.append(queue.pop(0))
+        turn += 1
+    return picked
+
+
+@dataclass
+class Selection:
+    rows: list[dict[str, object]]
+    strata: dict[str, int]  # "lang/class" -> clips chosen
+    n_candidates: int
+    path: Path
+
+
+def select_for_review(settings: Settings, budget: int, split: str = "train", strategy: str = "uncertainty",
+                      seed: int = 0, model: Path | None = None, out: Path | None = None,
+                      exclude: set[str] | frozenset[str] = frozenset()) -> Selection:
+    """Choose `budget` unreviewed clips of `split` (none of `exclude`) and write them, most
+    doubtful first, to `out` (default `<data_dir>/review/selected.jsonl`), one JSON object per line."""
+    if budget < 1:
+        raise ValueError(f"--budget must be at least 1, got {budget}")
+    candidates = read_candidates(settings, split, exclude)
+    if not len(candidates):
+        raise ValueError(f"every {split} clip with audio has been reviewed: nothing left to select")
+    doubt = doubt_scores(strategy, candidates, settings, seed, model)
+    strata = [f"{r['lang']}/{decided_class(p, y)}" for r, p, y in zip(candidates.rows, candidates.probs, candidates.labels, strict=True)]
+    picked = quota_pick(strata, doubt, budget, seed)
+    rows = [_batch_row(candidates, i, strategy, float(doubt[i]), strata[i]) for i in picked]
+    path = out or batch_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return Selection(rows, dict(Counter(strata[i] for i in picked)), len(candidates), path)
+
+
+def _batch_row(candidates: Candidates, i: int, strategy: str, doubt: float, stratum: str) -> dict[str, object]:
+    row = {k: v for k, v in candidates.rows[i].items() if k != "duration_s"}
+    return row | {
+        "labels": [c for c, on in zip(CLASSES, candidates.labels[i], strict=True) if on],
+        "probs": {c: round(float(p), 4) for c, p in zip(CLASSES, candidates.probs[i], strict=True)},
+        "strategy": strategy, "doubt": round(doubt, 6) if math.isfinite(doubt) else None, "stratum": stratum,
+    }

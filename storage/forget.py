@@ -1,0 +1,309 @@
+"""`voxtox forget`: erase recordings from everything voxtox stores, and keep them out.
+
+A recording is named by the sha256 of its bytes, by its URI (path), by a speaker that human
+labels name (every recording the speaker is heard in), or by a file listing such names. voxtox
+has no session id apart from the recording itself: one recording is one session.
+
+Erasing recordings, under the shards' exclusive lock (storage/erasure.py):
+1. tombstone their hashes first (storage/tombstones.py), so a label run that decoded one before
+   does not write it back, and later runs skip it unless told to (`--allow-forgotten`);
+2. rewrite, without the recordings' rows, every file that holds any: the tables' shards
+   (`clips`, `rejects`, `sources`, `human_labels`, and any table with `source_sha256`,
+   `source_uri` or `clip_id`) and, under the run directories, the cached window scores;
+3. delete the work directories no running label run holds (storage/workdir.py: scratch of runs
+   that died, with decoded audio in them);
+then say which trained runs learnt from them (`training_sources.parquet` in each run: a model
+cannot be un-trained) and whether their input files are still where they were labelled from.
+
+Not a Prefect flow on purpose: a flow run's parameters and logs stay in Prefect's database,
+which would then hold the very names a deletion request asks to erase.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from voxtox.files import sha256_file
+from voxtox.settings import Settings
+from voxtox.storage.catalog import damaged_tables, uniform_schema
+from voxtox.storage.erasure import RecordingRows, Rewritten, erase_rows, matching_rows, shards_lock
+from voxtox.storage.schema import TRAINING_SOURCES_FILE
+from voxtox.storage.shards import DamagedShardError, shard_files
+from voxtox.storage.tombstones import add_tombstones, is_sha256, tombstones_file
+from voxtox.storage.workdir import sweep_stale_work
+from voxtox.storage.review_export import erase_review_copies
+
+SHA256_PREFIX = "sha256:"
+URI_PREFIX = "uri:"
+SPEAKER_PREFIX = "speaker:"
+#: How the report names rows erased from run directories' cached window scores.
+CACHED_SCORES = "cached scores (runs)"
+
+
+# --- naming what to forget --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ForgetRequest:
+    sha256s: frozenset[str] = frozenset()
+    uris: frozenset[str] = frozenset()
+    speakers: frozenset[str] = frozenset()
+
+
+def parse_request(items: list[str]) -> ForgetRequest:
+    """`sha256:<hex>`, `uri:<path or URL>`, `speaker:<id>`; without a prefix, 64 hex digits are
+    a sha256 and anything else is a URI. Nothing is stripped: a file name may end in a space, and
+    erasing another file than the one named (or none) must not pass for erasing it."""
+    sha256s, uris, speakers = set(), set(), set()
+    for item in items:
+        if item.startswith(SPEAKER_PREFIX):
+            speakers.add(item.removeprefix(SPEAKER_PREFIX))
+        elif item.startswith(URI_PREFIX):
+            uris.add(item.removeprefix(URI_PREFIX))
+        elif item.startswith(SHA256_PREFIX) or is_sha256(item.lower()):
+            sha = item.removeprefix(SHA256_PREFIX).lower()
+            if not is_sha256(sha):
+                raise ValueError(f"{item!r} is not a sha256 (64 hex digits)")
+            sha256s.add(sha)
+        elif item:
+            uris.add(item)
+    return ForgetRequest(frozenset(sha256s), frozenset(uris), frozenset(speakers))
+
+
+def read_request_file(path: Path) -> list[str]:
+    """One recording per line, as on the command line (spaces kept); blank lines and `#`
+    comments are skipped."""
+    if not path.is_file():
+        raise FileNotFoundError(f"list of recordings {path} does not exist")
+    lines = path.read_text().splitlines()
+    return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _local_path(uri: str) -> Path | None:
+    if "://" in uri and not uri.startswith("file://"):
+        return None
+    return Path(uri.removeprefix("file://")).expanduser().resolve()
+
+
+def _same_uri(stored: str, given: str) -> bool:
+    if stored == given:
+        return True
+    local_stored, local_given = _local_path(stored), _local_path(given)
+    return local_stored is not None and local_stored == local_given
+
+
+# --- reading the tables -------------------------------------------------------------------------
+
+
+def _select(files: list[Path], needed: set[str], sql: str, params: list[object] | None = None) -> list[tuple]:
+    """`SELECT ... FROM t ...` (`sql`, with `t` the files read by name, `filename` included),
+    or nothing when there are no files or they lack a column in `needed`."""
+    if not files:
+        return []
+    paths = [str(f) for f in files]
+    source = "read_parquet(?, filename = true, union_by_name = true, hive_partitioning = false)"
+    with duckdb.connect() as con:
+        columns = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}", [paths]).fetchall()}
+        if not needed <= columns:
+            return []
+        return con.execute(f"WITH t AS (SELECT * FROM {source}) {sql}", [paths, *(params or [])]).fetchall()
+
+
+def _table_names(shards_root: Path) -> list[str]:
+    return sorted(p.name for p in shards_root.iterdir() if p.is_dir()) if shards_root.is_dir() else []
+
+
+def _uri_pairs(shards_root: Path) -> set[tuple[str, str | None]]:
+    """Every (source_uri, source_sha256) any table holds."""
+    pairs: set[tuple[str, str | None]] = set()
+    for name in _table_names(shards_root):
+        pairs |= set(_select(shard_files(shards_root, name), {"source_uri", "source_sha256"},
+                             "SELECT DISTINCT source_uri, source_sha256 FROM t WHERE source_uri IS NOT NULL"))
+    return pairs
+
+
+def _speakers_recordings(shards_root: Path, speakers: frozenset[str]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = defaultdict(set)
+    rows = _select(shard_files(shards_root, "human_labels"), {"speaker", "source_sha256"},
+                   "SELECT DISTINCT speaker, source_sha256 FROM t WHERE list_contains(?, speaker)", [sorted(speakers)])
+    for speaker, sha in rows:
+        found[speaker].add(sha)
+    return found
+
+
+def _clip_ids(shards_root: Path, sha256s: frozenset[str]) -> frozenset[str]:
+    rows = _select(shard_files(shards_root, "clips"), {"clip_id", "source_sha256"},
+                   "SELECT DISTINCT clip_id FROM t WHERE list_contains(?, source_sha256)", [sorted(sha256s)])
+    return frozenset(row[0] for row in rows)
+
+
+@dataclass(frozen=True)
+class Recordings:
+    """What a request names, as found in the data: the hashes to erase and tombstone, the URIs
+    of their rows (a row without a hash is matched by its URI), and the names that matched nothing."""
+
+    sha256s: frozenset[str]
+    uris: frozenset[str]
+    unmatched: tuple[str, ...] = ()
+
+
+def identify(request: ForgetRequest, shards_root: Path) -> Recordings:
+    """The recordings a request names. A URI names every recording labelled from it, and the
+    file's current content when it exists here; a hash is forgotten even if nothing holds it yet
+    (it is tombstoned, so it is never labelled)."""
+    pairs = _uri_pairs(shards_root)
+    known = {sha for _, sha in pairs if sha}
+    sha256s = set(request.sha256s)
+    unmatched = [sha for sha in sorted(request.sha256s) if sha not in known]
+    for uri in sorted(request.uris):
+        found = {sha for stored, sha in pairs if sha and _same_uri(stored, uri)}
+        local = _local_path(uri)
+        if local is not None and local.is_file():
+            found.add(sha256_file(local))
+        if not found and not any(_same_uri(stored, uri) for stored, _ in pairs):
+            unmatched.append(uri)
+        sha256s |= found
+    by_speaker = _speakers_recordings(shards_root, request.speakers) if request.speakers else {}
+    for speaker in sorted(request.speakers):
+        sha256s |= by_speaker.get(speaker, set())
+        if speaker not in by_speaker:
+            unmatched.append(f"{SPEAKER_PREFIX}{speaker}")
+    uris = {stored for stored, sha in pairs if sha in sha256s}
+    uris |= {stored for stored, sha in pairs if sha is None and any(_same_uri(stored, u) for u in request.uris)}
+    return Recordings(frozenset(sha256s), frozenset(uris), tuple(unmatched))
+
+
+# --- runs -------------------------------------------------------------------------------------------
+
+
+def _existing(directories: list[Path]) -> list[Path]:
+    unique = {d.resolve() for d in directories if d.is_dir()}
+    return sorted(unique)
+
+
+def cached_score_files(runs_dirs: list[Path]) -> list[Path]:
+    """Parquet files under the run directories that hold per-clip data (cached window scores):
+    every one but the runs' records of what they trained on."""
+    return sorted({p for d in _existing(runs_dirs) for p in d.rglob("*.parquet") if p.name != TRAINING_SOURCES_FILE})
+
+
+def runs_that_saw(runs_dirs: list[Path], sha256s: frozenset[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """Runs whose training data held any of the recordings (run dir -> splits), and trained runs
+    that do not record their training data (trained before voxtox recorded it)."""
+    records = sorted({p for d in _existing(runs_dirs) for p in d.rglob(TRAINING_SOURCES_FILE)})
+    rows = _select(records, {"source_sha256", "split"},
+                   "SELECT filename, list(DISTINCT split ORDER BY split) FROM t WHERE list_contains(?, source_sha256) "
+                   "GROUP BY filename ORDER BY filename", [sorted(sha256s)])
+    saw = {str(Path(name).parent): splits for name, splits in rows}
+    recorded = {p.parent for p in records}
+    unrecorded = sorted(
+        str(config.parent) for d in _existing(runs_dirs) for config in d.rglob("config.json")
+        if config.parent not in recorded and "train_clips" in json.loads(config.read_text())
+    )
+    return saw, unrecorded
+
+
+# --- erasing ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ErasureReport:
+    recordings: list[str]
+    unmatched: list[str]
+    new_tombstones: int = 0
+    rows: dict[str, int] = field(default_factory=dict)  # table (or CACHED_SCORES) -> rows erased
+    files_rewritten: list[str] = field(default_factory=list)
+    files_deleted: list[str] = field(default_factory=list)
+    work_dirs_removed: list[str] = field(default_factory=list)
+    work_dirs_in_use: list[str] = field(default_factory=list)
+    runs_trained_on: dict[str, list[str]] = field(default_factory=dict)
+    runs_without_record: list[str] = field(default_factory=list)
+    input_files: list[str] = field(default_factory=list)  # still there, same content
+    input_files_deleted: list[str] = field(default_factory=list)
+    review_files: list[str] = field(default_factory=list)  # under <data_dir>/review: deleted or rewritten
+    dry_run: bool = False
+
+
+def _erase(files: list[Path], rows: RecordingRows, dry_run: bool) -> Rewritten:
+    if dry_run:
+        return Rewritten(rows={str(path): len(found) for path, found in matching_rows(files, rows.condition).items()})
+    return erase_rows(files, rows)
+
+
+def _record(report: ErasureReport, name: str, done: Rewritten) -> None:
+    if done.n_rows:
+        report.rows[name] = report.rows.get(name, 0) + done.n_rows
+    report.files_rewritten += done.rewritten
+    report.files_deleted += done.deleted
+
+
+def _input_files(recordings: Recordings) -> dict[Path, str]:
+    """Local files the recordings were labelled from that still hold the same bytes."""
+    found: dict[Path, str] = {}
+    for uri in recordings.uris:
+        local = _local_path(uri)
+        if local is not None and local.is_file():
+            sha = sha256_file(local)
+            if sha in recordings.sha256s:
+                found[local] = sha
+    return found
+
+
+def erase_recordings(
+    recordings: Recordings,
+    settings: Settings,
+    runs_dirs: list[Path],
+    delete_inputs: bool = False,
+    dry_run: bool = False,
+) -> ErasureReport:
+    """Erase the recordings everywhere (see the module's docstring); with `dry_run`, only say
+    what would go."""
+    report = ErasureReport(sorted(recordings.sha256s), list(recordings.unmatched), dry_run=dry_run)
+    shards = settings.shards_dir
+    inputs = _input_files(recordings)
+    with shards_lock(shards, exclusive=True):
+        if not dry_run:
+            report.new_tombstones = add_tombstones(tombstones_file(shards), recordings.sha256s, datetime.now(UTC).date())
+        # Cached scores first: they are found by clip id, which the clips table still holds.
+        rows = RecordingRows(recordings.sha256s, recordings.uris, _clip_ids(shards, recordings.sha256s))
+        _record(report, CACHED_SCORES, _erase(cached_score_files(runs_dirs), rows, dry_run))
+        for name in _table_names(shards):
+            _record(report, name, _erase(shard_files(shards, name), rows, dry_run))
+            if not dry_run:  # the schema cache names files by source key: drop the erased ones
+                uniform_schema(shards / name)
+        # `voxtox review export`'s copies: the clips' audio, batches and Label Studio task files.
+        report.review_files = erase_review_copies(settings.data_dir, rows.clip_ids, dry_run)
+        if not dry_run:  # dead runs' scratch holds decoded audio; a running label run keeps its own
+            report.work_dirs_removed = [str(p) for p in sweep_stale_work(settings.work_dir)]
+        if settings.work_dir.is_dir():
+            report.work_dirs_in_use = sorted(str(p) for p in settings.work_dir.iterdir() if p.is_dir())
+    report.runs_trained_on, report.runs_without_record = runs_that_saw(runs_dirs, recordings.sha256s)
+    for path in sorted(inputs):
+        if delete_inputs and not dry_run:
+            path.unlink()
+            report.input_files_deleted.append(str(path))
+        else:
+            report.input_files.append(str(path))
+    return report
+
+
+def forget(
+    request: ForgetRequest,
+    settings: Settings,
+    runs_dirs: list[Path] | None = None,
+    delete_inputs: bool = False,
+    dry_run: bool = False,
+) -> ErasureReport:
+    """Forget what `request` names: find it, erase it, tombstone it, list the runs that saw it.
+    Runs are looked for under `settings.runs_dir` and `runs_dirs`."""
+    damaged = damaged_tables(settings.shards_dir, _table_names(settings.shards_dir))
+    if damaged:  # it may hold the recording: erasure must not report done without it
+        raise DamagedShardError({path: why for files in damaged.values() for path, why in files.items()})
+    recordings = identify(request, settings.shards_dir)
+    return erase_recordings(recordings, settings, [settings.runs_dir, *(runs_dirs or [])], delete_inputs, dry_run)

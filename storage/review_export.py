@@ -1,0 +1,175 @@
+"""`voxtox review export`: a selected batch as a Label Studio project.
+
+Writes, in the export folder (default `<data_dir>/review/export/`):
+- `labelling-config.xml`: an Audio player, the transcript as an editable text area, and Choices
+  with voxtox's six classes (several allowed, at least one required);
+- `tasks.json`: one task per clip, `data` = {clip_id, audio, transcript}, with the pipeline's
+  labels and transcript as a prediction (pre-annotation) whose `score` is the labeller's
+  confidence in its whole label set (sort ascending: most doubtful first);
+and each clip's audio as a FLAC file under `<data_dir>/review/audio/`, which Label Studio plays
+through its local-files serving (`/data/local-files/?d=review/audio/<clip>.flac`, relative to
+its document root: the data dir). `--push URL` creates the project, its local-files storage and
+the tasks through Label Studio's API (storage/labelstudio_api.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+from voxtox.files import jsonl_objects
+from voxtox.labels import CLASSES
+from voxtox.settings import Settings
+from voxtox.storage.catalog import Catalog
+from voxtox.storage.clips import clips_files, locate_clips, read_audio_bytes
+from voxtox.storage.shards import shards_lock
+from voxtox.storage.reviews import REVIEW_DIR, batch_path
+
+#: Control names: not named like a data field (JSON_MIN would let a control overwrite the field).
+AUDIO = "audio"
+CHOICES = "labels"
+TEXT = "corrected"
+CONFIG_FILE = "labelling-config.xml"
+TASKS_FILE = "tasks.json"
+AUDIO_DIR = "audio"
+LOCAL_FILES_URL = "/data/local-files/?d="
+
+
+def labelling_config() -> str:
+    """The project's labelling interface."""
+    choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in CLASSES)
+    return (
+        "<View>\n"
+        f'  <Audio name="{AUDIO}" value="$audio" hotkey="space"/>\n'
+        '  <Header value="Transcript: correct the words if they are wrong"/>\n'
+        f'  <TextArea name="{TEXT}" toName="{AUDIO}" editable="true" rows="3" maxSubmissions="1"/>\n'
+        '  <Header value="What is said (all that apply)"/>\n'
+        f'  <Choices name="{CHOICES}" toName="{AUDIO}" choice="multiple" required="true" showInline="true">\n'
+        f"{choices}\n"
+        "  </Choices>\n"
+        "</View>\n"
+    )
+
+
+def review_audio_dir(settings: Settings) -> Path:
+    return settings.data_dir / REVIEW_DIR / AUDIO_DIR
+
+
+def audio_url(settings: Settings, clip_id: str) -> str:
+    """Label Studio's local-files URL of a clip's audio: its path relative to Label Studio's
+    document root (`review.document_root`, default the data dir)."""
+    root = (settings.review.document_root or settings.data_dir).resolve()
+    audio = (review_audio_dir(settings) / f"{clip_id}.flac").resolve()
+    if not audio.is_relative_to(root):
+        raise ValueError(f"review audio {audio.parent} is not below Label Studio's document root {root} "
+                         "(settings: review.document_root)")
+    return LOCAL_FILES_URL + audio.relative_to(root).as_posix()
+
+
+def confidence(labels: list[str], probs: dict[str, float]) -> float:
+    """How sure the labeller is of its whole label set: its least sure class (p, or 1 − p)."""
+    return round(min(probs[c] if c in labels else 1 - probs[c] for c in CLASSES), 4)
+
+
+def make_task(row: dict[str, object], audio: str) -> dict[str, object]:
+    """One Label Studio task from one batch row and its audio URL."""
+    labels = list(row["labels"])  # type: ignore[arg-type]
+    result = [
+        {"from_name": CHOICES, "to_name": AUDIO, "type": "choices", "value": {"choices": labels}},
+        {"from_name": TEXT, "to_name": AUDIO, "type": "textarea", "value": {"text": [row["transcript"] or ""]}},
+    ]
+    return {
+        "data": {"clip_id": row["clip_id"], "audio": audio, "transcript": row["transcript"] or ""},
+        "predictions": [{"model_version": str(row.get("labeller_model") or "voxtox"),
+                         "score": confidence(labels, row["probs"]), "result": result}],  # type: ignore[arg-type]
+    }
+
+
+def write_audio(settings: Settings, clip_ids: list[str]) -> Path:
+    """Each clip's FLAC from the shards to `<data_dir>/review/audio/<clip>.flac` (kept when there)."""
+    directory = review_audio_dir(settings)
+    directory.mkdir(parents=True, exist_ok=True)
+    missing = [c for c in clip_ids if not (directory / f"{c}.flac").exists()]
+    if not missing:
+        return directory
+    listed = "[" + ", ".join(f"'{c}'" for c in missing) + "]"
+    with shards_lock(settings.shards_dir):  # the located rows stay where they are while read
+        located = locate_clips(Catalog.from_settings(settings), clips_files(settings.shards_dir),
+                               f"SELECT clip_id FROM clips WHERE list_contains({listed}, clip_id)")
+        for clip, file, row in zip(located["clip_id"].to_pylist(), located["filename"].to_pylist(),
+                                   located["file_row_number"].to_pylist(), strict=True):
+            temporary = directory / f".{clip}.flac.tmp"
+            temporary.write_bytes(read_audio_bytes(file, row, clip))
+            temporary.replace(directory / f"{clip}.flac")
+    gone = sorted(set(missing) - set(located["clip_id"].to_pylist()))
+    if gone:
+        raise ValueError(f"clip {gone[0]} of the batch is no longer in the clips table (forgotten?): select again")
+    return directory
+
+
+@dataclass
+class Export:
+    config: Path
+    tasks: Path
+    audio_dir: Path
+    n_tasks: int
+
+
+def read_batch(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        raise FileNotFoundError(f"no review batch at {path}: choose clips first with `voxtox review select`")
+    rows = [row for _, row in jsonl_objects(path)]
+    if not rows:
+        raise ValueError(f"{path}: the review batch is empty")
+    return rows
+
+
+def export_batch(settings: Settings, batch: Path | None = None, out: Path | None = None) -> Export:
+    """The batch (default: what `review select` wrote last) as a Label Studio project on disk."""
+    rows = read_batch(batch or batch_path(settings))
+    out = out or settings.data_dir / REVIEW_DIR / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    audio_dir = write_audio(settings, [str(r["clip_id"]) for r in rows])
+    config = out / CONFIG_FILE
+    config.write_text(labelling_config())
+    tasks = out / TASKS_FILE
+    tasks.write_text(json.dumps([make_task(r, audio_url(settings, str(r["clip_id"]))) for r in rows], indent=1, ensure_ascii=False) + "\n")
+    return Export(config, tasks, audio_dir, len(rows))
+
+
+def _without_clips(path: Path, clip_ids: frozenset[str], dry_run: bool) -> bool:
+    """Rewrite a batch (JSONL: one clip per line) or tasks file (JSON: a list of tasks) without
+    the clips (unless `dry_run`); whether it held any."""
+    if path.suffix == ".jsonl":
+        entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = [e for e in entries if e.get("clip_id") not in clip_ids]
+        text = "".join(json.dumps(e) + "\n" for e in kept)
+    else:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        kept = [t for t in entries if t.get("data", {}).get("clip_id") not in clip_ids]
+        text = json.dumps(kept, indent=1, ensure_ascii=False) + "\n"
+    if len(kept) == len(entries):
+        return False
+    if not dry_run:
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+    return True
+
+
+def erase_review_copies(data_dir: Path, clip_ids: frozenset[str], dry_run: bool = False) -> list[str]:
+    """`voxtox forget`: the clips' audio, batch lines and tasks under `<data_dir>/review/`
+    (Label Studio's own copy of a pushed task is out of reach: delete it there)."""
+    root = data_dir / REVIEW_DIR
+    if not clip_ids or not root.is_dir():
+        return []
+    changed = [p for c in sorted(clip_ids) if (p := root / AUDIO_DIR / f"{c}.flac").exists()]
+    if not dry_run:
+        for path in changed:
+            path.unlink()
+    for path in sorted([*root.glob("*.jsonl"), *root.glob(f"*/{TASKS_FILE}")]):
+        if _without_clips(path, clip_ids, dry_run):
+            changed.append(path)
+    return [str(p) for p in changed]
