@@ -8,11 +8,11 @@ evaluation segments that truth is measured on. Each candidate gets a doubt score
 - `uncertainty`: how close the labeller came to changing its mind, the smallest distance over
   the classes between its score and its decision threshold, in logits (a score of 0.49 against
   a threshold of 0.5 is in more doubt than 0.9);
-- `disagreement` (confident-learning style): the current audio model's probability of the
+- `disagreement` (confident-learning style): an audio model's OUT-OF-SAMPLE probability of the
   labels the pipeline gave, the least likely class (min over classes of q or 1 − q); the clips
-  whose given label the audio model finds least likely come first. The audio model learnt from
-  the training clips, so its scores on them are in-sample: it disagrees less than an
-  out-of-fold model would, and the order is what is used.
+  whose given label the audio model finds least likely come first. The scores are cross-fitted
+  (models/cross_fit.py): linear probes on the frozen starting encoder's clip embeddings, each
+  clip scored by a probe that never saw it nor its recording.
 
 Quotas: the budget is shared equally by the strata (language × decided class: the pipeline's
 most probable violation class, else `no_violation`), taken round-robin in doubt order; a stratum
@@ -130,28 +130,54 @@ def disagreement_doubt(audio_probs: np.ndarray, labels: np.ndarray) -> np.ndarra
     return -given.min(axis=1)
 
 
-def audio_model_scores(settings: Settings, candidates: Candidates, run: Path | None) -> np.ndarray:
-    """(n, classes) the audio model's scores of the candidates (max over 15 s windows), cached in the run."""
-    from voxtox.tasks.evaluate import EvalSet, score_run, segment_scores
+def starting_encoder(settings: Settings, run: Path | None) -> str:
+    """The Whisper checkpoint the audio model was fine-tuned from: the run's (`--model`, else
+    `<runs_dir>/current` when there is one) `train.encoder`, else the settings' `train.encoder`."""
     from voxtox.tasks.train import CURRENT
 
-    run = run or settings.runs_dir / CURRENT
-    if not (run / settings.evaluate.checkpoint / "model.safetensors").exists():
-        raise NoAudioModelError(
-            f"strategy disagreement needs a trained audio model and {run} holds none "
-            "(train one with `voxtox train`, or name a run with --model)")
+    chosen = run or settings.runs_dir / CURRENT
+    config = chosen / "config.json"
+    if config.is_file():
+        return str(json.loads(config.read_text())["train"]["encoder"])
+    if run is not None:
+        raise NoAudioModelError(f"strategy disagreement: {run} is not a `voxtox train` run (no config.json)")
+    return settings.train.encoder
+
+
+def clip_embeddings(settings: Settings, candidates: Candidates, encoder_name: str) -> np.ndarray:
+    """(n, d) the frozen starting encoder's embeddings of the candidates, read in chunks."""
+    from voxtox.models.cross_fit import FrozenEmbedder
+    from voxtox.models.whisper_encoder import load_speech_encoder
+    from voxtox.tasks.evaluate import CLIPS_PER_SCORING_BATCH, read_segment_audio
+
+    try:
+        encoder = load_speech_encoder(resolve_model(encoder_name, settings.model_cache_dir, allow_hub=False))
+    except (ModelNotFoundError, OSError) as error:
+        raise NoAudioModelError(f"strategy disagreement embeds clips with the audio model's encoder "
+                                f"{encoder_name!r}, which is not available here: {error}") from error
+    if settings.train.threads:
+        import torch
+
+        torch.set_num_threads(settings.train.threads)
     ids = [str(r["clip_id"]) for r in candidates.rows]
     located = locate_clips(Catalog.from_settings(settings), clips_files(settings.shards_dir),
                            "SELECT clip_id FROM clips WHERE list_contains(" + json.dumps(ids).replace('"', "'") + ", clip_id)")
     where = {c: (f, r) for c, f, r in zip(located["clip_id"].to_pylist(), located["filename"].to_pylist(),
                                           located["file_row_number"].to_pylist(), strict=True)}
-    eval_set = EvalSet(
-        split="review", labels="pipeline", clip_ids=ids, sources=np.array([r["source_sha256"] for r in candidates.rows]),
-        langs=np.array([r["lang"] for r in candidates.rows]), durations=np.array([r["duration_s"] for r in candidates.rows]),
-        truth=candidates.labels, files=[where[c][0] for c in ids], rows=np.array([where[c][1] for c in ids]),
-    )
-    windows = score_run(run, eval_set, settings.evaluate, settings.train.threads)
-    return segment_scores(windows, settings.evaluate.aggregation)
+    embedder = FrozenEmbedder(encoder, settings.evaluate.window_s, settings.evaluate.batch_size)
+    chunks = [embedder.embed([read_segment_audio(*where[c], c) for c in ids[start:start + CLIPS_PER_SCORING_BATCH]])
+              for start in range(0, len(ids), CLIPS_PER_SCORING_BATCH)]
+    return np.concatenate(chunks)
+
+
+def audio_model_scores(settings: Settings, candidates: Candidates, run: Path | None, seed: int) -> np.ndarray:
+    """(n, classes) out-of-sample audio scores of the candidates: cross-fitted linear probes on
+    the frozen starting encoder's embeddings, folds by recording (models/cross_fit.py)."""
+    from voxtox.models.cross_fit import cross_fitted_probs
+
+    embeddings = clip_embeddings(settings, candidates, starting_encoder(settings, run))
+    groups = [str(r["source_sha256"]) for r in candidates.rows]
+    return cross_fitted_probs(embeddings, candidates.labels, groups, seed=seed)
 
 
 def doubt_scores(strategy: str, candidates: Candidates, settings: Settings, seed: int, model: Path | None) -> np.ndarray:
@@ -160,7 +186,7 @@ def doubt_scores(strategy: str, candidates: Candidates, settings: Settings, seed
     if strategy == "uncertainty":
         return uncertainty_doubt(candidates, labeller_thresholds(candidates, settings))
     if strategy == "disagreement":
-        return disagreement_doubt(audio_model_scores(settings, candidates, model), candidates.labels)
+        return disagreement_doubt(audio_model_scores(settings, candidates, model, seed), candidates.labels)
     raise ValueError(f"unknown strategy {strategy!r}: choose from {', '.join(STRATEGIES)}")
 
 

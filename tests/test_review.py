@@ -8,6 +8,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import soundfile
@@ -109,12 +110,59 @@ def test_reviewed_clips_are_not_chosen_again(settings: Settings, tmp_path: Path)
     assert not {f"train-{i:04d}" for i in range(6)} & {r["clip_id"] for r in chosen.rows}
 
 
-def test_disagreement_without_an_audio_model_says_so_in_one_line(settings: Settings) -> None:
+def test_disagreement_without_an_audio_model_says_so_in_one_line(settings: Settings, tmp_path: Path) -> None:
     result = runner.invoke(app, ["review", "select", "--budget", "5", "--strategy", "disagreement",
-                                 "--data-dir", str(settings.data_dir)])
+                                 "--model", str(tmp_path / "no-run"), "--data-dir", str(settings.data_dir)])
     assert result.exit_code == 2
     output = " ".join(result.output.split())
-    assert "needs a trained audio model" in output and "Traceback" not in result.output
+    assert "is not a `voxtox train` run" in output and "Traceback" not in result.output
+
+
+def _blobs(seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """60 clips of 3 classes as well-separated points in 8 dimensions, 12 recordings of 5 clips."""
+    rng = np.random.default_rng(seed)
+    cls = np.arange(60) % 3
+    x = 4.0 * np.eye(8)[cls] + rng.normal(size=(60, 8))
+    return x, np.eye(3, dtype=bool)[cls], [f"rec-{i // 5}" for i in range(60)]
+
+
+def test_cross_fitted_scores_are_out_of_sample_and_find_the_wrong_label() -> None:
+    from voxtox.models.cross_fit import cross_fitted_probs, recording_folds
+    from voxtox.tasks.review_select import disagreement_doubt
+
+    x, labels, groups = _blobs(0)
+    labels[7] = [True, False, False]  # clip 7 sounds like class 1 and is labelled class 0
+    probs = cross_fitted_probs(x, labels, groups, folds=5, seed=3)
+    assert np.array_equal(probs, cross_fitted_probs(x, labels, groups, folds=5, seed=3))  # a seed is a result
+    assert int(np.argmax(disagreement_doubt(probs, labels))) == 7
+    folds = recording_folds(groups, 5, seed=3)
+    assert all(len(set(folds[[g == r for g in groups]])) == 1 for r in set(groups))  # a recording stays in one fold
+    assert sorted(np.bincount(folds).tolist()) == [10, 10, 10, 15, 15]  # 12 recordings of 5 clips in 5 folds
+    # Out of sample: a clip's score does not move when its own label changes (in-sample, it would).
+    flipped = labels.copy()
+    flipped[7] = [False, True, False]
+    assert np.allclose(cross_fitted_probs(x, flipped, groups, folds=5, seed=3)[7], probs[7])
+
+
+def test_disagreement_ranks_a_clip_whose_audio_says_another_class_first(tmp_path: Path) -> None:
+    """Real Whisper features (whisper-tiny.en, the offline package): the tones of the six classes
+    are told apart out of fold, so the one clip whose label is another class's stands out."""
+    from voxtox.settings import TrainSettings
+    from voxtox.tasks.review_select import doubt_scores, read_candidates
+
+    table = _clips(N_TRAIN, "train", 0)
+    rows = table.to_pylist()
+    wrong = rows[13]  # its tone is class 1's; the pipeline says class 4
+    for c in CLASSES:
+        wrong[label_column(c)] = c == CLASSES[4]
+    table = pa.Table.from_pylist(rows, table.schema)
+    for sha in sorted(set(table["source_sha256"].to_pylist())):
+        write_partitioned(tmp_path / "shards", "clips", table.filter(pa.compute.equal(table["source_sha256"], sha)), sha)
+    Catalog(tmp_path / "catalog.duckdb", tmp_path / "shards").refresh_views()
+    settings = Settings(data_dir=tmp_path, train=TrainSettings(encoder="whisper-tiny.en", threads=1))
+    candidates = read_candidates(settings, "train")
+    doubt = doubt_scores("disagreement", candidates, settings, 0, None)  # no trained run: the settings' encoder
+    assert candidates.rows[int(np.argmax(doubt))]["clip_id"] == "train-0013"
 
 
 # --- export ---------------------------------------------------------------------------------------
@@ -246,7 +294,6 @@ def test_training_manifest_counts_the_human_labels(settings: Settings, tiny_whis
     # reviewed clips are out of it): in each stratum the clip it finds least likely.
     chosen = select_for_review(settings, 12, strategy="disagreement", model=run)
     assert len(chosen.rows) == 12 and not {r["clip_id"] for r in chosen.rows} & {f"train-{i:04d}" for i in range(5)}
-    assert (run / "evaluation" / "scores" / "review-best.parquet").exists()  # scored once, cached in the run
     assert all(-1 <= r["doubt"] <= 0 for r in chosen.rows)
 
 
@@ -267,3 +314,12 @@ def test_forget_erases_reviews_and_their_copies(settings: Settings, tmp_path: Pa
     with pytest.raises(ExportError, match=r"task 1 \(clip train-0000\): no such clip"):  # a forgotten clip's answers
         import_answers(settings, [_task(1, "train-0000", (["racism"], None, False))], "test")
     assert read_reviews(settings.shards_dir)["clip_id"].to_pylist() == ["train-0012"]
+
+
+def test_query_table_shows_the_reviews(settings: Settings) -> None:
+    import_answers(settings, [_task(1, "train-0003", (["racism", "bullying"], "fixed words", False))], "test")
+    result = runner.invoke(app, ["query", "--table", "reviews", "--format", "json", "--data-dir", str(settings.data_dir)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert len(rows) == 1 and rows[0]["clip_id"] == "train-0003" and rows[0]["labels"] == "bullying, racism"
+    assert rows[0]["transcript"] == "fixed words" and rows[0]["status"] == "agreed"
