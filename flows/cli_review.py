@@ -41,9 +41,10 @@ def select(
     budget: Annotated[int, typer.Option(help="how many clips to choose")],
     split: Annotated[ReviewSplit, typer.Option(help="the split to review")] = "train",
     strategy: Annotated[Strategy, typer.Option(help="random; uncertainty: the labeller's closest call; "
-                                                    "disagreement: what the current audio model finds least likely")] = "uncertainty",
+                                                    "disagreement: what an audio model finds least likely, out of sample")] = "uncertainty",
     seed: Annotated[int, typer.Option(help="the same seed gives the same batch for the same data")] = 0,
-    model: Annotated[Path | None, typer.Option(help="disagreement: the audio model's run (default <runs_dir>/current)")] = None,
+    model: Annotated[Path | None, typer.Option(help="disagreement: the run whose starting encoder embeds the clips "
+                                                                "(default <runs_dir>/current, else train.encoder)")] = None,
     out: Annotated[Path | None, typer.Option(help="the batch file (default <data_dir>/review/selected.jsonl)")] = None,
     data_dir: DataDir = None,
 ) -> None:

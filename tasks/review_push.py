@@ -42,6 +42,17 @@ def _record(settings: Settings, url: str, n_tasks: int) -> None:
     path = projects_path(settings)
     entries = json.loads(path.read_text()) if path.exists() else []
     entries.append({"url": url, "n_tasks": n_tasks, "pushed_at": datetime.now(UTC).isoformat(timespec="seconds")})
+    _write_projects(path, entries)
+
+
+def drop_project(settings: Settings, url: str) -> None:
+    """Stop pulling a project (Label Studio no longer has it)."""
+    path = projects_path(settings)
+    if path.exists():
+        _write_projects(path, [e for e in json.loads(path.read_text()) if e["url"] != url])
+
+
+def _write_projects(path: Path, entries: list[dict[str, object]]) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(json.dumps(entries, indent=1) + "\n")
     temporary.replace(path)
@@ -69,6 +80,28 @@ def pull_and_import(settings: Settings, project_url: str) -> ImportReport:
     return import_answers(settings, items, ref.url, server.user_names())
 
 
+def delete_pushed_tasks(settings: Settings, clip_ids: frozenset[str], dry_run: bool = False) -> dict[str, str]:
+    """`voxtox forget`: delete the clips' tasks (with their answers) from every project in
+    `projects.json`. Per project, what happened in words; a server that cannot be reached, or no
+    token, is said there (the task then still lives in Label Studio) and stops nothing."""
+    done: dict[str, str] = {}
+    if not clip_ids:
+        return done
+    for url in pushed_projects(settings):
+        ref = parse_project_url(url)
+        try:
+            server = LabelStudio(ref.base)
+            doomed = [int(t["id"]) for t in server.tasks(ref.project_id) if str(t.get("data", {}).get("clip_id")) in clip_ids]
+            for task_id in [] if dry_run else doomed:
+                server.delete_task(task_id)
+        except (LabelStudioError, ValueError) as error:
+            done[url] = f"NOT deleted there, do it by hand: {error}"
+            continue
+        if doomed:
+            done[url] = f"{len(doomed)} task(s) {'would be ' if dry_run else ''}deleted"
+    return done
+
+
 # --- the nightly's review step -----------------------------------------------------------------
 
 
@@ -87,7 +120,14 @@ def _import_finished(settings: Settings, cycle: ReviewCycle) -> None:
     for url in pushed_projects(settings):
         try:
             report = pull_and_import(settings, url)
-        except (LabelStudioError, ValueError) as error:  # one bad project does not stop the night
+        except LabelStudioError as error:
+            if error.status == 404:  # deleted in Label Studio: nothing more will come from it
+                drop_project(settings, url)
+                cycle.imported[url] = "gone from Label Studio (404): dropped from projects.json"
+            else:  # one unreachable project does not stop the night
+                cycle.imported[url] = f"not imported: {error}"
+            continue
+        except ValueError as error:
             cycle.imported[url] = f"not imported: {error}"
             continue
         written = report.written

@@ -24,7 +24,8 @@ from voxtox.storage.reviews import read_reviews
 from voxtox.storage.schema import label_column
 from voxtox.storage.shards import write_partitioned
 from voxtox.tasks.review_export import CHOICES, TEXT
-from voxtox.tasks.review_push import pushed_projects
+from voxtox.tasks.forget import Recordings, erase_recordings
+from voxtox.tasks.review_push import ReviewCycle, _import_finished, pushed_projects
 
 runner = CliRunner()
 
@@ -117,6 +118,10 @@ def test_a_batch_goes_to_label_studio_and_its_answers_come_back(label_studio: tu
         {k: [c for c in CLASSES if v[label_column(c)]] for k, v in rows.items()}
     assert pa.Table.from_pylist(list(after.values())).num_rows == 2
 
+    # `voxtox forget` of the recording deletes its tasks (and their answers) in Label Studio too.
+    report = erase_recordings(Recordings(frozenset({"src-train"}), frozenset()), settings, [])
+    assert report.label_studio == {project: "4 task(s) deleted"} and _tasks(client, project) == []
+
 
 def test_the_nightly_step_brings_answers_back_and_sends_a_new_batch(label_studio: tuple[str, Path],
                                                                     monkeypatch: pytest.MonkeyPatch,
@@ -152,6 +157,12 @@ def test_the_nightly_step_brings_answers_back_and_sends_a_new_batch(label_studio
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["review"])))
     assert any("came back from" in (a.data or "") and project in (a.data or "") for a in artifacts)
+
+    # A project deleted in Label Studio is dropped from projects.json, not pulled every night.
+    assert _client(url).delete(f"/api/projects/{int(project.rsplit('/', 1)[1])}/").status_code == 204
+    cycle = ReviewCycle(imported={})
+    _import_finished(settings, cycle)
+    assert project not in pushed_projects(settings) and "dropped" in cycle.imported[project]
 
 
 def test_a_task_page_plays_its_audio_in_chromium(label_studio: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
