@@ -155,7 +155,7 @@ def review_cycle(settings: Settings, night: str) -> ReviewCycle:
     seed = int(night.replace("-", ""))
     out = settings.data_dir / REVIEW_DIR / f"batch-{night}.jsonl"
     try:
-        chosen = select_for_review(settings, review.budget, review.split, review.strategy, seed, out=out,
+        chosen = select_for_review(settings, review.budget, review.split, review.strategy, seed, out=out, quotas=review.quotas,
                                    exclude=sent_before(settings, out))
     except NoAudioModelError as error:
         cycle.note = str(error)

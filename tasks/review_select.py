@@ -14,7 +14,12 @@ evaluation segments that truth is measured on. Each candidate gets a doubt score
   (models/cross_fit.py): linear probes on the frozen starting encoder's clip embeddings, each
   clip scored by a probe that never saw it nor its recording.
 
-Quotas: the budget is shared equally by the strata (language × decided class: the pipeline's
+- `combined`: the expected number of wrong labels over the four toxic classes (the classes
+  voxtox's mAP is measured on), each class's chance taken from the two opinions averaged: the
+  labeller's score re-centred on its threshold and the cross-fitted audio probability. It gained
+  the most of voxtox's strategies in the simulation of docs/review.md.
+
+Quotas (unless `quotas=False`): the budget is shared equally by the strata (language × decided class: the pipeline's
 most probable violation class, else `no_violation`), taken round-robin in doubt order; a stratum
 that runs out leaves its share to the others. Ties break by a seeded random key, so a seed
 gives the same batch for the same data.
@@ -31,7 +36,7 @@ from typing import Literal
 
 import numpy as np
 
-from voxtox.labels import CLASSES
+from voxtox.labels import CLASSES, TOXIC_CLASSES
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.clips import clips_files, locate_clips
@@ -39,8 +44,8 @@ from voxtox.storage.model_store import ModelNotFoundError, resolve_model
 from voxtox.storage.reviews import reviewed_clip_ids
 from voxtox.storage.schema import HAS_AUDIO, label_column, prob_column
 
-Strategy = Literal["random", "uncertainty", "disagreement"]
-STRATEGIES: tuple[str, ...] = ("random", "uncertainty", "disagreement")
+Strategy = Literal["random", "uncertainty", "disagreement", "combined"]
+STRATEGIES: tuple[str, ...] = ("random", "uncertainty", "disagreement", "combined")
 #: Where `select` writes its batch and `export` reads it, under the data dir.
 REVIEW_DIR = "review"
 BATCH_FILE = "selected.jsonl"
@@ -124,6 +129,19 @@ def uncertainty_doubt(candidates: Candidates, thresholds: np.ndarray) -> np.ndar
     return -np.abs(_logit(candidates.probs) - _logit(thresholds)[None, :]).min(axis=1)
 
 
+def centred_scores(candidates: Candidates, thresholds: np.ndarray) -> np.ndarray:
+    """The labeller's scores moved so that each class's threshold sits at 0.5 (in logits)."""
+    return 1 / (1 + np.exp(-(_logit(candidates.probs) - _logit(thresholds)[None, :])))
+
+
+def combined_doubt(labeller: np.ndarray, audio: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Higher is more doubtful: the expected number of wrong toxic-class labels, each class's
+    probability the mean of the labeller's (threshold-centred) and the audio model's."""
+    q = (labeller + audio) / 2
+    toxic = [CLASSES.index(c) for c in TOXIC_CLASSES]
+    return np.where(labels, 1 - q, q)[:, toxic].sum(axis=1)
+
+
 def disagreement_doubt(audio_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Higher is more doubtful: minus the audio model's probability of the given label, least likely class."""
     given = np.where(labels, audio_probs, 1 - audio_probs)
@@ -187,6 +205,9 @@ def doubt_scores(strategy: str, candidates: Candidates, settings: Settings, seed
         return uncertainty_doubt(candidates, labeller_thresholds(candidates, settings))
     if strategy == "disagreement":
         return disagreement_doubt(audio_model_scores(settings, candidates, model, seed), candidates.labels)
+    if strategy == "combined":
+        labeller = centred_scores(candidates, labeller_thresholds(candidates, settings))
+        return combined_doubt(labeller, audio_model_scores(settings, candidates, model, seed), candidates.labels)
     raise ValueError(f"unknown strategy {strategy!r}: choose from {', '.join(STRATEGIES)}")
 
 
@@ -218,9 +239,10 @@ class Selection:
 
 def select_for_review(settings: Settings, budget: int, split: str = "train", strategy: str = "uncertainty",
                       seed: int = 0, model: Path | None = None, out: Path | None = None,
-                      exclude: set[str] | frozenset[str] = frozenset()) -> Selection:
+                      exclude: set[str] | frozenset[str] = frozenset(), quotas: bool = True) -> Selection:
     """Choose `budget` unreviewed clips of `split` (none of `exclude`) and write them, most
-    doubtful first, to `out` (default `<data_dir>/review/selected.jsonl`), one JSON object per line."""
+    doubtful first, to `out` (default `<data_dir>/review/selected.jsonl`), one JSON object per line.
+    Without `quotas`, the `budget` most doubtful clips whatever their language and class."""
     if budget < 1:
         raise ValueError(f"--budget must be at least 1, got {budget}")
     candidates = read_candidates(settings, split, exclude)
@@ -228,7 +250,7 @@ def select_for_review(settings: Settings, budget: int, split: str = "train", str
         raise ValueError(f"every {split} clip with audio has been reviewed: nothing left to select")
     doubt = doubt_scores(strategy, candidates, settings, seed, model)
     strata = [f"{r['lang']}/{decided_class(p, y)}" for r, p, y in zip(candidates.rows, candidates.probs, candidates.labels, strict=True)]
-    picked = quota_pick(strata, doubt, budget, seed)
+    picked = quota_pick(strata if quotas else ["all"] * len(strata), doubt, budget, seed)
     rows = [_batch_row(candidates, i, strategy, float(doubt[i]), strata[i]) for i in picked]
     path = out or batch_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -165,6 +165,33 @@ def test_disagreement_ranks_a_clip_whose_audio_says_another_class_first(tmp_path
     assert candidates.rows[int(np.argmax(doubt))]["clip_id"] == "train-0013"
 
 
+def test_no_quotas_takes_the_closest_calls_whatever_their_stratum(settings: Settings) -> None:
+    common = ["review", "select", "--budget", "6", "--data-dir", str(settings.data_dir)]
+    assert runner.invoke(app, common).exit_code == 0
+    quoted = [json.loads(line)["clip_id"] for line in (settings.data_dir / "review" / "selected.jsonl").read_text().splitlines()]
+    assert runner.invoke(app, [*common, "--no-quotas"]).exit_code == 0
+    unquoted = [json.loads(line)["clip_id"] for line in (settings.data_dir / "review" / "selected.jsonl").read_text().splitlines()]
+    # Six strata take a turn each (in name order: de first); without quotas, the six closest calls.
+    assert sorted(quoted) == [f"train-{i:04d}" for i in range(6, 12)]
+    assert sorted(unquoted) == [f"train-{i:04d}" for i in range(6)]
+
+
+def test_combined_counts_the_toxic_labels_both_opinions_doubt() -> None:
+    from voxtox.tasks.review_select import combined_doubt
+
+    racism, other = CLASSES.index("racism"), CLASSES.index("other")
+    labels = np.zeros((3, len(CLASSES)), dtype=bool)
+    labels[:, CLASSES.index("no_violation")] = True
+    labeller, audio = np.full(labels.shape, 0.1), np.full(labels.shape, 0.1)
+    labeller[:, CLASSES.index("no_violation")] = audio[:, CLASSES.index("no_violation")] = 0.9
+    labeller[0, racism], audio[0, racism] = 0.45, 0.95  # clip 0: the audio hears racism the label misses
+    labeller[1, racism], audio[1, racism] = 0.45, 0.05  # clip 1: the labeller's close call, the audio disagrees
+    labeller[2, other], audio[2, other] = 0.9, 0.9  # clip 2: both doubt `other`, not a class mAP counts
+    doubt = combined_doubt(labeller, audio, labels)
+    assert doubt.argmax() == 0 and doubt[1] > doubt[2]
+    assert doubt[2] == pytest.approx(4 * 0.1)  # the four toxic classes' chance of being wrong
+
+
 # --- export ---------------------------------------------------------------------------------------
 
 
