@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from labelstudio_server import TOKEN, label_studio_server, log_in, open_task
+from labelstudio_server import TOKEN, LabelStudioProcess, log_in, open_task, take_early
 from prefect_server import browser
 from tests.conftest import synthetic_clips
 from voxtox.flows.cli import app
@@ -33,11 +33,17 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """(URL, document root): Label Studio serving local files below the root, with a login and a
-    token; each test keeps its data dir below the root (`review.document_root`)."""
-    root = tmp_path_factory.mktemp("review-root")
-    state = tmp_path_factory.mktemp("label-studio")
-    with label_studio_server(root, state, state / "server.log") as url:
-        yield url, root
+    token; each test keeps its data dir below the root (`review.document_root`). The server
+    tests/conftest.py started in the background when this module was collected, else one started
+    now; stopped when the module is done."""
+    server = take_early()
+    if server is None:
+        state = tmp_path_factory.mktemp("label-studio")
+        server = LabelStudioProcess(tmp_path_factory.mktemp("review-root"), state, state / "server.log")
+    try:
+        yield server.wait(), server.document_root
+    finally:
+        server.stop()
 
 
 def _settings(root: Path, name: str, **review: object) -> Settings:
