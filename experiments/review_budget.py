@@ -2,17 +2,17 @@
 simulated reviewer (who answers with the truth) reviews 0/2/5/10/20% of the training clips,
 chosen by each `voxtox review select` strategy (docs/review.md, "Measured").
 
-    python experiments/review_budget.py --per-lang 300 --out docs/review-budget.md
+    python experiments/review_budget.py --per-lang 300 --out table.md   # [--seed 1]
 
 The corpus: the sentences `voxtox synth` speaks in its train split (the labeller's held-out
 families, five languages, truth known), labelled by the shipped labeller (`voxtox-labeller`) from
 their text, so a clip's transcript is exact (no ASR errors: they would only add noise to both
 sides). The clips go into a real data dir; selection (quotas, strategies), the import of the
 reviewer's answers and the training labels (`read_clip_index`, what `voxtox train` reads) are
-voxtox's own code. `disagreement`'s second opinion is voxtox's cross-fitting (5 folds by
-recording, a logistic probe per class, models/cross_fit.py) on the clips' text embeddings: the
-corpus has no real audio here, so what is measured is the selection rule given an out-of-sample
-model trained on the pipeline's labels, not the audio encoder's embeddings.
+voxtox's own code. The second opinion of `disagreement` and `combined` is voxtox's cross-fitting
+(5 folds by recording, a logistic probe per class, models/cross_fit.py) on the clips' text
+embeddings: the corpus has no real audio here, so what is measured is the selection rule given an
+out-of-sample model trained on the pipeline's labels, not the audio encoder's embeddings.
 """
 
 from __future__ import annotations
@@ -56,18 +56,17 @@ BUDGETS = (0.0, 0.02, 0.05, 0.10, 0.20)
 STRATEGIES = ("random", "uncertainty", "disagreement", "combined")
 #: Also measured: `voxtox review select --no-quotas` for combined and uncertainty; the expected
 #: number of wrong labels under the labeller alone and under both opinions over all six classes
-#: (what `combined` would be without its focus on the four toxic classes); combined with each
-#: toxic class weighted by 1 / the clips the pipeline labels with it (the mAP is a mean over
-#: classes, so a fix in a rare class moves it most); and, as a ceiling no strategy can pass, an
-#: oracle that knows the truth and picks the clips with the most wrong toxic labels.
+#: (what `combined` would be without its focus on the four toxic classes); combined without its
+#: weights by class rarity; and, as a ceiling no strategy can pass, an oracle that knows the
+#: truth and picks the clips with the most wrong toxic labels.
 COMBINED_NO_QUOTAS = "combined, no quotas"
 NO_QUOTAS = "uncertainty, no quotas"
 EXPECTED = "expected errors, labeller alone"
 BOTH_ALL = "expected errors, both opinions, all 6 classes"
-BALANCED = "combined, classes weighted by rarity, no quotas"
+UNWEIGHTED = "combined, classes not weighted, no quotas"
 ORACLE = "oracle (knows the truth: ceiling)"
-VARIANTS = (COMBINED_NO_QUOTAS, NO_QUOTAS, EXPECTED, BOTH_ALL, BALANCED, ORACLE)
-UNQUOTED = (COMBINED_NO_QUOTAS, NO_QUOTAS, BALANCED, ORACLE)
+VARIANTS = (COMBINED_NO_QUOTAS, UNWEIGHTED, NO_QUOTAS, EXPECTED, BOTH_ALL, ORACLE)
+UNQUOTED = (COMBINED_NO_QUOTAS, UNWEIGHTED, NO_QUOTAS, ORACLE)
 LABELLER = "voxtox-labeller"
 
 
@@ -134,8 +133,8 @@ def doubt_of(strategy: str, settings: Settings, candidates: Candidates, rows: li
     wrong = np.where(labels, 1 - (labeller + audio) / 2, (labeller + audio) / 2)
     if strategy == BOTH_ALL:
         return wrong.sum(axis=1)
-    if strategy == BALANCED:
-        return (wrong[:, toxic] / np.maximum(labels[:, toxic].sum(axis=0), 1)[None, :]).sum(axis=1)
+    if strategy == UNWEIGHTED:
+        return wrong[:, toxic].sum(axis=1)
     return (labels[:, toxic] != truth[rows][:, toxic]).sum(axis=1).astype(float)  # the oracle
 
 

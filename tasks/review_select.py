@@ -15,9 +15,10 @@ evaluation segments that truth is measured on. Each candidate gets a doubt score
   clip scored by a probe that never saw it nor its recording.
 
 - `combined`: the expected number of wrong labels over the four toxic classes (the classes
-  voxtox's mAP is measured on), each class's chance taken from the two opinions averaged: the
-  labeller's score re-centred on its threshold and the cross-fitted audio probability. It gained
-  the most of voxtox's strategies in the simulation of docs/review.md.
+  voxtox's mAP is measured on), each class's chance taken from the two opinions averaged (the
+  labeller's score re-centred on its threshold, the cross-fitted audio probability) and weighted
+  by 1 / the candidates labelled with it. It gained the most of voxtox's strategies in the
+  simulation of docs/review.md.
 
 Quotas (unless `quotas=False`): the budget is shared equally by the strata (language × decided class: the pipeline's
 most probable violation class, else `no_violation`), taken round-robin in doubt order; a stratum
@@ -136,10 +137,13 @@ def centred_scores(candidates: Candidates, thresholds: np.ndarray) -> np.ndarray
 
 def combined_doubt(labeller: np.ndarray, audio: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Higher is more doubtful: the expected number of wrong toxic-class labels, each class's
-    probability the mean of the labeller's (threshold-centred) and the audio model's."""
+    probability the mean of the labeller's (threshold-centred) and the audio model's, and each
+    class weighted by 1 / the candidates labelled with it (mAP is a mean over classes: fixing a
+    rare class's label moves its AP, and the mean, most)."""
     q = (labeller + audio) / 2
     toxic = [CLASSES.index(c) for c in TOXIC_CLASSES]
-    return np.where(labels, 1 - q, q)[:, toxic].sum(axis=1)
+    weights = 1.0 / np.maximum(labels[:, toxic].sum(axis=0), 1)
+    return (np.where(labels, 1 - q, q)[:, toxic] * weights[None, :]).sum(axis=1)
 
 
 def disagreement_doubt(audio_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -189,7 +189,9 @@ def test_combined_counts_the_toxic_labels_both_opinions_doubt() -> None:
     labeller[2, other], audio[2, other] = 0.9, 0.9  # clip 2: both doubt `other`, not a class mAP counts
     doubt = combined_doubt(labeller, audio, labels)
     assert doubt.argmax() == 0 and doubt[1] > doubt[2]
-    assert doubt[2] == pytest.approx(4 * 0.1)  # the four toxic classes' chance of being wrong
+    assert doubt[2] == pytest.approx(4 * 0.1)  # the four toxic classes' chance of being wrong (none labelled: weight 1)
+    labels[1:, racism] = True  # two clips labelled racism: its doubt weighs half as much
+    assert combined_doubt(labeller, audio, labels)[0] == pytest.approx(0.3 + 0.7 / 2)
 
 
 # --- export ---------------------------------------------------------------------------------------
