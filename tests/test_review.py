@@ -163,6 +163,9 @@ def test_disagreement_ranks_a_clip_whose_audio_says_another_class_first(tmp_path
     candidates = read_candidates(settings, "train")
     doubt = doubt_scores("disagreement", candidates, settings, 0, None)  # no trained run: the settings' encoder
     assert candidates.rows[int(np.argmax(doubt))]["clip_id"] == "train-0013"
+    # combined: the labeller (its score says class 1, bullying) and the audio both doubt the label.
+    chosen = select_for_review(settings, 1, strategy="combined", quotas=False)
+    assert [r["clip_id"] for r in chosen.rows] == ["train-0013"] and chosen.rows[0]["strategy"] == "combined"
 
 
 def test_no_quotas_takes_the_closest_calls_whatever_their_stratum(settings: Settings) -> None:
