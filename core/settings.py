@@ -372,10 +372,12 @@ class ReviewSettings(BaseModel):
     nightly: bool = Field(False, description="the nightly flow imports finished reviews and sends out a new batch")
     budget: int = Field(50, ge=1, description="clips the nightly sends out for review")
     split: Literal["train", "val", "test"] = Field("train", description="the split the nightly's batch comes from")
-    strategy: Literal["random", "uncertainty", "disagreement"] = Field(
+    strategy: Literal["random", "uncertainty", "disagreement", "combined"] = Field(
         "uncertainty", description="how the nightly chooses: random, uncertainty (the labeller's closest calls), "
-        "disagreement (what the current audio model finds least likely)",
+        "disagreement (what an audio model finds least likely, out of sample), combined (the expected number of "
+        "wrong toxic labels under both opinions)",
     )
+    quotas: bool = Field(True, description="share the batch equally by language x decided class")
     label_studio_url: str | None = Field(
         None, description="the nightly pushes its batch to this Label Studio (token: LABEL_STUDIO_API_KEY); "
         "None: it only writes the project files under <data_dir>/review/export",

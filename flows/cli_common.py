@@ -28,7 +28,7 @@ Aggregation = EvaluateSettings.model_fields["aggregation"].annotation
 ResampleBy = EvaluateSettings.model_fields["resample_by"].annotation
 QueryFormat = Literal["table", "csv", "json"]
 ExportFormat = Literal["onnx", "torchscript"]
-View = Literal["clips", "rejects", "sources", "human_labels", "evaluations", "segment_truth"]
+View = Literal["clips", "rejects", "sources", "human_labels", "reviews", "evaluations", "segment_truth"]
 LabellerLoss = Literal["bce", "tripleentropy", "wranksim"]
 LabellerThreshold = Literal["f1", "precision"]
 

@@ -36,6 +36,9 @@ TABLE_COLUMNS = {
     "round(end_s, 2) AS end_s",
     "sources": "source_uri, split, round(duration_s, 2) AS duration_s, n_chunks, n_clips, "
     "n_rejected_segments, labelled_at",
+    "reviews": "clip_id, split, lang, concat_ws(', ', "
+    + ", ".join(f"CASE WHEN label_{c} THEN '{c}' END" for c in CLASSES)
+    + ") AS labels, status, n_annotations, reviewers, reviewed_at, transcript",
 }
 
 
@@ -134,8 +137,9 @@ def _print_erasure(report: ErasureReport) -> None:
     console.print(f"files rewritten: {len(report.files_rewritten)}, deleted: {len(report.files_deleted)}; "
                   f"work directories removed: {len(report.work_dirs_removed)}, in use: {len(report.work_dirs_in_use)}")
     if report.review_files:
-        console.print(f"review copies {verb} or rewritten: {len(report.review_files)} file(s) under review/ "
-                      "(a task already pushed to Label Studio stays there: delete it in Label Studio)")
+        console.print(f"review copies {verb} or rewritten: {len(report.review_files)} file(s) under review/")
+    for project, what in sorted(report.label_studio.items()):
+        console.print(f"Label Studio {project}: {what}", highlight=False)
     if report.runs_trained_on:
         console.print("[bold]trained runs that learnt from these recordings[/bold] (a model cannot be "
                       "un-trained; retrain without them, or retire these):")
@@ -152,7 +156,7 @@ def _print_erasure(report: ErasureReport) -> None:
 
 def query(
     sql: Annotated[str | None, typer.Argument(help="one SQL statement over the views clips, rejects, sources, human_labels, "
-                                                   "evaluations, segment_truth; - reads it from stdin")] = None,
+                                                   "reviews, evaluations, segment_truth; - reads it from stdin")] = None,
     table: Annotated[View | None, typer.Option(help="show a whole view")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
     output: Annotated[QueryFormat, typer.Option("--format", help="table; csv; json: JSON Lines, one object per row "

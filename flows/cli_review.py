@@ -41,10 +41,13 @@ def select(
     budget: Annotated[int, typer.Option(help="how many clips to choose")],
     split: Annotated[ReviewSplit, typer.Option(help="the split to review")] = "train",
     strategy: Annotated[Strategy, typer.Option(help="random; uncertainty: the labeller's closest call; "
-                                                    "disagreement: what the current audio model finds least likely")] = "uncertainty",
+                                                    "disagreement: what an audio model finds least likely, out of sample; "
+                                                    "combined: expected wrong toxic labels under both")] = "uncertainty",
     seed: Annotated[int, typer.Option(help="the same seed gives the same batch for the same data")] = 0,
-    model: Annotated[Path | None, typer.Option(help="disagreement: the audio model's run (default <runs_dir>/current)")] = None,
+    model: Annotated[Path | None, typer.Option(help="disagreement: the run whose starting encoder embeds the clips "
+                                                                "(default <runs_dir>/current, else train.encoder)")] = None,
     out: Annotated[Path | None, typer.Option(help="the batch file (default <data_dir>/review/selected.jsonl)")] = None,
+    quotas: Annotated[bool, typer.Option(help="share the batch equally by language x decided class")] = True,
     data_dir: DataDir = None,
 ) -> None:
     """Choose clips nobody reviewed yet, most doubtful first, with equal quotas per language and
@@ -53,7 +56,7 @@ def select(
 
     settings = load_settings(data_dir)
     with user_errors():
-        chosen = select_for_review(settings, budget, split, strategy, seed, model, out)
+        chosen = select_for_review(settings, budget, split, strategy, seed, model, out, quotas=quotas)
     view = Table("language / decided class", "clips", title=f"voxtox review select: {len(chosen.rows)} of "
                  f"{chosen.n_candidates} unreviewed {split} clips ({strategy})")
     for stratum, n in sorted(chosen.strata.items()):

@@ -8,13 +8,19 @@ evaluation segments that truth is measured on. Each candidate gets a doubt score
 - `uncertainty`: how close the labeller came to changing its mind, the smallest distance over
   the classes between its score and its decision threshold, in logits (a score of 0.49 against
   a threshold of 0.5 is in more doubt than 0.9);
-- `disagreement` (confident-learning style): the current audio model's probability of the
+- `disagreement` (confident-learning style): an audio model's OUT-OF-SAMPLE probability of the
   labels the pipeline gave, the least likely class (min over classes of q or 1 − q); the clips
-  whose given label the audio model finds least likely come first. The audio model learnt from
-  the training clips, so its scores on them are in-sample: it disagrees less than an
-  out-of-fold model would, and the order is what is used.
+  whose given label the audio model finds least likely come first. The scores are cross-fitted
+  (models/cross_fit.py): linear probes on the frozen starting encoder's clip embeddings, each
+  clip scored by a probe that never saw it nor its recording.
 
-Quotas: the budget is shared equally by the strata (language × decided class: the pipeline's
+- `combined`: the expected number of wrong labels over the four toxic classes (the classes
+  voxtox's mAP is measured on), each class's chance taken from the two opinions averaged (the
+  labeller's score re-centred on its threshold, the cross-fitted audio probability) and weighted
+  by 1 / the candidates labelled with it. It gained the most of voxtox's strategies in the
+  simulation of docs/review.md.
+
+Quotas (unless `quotas=False`): the budget is shared equally by the strata (language × decided class: the pipeline's
 most probable violation class, else `no_violation`), taken round-robin in doubt order; a stratum
 that runs out leaves its share to the others. Ties break by a seeded random key, so a seed
 gives the same batch for the same data.
@@ -31,7 +37,7 @@ from typing import Literal
 
 import numpy as np
 
-from voxtox.labels import CLASSES
+from voxtox.labels import CLASSES, TOXIC_CLASSES
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.clips import clips_files, locate_clips
@@ -39,8 +45,8 @@ from voxtox.storage.model_store import ModelNotFoundError, resolve_model
 from voxtox.storage.reviews import batch_path, reviewed_clip_ids
 from voxtox.storage.schema import HAS_AUDIO, label_column, prob_column
 
-Strategy = Literal["random", "uncertainty", "disagreement"]
-STRATEGIES: tuple[str, ...] = ("random", "uncertainty", "disagreement")
+Strategy = Literal["random", "uncertainty", "disagreement", "combined"]
+STRATEGIES: tuple[str, ...] = ("random", "uncertainty", "disagreement", "combined")
 _EPS = 1e-6
 NO_VIOLATION = "no_violation"
 
@@ -117,34 +123,76 @@ def uncertainty_doubt(candidates: Candidates, thresholds: np.ndarray) -> np.ndar
     return -np.abs(_logit(candidates.probs) - _logit(thresholds)[None, :]).min(axis=1)
 
 
+def centred_scores(candidates: Candidates, thresholds: np.ndarray) -> np.ndarray:
+    """The labeller's scores moved so that each class's threshold sits at 0.5 (in logits)."""
+    return 1 / (1 + np.exp(-(_logit(candidates.probs) - _logit(thresholds)[None, :])))
+
+
+def combined_doubt(labeller: np.ndarray, audio: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Higher is more doubtful: the expected number of wrong toxic-class labels, each class's
+    probability the mean of the labeller's (threshold-centred) and the audio model's, and each
+    class weighted by 1 / the candidates labelled with it (mAP is a mean over classes: fixing a
+    rare class's label moves its AP, and the mean, most)."""
+    q = (labeller + audio) / 2
+    toxic = [CLASSES.index(c) for c in TOXIC_CLASSES]
+    weights = 1.0 / np.maximum(labels[:, toxic].sum(axis=0), 1)
+    return (np.where(labels, 1 - q, q)[:, toxic] * weights[None, :]).sum(axis=1)
+
+
 def disagreement_doubt(audio_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Higher is more doubtful: minus the audio model's probability of the given label, least likely class."""
     given = np.where(labels, audio_probs, 1 - audio_probs)
     return -given.min(axis=1)
 
 
-def audio_model_scores(settings: Settings, candidates: Candidates, run: Path | None) -> np.ndarray:
-    """(n, classes) the audio model's scores of the candidates (max over 15 s windows), cached in the run."""
-    from voxtox.models.scoring import EvalSet, score_run, segment_scores
-    from voxtox.storage.runs import MODEL_WEIGHTS, RunDir
+def starting_encoder(settings: Settings, run: Path | None) -> str:
+    """The Whisper checkpoint the audio model was fine-tuned from: the run's (`--model`, else
+    `<runs_dir>/current` when there is one) `train.encoder`, else the settings' `train.encoder`."""
+    from voxtox.storage.runs import RunDir
 
-    run = run or RunDir.current(settings.runs_dir).path
-    if not (run / settings.evaluate.checkpoint / MODEL_WEIGHTS).exists():
-        raise NoAudioModelError(
-            f"strategy disagreement needs a trained audio model and {run} holds none "
-            "(train one with `voxtox train`, or name a run with --model)")
+    chosen = run or RunDir.current(settings.runs_dir).path
+    config = chosen / "config.json"
+    if config.is_file():
+        return str(json.loads(config.read_text())["train"]["encoder"])
+    if run is not None:
+        raise NoAudioModelError(f"strategy disagreement: {run} is not a `voxtox train` run (no config.json)")
+    return settings.train.encoder
+
+
+def clip_embeddings(settings: Settings, candidates: Candidates, encoder_name: str) -> np.ndarray:
+    """(n, d) the frozen starting encoder's embeddings of the candidates, read in chunks."""
+    from voxtox.models.cross_fit import FrozenEmbedder
+    from voxtox.models.whisper_encoder import load_speech_encoder
+    from voxtox.models.scoring import CLIPS_PER_SCORING_BATCH, read_segment_audio
+
+    try:
+        encoder = load_speech_encoder(resolve_model(encoder_name, settings.model_cache_dir, allow_hub=False))
+    except (ModelNotFoundError, OSError) as error:
+        raise NoAudioModelError(f"strategy disagreement embeds clips with the audio model's encoder "
+                                f"{encoder_name!r}, which is not available here: {error}") from error
+    if settings.train.threads:
+        import torch
+
+        torch.set_num_threads(settings.train.threads)
     ids = [str(r["clip_id"]) for r in candidates.rows]
     located = locate_clips(Catalog.from_settings(settings), clips_files(settings.shards_dir),
                            "SELECT clip_id FROM clips WHERE list_contains(" + json.dumps(ids).replace('"', "'") + ", clip_id)")
     where = {c: (f, r) for c, f, r in zip(located["clip_id"].to_pylist(), located["filename"].to_pylist(),
                                           located["file_row_number"].to_pylist(), strict=True)}
-    eval_set = EvalSet(
-        split="review", labels="pipeline", clip_ids=ids, sources=np.array([r["source_sha256"] for r in candidates.rows]),
-        langs=np.array([r["lang"] for r in candidates.rows]), durations=np.array([r["duration_s"] for r in candidates.rows]),
-        truth=candidates.labels, files=[where[c][0] for c in ids], rows=np.array([where[c][1] for c in ids]),
-    )
-    windows = score_run(run, eval_set, settings.evaluate, settings.train.threads)
-    return segment_scores(windows, settings.evaluate.aggregation)
+    embedder = FrozenEmbedder(encoder, settings.evaluate.window_s, settings.evaluate.batch_size)
+    chunks = [embedder.embed([read_segment_audio(*where[c], c) for c in ids[start:start + CLIPS_PER_SCORING_BATCH]])
+              for start in range(0, len(ids), CLIPS_PER_SCORING_BATCH)]
+    return np.concatenate(chunks)
+
+
+def audio_model_scores(settings: Settings, candidates: Candidates, run: Path | None, seed: int) -> np.ndarray:
+    """(n, classes) out-of-sample audio scores of the candidates: cross-fitted linear probes on
+    the frozen starting encoder's embeddings, folds by recording (models/cross_fit.py)."""
+    from voxtox.models.cross_fit import cross_fitted_probs
+
+    embeddings = clip_embeddings(settings, candidates, starting_encoder(settings, run))
+    groups = [str(r["source_sha256"]) for r in candidates.rows]
+    return cross_fitted_probs(embeddings, candidates.labels, groups, seed=seed)
 
 
 def doubt_scores(strategy: str, candidates: Candidates, settings: Settings, seed: int, model: Path | None) -> np.ndarray:
@@ -153,7 +201,10 @@ def doubt_scores(strategy: str, candidates: Candidates, settings: Settings, seed
     if strategy == "uncertainty":
         return uncertainty_doubt(candidates, labeller_thresholds(candidates, settings))
     if strategy == "disagreement":
-        return disagreement_doubt(audio_model_scores(settings, candidates, model), candidates.labels)
+        return disagreement_doubt(audio_model_scores(settings, candidates, model, seed), candidates.labels)
+    if strategy == "combined":
+        labeller = centred_scores(candidates, labeller_thresholds(candidates, settings))
+        return combined_doubt(labeller, audio_model_scores(settings, candidates, model, seed), candidates.labels)
     raise ValueError(f"unknown strategy {strategy!r}: choose from {', '.join(STRATEGIES)}")
 
 
@@ -185,9 +236,10 @@ class Selection:
 
 def select_for_review(settings: Settings, budget: int, split: str = "train", strategy: str = "uncertainty",
                       seed: int = 0, model: Path | None = None, out: Path | None = None,
-                      exclude: set[str] | frozenset[str] = frozenset()) -> Selection:
+                      exclude: set[str] | frozenset[str] = frozenset(), quotas: bool = True) -> Selection:
     """Choose `budget` unreviewed clips of `split` (none of `exclude`) and write them, most
-    doubtful first, to `out` (default `<data_dir>/review/selected.jsonl`), one JSON object per line."""
+    doubtful first, to `out` (default `<data_dir>/review/selected.jsonl`), one JSON object per line.
+    Without `quotas`, the `budget` most doubtful clips whatever their language and class."""
     if budget < 1:
         raise ValueError(f"--budget must be at least 1, got {budget}")
     candidates = read_candidates(settings, split, exclude)
@@ -195,7 +247,7 @@ def select_for_review(settings: Settings, budget: int, split: str = "train", str
         raise ValueError(f"every {split} clip with audio has been reviewed: nothing left to select")
     doubt = doubt_scores(strategy, candidates, settings, seed, model)
     strata = [f"{r['lang']}/{decided_class(p, y)}" for r, p, y in zip(candidates.rows, candidates.probs, candidates.labels, strict=True)]
-    picked = quota_pick(strata, doubt, budget, seed)
+    picked = quota_pick(strata if quotas else ["all"] * len(strata), doubt, budget, seed)
     rows = [_batch_row(candidates, i, strategy, float(doubt[i]), strata[i]) for i in picked]
     path = out or batch_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import label_column, prob_column
 from voxtox.storage.shards import write_partitioned
-from voxtox.tasks.review_push import pushed_projects
+from voxtox.storage.review_projects import pushed_projects
 from voxtox.corpus.speech_synth import Utterance, lay_out
 
 #: (what is said, the pipeline's label, its score): close calls a reviewer should look at.

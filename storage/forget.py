@@ -38,6 +38,7 @@ from voxtox.storage.shards import DamagedShardError, shard_files
 from voxtox.storage.tombstones import add_tombstones, is_sha256, tombstones_file
 from voxtox.storage.workdir import sweep_stale_work
 from voxtox.storage.review_export import erase_review_copies
+from voxtox.storage.review_projects import delete_pushed_tasks
 
 SHA256_PREFIX = "sha256:"
 URI_PREFIX = "uri:"
@@ -227,6 +228,7 @@ class ErasureReport:
     input_files: list[str] = field(default_factory=list)  # still there, same content
     input_files_deleted: list[str] = field(default_factory=list)
     review_files: list[str] = field(default_factory=list)  # under <data_dir>/review: deleted or rewritten
+    label_studio: dict[str, str] = field(default_factory=dict)  # pushed project URL -> its tasks deleted, or why not
     dry_run: bool = False
 
 
@@ -283,6 +285,8 @@ def erase_recordings(
             report.work_dirs_removed = [str(p) for p in sweep_stale_work(settings.work_dir)]
         if settings.work_dir.is_dir():
             report.work_dirs_in_use = sorted(str(p) for p in settings.work_dir.iterdir() if p.is_dir())
+    # Tasks pushed to Label Studio: after the lock (network calls), never stopping the erasure.
+    report.label_studio = delete_pushed_tasks(settings, rows.clip_ids, dry_run)
     report.runs_trained_on, report.runs_without_record = runs_that_saw(runs_dirs, recordings.sha256s)
     for path in sorted(inputs):
         if delete_inputs and not dry_run:

@@ -19,10 +19,16 @@ import httpx
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
 PROJECT_URL = re.compile(r"^(?P<base>https?://[^/]+(?:/[^?#]*?)?)/projects/(?P<id>\d+)")
 TIMEOUT_S = 60.0
+TASKS_PAGE = 100
 
 
 class LabelStudioError(RuntimeError):
-    """Label Studio refused a call or could not be reached; said in one line."""
+    """Label Studio refused a call or could not be reached; said in one line. `status`: the HTTP
+    status of a refusal (None when the server could not be reached)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ class LabelStudio:
             raise LabelStudioError(f"{self.base}{path}: cannot reach Label Studio ({error})") from error
         if response.status_code >= 400:
             detail = " ".join(response.text.split())[:300]
-            raise LabelStudioError(f"{method} {self.base}{path}: {response.status_code} {detail}")
+            raise LabelStudioError(f"{method} {self.base}{path}: {response.status_code} {detail}", response.status_code)
         return response.json() if response.content else None
 
     def create_project(self, title: str, label_config: str, description: str = "") -> int:
@@ -93,6 +99,22 @@ class LabelStudio:
 
     def export(self, project_id: int, export_type: str = "JSON") -> list[dict[str, Any]]:
         return self.call("GET", f"/api/projects/{project_id}/export", params={"exportType": export_type})
+
+    def tasks(self, project_id: int) -> list[dict[str, Any]]:
+        """Every task of a project (id and data), page by page."""
+        found: list[dict[str, Any]] = []
+        while True:
+            answer = self.call("GET", "/api/tasks/", params={"project": project_id, "page": len(found) // TASKS_PAGE + 1,
+                                                             "page_size": TASKS_PAGE, "fields": "task_only"})
+            page = answer["tasks"] if isinstance(answer, dict) else answer
+            found += page
+            total = answer.get("total", len(found)) if isinstance(answer, dict) else len(found)
+            if len(page) < TASKS_PAGE or len(found) >= total:
+                return found
+
+    def delete_task(self, task_id: int) -> None:
+        """Delete a task with its annotations and predictions (Label Studio keeps no copy)."""
+        self.call("DELETE", f"/api/tasks/{task_id}/")
 
     def user_names(self) -> dict[int, str]:
         """User id -> e-mail (exports name annotators by id)."""

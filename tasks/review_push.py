@@ -16,35 +16,15 @@ from prefect import task
 from voxtox.files import jsonl_objects
 from voxtox.settings import Settings
 from voxtox.storage.labelstudio_api import LabelStudio, LabelStudioError, ProjectRef, parse_project_url
+from voxtox.storage.review_projects import drop_project, pushed_projects, record_project
 from voxtox.storage.review_export import Export
 from voxtox.storage.review_import import ImportReport, import_answers
 from voxtox.storage.reviews import REVIEW_DIR
-
-PROJECTS_FILE = "projects.json"
-
 
 @dataclass(frozen=True)
 class Pushed:
     url: str
     n_tasks: int
-
-
-def projects_path(settings: Settings) -> Path:
-    return settings.data_dir / REVIEW_DIR / PROJECTS_FILE
-
-
-def pushed_projects(settings: Settings) -> list[str]:
-    path = projects_path(settings)
-    return [entry["url"] for entry in json.loads(path.read_text())] if path.exists() else []
-
-
-def _record(settings: Settings, url: str, n_tasks: int) -> None:
-    path = projects_path(settings)
-    entries = json.loads(path.read_text()) if path.exists() else []
-    entries.append({"url": url, "n_tasks": n_tasks, "pushed_at": datetime.now(UTC).isoformat(timespec="seconds")})
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(entries, indent=1) + "\n")
-    temporary.replace(path)
 
 
 def push_export(settings: Settings, base_url: str, export: Export, title: str | None = None) -> Pushed:
@@ -57,7 +37,7 @@ def push_export(settings: Settings, base_url: str, export: Export, title: str | 
     tasks = json.loads(export.tasks.read_text())
     n_tasks = server.import_tasks(project_id, tasks)
     url = ProjectRef(server.base, project_id).url
-    _record(settings, url, n_tasks)
+    record_project(settings, url, n_tasks)
     return Pushed(url, n_tasks)
 
 
@@ -87,7 +67,14 @@ def _import_finished(settings: Settings, cycle: ReviewCycle) -> None:
     for url in pushed_projects(settings):
         try:
             report = pull_and_import(settings, url)
-        except (LabelStudioError, ValueError) as error:  # one bad project does not stop the night
+        except LabelStudioError as error:
+            if error.status == 404:  # deleted in Label Studio: nothing more will come from it
+                drop_project(settings, url)
+                cycle.imported[url] = "gone from Label Studio (404): dropped from projects.json"
+            else:  # one unreachable project does not stop the night
+                cycle.imported[url] = f"not imported: {error}"
+            continue
+        except ValueError as error:
             cycle.imported[url] = f"not imported: {error}"
             continue
         written = report.written
@@ -115,7 +102,7 @@ def review_cycle(settings: Settings, night: str) -> ReviewCycle:
     seed = int(night.replace("-", ""))
     out = settings.data_dir / REVIEW_DIR / f"batch-{night}.jsonl"
     try:
-        chosen = select_for_review(settings, review.budget, review.split, review.strategy, seed, out=out,
+        chosen = select_for_review(settings, review.budget, review.split, review.strategy, seed, out=out, quotas=review.quotas,
                                    exclude=sent_before(settings, out))
     except NoAudioModelError as error:
         cycle.note = str(error)

@@ -215,3 +215,25 @@ def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+
+
+
+# --- Label Studio, started early ---------------------------------------------------------------
+# Its first start migrates a new database (~40 s idle, 1.5 min on a busy 2-core machine): when
+# tests/test_labelstudio.py is among the collected tests, the server starts in the background as
+# soon as collection ends, so that wait overlaps the tests that run before it. The module's
+# fixture takes it over; a session that never reaches the module stops it here. (The state lives
+# in labelstudio_server, one module for conftest and the test file alike.)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not session.config.option.collectonly and any(item.path.name == "test_labelstudio.py" for item in session.items):
+        from labelstudio_server import start_early
+
+        start_early()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from labelstudio_server import stop_early
+
+    stop_early()

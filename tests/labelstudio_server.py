@@ -5,7 +5,9 @@ headless Chromium logged in to it (tests/prefect_server.py's DevTools driver).""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,30 +24,70 @@ TOKEN = "voxtox-test-token-0123456789abcdef"
 START_TIMEOUT_S = 420
 
 
+class LabelStudioProcess:
+    """`scripts/labelstudio.sh start` on a free port, started at once; `wait()` for it to answer.
+    Starting is split from waiting so a test session can start it early, in the background
+    (tests/conftest.py), while other tests run: its first start migrates a new database, the
+    slowest part of tests/test_labelstudio.py."""
+
+    def __init__(self, document_root: Path, state: Path, log: Path) -> None:
+        self.document_root, self.log = document_root, log
+        self.url = f"http://127.0.0.1:{free_port()}"
+        env = os.environ | {"LABEL_STUDIO_USERNAME": EMAIL, "LABEL_STUDIO_PASSWORD": PASSWORD,
+                            "LABEL_STUDIO_USER_TOKEN": TOKEN, "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root)}
+        with log.open("w") as output:
+            self.process = subprocess.Popen(
+                ["bash", str(REPO / "scripts" / "labelstudio.sh"), "start", self.url.rsplit(":", 1)[1], str(state)],
+                env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _up(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"Label Studio exited ({self.process.returncode}); log: {self.log}")
+        try:
+            return httpx.get(f"{self.url}/api/projects", headers={"Authorization": f"Token {TOKEN}"}, timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait(self) -> str:
+        wait_until(self._up, START_TIMEOUT_S, f"Label Studio on {self.url} (log: {self.log})", poll_s=1)
+        return self.url
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+_EARLY: list[tuple[LabelStudioProcess, Path]] = []
+
+
+def start_early() -> None:
+    """Start a Label Studio in the background for the session (tests/conftest.py)."""
+    if not _EARLY:
+        base = Path(tempfile.mkdtemp(prefix="voxtox-label-studio-"))
+        (base / "review-root").mkdir()
+        (base / "state").mkdir()
+        _EARLY.append((LabelStudioProcess(base / "review-root", base / "state", base / "server.log"), base))
+
+
+def take_early() -> LabelStudioProcess | None:
+    """The Label Studio `start_early` started, if any."""
+    return _EARLY[0][0] if _EARLY else None
+
+
+def stop_early() -> None:
+    for server, base in _EARLY:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    _EARLY.clear()
+
+
 @contextmanager
 def label_studio_server(document_root: Path, state: Path, log: Path) -> Iterator[str]:
     """Label Studio's URL, serving local files below `document_root`, its own files in `state`."""
-    port = free_port()
-    env = os.environ | {"LABEL_STUDIO_USERNAME": EMAIL, "LABEL_STUDIO_PASSWORD": PASSWORD,
-                        "LABEL_STUDIO_USER_TOKEN": TOKEN, "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root)}
-    with log.open("w") as output:
-        server = subprocess.Popen(["bash", str(REPO / "scripts" / "labelstudio.sh"), "start", str(port), str(state)],
-                                  env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            if server.poll() is not None:
-                raise RuntimeError(f"Label Studio exited ({server.returncode}); log: {log}")
-            try:
-                return httpx.get(f"{url}/api/projects", headers={"Authorization": f"Token {TOKEN}"}, timeout=5).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        try:
-            wait_until(up, START_TIMEOUT_S, f"Label Studio on {url} (log: {log})", poll_s=2)
-            yield url
-        finally:
-            stop(server)
+    server = LabelStudioProcess(document_root, state, log)
+    try:
+        yield server.wait()
+    finally:
+        server.stop()
 
 
 def log_in(session: Browser, url: str) -> None:

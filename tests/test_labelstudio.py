@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from labelstudio_server import TOKEN, label_studio_server, log_in, open_task
+from labelstudio_server import TOKEN, LabelStudioProcess, log_in, open_task, take_early
 from prefect_server import browser
 from tests.conftest import synthetic_clips
 from voxtox.flows.cli import app
@@ -24,7 +24,9 @@ from voxtox.storage.reviews import read_reviews
 from voxtox.storage.schema import label_column
 from voxtox.storage.shards import write_partitioned
 from voxtox.storage.review_export import CHOICES, TEXT
-from voxtox.tasks.review_push import pushed_projects
+from voxtox.storage.forget import Recordings, erase_recordings
+from voxtox.storage.review_projects import pushed_projects
+from voxtox.tasks.review_push import ReviewCycle, _import_finished
 
 runner = CliRunner()
 
@@ -32,11 +34,17 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """(URL, document root): Label Studio serving local files below the root, with a login and a
-    token; each test keeps its data dir below the root (`review.document_root`)."""
-    root = tmp_path_factory.mktemp("review-root")
-    state = tmp_path_factory.mktemp("label-studio")
-    with label_studio_server(root, state, state / "server.log") as url:
-        yield url, root
+    token; each test keeps its data dir below the root (`review.document_root`). The server
+    tests/conftest.py started in the background when this module was collected, else one started
+    now; stopped when the module is done."""
+    server = take_early()
+    if server is None:
+        state = tmp_path_factory.mktemp("label-studio")
+        server = LabelStudioProcess(tmp_path_factory.mktemp("review-root"), state, state / "server.log")
+    try:
+        yield server.wait(), server.document_root
+    finally:
+        server.stop()
 
 
 def _settings(root: Path, name: str, **review: object) -> Settings:
@@ -117,6 +125,10 @@ def test_a_batch_goes_to_label_studio_and_its_answers_come_back(label_studio: tu
         {k: [c for c in CLASSES if v[label_column(c)]] for k, v in rows.items()}
     assert pa.Table.from_pylist(list(after.values())).num_rows == 2
 
+    # `voxtox forget` of the recording deletes its tasks (and their answers) in Label Studio too.
+    report = erase_recordings(Recordings(frozenset({"src-train"}), frozenset()), settings, [])
+    assert report.label_studio == {project: "4 task(s) deleted"} and _tasks(client, project) == []
+
 
 def test_the_nightly_step_brings_answers_back_and_sends_a_new_batch(label_studio: tuple[str, Path],
                                                                     monkeypatch: pytest.MonkeyPatch,
@@ -152,6 +164,12 @@ def test_the_nightly_step_brings_answers_back_and_sends_a_new_batch(label_studio
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["review"])))
     assert any("came back from" in (a.data or "") and project in (a.data or "") for a in artifacts)
+
+    # A project deleted in Label Studio is dropped from projects.json, not pulled every night.
+    assert _client(url).delete(f"/api/projects/{int(project.rsplit('/', 1)[1])}/").status_code == 204
+    cycle = ReviewCycle(imported={})
+    _import_finished(settings, cycle)
+    assert project not in pushed_projects(settings) and "dropped" in cycle.imported[project]
 
 
 def test_a_task_page_plays_its_audio_in_chromium(label_studio: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import soundfile
@@ -109,12 +110,91 @@ def test_reviewed_clips_are_not_chosen_again(settings: Settings, tmp_path: Path)
     assert not {f"train-{i:04d}" for i in range(6)} & {r["clip_id"] for r in chosen.rows}
 
 
-def test_disagreement_without_an_audio_model_says_so_in_one_line(settings: Settings) -> None:
+def test_disagreement_without_an_audio_model_says_so_in_one_line(settings: Settings, tmp_path: Path) -> None:
     result = runner.invoke(app, ["review", "select", "--budget", "5", "--strategy", "disagreement",
-                                 "--data-dir", str(settings.data_dir)])
+                                 "--model", str(tmp_path / "no-run"), "--data-dir", str(settings.data_dir)])
     assert result.exit_code == 2
     output = " ".join(result.output.split())
-    assert "needs a trained audio model" in output and "Traceback" not in result.output
+    assert "is not a `voxtox train` run" in output and "Traceback" not in result.output
+
+
+def _blobs(seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """60 clips of 3 classes as well-separated points in 8 dimensions, 12 recordings of 5 clips."""
+    rng = np.random.default_rng(seed)
+    cls = np.arange(60) % 3
+    x = 4.0 * np.eye(8)[cls] + rng.normal(size=(60, 8))
+    return x, np.eye(3, dtype=bool)[cls], [f"rec-{i // 5}" for i in range(60)]
+
+
+def test_cross_fitted_scores_are_out_of_sample_and_find_the_wrong_label() -> None:
+    from voxtox.models.cross_fit import cross_fitted_probs, recording_folds
+    from voxtox.models.review_select import disagreement_doubt
+
+    x, labels, groups = _blobs(0)
+    labels[7] = [True, False, False]  # clip 7 sounds like class 1 and is labelled class 0
+    probs = cross_fitted_probs(x, labels, groups, folds=5, seed=3)
+    assert np.array_equal(probs, cross_fitted_probs(x, labels, groups, folds=5, seed=3))  # a seed is a result
+    assert int(np.argmax(disagreement_doubt(probs, labels))) == 7
+    folds = recording_folds(groups, 5, seed=3)
+    assert all(len(set(folds[[g == r for g in groups]])) == 1 for r in set(groups))  # a recording stays in one fold
+    assert sorted(np.bincount(folds).tolist()) == [10, 10, 10, 15, 15]  # 12 recordings of 5 clips in 5 folds
+    # Out of sample: a clip's score does not move when its own label changes (in-sample, it would).
+    flipped = labels.copy()
+    flipped[7] = [False, True, False]
+    assert np.allclose(cross_fitted_probs(x, flipped, groups, folds=5, seed=3)[7], probs[7])
+
+
+def test_disagreement_ranks_a_clip_whose_audio_says_another_class_first(tmp_path: Path) -> None:
+    """Real Whisper features (whisper-tiny.en, the offline package): the tones of the six classes
+    are told apart out of fold, so the one clip whose label is another class's stands out."""
+    from voxtox.settings import TrainSettings
+    from voxtox.models.review_select import doubt_scores, read_candidates
+
+    table = _clips(N_TRAIN, "train", 0)
+    rows = table.to_pylist()
+    wrong = rows[13]  # its tone is class 1's; the pipeline says class 4
+    for c in CLASSES:
+        wrong[label_column(c)] = c == CLASSES[4]
+    table = pa.Table.from_pylist(rows, table.schema)
+    for sha in sorted(set(table["source_sha256"].to_pylist())):
+        write_partitioned(tmp_path / "shards", "clips", table.filter(pa.compute.equal(table["source_sha256"], sha)), sha)
+    Catalog(tmp_path / "catalog.duckdb", tmp_path / "shards").refresh_views()
+    settings = Settings(data_dir=tmp_path, train=TrainSettings(encoder="whisper-tiny.en", threads=1))
+    candidates = read_candidates(settings, "train")
+    doubt = doubt_scores("disagreement", candidates, settings, 0, None)  # no trained run: the settings' encoder
+    assert candidates.rows[int(np.argmax(doubt))]["clip_id"] == "train-0013"
+    # combined: the labeller (its score says class 1, bullying) and the audio both doubt the label.
+    chosen = select_for_review(settings, 1, strategy="combined", quotas=False)
+    assert [r["clip_id"] for r in chosen.rows] == ["train-0013"] and chosen.rows[0]["strategy"] == "combined"
+
+
+def test_no_quotas_takes_the_closest_calls_whatever_their_stratum(settings: Settings) -> None:
+    common = ["review", "select", "--budget", "6", "--data-dir", str(settings.data_dir)]
+    assert runner.invoke(app, common).exit_code == 0
+    quoted = [json.loads(line)["clip_id"] for line in (settings.data_dir / "review" / "selected.jsonl").read_text().splitlines()]
+    assert runner.invoke(app, [*common, "--no-quotas"]).exit_code == 0
+    unquoted = [json.loads(line)["clip_id"] for line in (settings.data_dir / "review" / "selected.jsonl").read_text().splitlines()]
+    # Six strata take a turn each (in name order: de first); without quotas, the six closest calls.
+    assert sorted(quoted) == [f"train-{i:04d}" for i in range(6, 12)]
+    assert sorted(unquoted) == [f"train-{i:04d}" for i in range(6)]
+
+
+def test_combined_counts_the_toxic_labels_both_opinions_doubt() -> None:
+    from voxtox.models.review_select import combined_doubt
+
+    racism, other = CLASSES.index("racism"), CLASSES.index("other")
+    labels = np.zeros((3, len(CLASSES)), dtype=bool)
+    labels[:, CLASSES.index("no_violation")] = True
+    labeller, audio = np.full(labels.shape, 0.1), np.full(labels.shape, 0.1)
+    labeller[:, CLASSES.index("no_violation")] = audio[:, CLASSES.index("no_violation")] = 0.9
+    labeller[0, racism], audio[0, racism] = 0.45, 0.95  # clip 0: the audio hears racism the label misses
+    labeller[1, racism], audio[1, racism] = 0.45, 0.05  # clip 1: the labeller's close call, the audio disagrees
+    labeller[2, other], audio[2, other] = 0.9, 0.9  # clip 2: both doubt `other`, not a class mAP counts
+    doubt = combined_doubt(labeller, audio, labels)
+    assert doubt.argmax() == 0 and doubt[1] > doubt[2]
+    assert doubt[2] == pytest.approx(4 * 0.1)  # the four toxic classes' chance of being wrong (none labelled: weight 1)
+    labels[1:, racism] = True  # two clips labelled racism: its doubt weighs half as much
+    assert combined_doubt(labeller, audio, labels)[0] == pytest.approx(0.3 + 0.7 / 2)
 
 
 # --- export ---------------------------------------------------------------------------------------
@@ -246,7 +326,6 @@ def test_training_manifest_counts_the_human_labels(settings: Settings, tiny_whis
     # reviewed clips are out of it): in each stratum the clip it finds least likely.
     chosen = select_for_review(settings, 12, strategy="disagreement", model=run)
     assert len(chosen.rows) == 12 and not {r["clip_id"] for r in chosen.rows} & {f"train-{i:04d}" for i in range(5)}
-    assert (run / "evaluation" / "scores" / "review-best.parquet").exists()  # scored once, cached in the run
     assert all(-1 <= r["doubt"] <= 0 for r in chosen.rows)
 
 
@@ -267,3 +346,12 @@ def test_forget_erases_reviews_and_their_copies(settings: Settings, tmp_path: Pa
     with pytest.raises(ExportError, match=r"task 1 \(clip train-0000\): no such clip"):  # a forgotten clip's answers
         import_answers(settings, [_task(1, "train-0000", (["racism"], None, False))], "test")
     assert read_reviews(settings.shards_dir)["clip_id"].to_pylist() == ["train-0012"]
+
+
+def test_query_table_shows_the_reviews(settings: Settings) -> None:
+    import_answers(settings, [_task(1, "train-0003", (["racism", "bullying"], "fixed words", False))], "test")
+    result = runner.invoke(app, ["query", "--table", "reviews", "--format", "json", "--data-dir", str(settings.data_dir)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert len(rows) == 1 and rows[0]["clip_id"] == "train-0003" and rows[0]["labels"] == "bullying, racism"
+    assert rows[0]["transcript"] == "fixed words" and rows[0]["status"] == "agreed"
