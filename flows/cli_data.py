@@ -59,6 +59,7 @@ def label(
         for spec in inputs:
             discover_inputs(spec)  # a mistyped input fails at once, before a Prefect API is started
         _say_damaged_shards(settings)
+        _check_lake(settings)
         with api_starting():  # while the pipeline's modules import and its models load
             from voxtox.flows.label import label_flow, preflight, task_runner_for
 
@@ -71,6 +72,16 @@ def label(
         summary.add_row(key, str(value))
     console.print(summary)
     console.print("Query it: voxtox query \"SELECT lang, count(*) FROM clips GROUP BY lang\"")
+
+
+def _check_lake(settings: Settings) -> None:
+    """With `[storage]` naming a lake: an unreachable catalog or object store fails in one line
+    naming it before a Prefect API is started (storage/lake.py)."""
+    from voxtox.storage import lake
+
+    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
+    if target is not None:
+        lake.connect(target).close()
 
 
 def _say_damaged_shards(settings: Settings) -> None:

@@ -135,8 +135,15 @@ class Catalog:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Catalog:
-        """The catalog of `settings.data_dir`: its catalog file over its shards."""
-        return cls(settings.catalog_path, settings.shards_dir)
+        """The catalog of `settings.data_dir`: its catalog file over its shards; or, when
+        `[storage]` names a lake, the lake's (storage/lake_catalog.py)."""
+        local = cls(settings.catalog_path, settings.shards_dir)
+        if not settings.storage.lake:
+            return local
+        from voxtox.storage.lake import LakeTarget  # here: lake_catalog imports this module
+        from voxtox.storage.lake_catalog import LakeCatalog
+
+        return LakeCatalog(LakeTarget(settings.storage.catalog_url, settings.storage.data_url), local)
 
     @property
     def base(self) -> Path:
