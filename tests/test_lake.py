@@ -223,6 +223,9 @@ def test_two_label_runs_at_once_on_one_lake_label_each_recording_once(target: La
     clips = _count(target, "SELECT count(*) FROM clips")
     assert clips > 0 and clips == _count(target, "SELECT count(DISTINCT clip_id) FROM clips")
     assert _count(target, "SELECT count(DISTINCT run_id) FROM clips WHERE source_uri LIKE '%both.wav'") == 1
+    # the views give embeddings back as FLOAT[n] (stored as FLOAT[]), as the shards' views do
+    assert _count(target, "SELECT count(*) FROM clips WHERE array_cosine_similarity(text_embedding, "
+                          "text_embedding) > 0.99") == clips
 
     again = subprocess.run(_voxtox("label", str(tmp_path / "a"), "--data-dir", str(tmp_path / "data-a")),
                            env=env, capture_output=True, text=True, timeout=600)
