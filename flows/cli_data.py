@@ -17,6 +17,7 @@ from voxtox.flows.cli_common import (
     console,
     disk_full_in_one_line,
     errors,
+    refuse_lake,
     user_errors,
 )
 from voxtox.labels import CLASSES
@@ -115,6 +116,7 @@ def forget(
     from voxtox.tasks.forget import parse_request, read_request_file
 
     settings = load_settings(data_dir)
+    refuse_lake(settings, "forget")
     with user_errors():
         named = list(recordings or []) + (read_request_file(from_file) if from_file else [])
         if not named:
@@ -215,6 +217,7 @@ def compact(
     if unknown:
         raise typer.BadParameter(f"unknown table {', '.join(unknown)}: choose from {', '.join(PARTITIONS)}")
     settings = load_settings(data_dir)
+    refuse_lake(settings, "compact")
     view = Table("table", "files before", "files after", "merged", "left for next time", title="voxtox compact")
     with user_errors():  # a damaged shard: one line naming it, nothing compacted
         results = compact_shards(settings, table)
@@ -233,6 +236,7 @@ def import_labels(
     from voxtox.tasks.human_labels import import_truth_files
 
     settings = load_settings(data_dir)
+    refuse_lake(settings, "import-labels")
     with user_errors():
         report = import_truth_files(list(truth), settings.shards_dir)
     Catalog.from_settings(settings).refresh_views()

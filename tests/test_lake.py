@@ -246,3 +246,16 @@ def test_a_label_run_against_a_stopped_object_store_fails_in_one_line(target: La
                          capture_output=True, text=True, timeout=300)
     assert run.returncode != 0 and dead in run.stdout + run.stderr, (run.stdout, run.stderr)
     assert time.monotonic() - started < 120
+
+
+@pytest.mark.parametrize("command", [["forget", "sha256:" + "0" * 64], ["compact"], ["import-labels", "truth.jsonl"]])
+def test_commands_not_written_for_the_lake_refuse_in_one_line(command: list[str], tmp_path: Path) -> None:
+    """A `forget` that looked only at the empty shards beside a lake would pass for an erasure."""
+    from typer.testing import CliRunner
+
+    from voxtox.flows.cli import app
+
+    env = {"VOXTOX_STORAGE__CATALOG_URL": "postgresql://voxtox@127.0.0.1:1/lake", "VOXTOX_STORAGE__DATA_URL": "s3://b/p"}
+    result = CliRunner().invoke(app, [*command, "--data-dir", str(tmp_path)], env=env)
+    assert result.exit_code == 2, result.output
+    assert "does not work on a lake yet" in result.output
