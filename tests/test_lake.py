@@ -259,3 +259,32 @@ def test_commands_not_written_for_the_lake_refuse_in_one_line(command: list[str]
     result = CliRunner().invoke(app, [*command, "--data-dir", str(tmp_path)], env=env)
     assert result.exit_code == 2, result.output
     assert "does not work on a lake yet" in result.output
+
+
+def test_an_object_store_that_stops_between_commits_fails_in_one_line_and_a_rerun_completes(
+        target: LakeTarget, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 goes away mid-run: the commit in flight fails in one line naming the endpoint, nothing
+    of it is committed, and once S3 is back the rerun lands every key once."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    bucket = target.data_url.split("/")[2]
+    boto3.client("s3", endpoint_url=endpoint, **_boto_keys()).create_bucket(Bucket=bucket)
+    try:
+        with lake.connect(target) as con:
+            lake.replace_key(con, target, "first", {"clips": _rows("first", 3, "w")})
+            server.stop()
+            with pytest.raises(LakeError) as raised:
+                lake.replace_key(con, target, "second", {"clips": _rows("second", 3, "w")})
+            assert endpoint in str(raised.value) and "\n" not in str(raised.value)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)  # moto keeps its buckets in-process
+        server.start()
+        assert _count(target, "SELECT count(*) FROM clips") == 3  # only the commit that landed
+        with lake.connect(target) as con:  # the rerun
+            for key in ("first", "second"):
+                lake.replace_key(con, target, key, {"clips": _rows(key, 3, "w")})
+        assert _count(target, "SELECT count(*) FROM clips") == 6
+    finally:
+        server.stop()
