@@ -28,7 +28,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,20 +243,59 @@ def _is_conflict(error: duckdb.Error) -> bool:
 def replace_key(con: duckdb.DuckDBPyConnection, target: LakeTarget, key: str, rows: Mapping[str, pa.Table]) -> int:
     """Replace every row of `key` in each table of `rows` by those rows, in one commit; retried
     on a conflict with a concurrent commit. Returns the attempts it took."""
+
+    def attempt() -> None:
+        for name, table in rows.items():  # two first writers may race to create a table
+            _ensure_table(con, name, table)
+        _replace_once(con, key, rows)
+
+    return _committed(con, target, attempt, key)
+
+
+def _committed(con: duckdb.DuckDBPyConnection, target: LakeTarget, attempt: Callable[[], object], what: str) -> int:
+    """Run `attempt` (one transaction) until it commits without a conflict; the attempts it took."""
     with lake_errors(target):
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        for number in range(1, MAX_ATTEMPTS + 1):
             try:
-                for name, table in rows.items():  # two first writers may race to create a table
-                    _ensure_table(con, name, table)
-                _replace_once(con, key, rows)
-                return attempt
+                attempt()
+                return number
             except duckdb.Error as error:
                 _rollback(con)
-                if not _is_conflict(error) or attempt == MAX_ATTEMPTS:
+                if not _is_conflict(error) or number == MAX_ATTEMPTS:
                     raise
-                log.debug("lake commit of %s conflicted (attempt %d): %s", key, attempt, error)
-                time.sleep(random.uniform(0.01, 0.05) * attempt)  # spread the retries of many workers
+                log.debug("lake commit of %s conflicted (attempt %d): %s", what, number, error)
+                time.sleep(random.uniform(0.01, 0.05) * number)  # spread the retries of many workers
     raise AssertionError("unreachable")
+
+
+def erase(con: duckdb.DuckDBPyConnection, target: LakeTarget, sha256s: Collection[str]) -> int:
+    """Remove every row of the recordings `sha256s` from every table AND their bytes from storage:
+    delete them (one commit), rewrite the data files that held them, expire every older snapshot
+    (erasure beats time travel: no snapshot may still reach them) and delete the files no snapshot
+    references. Returns the rows deleted. A reader still on an expired snapshot fails."""
+    wanted = sorted(sha256s)
+    holding = [name for name in tables(con) if _has_column(con, name, "source_sha256")]
+    deleted = [0]
+
+    def attempt() -> None:
+        con.execute("BEGIN")
+        con.execute(f"UPDATE {ALIAS}.{COMMITS_TABLE} SET n = n + 1")
+        deleted[0] = sum(con.execute(f"DELETE FROM {ALIAS}.{name} WHERE source_sha256 IN (SELECT unnest(?))",
+                                     [wanted]).fetchone()[0] for name in holding)
+        con.execute("COMMIT")
+
+    _committed(con, target, attempt, "erasure")
+    with lake_errors(target):
+        for name in holding:
+            con.execute(f"CALL ducklake_rewrite_data_files('{ALIAS}', '{name}', delete_threshold => 0)")
+        con.execute(f"CALL ducklake_expire_snapshots('{ALIAS}', older_than => now())")
+        con.execute(f"CALL ducklake_cleanup_old_files('{ALIAS}', cleanup_all => true)")
+    return deleted[0]
+
+
+def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM duckdb_columns() WHERE database_name = ? AND table_name = ? "
+                            "AND column_name = ?", [ALIAS, table, column]).fetchone()[0])
 
 
 def _replace_once(con: duckdb.DuckDBPyConnection, key: str, rows: Mapping[str, pa.Table]) -> None:

@@ -288,3 +288,28 @@ def test_an_object_store_that_stops_between_commits_fails_in_one_line_and_a_reru
         assert _count(target, "SELECT count(*) FROM clips") == 6
     finally:
         server.stop()
+
+
+def test_erasing_a_recording_removes_its_bytes_from_s3_and_from_old_snapshots(target: LakeTarget,
+                                                                               s3_endpoint: str) -> None:
+    secret = b"voxtox-erase-me-0123456789"
+    with lake.connect(target) as con:
+        lake.replace_key(con, target, "gone", {"clips": pa.table({"source_sha256": ["gone", "gone"],
+                                                                  "blob": [secret, b"a"]})})
+        lake.replace_key(con, target, "kept", {"clips": pa.table({"source_sha256": ["kept"], "blob": [b"b"]})})
+        con.execute("CALL ducklake_merge_adjacent_files('lake')")  # the secret now shares a file with `kept`
+        assert _objects_holding(target, s3_endpoint, secret)
+        assert lake.erase(con, target, {"gone"}) == 2
+    assert not _objects_holding(target, s3_endpoint, secret)
+    assert _count(target, "SELECT count(*) FROM clips") == 1
+    with lake.connect(target, read_only=True) as con:  # no snapshot left that reaches it
+        first = con.execute("SELECT min(snapshot_id) FROM lake.snapshots()").fetchone()[0]
+        assert con.execute(f"SELECT count(*) FROM lake.clips AT (VERSION => {first}) "
+                           "WHERE source_sha256 = 'gone'").fetchone()[0] == 0
+
+
+def _objects_holding(target: LakeTarget, endpoint: str, needle: bytes) -> list[str]:
+    s3 = boto3.client("s3", endpoint_url=endpoint, **_boto_keys())
+    bucket = target.data_url.split("/")[2]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    return [k for k in keys if needle in s3.get_object(Bucket=bucket, Key=k)["Body"].read()]
