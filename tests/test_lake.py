@@ -133,12 +133,33 @@ def test_two_processes_writing_the_same_and_disjoint_keys_store_each_once(target
                for name, keys in plans.items()]
     for worker in workers:
         worker.start()
+    seen = _read_while(target, workers, "SELECT (SELECT count(*) FROM clips), (SELECT count(*) FROM sources)")
     for worker in workers:
         worker.join(180)
         assert worker.exitcode == 0
+    # every commit holds a key's 4 clips and its 1 sources row: a reader never sees one without the other
+    assert seen and all(clips == 4 * sources for clips, sources in seen), seen
+    assert len(set(seen)) > 1  # it did read while the writers were committing
     assert _count(target, "SELECT count(*) FROM sources") == 13
     assert _count(target, "SELECT count(*) FROM clips") == 13 * 4
     assert _count(target, "SELECT count(DISTINCT writer) FROM clips WHERE source_sha256 = 'shared'") == 1
+
+
+def _read_while(target: LakeTarget, workers: list, sql: str) -> list[tuple]:
+    """What a reader gets from `sql`, over and over, while any worker is alive."""
+    seen = []
+    with lake.connect(target, read_only=True) as con:
+        lake.define_views(con)
+        while any(worker.is_alive() for worker in workers):
+            try:
+                con.execute("BEGIN")
+                seen.append(con.execute(sql).fetchone())
+                con.execute("COMMIT")
+            except duckdb.CatalogException:  # the tables are not there yet
+                con.execute("ROLLBACK")
+                lake.define_views(con)
+            time.sleep(0.02)
+    return seen
 
 
 def test_an_object_store_that_is_down_is_one_line_naming_the_endpoint(target: LakeTarget,
