@@ -217,13 +217,28 @@ def compact(
     if unknown:
         raise typer.BadParameter(f"unknown table {', '.join(unknown)}: choose from {', '.join(PARTITIONS)}")
     settings = load_settings(data_dir)
-    refuse_lake(settings, "compact")
+    if settings.storage.lake:
+        _compact_lake(settings)
+        return
     view = Table("table", "files before", "files after", "merged", "left for next time", title="voxtox compact")
     with user_errors():  # a damaged shard: one line naming it, nothing compacted
         results = compact_shards(settings, table)
     for result in results:
         view.add_row(result.table, str(result.files_before), str(result.files_after), str(result.merged),
                      str(result.skipped))
+    console.print(view)
+
+
+def _compact_lake(settings: Settings) -> None:
+    """`voxtox compact` on a lake (docs/storage.md): DuckLake merges each table's small files."""
+    from voxtox.storage import lake
+
+    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
+    with user_errors(), lake.connect(target) as con:
+        results = lake.compact(con, target)
+    view = Table("table", "files before", "files after", title="voxtox compact (lake)")
+    for name, (before, after) in results.items():
+        view.add_row(name, str(before), str(after))
     console.print(view)
 
 

@@ -293,6 +293,21 @@ def erase(con: duckdb.DuckDBPyConnection, target: LakeTarget, sha256s: Collectio
     return deleted[0]
 
 
+def data_files(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    """Data files table `table`'s current snapshot reads."""
+    return int(con.execute(f"SELECT count(*) FROM ducklake_list_files('{ALIAS}', ?)", [table]).fetchone()[0])
+
+
+def compact(con: duckdb.DuckDBPyConnection, target: LakeTarget) -> dict[str, tuple[int, int]]:
+    """Merge each table's small files (one per labelled recording) into large ones, as one commit
+    the engine makes; readers see the table before or after. Returns table -> (files before, after).
+    The replaced files stay while older snapshots reference them (erasure expires those)."""
+    with lake_errors(target):
+        before = {name: data_files(con, name) for name in tables(con)}
+        con.execute(f"CALL ducklake_merge_adjacent_files('{ALIAS}')")
+        return {name: (count, data_files(con, name)) for name, count in before.items()}
+
+
 def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
     return bool(con.execute("SELECT count(*) FROM duckdb_columns() WHERE database_name = ? AND table_name = ? "
                             "AND column_name = ?", [ALIAS, table, column]).fetchone()[0])

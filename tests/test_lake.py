@@ -269,7 +269,7 @@ def test_a_label_run_against_a_stopped_object_store_fails_in_one_line(target: La
     assert time.monotonic() - started < 120
 
 
-@pytest.mark.parametrize("command", [["forget", "sha256:" + "0" * 64], ["compact"], ["import-labels", "truth.jsonl"]])
+@pytest.mark.parametrize("command", [["forget", "sha256:" + "0" * 64], ["import-labels", "truth.jsonl"]])
 def test_commands_not_written_for_the_lake_refuse_in_one_line(command: list[str], tmp_path: Path) -> None:
     """A `forget` that looked only at the empty shards beside a lake would pass for an erasure."""
     from typer.testing import CliRunner
@@ -334,3 +334,22 @@ def _objects_holding(target: LakeTarget, endpoint: str, needle: bytes) -> list[s
     bucket = target.data_url.split("/")[2]
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
     return [k for k in keys if needle in s3.get_object(Bucket=bucket, Key=k)["Body"].read()]
+
+
+def test_compact_merges_a_lake_s_small_files_and_keeps_every_row(target: LakeTarget, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from voxtox.flows.cli import app
+
+    with lake.connect(target) as con:
+        for i in range(8):  # one commit, so one file, per recording
+            lake.replace_key(con, target, f"k{i}", {"clips": _rows(f"k{i}", 3, "w")})
+        assert lake.data_files(con, "clips") == 8
+    env = {"VOXTOX_STORAGE__CATALOG_URL": target.catalog_url, "VOXTOX_STORAGE__DATA_URL": target.data_url}
+    result = CliRunner().invoke(app, ["compact", "--data-dir", str(tmp_path)], env=env)
+    assert result.exit_code == 0, result.output
+    with lake.connect(target) as con:
+        assert lake.data_files(con, "clips") == 1
+    assert _count(target, "SELECT count(*) FROM clips") == 24
+    assert _count(target, "SELECT count(DISTINCT source_sha256) FROM clips") == 8
+
