@@ -24,7 +24,7 @@ from voxtox.labels import CLASSES
 from voxtox.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from voxtox.tasks.forget import ErasureReport
+    from voxtox.tasks.forget import ErasureReport, ForgetRequest
 
 
 #: What `voxtox query --table NAME` shows: the columns a person reads (SQL gives the rest).
@@ -116,17 +116,47 @@ def forget(
     from voxtox.tasks.forget import parse_request, read_request_file
 
     settings = load_settings(data_dir)
-    refuse_lake(settings, "forget")
     with user_errors():
         named = list(recordings or []) + (read_request_file(from_file) if from_file else [])
         if not named:
             raise ValueError("name at least one recording (a sha256, a URI or speaker:<id>), or --from FILE")
+        if settings.storage.lake:
+            if delete_inputs or runs:
+                raise ValueError("--delete-inputs and --runs do not work with a lake yet (docs/storage.md)")
+            _forget_in_lake(settings, parse_request(named), dry_run)
+            return
         with console.status("finding and erasing rows"):
             report = forget_recordings(parse_request(named), settings, runs, delete_inputs, dry_run)
     _print_erasure(report)
     if report.unmatched:  # an erasure request never passes for done when part of it found nothing
         errors.print(f"error: {len(report.unmatched)} of the named recordings matched no data held (listed above); "
                      "check the names (nothing is stripped from them) or erase by sha256", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+
+def _forget_in_lake(settings: Settings, request: ForgetRequest, dry_run: bool) -> None:
+    """`voxtox forget` with a lake (docs/storage.md): find the recordings by hash or URI, erase
+    their rows and bytes (lake.erase) and tombstone them in the lake, where every host sees it."""
+    from voxtox.storage import lake
+
+    if request.speakers:
+        raise ValueError("speaker:<id> names human labels, which a lake does not hold yet: erase by sha256 or URI")
+    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
+    with lake.connect(target) as con:
+        by_uri = lake.recordings_of(con, request.uris)
+        wanted = set(request.sha256s).union(*by_uri.values())
+        present = lake.held(con, wanted)
+        rows = 0 if dry_run or not wanted else lake.erase(con, target, wanted)
+    unmatched = sorted(request.uris - by_uri.keys()) + sorted(request.sha256s - present)
+    verb = "would be erased" if dry_run else "erased"
+    console.print(f"{len(present)} recording(s) {verb} from the lake ({rows} rows; data files rewritten, older "
+                  f"snapshots expired); {len(wanted)} tombstoned" + (" (dry run: none)" if dry_run else ""))
+    for name in unmatched:
+        console.print(f"[yellow]no data held for[/yellow] {escape(repr(name) if name != name.strip() else name)}",
+                      highlight=False)
+    if unmatched:
+        errors.print(f"error: {len(unmatched)} of the named recordings matched no data held (listed above)",
+                     markup=False, highlight=False)
         raise typer.Exit(1)
 
 

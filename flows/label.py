@@ -159,7 +159,7 @@ def label_flow(
     known = frozenset(catalog.known_sources())
     logger.info("%d inputs, %d sources already in the catalog", len(uris), len(known))
     if not allow_forgotten:
-        known |= forgotten_sha256s(tombstones_file(settings.shards_dir))
+        known |= forgotten_sha256s(tombstones_file(settings.shards_dir)) | catalog.forgotten()
     with run_work_dir(settings.work_dir, run_id) as work:
         batches = ingest_batches(uris, settings.pipeline.ingest_batch_files, settings.pipeline.workers)
         ingested = [

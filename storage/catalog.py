@@ -332,6 +332,11 @@ class Catalog:
             )
         return self.query(sql)
 
+    def forgotten(self) -> set[str]:
+        """Recordings erased that the catalog itself holds tombstones of: none here (the shards'
+        tombstones are a file, storage/tombstones.py); a lake keeps them as a table."""
+        return set()
+
     def known_sources(self) -> set[str]:
         """Content hashes of sources that finished labelling (their `sources` row exists)."""
         if first_shard(self.shards_root, "sources") is None:

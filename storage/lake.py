@@ -45,6 +45,8 @@ EXTENSIONS = ("ducklake", "postgres_scanner", "httpfs")
 ALIAS = "lake"
 KEY_COLUMN = "shard_key"
 COMMITS_TABLE = "voxtox_commits"
+#: Recordings `voxtox forget` erased: hashes and days only, in the lake so every host sees them.
+TOMBSTONES = "tombstones"
 MAX_ATTEMPTS = 30
 
 
@@ -240,16 +242,21 @@ def _is_conflict(error: duckdb.Error) -> bool:
     return "conflict" in str(error).lower()
 
 
-def replace_key(con: duckdb.DuckDBPyConnection, target: LakeTarget, key: str, rows: Mapping[str, pa.Table]) -> int:
+def replace_key(con: duckdb.DuckDBPyConnection, target: LakeTarget, key: str, rows: Mapping[str, pa.Table],
+                unless_forgotten: str | None = None) -> int:
     """Replace every row of `key` in each table of `rows` by those rows, in one commit; retried
-    on a conflict with a concurrent commit. Returns the attempts it took."""
+    on a conflict with a concurrent commit. Returns the attempts it took; 0 when the recording
+    `unless_forgotten` is tombstoned (checked inside the transaction: a `forget` that commits
+    meanwhile makes this commit conflict, and the retry sees its tombstone)."""
+    written = [True]
 
     def attempt() -> None:
         for name, table in rows.items():  # two first writers may race to create a table
             _ensure_table(con, name, table)
-        _replace_once(con, key, rows)
+        written[0] = _replace_once(con, key, rows, unless_forgotten)
 
-    return _committed(con, target, attempt, key)
+    attempts = _committed(con, target, attempt, key)
+    return attempts if written[0] else 0
 
 
 def _committed(con: duckdb.DuckDBPyConnection, target: LakeTarget, attempt: Callable[[], object], what: str) -> int:
@@ -269,12 +276,14 @@ def _committed(con: duckdb.DuckDBPyConnection, target: LakeTarget, attempt: Call
 
 
 def erase(con: duckdb.DuckDBPyConnection, target: LakeTarget, sha256s: Collection[str]) -> int:
-    """Remove every row of the recordings `sha256s` from every table AND their bytes from storage:
-    delete them (one commit), rewrite the data files that held them, expire every older snapshot
-    (erasure beats time travel: no snapshot may still reach them) and delete the files no snapshot
-    references. Returns the rows deleted. A reader still on an expired snapshot fails."""
+    """Remove every row of the recordings `sha256s` from every table AND their bytes from storage,
+    and tombstone them (one commit); then rewrite the data files that held them, expire every
+    older snapshot (erasure beats time travel: no snapshot may still reach them) and delete the
+    files no snapshot references. Returns the rows deleted. A reader on an expired snapshot fails."""
     wanted = sorted(sha256s)
-    holding = [name for name in tables(con) if _has_column(con, name, "source_sha256")]
+    _ensure_table(con, TOMBSTONES, pa.table({"source_sha256": pa.array([], pa.string()),
+                                             "forgotten_on": pa.array([], pa.date32())}))
+    holding = [name for name in tables(con) if name != TOMBSTONES and _has_column(con, name, "source_sha256")]
     deleted = [0]
 
     def attempt() -> None:
@@ -282,6 +291,9 @@ def erase(con: duckdb.DuckDBPyConnection, target: LakeTarget, sha256s: Collectio
         con.execute(f"UPDATE {ALIAS}.{COMMITS_TABLE} SET n = n + 1")
         deleted[0] = sum(con.execute(f"DELETE FROM {ALIAS}.{name} WHERE source_sha256 IN (SELECT unnest(?))",
                                      [wanted]).fetchone()[0] for name in holding)
+        con.execute(f"DELETE FROM {ALIAS}.{TOMBSTONES} WHERE source_sha256 IN (SELECT unnest(?))", [wanted])
+        con.execute(f"INSERT INTO {ALIAS}.{TOMBSTONES} ({KEY_COLUMN}, source_sha256, forgotten_on) "
+                    "SELECT s, s, current_date FROM (SELECT unnest(?) AS s)", [wanted])
         con.execute("COMMIT")
 
     _committed(con, target, attempt, "erasure")
@@ -291,6 +303,41 @@ def erase(con: duckdb.DuckDBPyConnection, target: LakeTarget, sha256s: Collectio
         con.execute(f"CALL ducklake_expire_snapshots('{ALIAS}', older_than => now())")
         con.execute(f"CALL ducklake_cleanup_old_files('{ALIAS}', cleanup_all => true)")
     return deleted[0]
+
+
+def forgotten(con: duckdb.DuckDBPyConnection, sha256s: Collection[str] | None = None) -> set[str]:
+    """The tombstoned recordings (among `sha256s`, or all), as this connection's snapshot has them."""
+    if TOMBSTONES not in tables(con):
+        return set()
+    sql = f"SELECT source_sha256 FROM {ALIAS}.{TOMBSTONES}"
+    if sha256s is None:
+        return {sha for (sha,) in con.execute(sql).fetchall()}
+    return {sha for (sha,) in con.execute(f"{sql} WHERE source_sha256 IN (SELECT unnest(?))",
+                                          [sorted(sha256s)]).fetchall()}
+
+
+def recordings_of(con: duckdb.DuckDBPyConnection, uris: Collection[str]) -> dict[str, set[str]]:
+    """The content hashes each URI was labelled as (a URI with no rows is absent)."""
+    found: dict[str, set[str]] = {}
+    for name in ("sources", "clips", "rejects"):
+        if name in tables(con) and uris:
+            rows = con.execute(f"SELECT DISTINCT source_uri, source_sha256 FROM {ALIAS}.{name} "
+                               "WHERE source_uri IN (SELECT unnest(?)) AND source_sha256 IS NOT NULL",
+                               [sorted(uris)]).fetchall()
+            for uri, sha in rows:
+                found.setdefault(uri, set()).add(sha)
+    return found
+
+
+def held(con: duckdb.DuckDBPyConnection, sha256s: Collection[str]) -> set[str]:
+    """Which of `sha256s` have rows in any table."""
+    found: set[str] = set()
+    for name in tables(con):
+        if name != TOMBSTONES and _has_column(con, name, "source_sha256") and sha256s:
+            found |= {sha for (sha,) in con.execute(
+                f"SELECT DISTINCT source_sha256 FROM {ALIAS}.{name} WHERE source_sha256 IN (SELECT unnest(?))",
+                [sorted(sha256s)]).fetchall()}
+    return found
 
 
 def data_files(con: duckdb.DuckDBPyConnection, table: str) -> int:
@@ -313,15 +360,23 @@ def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool
                             "AND column_name = ?", [ALIAS, table, column]).fetchone()[0])
 
 
-def _replace_once(con: duckdb.DuckDBPyConnection, key: str, rows: Mapping[str, pa.Table]) -> None:
-    stage_replacement(con, key, rows)
+def _replace_once(con: duckdb.DuckDBPyConnection, key: str, rows: Mapping[str, pa.Table],
+                  unless_forgotten: str | None = None) -> bool:
+    if not stage_replacement(con, key, rows, unless_forgotten):
+        con.execute("ROLLBACK")
+        return False
     con.execute("COMMIT")
+    return True
 
 
-def stage_replacement(con: duckdb.DuckDBPyConnection, key: str, rows: Mapping[str, pa.Table]) -> None:
-    """Open a transaction that replaces `key`'s rows (the caller commits); its tables exist."""
+def stage_replacement(con: duckdb.DuckDBPyConnection, key: str, rows: Mapping[str, pa.Table],
+                      unless_forgotten: str | None = None) -> bool:
+    """Open a transaction that replaces `key`'s rows (the caller commits; its tables exist).
+    False, with nothing staged, when the recording `unless_forgotten` is tombstoned."""
     con.execute("BEGIN")
     con.execute(f"UPDATE {ALIAS}.{COMMITS_TABLE} SET n = n + 1")  # serialises writers: see the module doc
+    if unless_forgotten is not None and unless_forgotten in forgotten(con, [unless_forgotten]):
+        return False
     for name, table in rows.items():
         con.execute(f"DELETE FROM {ALIAS}.{name} WHERE {KEY_COLUMN} = ?", [key])
         if table.num_rows:
@@ -332,6 +387,7 @@ def stage_replacement(con: duckdb.DuckDBPyConnection, key: str, rows: Mapping[st
                             f"SELECT ?, {columns} FROM voxtox_new_rows", [key])
             finally:
                 con.unregister("voxtox_new_rows")
+    return True
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:

@@ -66,3 +66,8 @@ class LakeCatalog(Catalog):
                 return set()
             rows = con.execute("SELECT DISTINCT source_sha256 FROM sources").fetchall()
         return {sha for (sha,) in rows}
+
+    def forgotten(self) -> set[str]:
+        """The recordings `voxtox forget` erased from the lake (on any host)."""
+        with self.connect() as con:
+            return lake.forgotten(con)

@@ -132,7 +132,7 @@ def write_sources(
     forgotten while this run was working on it is not written (unless `allow_forgotten`).
     With `lake`, each source's rows are one commit to that lake instead (storage/lake.py)."""
     if lake is not None:
-        return _write_sources_to_lake(sources, embedded, dropped, lake, asr_model, run_id)
+        return _write_sources_to_lake(sources, embedded, dropped, lake, asr_model, run_id, allow_forgotten)
     clips_all = pq.read_table(embedded)
     dropped_all = pq.read_table(dropped).to_pylist()
     now = datetime.now(UTC)
@@ -154,10 +154,17 @@ def write_sources(
 
 
 def _write_sources_to_lake(
-    sources: list[PreparedSource], embedded: Path, dropped: Path, lake: LakeTarget, asr_model: str, run_id: str
+    sources: list[PreparedSource],
+    embedded: Path,
+    dropped: Path,
+    lake: LakeTarget,
+    asr_model: str,
+    run_id: str,
+    allow_forgotten: bool,
 ) -> WrittenUnit:
     """Each source's clips, rejects and `sources` row as one lake commit keyed by the source:
-    a rerun, or another worker that labelled the same audio, replaces them (storage/lake.py)."""
+    a rerun, or another worker that labelled the same audio, replaces them (storage/lake.py).
+    A recording forgotten meanwhile (on any host) is not written back."""
     clips_all = pq.read_table(embedded)
     dropped_all = pq.read_table(dropped).to_pylist()
     now = datetime.now(UTC)
@@ -168,7 +175,10 @@ def _write_sources_to_lake(
             clips = build_clips(source, rows, asr_model, run_id, now)
             rejects = _rejects_table([r for r in dropped_all if r["source_sha256"] == source.source_sha256], run_id, now)
             marker = _source_table(source, clips.num_rows, rejects.num_rows, run_id, now)
-            lakes.replace_key(con, lake, source.key, {"clips": clips, "rejects": rejects, "sources": marker})
+            tables = {"clips": clips, "rejects": rejects, "sources": marker}
+            unless = None if allow_forgotten else source.source_sha256
+            if not lakes.replace_key(con, lake, source.key, tables, unless_forgotten=unless):
+                continue
             n_clips += clips.num_rows
             n_rejects += rejects.num_rows
     return WrittenUnit(len(sources), n_clips, n_rejects, [])
