@@ -377,3 +377,27 @@ def test_a_write_of_a_recording_forgotten_meanwhile_is_not_committed(target: Lak
     assert _count(target, "SELECT count(*) FROM clips") == 2
     assert _count(target, "SELECT count(*) FROM tombstones WHERE source_sha256 = 'sha-gone'") == 1
 
+
+
+def test_a_dask_cluster_s_two_worker_processes_write_one_lake(target: LakeTarget, tmp_path: Path,
+                                                              prefect_harness) -> None:
+    """The write tasks run in two Dask worker processes (the lake target travels with each task,
+    the AWS variables with the workers' environment): every recording once, a rerun adds 0."""
+    from prefect_dask import DaskTaskRunner
+
+    from voxtox.flows.label import label_flow
+
+    inbox = tmp_path / "inbox"
+    for i, text in enumerate(("good game everyone", "nice shot mate", "thanks for the heal", "see you tomorrow")):
+        _wav(inbox / f"r{i}.wav", text)
+    settings = Settings(data_dir=tmp_path / "data", storage={"catalog_url": target.catalog_url,
+                                                             "data_url": target.data_url})
+    settings = settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update={"unit_speech_s": 1.0})})
+    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True})
+    report = label_flow.with_options(task_runner=runner)(inputs=[str(inbox)], split="train", settings=settings)
+    assert report.n_sources == 4
+    assert _count(target, "SELECT count(*) FROM sources") == 4
+    clips = _count(target, "SELECT count(*) FROM clips")
+    assert clips == report.n_clips == _count(target, "SELECT count(DISTINCT clip_id) FROM clips")
+    again = label_flow.with_options(task_runner=runner)(inputs=[str(inbox)], split="train", settings=settings)
+    assert again.n_sources == 0 and _count(target, "SELECT count(*) FROM clips") == clips
