@@ -345,14 +345,30 @@ def data_files(con: duckdb.DuckDBPyConnection, table: str) -> int:
     return int(con.execute(f"SELECT count(*) FROM ducklake_list_files('{ALIAS}', ?)", [table]).fetchone()[0])
 
 
+#: Files no snapshot knows are deleted once this old: younger ones may be a live writer's, uploaded
+#: before its commit (a killed writer's stay until then).
+ORPHAN_AGE_S = 24 * 3600
+
+
 def compact(con: duckdb.DuckDBPyConnection, target: LakeTarget) -> dict[str, tuple[int, int]]:
     """Merge each table's small files (one per labelled recording) into large ones, as one commit
-    the engine makes; readers see the table before or after. Returns table -> (files before, after).
-    The replaced files stay while older snapshots reference them (erasure expires those)."""
+    the engine makes; readers see the table before or after; and delete the orphaned files of
+    writers killed before their commit. Returns table -> (files before, after). The replaced
+    files stay while older snapshots reference them (erasure expires those)."""
     with lake_errors(target):
         before = {name: data_files(con, name) for name in tables(con)}
         con.execute(f"CALL ducklake_merge_adjacent_files('{ALIAS}')")
+        delete_orphans(con, target, ORPHAN_AGE_S)
         return {name: (count, data_files(con, name)) for name, count in before.items()}
+
+
+def delete_orphans(con: duckdb.DuckDBPyConnection, target: LakeTarget, older_than_s: float) -> int:
+    """Delete data files under the lake's data path that no snapshot references and that are
+    older than `older_than_s` (what a writer killed between uploading and committing leaves)."""
+    with lake_errors(target):
+        rows = con.execute(f"CALL ducklake_delete_orphaned_files('{ALIAS}', older_than => "
+                           f"now() - to_seconds({float(older_than_s)}))").fetchall()
+    return len(rows)
 
 
 def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:

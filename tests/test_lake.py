@@ -191,7 +191,7 @@ sys.stdin.read()  # killed here, before COMMIT
 """
 
 
-def test_a_writer_killed_before_its_commit_leaves_nothing_a_reader_sees(target: LakeTarget) -> None:
+def test_a_writer_killed_before_its_commit_leaves_nothing_a_reader_sees(target: LakeTarget, s3_endpoint: str) -> None:
     writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, target.catalog_url, target.data_url],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert writer.stdout.readline().strip() == "written"
@@ -199,6 +199,12 @@ def test_a_writer_killed_before_its_commit_leaves_nothing_a_reader_sees(target: 
     writer.wait(30)
     assert _count(target, "SELECT count(*) FROM clips") == 1
     assert _count(target, "SELECT count(*) FROM clips WHERE source_sha256 = 'lost'") == 0
+    # its uploaded file is an orphan: the clean-up deletes it, and only it
+    assert _objects_holding(target, s3_endpoint, b"lost")
+    with lake.connect(target) as con:
+        assert lake.delete_orphans(con, target, older_than_s=0) == 1
+    assert not _objects_holding(target, s3_endpoint, b"lost")
+    assert _count(target, "SELECT count(*) FROM clips") == 1
 
 
 def test_the_catalog_of_lake_settings_reads_the_lake(target: LakeTarget, tmp_path: Path) -> None:
