@@ -27,6 +27,7 @@ import importlib
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -148,13 +149,16 @@ def load_extensions(con: duckdb.DuckDBPyConnection) -> None:
 def _unreachable(target: LakeTarget, error: duckdb.Error) -> LakeError | None:
     """The one-line error for a store that cannot be reached, or None for any other failure."""
     text = str(error)
-    first = (text.strip().splitlines() or [type(error).__name__])[0]
+    # DuckDB's errors may quote the catalog's keyword string: never print its password
+    first = re.sub(r"password=\S+", "password=***", (text.strip().splitlines() or [type(error).__name__])[0])
     if "postgres" in target.catalog_attach() and any(
         w in text for w in ("Connection refused", "could not connect", "Unable to connect", "connection to server")
     ):
         return LakeError(f"lake catalog {target.catalog_name()} unreachable: {first}")
-    if target.on_s3 and any(w in text.lower() for w in ("could not establish connection", "connection refused",
-                                                        "http", "s3", "failed to connect")):
+    if target.on_s3 and isinstance(error, (duckdb.IOException, duckdb.HTTPException)) and any(
+        w in text.lower() for w in ("could not connect", "could not establish connection", "connection refused",
+                                    "failed to connect", "timed out", "could not resolve", "http ")
+    ):
         return LakeError(f"object store {s3_endpoint()} ({target.data_url}) unreachable or refused: {first}")
     return None
 

@@ -172,10 +172,11 @@ def test_an_object_store_that_is_down_is_one_line_naming_the_endpoint(target: La
 
 
 def test_a_catalog_that_is_down_is_one_line_naming_it(target: LakeTarget) -> None:
-    down = LakeTarget(f"postgresql://prefect@127.0.0.1:{free_port()}/lake", target.data_url)
+    down = LakeTarget(f"postgresql://prefect:hunter2x@127.0.0.1:{free_port()}/lake", target.data_url)
     with pytest.raises(LakeError) as raised:
         lake.connect(down).close()
     assert down.catalog_name() in str(raised.value) and "\n" not in str(raised.value)
+    assert "hunter2x" not in str(raised.value)
 
 
 _KILLED_WRITER = """
