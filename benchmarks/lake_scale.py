@@ -151,6 +151,50 @@ def delta_count(uri: str, n: int, commits: int, storage: dict[str, str] | None, 
         return timed(run, repeats)
 
 
+def count_rows(base: Path, pg: str, s3: object, delta_s3: dict[str, str], args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The count at `args.clips` clips: one Parquet file (local, S3), DuckLake (local, PG + S3), Delta."""
+    big_pg = lake.LakeTarget(pg.rsplit("/", 1)[0] + "/big", "s3://lake/clips")
+    big_local = lake.LakeTarget(str(base / "big.ducklake"), str(base / "big-data"))
+    whole = pa.concat_tables(clips(args.clips // args.nights, night) for night in range(args.nights))
+    pq.write_table(whole, base / "one.parquet")
+    s3.upload_file(str(base / "one.parquet"), "peer", "one.parquet")
+    del whole
+    for label, target in (("local catalog file + folder", big_local), ("PostgreSQL + S3", big_pg)):
+        start = time.perf_counter()
+        fill_lake(target, args.clips, args.nights)
+        print(f"filled DuckLake ({label}): {time.perf_counter() - start:.1f} s", flush=True)
+    peer_local = count_parquet(str(base / "one.parquet"), args.repeats)
+    peer_s3 = count_parquet("s3://peer/one.parquet", args.repeats)
+    lake_local = count_lake(big_local, args.repeats)
+    lake_s3 = count_lake(big_pg, args.repeats)
+    rows = [("count, one Parquet file, local (peer)", f"{peer_local * 1000:.0f} ms"),
+            ("count, DuckLake local", f"{lake_local * 1000:.0f} ms ({lake_local / peer_local:.2f}x)"),
+            ("count, one Parquet file on S3 (peer)", f"{peer_s3 * 1000:.0f} ms"),
+            ("count, DuckLake PostgreSQL + S3", f"{lake_s3 * 1000:.0f} ms ({lake_s3 / peer_s3:.2f}x)")]
+    for label, uri, storage in (("local", str(base / "delta"), None), ("S3", "s3://delta/clips", delta_s3)):
+        found = delta_count(uri, args.clips, args.nights, storage, args.repeats)
+        if found is not None:
+            rows.append((f"count, Delta Lake {label} (deltalake -> DuckDB)", f"{found * 1000:.0f} ms"))
+    return rows
+
+
+def commit_rows(base: Path, pg: str, delta_s3: dict[str, str], args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The median latency of one small commit in each store."""
+    small_pg = lake.LakeTarget(pg.rsplit("/", 1)[0] + "/small", "s3://small/clips")
+    small_local = lake.LakeTarget(str(base / "small.ducklake"), str(base / "small-data"))
+    rows = []
+    for label, seconds in (
+        ("commit, shards + fcntl lock (today, one machine)", shard_commits(base / "shards", args.commits)),
+        ("commit, DuckLake local catalog file", lake_commits(small_local, args.commits)),
+        ("commit, DuckLake PostgreSQL + S3", lake_commits(small_pg, args.commits)),
+        ("commit, Delta Lake local", delta_commits(str(base / "delta-small"), args.commits, None)),
+        ("commit, Delta Lake S3", delta_commits("s3://delta/small", args.commits, delta_s3)),
+    ):
+        if seconds is not None:
+            rows.append((label, f"{seconds * 1000:.1f} ms median"))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=1_000_000)
@@ -174,44 +218,10 @@ def main() -> None:
     delta_s3 = {"AWS_ENDPOINT_URL": keys["AWS_ENDPOINT_URL"], "AWS_ACCESS_KEY_ID": "bench",
                 "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true",
                 "aws_conditional_put": "etag"}
-    rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp, postgres_cluster() as url:
-        base = Path(tmp)
         pg = url.replace("postgresql+asyncpg://", "postgresql://")
         asyncio.run(_create_databases(pg, ["big", "small"]))
-        big_pg = lake.LakeTarget(pg.rsplit("/", 1)[0] + "/big", "s3://lake/clips")
-        big_local = lake.LakeTarget(str(base / "big.ducklake"), str(base / "big-data"))
-        whole = pa.concat_tables(clips(args.clips // args.nights, night) for night in range(args.nights))
-        pq.write_table(whole, base / "one.parquet")
-        s3.upload_file(str(base / "one.parquet"), "peer", "one.parquet")
-        del whole
-        for label, target in (("local catalog file + folder", big_local), ("PostgreSQL + S3", big_pg)):
-            start = time.perf_counter()
-            fill_lake(target, args.clips, args.nights)
-            print(f"filled DuckLake ({label}): {time.perf_counter() - start:.1f} s", flush=True)
-        peer_local = count_parquet(str(base / "one.parquet"), args.repeats)
-        peer_s3 = count_parquet("s3://peer/one.parquet", args.repeats)
-        lake_local = count_lake(big_local, args.repeats)
-        lake_s3 = count_lake(big_pg, args.repeats)
-        rows += [("count, one Parquet file, local (peer)", f"{peer_local * 1000:.0f} ms"),
-                 ("count, DuckLake local", f"{lake_local * 1000:.0f} ms ({lake_local / peer_local:.2f}x)"),
-                 ("count, one Parquet file on S3 (peer)", f"{peer_s3 * 1000:.0f} ms"),
-                 ("count, DuckLake PostgreSQL + S3", f"{lake_s3 * 1000:.0f} ms ({lake_s3 / peer_s3:.2f}x)")]
-        for label, uri, storage in (("local", str(base / "delta"), None), ("S3", "s3://delta/clips", delta_s3)):
-            found = delta_count(uri, args.clips, args.nights, storage, args.repeats)
-            if found is not None:
-                rows.append((f"count, Delta Lake {label} (deltalake -> DuckDB)", f"{found * 1000:.0f} ms"))
-        small_pg = lake.LakeTarget(pg.rsplit("/", 1)[0] + "/small", "s3://small/clips")
-        small_local = lake.LakeTarget(str(base / "small.ducklake"), str(base / "small-data"))
-        for label, seconds in (
-            ("commit, shards + fcntl lock (today, one machine)", shard_commits(base / "shards", args.commits)),
-            ("commit, DuckLake local catalog file", lake_commits(small_local, args.commits)),
-            ("commit, DuckLake PostgreSQL + S3", lake_commits(small_pg, args.commits)),
-            ("commit, Delta Lake local", delta_commits(str(base / "delta-small"), args.commits, None)),
-            ("commit, Delta Lake S3", delta_commits("s3://delta/small", args.commits, delta_s3)),
-        ):
-            if seconds is not None:
-                rows.append((label, f"{seconds * 1000:.1f} ms median"))
+        rows = count_rows(Path(tmp), pg, s3, delta_s3, args) + commit_rows(Path(tmp), pg, delta_s3, args)
     server.stop()
     print(f"\n{args.clips:,} clips in {args.nights} appends; {args.commits} commits of {CLIPS_PER_SOURCE} clips\n")
     print("| measure | result |\n| --- | --- |")
