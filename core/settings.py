@@ -393,6 +393,37 @@ class ReviewSettings(BaseModel):
         return None if isinstance(value, str) and not value.strip() else value
 
 
+class StorageSettings(BaseModel):
+    """Where the labelled tables live. Unset: the single-machine layout under the data dir.
+    Both set: a DuckLake every machine can write at once (docs/storage.md, storage/lake.py).
+    S3 endpoint and keys come only from AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY, never from here."""
+
+    catalog_url: str | None = Field(
+        None, description="the lake's catalog: postgresql://user@host:port/db (many machines), "
+        "or a local file path (one process at a time); None: the single-machine shards",
+    )
+    data_url: str | None = Field(
+        None, description="the lake's data files: s3://bucket/prefix (many machines) or a local folder",
+    )
+
+    @field_validator("catalog_url", "data_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        """Compose passes an unset variable as an empty string: no lake."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> StorageSettings:
+        if (self.catalog_url is None) != (self.data_url is None):
+            raise ValueError("[storage] catalog_url and data_url are set together (a lake needs both) or not at all")
+        return self
+
+    @property
+    def lake(self) -> bool:
+        return self.catalog_url is not None
+
+
 #: The settings file a command was given (`--config`), for the `Settings()` built while it is set:
 #: a context variable rather than `VOXTOX_CONFIG` in the process environment, so one command's file
 #: does not become every later caller's default.
@@ -437,6 +468,7 @@ class Settings(BaseSettings):
     compact: CompactSettings = CompactSettings()
     review: ReviewSettings = ReviewSettings()
     stream: StreamSettings = StreamSettings()
+    storage: StorageSettings = StorageSettings()
 
     @classmethod
     def settings_customise_sources(

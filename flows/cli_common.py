@@ -12,7 +12,7 @@ from typing import Literal
 import typer
 from rich.console import Console
 
-from voxtox.settings import EvaluateSettings, NightlySettings, TrainSettings, load_settings
+from voxtox.settings import EvaluateSettings, NightlySettings, Settings, TrainSettings, load_settings
 from voxtox.storage.runs import RunDir
 
 console = Console()
@@ -45,11 +45,12 @@ def default_model(model: str | None) -> str:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Print problems a user can fix (a missing model or input) as one line, not a traceback."""
+    from voxtox.storage.lake import LakeError
     from voxtox.storage.model_store import ModelNotFoundError
 
     try:
         yield
-    except (ModelNotFoundError, FileNotFoundError, ValueError) as error:
+    except (ModelNotFoundError, FileNotFoundError, ValueError, LakeError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
 
@@ -86,3 +87,13 @@ def disk_full_in_one_line(data_dir: Path) -> Iterator[None]:
     finally:
         for handler in handlers:
             handler.removeFilter(quiet)
+
+
+def refuse_lake(settings: Settings, command: str) -> None:
+    """Commands not yet written for the many-machines lake stop in one line rather than act on
+    the empty single-machine shards beside it (a `forget` that erased nothing must not pass)."""
+    if settings.storage.lake:
+        console.print(f"[red]error:[/red] voxtox {command} does not work on a lake yet ([storage] catalog_url is "
+                      "set); with a lake, label and query do (docs/storage.md, \"Not done yet\")")
+        raise typer.Exit(2)
+

@@ -17,13 +17,14 @@ from voxtox.flows.cli_common import (
     console,
     disk_full_in_one_line,
     errors,
+    refuse_lake,
     user_errors,
 )
 from voxtox.labels import CLASSES
 from voxtox.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from voxtox.storage.forget import ErasureReport
+    from voxtox.storage.forget import ErasureReport, ForgetRequest
 
 
 #: What `voxtox query --table NAME` shows: the columns a person reads (SQL gives the rest).
@@ -62,6 +63,7 @@ def label(
         for spec in inputs:
             discover_inputs(spec)  # a mistyped input fails at once, before a Prefect API is started
         _say_damaged_shards(settings)
+        _check_lake(settings)
         with api_starting():  # while the pipeline's modules import and its models load
             from voxtox.flows.label import label_flow, preflight, task_runner_for
 
@@ -74,6 +76,17 @@ def label(
         summary.add_row(key, str(value))
     console.print(summary)
     console.print("Query it: voxtox query \"SELECT lang, count(*) FROM clips GROUP BY lang\"")
+
+
+def _check_lake(settings: Settings) -> None:
+    """With `[storage]` naming a lake: an unreachable catalog or object store fails in one line
+    naming it before a Prefect API is started (storage/lake.py)."""
+    from voxtox.storage import lake
+
+    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
+    assert target is not None, "called only when [storage] names a lake"
+    if target is not None:
+        lake.connect(target).close()
 
 
 def _say_damaged_shards(settings: Settings) -> None:
@@ -111,12 +124,44 @@ def forget(
         named = list(recordings or []) + (read_request_file(from_file) if from_file else [])
         if not named:
             raise ValueError("name at least one recording (a sha256, a URI or speaker:<id>), or --from FILE")
+        if settings.storage.lake:
+            if delete_inputs or runs:
+                raise ValueError("--delete-inputs and --runs do not work with a lake yet (docs/storage.md)")
+            _forget_in_lake(settings, parse_request(named), dry_run)
+            return
         with console.status("finding and erasing rows"):
             report = forget_recordings(parse_request(named), settings, runs, delete_inputs, dry_run)
     _print_erasure(report)
     if report.unmatched:  # an erasure request never passes for done when part of it found nothing
         errors.print(f"error: {len(report.unmatched)} of the named recordings matched no data held (listed above); "
                      "check the names (nothing is stripped from them) or erase by sha256", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+
+def _forget_in_lake(settings: Settings, request: ForgetRequest, dry_run: bool) -> None:
+    """`voxtox forget` with a lake (docs/storage.md): find the recordings by hash or URI, erase
+    their rows and bytes (lake.erase) and tombstone them in the lake, where every host sees it."""
+    from voxtox.storage import lake
+
+    if request.speakers:
+        raise ValueError("speaker:<id> names human labels, which a lake does not hold yet: erase by sha256 or URI")
+    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
+    assert target is not None, "called only when [storage] names a lake"
+    with lake.connect(target) as con:
+        by_uri = lake.recordings_of(con, request.uris)
+        wanted = set(request.sha256s).union(*by_uri.values())
+        present = lake.held(con, wanted)
+        rows = 0 if dry_run or not wanted else lake.erase(con, target, wanted)
+    unmatched = sorted(request.uris - by_uri.keys()) + sorted(request.sha256s - present)
+    verb = "would be erased" if dry_run else "erased"
+    console.print(f"{len(present)} recording(s) {verb} from the lake ({rows} rows; data files rewritten, older "
+                  f"snapshots expired); {len(wanted)} tombstoned" + (" (dry run: none)" if dry_run else ""))
+    for name in unmatched:
+        console.print(f"[yellow]no data held for[/yellow] {escape(repr(name) if name != name.strip() else name)}",
+                      highlight=False)
+    if unmatched:
+        errors.print(f"error: {len(unmatched)} of the named recordings matched no data held (listed above)",
+                     markup=False, highlight=False)
         raise typer.Exit(1)
 
 
@@ -208,12 +253,29 @@ def compact(
     if unknown:
         raise typer.BadParameter(f"unknown table {', '.join(unknown)}: choose from {', '.join(PARTITIONS)}")
     settings = load_settings(data_dir)
+    if settings.storage.lake:
+        _compact_lake(settings)
+        return
     view = Table("table", "files before", "files after", "merged", "left for next time", title="voxtox compact")
     with user_errors():  # a damaged shard: one line naming it, nothing compacted
         results = compact_shards(settings, table)
     for result in results:
         view.add_row(result.table, str(result.files_before), str(result.files_after), str(result.merged),
                      str(result.skipped))
+    console.print(view)
+
+
+def _compact_lake(settings: Settings) -> None:
+    """`voxtox compact` on a lake (docs/storage.md): DuckLake merges each table's small files."""
+    from voxtox.storage import lake
+
+    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
+    assert target is not None, "called only when [storage] names a lake"
+    with user_errors(), lake.connect(target) as con:
+        results = lake.compact(con, target)
+    view = Table("table", "files before", "files after", title="voxtox compact (lake)")
+    for name, (before, after) in results.items():
+        view.add_row(name, str(before), str(after))
     console.print(view)
 
 
@@ -226,6 +288,7 @@ def import_labels(
     from voxtox.storage.human_labels import import_truth_files
 
     settings = load_settings(data_dir)
+    refuse_lake(settings, "import-labels")
     with user_errors():
         report = import_truth_files(list(truth), settings.shards_dir)
     Catalog.from_settings(settings).refresh_views()

@@ -18,6 +18,7 @@ from voxtox.flows.cli_common import (
     TruthLabels,
     console,
     default_model,
+    refuse_lake,
     user_errors,
 )
 from voxtox.settings import load_settings
@@ -46,7 +47,10 @@ def train(
     options = dict(loss=loss, alpha=alpha, layer=layer, encoder=encoder, epochs=epochs, batch_size=batch_size,
                    grad_accum=grad_accum, train_filter=train_filter, val_filter=val_filter)
     with user_errors():
-        report = run_training(out, load_settings(data_dir, config, train=options), resume)
+        settings = load_settings(data_dir, config, train=options)
+    refuse_lake(settings, "train")
+    with user_errors():
+        report = run_training(out, settings, resume)
     console.print(f"best epoch {report.best_epoch}: validation mAP {report.best_val_mAP:.4f}; run in {report.run_dir}")
 
 
@@ -194,6 +198,7 @@ def evaluate(
                    n_resamples=n_resamples, calibrate=calibrate, filter=segment_filter)
     with user_errors():
         settings = load_settings(data_dir, config, evaluate=options)
+        refuse_lake(settings, "evaluate")
         chosen = settings.evaluate
         for run in runs:  # fail fast, before a Prefect API is started
             RunDir(run).model(chosen.checkpoint)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from voxtox.flows.cli_common import (
     console,
+    refuse_lake,
     user_errors,
 )
 from voxtox.settings import load_settings
@@ -62,6 +63,7 @@ def run_nightly(
 
     with user_errors():
         settings = load_settings(data_dir, config, nightly={"min_new_clips": min_new_clips})
+        refuse_lake(settings, "nightly")
         report = nightly_flow(inbox=str(inbox) if inbox else None, settings=settings, night=night,
                               force_train=force_train)
     summary = Table(title=f"voxtox nightly {report.night}", show_header=False)

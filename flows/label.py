@@ -32,6 +32,7 @@ from voxtox.labels import CLASSES
 from voxtox.prefect_env import deprioritise_ephemeral_api, reap_orphaned_apis, record_ephemeral_api
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog, CatalogError
+from voxtox.storage.lake import LakeTarget, target_of
 from voxtox.storage.model_store import resolve_model
 from voxtox.storage.schema import label_column
 from voxtox.storage.shards import sweep_part_temporaries
@@ -92,6 +93,11 @@ def task_runner_for(settings: Settings, workers: int | None = None) -> TaskRunne
     return ThreadPoolTaskRunner(max_workers=settings.pipeline.workers if workers is None else workers)
 
 
+def lake_of(settings: Settings) -> LakeTarget | None:
+    """The lake the writes go to when `[storage]` names one (docs/storage.md); None: the shards."""
+    return target_of(settings.storage.catalog_url, settings.storage.data_url)
+
+
 def _run_id() -> str:
     flow_run_id = runtime.flow_run.id
     return str(flow_run_id) if flow_run_id else uuid.uuid4().hex
@@ -142,17 +148,17 @@ def label_flow(
     uris, models = preflight(inputs, settings)
     uris, outside_found = confine(uris, inbox)
     uris, unreadable = reject_unreadable_names(uris)  # no task may see a name that is not text
-    known = frozenset(catalog.known_sources())
-    logger.info("%d inputs, %d sources already in the catalog", len(uris), len(known))
-    if not allow_forgotten:
-        known |= forgotten_sha256s(tombstones_file(settings.shards_dir))
+    known = _known_sources(catalog, settings, allow_forgotten)
+    logger.info("%d inputs, %d sources already in the catalog or forgotten", len(uris), len(known))
     with run_work_dir(settings.work_dir, run_id) as work:
         ingested = _ingest(uris, split, settings, work, known)
         prepared, duplicates = first_of_each_content(ingested)
         rejected = outside + outside_found + unreadable + [r for r in ingested if isinstance(r, SourceRejection)] + duplicates
         written = _label_prepared(prepared, models, settings, run_id, work, allow_forgotten)
         if rejected:
-            written.append(write_rejections_task(rejected, settings.shards_dir, run_id, allow_forgotten))
+            written.append(
+                write_rejections_task(rejected, settings.shards_dir, run_id, allow_forgotten, lake_of(settings))
+            )
     _refresh_views(catalog, logger)
 
     report = LabelReport(
@@ -171,6 +177,14 @@ def label_flow(
     )
     _publish_summary(report, catalog)
     return report
+
+
+def _known_sources(catalog: Catalog, settings: Settings, allow_forgotten: bool) -> frozenset[str]:
+    """Recordings not to label again: those in the catalog and, unless allowed, those forgotten."""
+    known = frozenset(catalog.known_sources())
+    if allow_forgotten:
+        return known
+    return known | forgotten_sha256s(tombstones_file(settings.shards_dir)) | catalog.forgotten()
 
 
 def _ingest(
@@ -207,7 +221,8 @@ def _label_prepared(
         labelled = label_task.submit(transcribed, models.labeller, settings)
         embedded = embed_task.submit(labelled, models.text_encoder, settings)
         write = write_task.submit(
-            unit, embedded, transcribed, settings.shards_dir, settings.asr.model, run_id, allow_forgotten
+            unit, embedded, transcribed, settings.shards_dir, settings.asr.model, run_id, allow_forgotten,
+            lake_of(settings),
         )
         writes.append(UnitFutures(write, (transcribed, labelled, embedded)))
     return _wait_with_progress(writes, len(prepared))

@@ -32,7 +32,9 @@ import pyarrow.parquet as pq
 
 from voxtox.files import is_disk_full
 from voxtox.labels import CLASSES
+from voxtox.storage import lake
 from voxtox.storage.dataset_card import write_dataset_card
+from voxtox.storage.lake import LakeError, LakeTarget
 from voxtox.storage.schema import PARTITIONS, human_label_column, label_column
 from voxtox.storage.shards import (
     READ_ERRORS,
@@ -135,8 +137,11 @@ class Catalog:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Catalog:
-        """The catalog of `settings.data_dir`: its catalog file over its shards."""
-        return cls(settings.catalog_path, settings.shards_dir)
+        """The catalog of `settings.data_dir`: its catalog file over its shards; or, when
+        `[storage]` names a lake, the lake's (LakeCatalog below)."""
+        local = cls(settings.catalog_path, settings.shards_dir)
+        target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
+        return local if target is None else LakeCatalog(target, local)
 
     @property
     def base(self) -> Path:
@@ -325,6 +330,11 @@ class Catalog:
             )
         return self.query(sql)
 
+    def forgotten(self) -> set[str]:
+        """Recordings erased that the catalog itself holds tombstones of: none here (the shards'
+        tombstones are a file, storage/tombstones.py); a lake keeps them as a table."""
+        return set()
+
     def known_sources(self) -> set[str]:
         """Content hashes of sources that finished labelling (their `sources` row exists)."""
         if first_shard(self.shards_root, "sources") is None:
@@ -421,3 +431,64 @@ def _write_schema_cache(path: Path, entries: dict[str, list]) -> None:
         os.replace(temporary, path)
     except OSError:
         temporary.unlink(missing_ok=True)
+
+
+# The catalog of a lake (storage/lake.py): what `voxtox query` and the labelling flow read when
+# `[storage]` names one. Its views are the lake's tables, read at one snapshot, so a query sees
+# whole commits while workers write.
+class LakeCatalog(Catalog):
+    """A Catalog whose tables are a DuckLake's. The data dir still holds work files and the
+    single-machine tables nothing here reads."""
+
+    def __init__(self, target: LakeTarget, data_dir_catalog: Catalog) -> None:
+        super().__init__(data_dir_catalog.database, data_dir_catalog.shards_root)
+        self.target = target
+
+    def present_tables(self) -> list[str]:
+        with self.connect() as con:
+            return lake.tables(con)
+
+    def refresh_views(self) -> list[str]:
+        """Nothing to refresh: the lake's tables are its views (other DuckDB clients ATTACH it)."""
+        return self.present_tables()
+
+    def repair(self) -> bool:
+        return False
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An in-memory connection with the lake attached read-only and a view per table."""
+        try:
+            con = lake.connect(self.target, read_only=True)
+        except LakeError as error:
+            raise CatalogError(str(error)) from error
+        try:
+            with lake.lake_errors(self.target):
+                lake.define_views(con)
+            yield con
+        finally:
+            con.close()
+
+    def query(self, sql: str) -> pa.Table:
+        """Run SQL over the lake's views; a statement in one transaction reads one snapshot."""
+        with self.connect() as con:
+            try:
+                with lake.lake_errors(self.target):
+                    return con.sql(sql).to_arrow_table()
+            except duckdb.CatalogException as error:
+                raise CatalogError(f"{error}\n(tables appear once data exists: run `voxtox label` first; "
+                                   f"lake: {self.target.catalog_name()})") from error
+            except (duckdb.ParserException, duckdb.BinderException) as error:
+                raise CatalogError(f"{error}\n(the SQL is DuckDB's dialect)") from error
+
+    def known_sources(self) -> set[str]:
+        with self.connect() as con:
+            if "sources" not in lake.define_views(con):
+                return set()
+            rows = con.execute("SELECT DISTINCT source_sha256 FROM sources").fetchall()
+        return {sha for (sha,) in rows}
+
+    def forgotten(self) -> set[str]:
+        """The recordings `voxtox forget` erased from the lake (on any host)."""
+        with self.connect() as con:
+            return lake.forgotten(con)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,9 @@ import soundfile
 from prefect import task
 
 from voxtox.audio import SAMPLE_RATE
+from voxtox.storage import lake as lakes
 from voxtox.storage.erasure import shards_lock
+from voxtox.storage.lake import LakeTarget
 from voxtox.storage.schema import REJECTS_SCHEMA, SOURCES_SCHEMA, clips_schema
 from voxtox.storage.shards import replace_rows, replace_source
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
@@ -124,9 +127,13 @@ def write_sources(
     asr_model: str,
     run_id: str,
     allow_forgotten: bool = False,
+    lake: LakeTarget | None = None,
 ) -> WrittenUnit:
     """Replace each source's shards with this run's rows (idempotent per source). A source
-    forgotten while this run was working on it is not written (unless `allow_forgotten`)."""
+    forgotten while this run was working on it is not written (unless `allow_forgotten`).
+    With `lake`, each source's rows are one commit to that lake instead (storage/lake.py)."""
+    if lake is not None:
+        return _write_sources_to_lake(sources, embedded, dropped, lake, asr_model, run_id, allow_forgotten)
     clips_all = pq.read_table(embedded)
     dropped_all = pq.read_table(dropped).to_pylist()
     now = datetime.now(UTC)
@@ -136,7 +143,7 @@ def write_sources(
         with shards_lock(shards_root, exclusive=True):
             if _is_forgotten(shards_root, source.source_sha256, allow_forgotten):
                 continue
-            rows = clips_all.filter(pc.equal(clips_all["source_sha256"], source.source_sha256))
+            rows = clips_all.filter(pc.field("source_sha256") == source.source_sha256)
             clips = build_clips(source, rows, asr_model, run_id, now)
             rejected = [r for r in dropped_all if r["source_sha256"] == source.source_sha256]
             rejects = _rejects_table(rejected, run_id, now)
@@ -145,6 +152,45 @@ def write_sources(
         n_clips += clips.num_rows
         n_rejects += rejects.num_rows
     return WrittenUnit(len(sources), n_clips, n_rejects, shards)
+
+
+def _write_sources_to_lake(
+    sources: list[PreparedSource],
+    embedded: Path,
+    dropped: Path,
+    lake: LakeTarget,
+    asr_model: str,
+    run_id: str,
+    allow_forgotten: bool,
+) -> WrittenUnit:
+    """Each source's clips, rejects and `sources` row as one lake commit keyed by the source:
+    a rerun, or another worker that labelled the same audio, replaces them (storage/lake.py).
+    A recording forgotten meanwhile (on any host) is not written back."""
+    clips_all = pq.read_table(embedded)
+    dropped_all = pq.read_table(dropped).to_pylist()
+    now = datetime.now(UTC)
+    n_clips = n_rejects = 0
+    with closing(lakes.connect(lake)) as con:
+        for source in sources:
+            rows = clips_all.filter(pc.field("source_sha256") == source.source_sha256)
+            clips = build_clips(source, rows, asr_model, run_id, now)
+            rejects = _rejects_table([r for r in dropped_all if r["source_sha256"] == source.source_sha256], run_id, now)
+            marker = _source_table(source, clips.num_rows, rejects.num_rows, run_id, now)
+            tables = {"clips": clips, "rejects": rejects, "sources": marker}
+            unless = None if allow_forgotten else source.source_sha256
+            if not lakes.replace_key(con, lake, source.key, tables, unless_forgotten=unless):
+                continue
+            n_clips += clips.num_rows
+            n_rejects += rejects.num_rows
+    return WrittenUnit(len(sources), n_clips, n_rejects, [])
+
+
+def _write_rejections_to_lake(rejections: list[SourceRejection], lake: LakeTarget, run_id: str) -> WrittenUnit:
+    now = datetime.now(UTC)
+    with closing(lakes.connect(lake)) as con:
+        for rejection in rejections:
+            lakes.replace_key(con, lake, rejection_key(rejection), {"rejects": _rejects_table([_rejection_record(rejection)], run_id, now)})
+    return WrittenUnit(0, 0, len(rejections), [])
 
 
 def rejection_key(rejection: SourceRejection) -> str:
@@ -157,27 +203,37 @@ def rejection_key(rejection: SourceRejection) -> str:
 
 
 def write_rejections(
-    rejections: list[SourceRejection], shards_root: Path, run_id: str, allow_forgotten: bool = False
+    rejections: list[SourceRejection],
+    shards_root: Path,
+    run_id: str,
+    allow_forgotten: bool = False,
+    lake: LakeTarget | None = None,
 ) -> WrittenUnit:
     """Record inputs that could not be used; a rerun replaces their rows instead of adding."""
+    if lake is not None:
+        return _write_rejections_to_lake(rejections, lake, run_id)
     now = datetime.now(UTC)
     shards = []
     for rejection in rejections:
-        record = {
-            "source_uri": rejection.uri,
-            "source_sha256": rejection.source_sha256,
-            "stage": rejection.stage,
-            "reason": rejection.reason,
-            "detail": rejection.detail,
-            "start_s": None,
-            "end_s": None,
-            "transcript": None,
-        }
+        record = _rejection_record(rejection)
         with shards_lock(shards_root, exclusive=True):
             if _is_forgotten(shards_root, rejection.source_sha256, allow_forgotten):
                 continue
             shards += replace_rows(shards_root, "rejects", rejection_key(rejection), _rejects_table([record], run_id, now))
     return WrittenUnit(0, 0, len(rejections), [str(p) for p in shards])
+
+
+def _rejection_record(rejection: SourceRejection) -> dict:
+    return {
+        "source_uri": rejection.uri,
+        "source_sha256": rejection.source_sha256,
+        "stage": rejection.stage,
+        "reason": rejection.reason,
+        "detail": rejection.detail,
+        "start_s": None,
+        "end_s": None,
+        "transcript": None,
+    }
 
 
 @task(name="write")
@@ -189,12 +245,19 @@ def write_task(
     asr_model: str,
     run_id: str,
     allow_forgotten: bool = False,
+    lake: LakeTarget | None = None,
 ) -> WrittenUnit:
-    return write_sources(sources, Path(embedded), Path(unit.dropped), shards_root, asr_model, run_id, allow_forgotten)
+    return write_sources(
+        sources, Path(embedded), Path(unit.dropped), shards_root, asr_model, run_id, allow_forgotten, lake
+    )
 
 
 @task(name="write-rejects")
 def write_rejections_task(
-    rejections: list[SourceRejection], shards_root: Path, run_id: str, allow_forgotten: bool = False
+    rejections: list[SourceRejection],
+    shards_root: Path,
+    run_id: str,
+    allow_forgotten: bool = False,
+    lake: LakeTarget | None = None,
 ) -> WrittenUnit:
-    return write_rejections(rejections, shards_root, run_id, allow_forgotten)
+    return write_rejections(rejections, shards_root, run_id, allow_forgotten, lake)

@@ -1,0 +1,463 @@
+"""The many-machines store: voxtox's tables in a DuckLake (docs/storage.md).
+
+A DuckLake keeps its catalog in a SQL database (PostgreSQL, which every machine can reach) and
+its data as Parquet files on object storage (S3 or any S3-compatible store), so labelling
+workers on several hosts write one set of tables: each commit is an ACID transaction of the
+catalog database, and a reader sees a snapshot, i.e. whole commits only. Nothing here takes a
+file lock; the engine does what storage/shards.py does with `fcntl` for one machine.
+
+Settings `[storage] catalog_url` (`postgresql://user@host:port/db`, or a local path for a
+DuckDB-file catalog that one process at a time may open) and `data_url` (`s3://bucket/prefix`
+or a local folder). The S3 endpoint and keys come only from the standard environment
+variables `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and `AWS_REGION`),
+never from a settings file.
+
+Every row carries `shard_key`, the key the single-machine layout names its files by (a source's
+content-hash prefix, or a rejected input's key): replacing a key's rows is one transaction that
+deletes them and inserts the new ones, so a rerun adds nothing. DuckLake lets concurrent
+transactions append to one table without conflict, which would let two workers that labelled the
+same recording both add its rows; so every write also updates the one row of `voxtox_commits`,
+which makes concurrent writes conflict: one lands, the other retries on the new snapshot and
+replaces what the first wrote (the recording is stored once).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import duckdb
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+#: The DuckDB extensions a lake needs, each from its PyPI package (`duckdb-extension-<name>`,
+#: built for one DuckDB version: pyproject pins DuckDB to it), so nothing is downloaded at run time.
+EXTENSIONS = ("ducklake", "postgres_scanner", "httpfs")
+ALIAS = "lake"
+KEY_COLUMN = "shard_key"
+COMMITS_TABLE = "voxtox_commits"
+#: Recordings `voxtox forget` erased: hashes and days only, in the lake so every host sees them.
+TOMBSTONES = "tombstones"
+MAX_ATTEMPTS = 30
+
+
+class LakeError(RuntimeError):
+    """The lake cannot be reached or used, said in one line naming what (endpoint, catalog)."""
+
+
+@dataclass(frozen=True)
+class LakeTarget:
+    """Where a lake lives: its catalog and its data. Picklable: tasks on other hosts get it."""
+
+    catalog_url: str
+    data_url: str
+
+    @property
+    def on_s3(self) -> bool:
+        return self.data_url.startswith("s3://")
+
+    def catalog_attach(self) -> str:
+        """The ATTACH string of the catalog: DuckLake on PostgreSQL or on a DuckDB file."""
+        if self.catalog_url.startswith(("postgresql://", "postgres://")):
+            return f"ducklake:postgres:{libpq_keywords(self.catalog_url)}"
+        return f"ducklake:{Path(self.catalog_url).expanduser()}"
+
+    def catalog_name(self) -> str:
+        """The catalog as a user can name it in an error: host:port/db, no password."""
+        if self.catalog_url.startswith(("postgresql://", "postgres://")):
+            parts = urlsplit(self.catalog_url)
+            return f"postgresql://{parts.hostname}:{parts.port or 5432}{parts.path}"
+        return self.catalog_url
+
+    def data_path(self) -> str:
+        if self.on_s3:
+            return self.data_url.rstrip("/") + "/"
+        path = Path(self.data_url).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path) + "/"
+
+
+def libpq_keywords(url: str) -> str:
+    """`postgresql://user:pw@host:port/db` as the keyword string DuckDB's postgres extension takes."""
+    parts = urlsplit(url)
+    words = {
+        "dbname": parts.path.lstrip("/") or None,
+        "host": parts.hostname,
+        "port": parts.port,
+        "user": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+    }
+    return " ".join(f"{k}={v}" for k, v in words.items() if v is not None)
+
+
+def s3_endpoint(environ: Mapping[str, str] | None = None) -> str:
+    """The S3 endpoint in use, for error messages: AWS_ENDPOINT_URL, or AWS's own."""
+    env = os.environ if environ is None else environ
+    return env.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com"
+
+
+def s3_secret_sql(environ: Mapping[str, str] | None = None) -> str:
+    """A DuckDB S3 secret from the standard AWS variables (only those: a settings file never
+    holds keys). A custom endpoint (MinIO, moto, Ceph) is addressed by path, not by bucket host."""
+    env = os.environ if environ is None else environ
+    words = {"TYPE": "s3", "REGION": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    if env.get("AWS_ACCESS_KEY_ID"):
+        words |= {"KEY_ID": env["AWS_ACCESS_KEY_ID"], "SECRET": env.get("AWS_SECRET_ACCESS_KEY", "")}
+    if env.get("AWS_SESSION_TOKEN"):
+        words["SESSION_TOKEN"] = env["AWS_SESSION_TOKEN"]
+    if endpoint := env.get("AWS_ENDPOINT_URL"):
+        parts = urlsplit(endpoint)
+        words |= {"ENDPOINT": parts.netloc or parts.path, "URL_STYLE": "path"}
+        if parts.scheme == "http":
+            words["USE_SSL"] = "false"
+    body = ", ".join(f"{k} {v}" if v == "false" or k == "TYPE" else f"{k} '{_quote(v)}'" for k, v in words.items())
+    return f"CREATE OR REPLACE SECRET voxtox_s3 ({body})"
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def load_extensions(con: duckdb.DuckDBPyConnection) -> None:
+    """LOAD each extension from its PyPI package's file (no INSTALL: nothing is fetched or
+    written to ~/.duckdb). A missing package or a DuckDB of another version is one line."""
+    version = _first(con.execute("PRAGMA version"))
+    for name in EXTENSIONS:
+        try:
+            module = importlib.import_module(f"duckdb_extension_{name}")
+        except ImportError as error:
+            raise LakeError(
+                f"the lake needs the package duckdb-extension-{name.replace('_', '-')} (scripts/setup.sh installs it)"
+            ) from error
+        path = Path(next(iter(module.__path__))) / "extensions" / version / f"{name}.duckdb_extension"
+        if not path.exists():
+            raise LakeError(f"duckdb-extension-{name.replace('_', '-')} has no build for DuckDB {version}: install "
+                            "the DuckDB version constraints.txt pins")
+        con.execute(f"LOAD '{_quote(str(path))}'")
+
+
+def _unreachable(target: LakeTarget, error: duckdb.Error) -> LakeError | None:
+    """The one-line error for a store that cannot be reached, or None for any other failure."""
+    text = str(error)
+    # DuckDB's errors may quote the catalog's keyword string: never print its password
+    first = re.sub(r"password=\S+", "password=***", (text.strip().splitlines() or [type(error).__name__])[0])
+    if "postgres" in target.catalog_attach() and any(
+        w in text for w in ("Connection refused", "could not connect", "Unable to connect", "connection to server")
+    ):
+        return LakeError(f"lake catalog {target.catalog_name()} unreachable: {first}")
+    if target.on_s3 and isinstance(error, (duckdb.IOException, duckdb.HTTPException)) and any(
+        w in text.lower() for w in ("could not connect", "could not establish connection", "connection refused",
+                                    "failed to connect", "timed out", "could not resolve", "http ")
+    ):
+        return LakeError(f"object store {s3_endpoint()} ({target.data_url}) unreachable or refused: {first}")
+    return None
+
+
+@contextmanager
+def lake_errors(target: LakeTarget) -> Iterator[None]:
+    """Turn an unreachable catalog or object store into one LakeError line naming it."""
+    try:
+        yield
+    except duckdb.Error as error:
+        if (found := _unreachable(target, error)) is not None:
+            raise found from error
+        raise
+
+
+def connect(target: LakeTarget, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the lake attached as `lake`; its S3 bucket is checked,
+    so a wrong endpoint or key fails here in one line rather than at the first commit."""
+    con = duckdb.connect()
+    try:
+        load_extensions(con)
+        if target.on_s3:
+            con.execute(s3_secret_sql())
+        options = f"DATA_PATH '{_quote(target.data_path())}'" + (", READ_ONLY" if read_only else "")
+        with lake_errors(target):
+            _attach(con, target, options)
+            if target.on_s3:
+                con.execute(f"SELECT count(*) FROM glob('{_quote(target.data_path())}probe-*')").fetchone()
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _attach(con: duckdb.DuckDBPyConnection, target: LakeTarget, options: str) -> None:
+    """ATTACH the lake. The first attach of an empty catalog creates DuckLake's tables; two
+    workers starting at once race to do it, and the loser attaches what the winner made."""
+    for attempt in range(1, 6):
+        try:
+            con.execute(f"ATTACH '{_quote(target.catalog_attach())}' AS {ALIAS} ({options})")
+            return
+        except duckdb.Error as error:
+            if "creating a new DuckLake is explicitly disabled" in str(error):
+                # a reader before the first writer (the labelling flow asks what is known first):
+                # make the empty lake, then attach it read-only as asked
+                con.execute(f"ATTACH '{_quote(target.catalog_attach())}' AS {ALIAS} "
+                            f"(DATA_PATH '{_quote(target.data_path())}')")
+                con.execute(f"DETACH {ALIAS}")
+                continue
+            if "Failed to initialize DuckLake" not in str(error) or attempt == 5:
+                raise
+            time.sleep(0.2 * attempt)
+
+
+def tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The voxtox tables the lake holds (not its own bookkeeping)."""
+    rows = con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND table_name <> ? ORDER BY 1",
+        [ALIAS, COMMITS_TABLE],
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+def _ensure_table(con: duckdb.DuckDBPyConnection, name: str, rows: pa.Table) -> None:
+    """Create table `name` with `rows`' columns plus `shard_key` if it is not there yet. Data is
+    never inlined into the catalog database: clips hold audio, which belongs on object storage."""
+    con.execute(f"CREATE TABLE IF NOT EXISTS {ALIAS}.{COMMITS_TABLE} (n BIGINT)")
+    if _first(con.execute(f"SELECT count(*) FROM {ALIAS}.{COMMITS_TABLE}")) == 0:
+        con.execute(f"INSERT INTO {ALIAS}.{COMMITS_TABLE} VALUES (0)")
+    if name in tables(con):
+        return
+    # DuckLake has no fixed-size array: an embedding is stored as FLOAT[] (views cast it back)
+    lists = [f.name for f in rows.schema if pa.types.is_fixed_size_list(f.type)]
+    replace = f" REPLACE ({', '.join(f'{c}::FLOAT[] AS {c}' for c in lists)})" if lists else ""
+    con.register("voxtox_new_rows", rows)
+    try:
+        con.execute(f"CREATE TABLE IF NOT EXISTS {ALIAS}.{name} AS SELECT ''::VARCHAR AS {KEY_COLUMN}, *{replace} "
+                    "FROM voxtox_new_rows LIMIT 0")
+    finally:
+        con.unregister("voxtox_new_rows")
+    con.execute(f"CALL {ALIAS}.set_option('data_inlining_row_limit', 0, table_name => '{name}')")
+
+
+def _is_conflict(error: duckdb.Error) -> bool:
+    return "conflict" in str(error).lower()
+
+
+def replace_key(con: duckdb.DuckDBPyConnection, target: LakeTarget, key: str, rows: Mapping[str, pa.Table],
+                unless_forgotten: str | None = None) -> int:
+    """Replace every row of `key` in each table of `rows` by those rows, in one commit; retried
+    on a conflict with a concurrent commit. Returns the attempts it took; 0 when the recording
+    `unless_forgotten` is tombstoned (checked inside the transaction: a `forget` that commits
+    meanwhile makes this commit conflict, and the retry sees its tombstone)."""
+    written = [True]
+
+    def attempt() -> None:
+        for name, table in rows.items():  # two first writers may race to create a table
+            _ensure_table(con, name, table)
+        written[0] = _replace_once(con, key, rows, unless_forgotten)
+
+    attempts = _committed(con, target, attempt, key)
+    return attempts if written[0] else 0
+
+
+def _committed(con: duckdb.DuckDBPyConnection, target: LakeTarget, attempt: Callable[[], object], what: str) -> int:
+    """Run `attempt` (one transaction) until it commits without a conflict; the attempts it took."""
+    with lake_errors(target):
+        for number in range(1, MAX_ATTEMPTS + 1):
+            try:
+                attempt()
+                return number
+            except duckdb.Error as error:
+                _rollback(con)
+                if not _is_conflict(error) or number == MAX_ATTEMPTS:
+                    raise
+                log.debug("lake commit of %s conflicted (attempt %d): %s", what, number, error)
+                time.sleep(random.uniform(0.01, 0.05) * number)  # spread the retries of many workers
+    raise AssertionError("unreachable")
+
+
+def erase(con: duckdb.DuckDBPyConnection, target: LakeTarget, sha256s: Collection[str]) -> int:
+    """Remove every row of the recordings `sha256s` from every table AND their bytes from storage,
+    and tombstone them (one commit); then rewrite the data files that held them, expire every
+    older snapshot (erasure beats time travel: no snapshot may still reach them) and delete the
+    files no snapshot references. Returns the rows deleted. A reader on an expired snapshot fails."""
+    wanted = sorted(sha256s)
+    _ensure_table(con, TOMBSTONES, pa.table({"source_sha256": pa.array([], pa.string()),
+                                             "forgotten_on": pa.array([], pa.date32())}))
+    holding = [name for name in tables(con) if name != TOMBSTONES and _has_column(con, name, "source_sha256")]
+    deleted = [0]
+
+    def attempt() -> None:
+        con.execute("BEGIN")
+        con.execute(f"UPDATE {ALIAS}.{COMMITS_TABLE} SET n = n + 1")
+        deleted[0] = sum(_first(con.execute(f"DELETE FROM {ALIAS}.{name} WHERE source_sha256 IN (SELECT unnest(?))",
+                                     [wanted])) for name in holding)
+        con.execute(f"DELETE FROM {ALIAS}.{TOMBSTONES} WHERE source_sha256 IN (SELECT unnest(?))", [wanted])
+        con.execute(f"INSERT INTO {ALIAS}.{TOMBSTONES} ({KEY_COLUMN}, source_sha256, forgotten_on) "
+                    "SELECT s, s, current_date FROM (SELECT unnest(?) AS s)", [wanted])
+        con.execute("COMMIT")
+
+    _committed(con, target, attempt, "erasure")
+    with lake_errors(target):
+        for name in holding:
+            con.execute(f"CALL ducklake_rewrite_data_files('{ALIAS}', '{name}', delete_threshold => 0)")
+        con.execute(f"CALL ducklake_expire_snapshots('{ALIAS}', older_than => now())")
+        con.execute(f"CALL ducklake_cleanup_old_files('{ALIAS}', cleanup_all => true)")
+    return deleted[0]
+
+
+def forgotten(con: duckdb.DuckDBPyConnection, sha256s: Collection[str] | None = None) -> set[str]:
+    """The tombstoned recordings (among `sha256s`, or all), as this connection's snapshot has them."""
+    if TOMBSTONES not in tables(con):
+        return set()
+    sql = f"SELECT source_sha256 FROM {ALIAS}.{TOMBSTONES}"
+    if sha256s is None:
+        return {sha for (sha,) in con.execute(sql).fetchall()}
+    return {sha for (sha,) in con.execute(f"{sql} WHERE source_sha256 IN (SELECT unnest(?))",
+                                          [sorted(sha256s)]).fetchall()}
+
+
+def recordings_of(con: duckdb.DuckDBPyConnection, uris: Collection[str]) -> dict[str, set[str]]:
+    """The content hashes each URI was labelled as (a URI with no rows is absent)."""
+    found: dict[str, set[str]] = {}
+    for name in ("sources", "clips", "rejects"):
+        if name in tables(con) and uris:
+            rows = con.execute(f"SELECT DISTINCT source_uri, source_sha256 FROM {ALIAS}.{name} "
+                               "WHERE source_uri IN (SELECT unnest(?)) AND source_sha256 IS NOT NULL",
+                               [sorted(uris)]).fetchall()
+            for uri, sha in rows:
+                found.setdefault(uri, set()).add(sha)
+    return found
+
+
+def held(con: duckdb.DuckDBPyConnection, sha256s: Collection[str]) -> set[str]:
+    """Which of `sha256s` have rows in any table."""
+    found: set[str] = set()
+    for name in tables(con):
+        if name != TOMBSTONES and _has_column(con, name, "source_sha256") and sha256s:
+            found |= {sha for (sha,) in con.execute(
+                f"SELECT DISTINCT source_sha256 FROM {ALIAS}.{name} WHERE source_sha256 IN (SELECT unnest(?))",
+                [sorted(sha256s)]).fetchall()}
+    return found
+
+
+def data_files(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    """Data files table `table`'s current snapshot reads."""
+    return int(_first(con.execute(f"SELECT count(*) FROM ducklake_list_files('{ALIAS}', ?)", [table])))
+
+
+#: Files no snapshot knows are deleted once this old: younger ones may be a live writer's, uploaded
+#: before its commit (a killed writer's stay until then).
+ORPHAN_AGE_S = 24 * 3600
+
+
+def compact(con: duckdb.DuckDBPyConnection, target: LakeTarget) -> dict[str, tuple[int, int]]:
+    """Merge each table's small files (one per labelled recording) into large ones, as one commit
+    the engine makes; readers see the table before or after; and delete the orphaned files of
+    writers killed before their commit. Returns table -> (files before, after). The replaced
+    files stay while older snapshots reference them (erasure expires those)."""
+    with lake_errors(target):
+        before = {name: data_files(con, name) for name in tables(con)}
+        con.execute(f"CALL ducklake_merge_adjacent_files('{ALIAS}')")
+        delete_orphans(con, target, ORPHAN_AGE_S)
+        return {name: (count, data_files(con, name)) for name, count in before.items()}
+
+
+def delete_orphans(con: duckdb.DuckDBPyConnection, target: LakeTarget, older_than_s: float) -> int:
+    """Delete data files under the lake's data path that no snapshot references and that are
+    older than `older_than_s` (what a writer killed between uploading and committing leaves)."""
+    with lake_errors(target):
+        rows = con.execute(f"CALL ducklake_delete_orphaned_files('{ALIAS}', older_than => "
+                           f"now() - to_seconds({float(older_than_s)}))").fetchall()
+    return len(rows)
+
+
+def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    return bool(_first(con.execute("SELECT count(*) FROM duckdb_columns() WHERE database_name = ? AND table_name = ? "
+                            "AND column_name = ?", [ALIAS, table, column])))
+
+
+def _replace_once(con: duckdb.DuckDBPyConnection, key: str, rows: Mapping[str, pa.Table],
+                  unless_forgotten: str | None = None) -> bool:
+    if not stage_replacement(con, key, rows, unless_forgotten):
+        con.execute("ROLLBACK")
+        return False
+    con.execute("COMMIT")
+    return True
+
+
+def stage_replacement(con: duckdb.DuckDBPyConnection, key: str, rows: Mapping[str, pa.Table],
+                      unless_forgotten: str | None = None) -> bool:
+    """Open a transaction that replaces `key`'s rows (the caller commits; its tables exist).
+    False, with nothing staged, when the recording `unless_forgotten` is tombstoned."""
+    con.execute("BEGIN")
+    con.execute(f"UPDATE {ALIAS}.{COMMITS_TABLE} SET n = n + 1")  # serialises writers: see the module doc
+    if unless_forgotten is not None and unless_forgotten in forgotten(con, [unless_forgotten]):
+        return False
+    for name, table in rows.items():
+        con.execute(f"DELETE FROM {ALIAS}.{name} WHERE {KEY_COLUMN} = ?", [key])
+        if table.num_rows:
+            con.register("voxtox_new_rows", table)
+            try:
+                columns = ", ".join(f'"{c}"' for c in table.column_names)
+                con.execute(f"INSERT INTO {ALIAS}.{name} ({KEY_COLUMN}, {columns}) "
+                            f"SELECT ?, {columns} FROM voxtox_new_rows", [key])
+            finally:
+                con.unregister("voxtox_new_rows")
+    return True
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass  # a failed COMMIT already ended the transaction
+
+
+def define_views(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Views named like the single-machine tables (`clips`, `sources`, ...) over the lake's,
+    without the bookkeeping column, so voxtox's SQL and a user's read either store alike."""
+    present = tables(con)
+    for name in present:
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * EXCLUDE ({KEY_COLUMN}){_array_casts(con, name)} "
+                    f"FROM {ALIAS}.{name}")
+    return present
+
+
+def _array_casts(con: duckdb.DuckDBPyConnection, name: str) -> str:
+    """` REPLACE (col::FLOAT[n] AS col, ...)` for the embeddings stored as FLOAT[] (their length
+    from one row), so `array_cosine_similarity` takes them as the single-machine views give them."""
+    columns = con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE database_name = ? AND table_name = ? AND data_type = 'FLOAT[]'",
+        [ALIAS, name],
+    ).fetchall()
+    casts = []
+    for (column,) in columns:
+        found = con.execute(f"SELECT len({column}) FROM {ALIAS}.{name} WHERE {column} IS NOT NULL LIMIT 1").fetchone()
+        if found:
+            casts.append(f"{column}::FLOAT[{found[0]}] AS {column}")
+    return f" REPLACE ({', '.join(casts)})" if casts else ""
+
+
+def snapshot_id(con: duckdb.DuckDBPyConnection) -> int:
+    """The lake's current snapshot: what a reader on this connection sees."""
+    return int(_first(con.execute(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()")))
+
+
+def target_of(catalog_url: str | None, data_url: str | None) -> LakeTarget | None:
+    """The lake the `[storage]` settings name, or None for the single-machine layout."""
+    if catalog_url is None or data_url is None:
+        return None
+    return LakeTarget(catalog_url, data_url)
+
+
+def _first(result: duckdb.DuckDBPyConnection) -> Any:
+    """The first column of a query's one row (an aggregate always has one)."""
+    row = result.fetchone()
+    if row is None:
+        raise LakeError("the lake answered a one-row query with no row")
+    return row[0]
