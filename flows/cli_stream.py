@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +38,10 @@ def serve(
 ) -> None:
     """Serve the audio-only classifier to live streams: one WebSocket per channel or speaker,
     16-bit PCM in, JSON window events out. Needs VOXTOX_STREAM__TOKEN."""
+    # Before torch loads its OpenMP runtime: threads that finish an operator sleep instead of
+    # spinning for the next. On a shared CPU, spinning threads took 3-5x the CPU per window and
+    # made one window 4x slower in wall time (docs/benchmarks.md, streaming).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import uvicorn
 
     from voxtox.models.stream import model_identity
@@ -70,6 +75,8 @@ def send(
     files: Annotated[list[Path], typer.Argument(help="audio files, each sent as its own stream, all at once")],
     url: Annotated[str, typer.Option(help="the server's stream endpoint")] = "ws://127.0.0.1:8765/v1/stream",
     speed: Annotated[float, typer.Option(help="1: real time; 4: four times faster; 0: as fast as it goes")] = 1.0,
+    encoding: Annotated[str, typer.Option(help="pcm_s16le (16-bit PCM, 100 ms frames) or opus (20 ms Opus packets, "
+                                               "about a tenth of the bytes)")] = "pcm_s16le",
     stream_id: Annotated[str | None, typer.Option(help="stream id (one file only) [default: the file name]")] = None,
 ) -> None:
     """Replay files to a `voxtox stream serve` server as live streams and print every event as one
@@ -82,6 +89,8 @@ def send(
         token = load_settings().stream.token
         if token is None:
             raise ValueError("no token: set VOXTOX_STREAM__TOKEN to the server's token")
+        if encoding not in ("pcm_s16le", "opus"):
+            raise ValueError(f"--encoding {encoding!r}: use pcm_s16le or opus")
         if stream_id is not None and len(files) > 1:
             raise ValueError("--stream-id names one stream; give one file with it")
         streams = {}
@@ -98,7 +107,8 @@ def send(
         sys.stdout.flush()
 
     async def send_all() -> list:
-        return await asyncio.gather(*(replay(url, token.get_secret_value(), samples, name, speed, print_event)
+        return await asyncio.gather(*(replay(url, token.get_secret_value(), samples, name, speed, print_event,
+                                             encoding=encoding)
                                       for name, samples in streams.items()))
 
     results = asyncio.run(send_all())

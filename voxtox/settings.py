@@ -302,6 +302,11 @@ class StreamSettings(BaseModel):
     )
     reload_check_s: float = Field(5.0, gt=0, description="how often the server looks for a newly promoted model")
     threads: int | None = Field(None, ge=1, description="torch / onnxruntime threads for scoring")
+    backend: Literal["pytorch", "onnx-int8"] = Field(
+        "pytorch", description="a run or model directory is scored in PyTorch, or through its ONNX Runtime dynamic-int8 "
+        "export, which the server makes once per promoted model (docs/streaming.md, Scoring path)"
+    )
+    export_dir: Path | None = Field(None, description="where onnx-int8 exports are kept [default: <tmp>/voxtox-stream-exports]")
 
 
 class CompactSettings(BaseModel):
