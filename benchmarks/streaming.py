@@ -1,7 +1,10 @@
 """Streaming service capacity: N concurrent real-time streams against `voxtox stream serve`, N = 1,
 2, 4, ... until it cannot keep up, with batching across streams and without it (one forward
-pass per window as it falls due: `--max-batch 1`), in the same run: both servers run side by
-side and take turns at each N, so load from other processes falls on both alike.
+pass per window as it falls due: `--max-batch 1`), in the same run: the servers of `--modes`
+(MODES below: batched, unbatched, through ONNX Runtime int8, with torch's threads spinning as
+before) run side by side and take turns at each N, so load from other processes falls on all
+alike. `--passes` times forward passes of 1-8 windows in-process instead, with torch's threads
+sleeping and spinning; `--soak-minutes` holds one mode at one load in one-minute rounds.
 
 Per level: latency from a window's end to its event (p50 / p95 / p99, measured by the clients:
 from sending the frame that holds the window's last sample to receiving its event; a speech-end
@@ -20,7 +23,9 @@ The server runs in its own process with `--threads` threads; the clients in this
 
     python benchmarks/streaming.py                         # 40 s per level, batched and unbatched
     python benchmarks/streaming.py --seconds 20 --max-streams 8 --modes batched   # quick
-    python benchmarks/streaming.py --max-streams 0 --modes unbatched --soak-minutes 10 --soak-streams 8  # soak
+    python benchmarks/streaming.py --modes batched,unbatched,unbatched-int8 --encoder whisper-tiny.en
+    python benchmarks/streaming.py --passes --encoder whisper-tiny.en
+    python benchmarks/streaming.py --max-streams 0 --modes unbatched --soak-minutes 10 --soak-streams 16  # soak
 """
 
 from __future__ import annotations
@@ -223,7 +228,17 @@ def main() -> None:
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="then hold --soak-streams this long")
     parser.add_argument("--soak-streams", type=int, default=4)
     parser.add_argument("--soak-mode", default="unbatched", help="which of --modes to soak")
+    parser.add_argument("--passes", action="store_true", help="only time forward passes of 1-8 windows in-process, "
+                        "with torch's threads sleeping (PASSIVE) and spinning (libgomp's default), and stop")
+    parser.add_argument("--passes-policy", help=argparse.SUPPRESS)  # the child process that times one policy
     args = parser.parse_args()
+    if args.passes_policy is not None:
+        return time_passes(args.encoder, args.threads, args.passes_policy)
+    if args.passes:
+        for policy in ("PASSIVE", ""):
+            subprocess.run([sys.executable, __file__, "--encoder", args.encoder, "--threads", str(args.threads),
+                            "--passes-policy", policy], env=os.environ | {"OMP_WAIT_POLICY": policy}, check=True)
+        return
 
     audio = build_audio(HERE / ".cache" / "stream-audio", minutes=8, files=4)
     clips = [load_audio(str(p)).samples for p in audio.paths]
@@ -244,6 +259,26 @@ def main() -> None:
             for server in servers.values():
                 server.stop()
     print_table(levels)
+
+
+def time_passes(encoder: str, threads: int, policy: str) -> None:
+    """Wall and CPU seconds per 15 s window in forward passes of 1, 2, 4 and 8 windows."""
+    from voxtox.models.inference import WindowScorer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = SpeechToxicityClassifier(load_speech_encoder(resolve_model(encoder, Settings().model_cache_dir)),
+                                     len(CLASSES), TEXT_DIM).eval()
+    scorer, rng = WindowScorer(model, batch_size=64), np.random.default_rng(0)
+    scorer.score_many([(0.1 * rng.standard_normal(15 * SAMPLE_RATE)).astype(np.float32)])  # warm up
+    for size in (1, 2, 4, 8):
+        clips = [(0.1 * rng.standard_normal(15 * SAMPLE_RATE)).astype(np.float32) for _ in range(size)]
+        wall, cpu = time.monotonic(), time.process_time()
+        for _ in range(3):
+            scorer.score_many(clips)
+        print(f"{encoder} threads {threads} OMP_WAIT_POLICY={policy or '(unset: spin)'} batch {size}: per window "
+              f"{(time.monotonic() - wall) / 3 / size:.3f} s wall, {(time.process_time() - cpu) / 3 / size:.3f} s CPU; "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
 
 
 def run_levels(servers: dict[str, Server], clips: list[np.ndarray], args: argparse.Namespace, levels: list[Level]) -> None:

@@ -96,8 +96,12 @@ def report(args: argparse.Namespace, model_dir: Path, thresholds: np.ndarray, ev
     print(f"decisions agreeing: segments {segment_agree.mean():.4f} ({int((~segment_agree).sum())} of "
           f"{segment_agree.size} differ), windows {window_agree.mean():.4f} ({int((~window_agree).sum())} of "
           f"{window_agree.size} differ)")
-    print(f"largest |p_int8 - p_fp32|: {np.abs(window_int8 - window_fp32).max():.4f} (mean "
-          f"{np.abs(window_int8 - window_fp32).mean():.4f})")
+    largest = np.abs(window_int8 - window_fp32).max()
+    print(f"largest |p_int8 - p_fp32|: {largest:.4f} (mean {np.abs(window_int8 - window_fp32).mean():.4f})")
+    margin = np.abs(fp32 - thresholds)
+    print(f"segment decisions whose fp32 probability is within that of its threshold: "
+          f"{int((margin <= largest).sum())} of {margin.size}; the differing ones were "
+          f"{', '.join(f'{m:.4f}' for m in margin[~segment_agree])} from it")
     print(f"seconds per window: PyTorch {seconds[0]:.3f}, ONNX Runtime int8 {seconds[1]:.3f} "
           f"({seconds[0] / seconds[1]:.2f}x); export + quantisation {seconds[2]:.0f} s")
     print(f"\n{'class':<16} {'positives':>9} {'AP fp32':>8} {'AP int8':>8} {'int8 - fp32 [95% CI]':>28}")

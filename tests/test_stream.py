@@ -80,7 +80,8 @@ def server(runs: Path) -> dict:
     port = _free_port()
     env = os.environ | {"VOXTOX_STREAM__TOKEN": TOKEN, "VOXTOX_STREAM__HOP_S": str(HOP_S),
                         "VOXTOX_STREAM__IDLE_TIMEOUT_S": "3", "VOXTOX_STREAM__RELOAD_CHECK_S": "0.5",
-                        "VOXTOX_STREAM__MAX_WAIT_MS": "100", "VOXTOX_STREAM__THREADS": "1",
+                        "VOXTOX_STREAM__MAX_BATCH": "16", "VOXTOX_STREAM__MAX_WAIT_MS": "100",
+                        "VOXTOX_STREAM__THREADS": "1",
                         "VOXTOX_STREAM__SEND_TIMEOUT_S": "2", "VOXTOX_STREAM__SEND_BUFFER_KB": "8"}
     process = subprocess.Popen([sys.executable, "-m", "voxtox.flows.cli", "stream", "serve", "--model",
                                 str(runs / "current"), "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
