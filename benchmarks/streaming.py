@@ -1,7 +1,10 @@
 """Streaming service capacity: N concurrent real-time streams against `voxtox stream serve`, N = 1,
 2, 4, ... until it cannot keep up, with batching across streams and without it (one forward
-pass per window as it falls due: `--max-batch 1`), in the same run: both servers run side by
-side and take turns at each N, so load from other processes falls on both alike.
+pass per window as it falls due: `--max-batch 1`), in the same run: the servers of `--modes`
+(MODES below: batched, unbatched, through ONNX Runtime int8, with torch's threads spinning as
+before) run side by side and take turns at each N, so load from other processes falls on all
+alike. `--passes` times forward passes of 1-8 windows in-process instead, with torch's threads
+sleeping and spinning; `--soak-minutes` holds one mode at one load in one-minute rounds.
 
 Per level: latency from a window's end to its event (p50 / p95 / p99, measured by the clients:
 from sending the frame that holds the window's last sample to receiving its event; a speech-end
@@ -20,7 +23,9 @@ The server runs in its own process with `--threads` threads; the clients in this
 
     python benchmarks/streaming.py                         # 40 s per level, batched and unbatched
     python benchmarks/streaming.py --seconds 20 --max-streams 8 --modes batched   # quick
-    python benchmarks/streaming.py --soak-minutes 10 --soak-streams 6              # soak at one load
+    python benchmarks/streaming.py --modes batched,unbatched,unbatched-int8 --encoder whisper-tiny.en
+    python benchmarks/streaming.py --passes --encoder whisper-tiny.en
+    python benchmarks/streaming.py --max-streams 0 --modes unbatched --soak-minutes 10 --soak-streams 16  # soak
 """
 
 from __future__ import annotations
@@ -62,8 +67,13 @@ from voxtox.storage.model_store import resolve_model  # noqa: E402
 HERE = Path(__file__).resolve().parent
 TOKEN = "benchmark"
 TEXT_DIM = 512
-MODES = {"batched": (16, 50.0), "unbatched": (1, 0.0)}  # max_batch, max_wait_ms
-
+# name: (max_batch, max_wait_ms, OMP_WAIT_POLICY, backend). `voxtox stream serve` sets PASSIVE
+# unless told otherwise; "" gives libgomp's own default (threads spin between operators; libgomp
+# says once that the value is invalid), which is what the server ran with before.
+MODES = {"batched": (16, 50.0, "PASSIVE", "pytorch"), "unbatched": (1, 0.0, "PASSIVE", "pytorch"),
+         "batched-4": (4, 20.0, "PASSIVE", "pytorch"),
+         "batched-spin": (16, 50.0, "", "pytorch"), "unbatched-spin": (1, 0.0, "", "pytorch"),
+         "batched-int8": (16, 50.0, "PASSIVE", "onnx-int8"), "unbatched-int8": (1, 0.0, "PASSIVE", "onnx-int8")}
 
 @dataclass
 class Level:
@@ -77,6 +87,8 @@ class Level:
     mean_batch: float
     cpu_percent: float
     mb_per_stream: float
+    load: float  # the machine's 1-minute load average at the level's end
+    pass_s: float  # mean wall time of one forward pass in the server
 
     @property
     def keeps_up(self) -> bool:
@@ -86,16 +98,19 @@ class Level:
 class Server:
     """`voxtox stream serve` in its own process."""
 
-    def __init__(self, model: Path, max_batch: int, max_wait_ms: float, threads: int, hop_s: float) -> None:
+    def __init__(self, model: Path, max_batch: int, max_wait_ms: float, wait_policy: str, backend: str,
+                 threads: int, hop_s: float) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         env = os.environ | {"VOXTOX_STREAM__TOKEN": TOKEN, "VOXTOX_STREAM__MAX_BATCH": str(max_batch),
                             "VOXTOX_STREAM__MAX_WAIT_MS": str(max_wait_ms), "VOXTOX_STREAM__THREADS": str(threads),
-                            "VOXTOX_STREAM__HOP_S": str(hop_s), "VOXTOX_STREAM__MAX_STREAMS": "1024"}
+                            "VOXTOX_STREAM__HOP_S": str(hop_s), "VOXTOX_STREAM__MAX_STREAMS": "1024",
+                            "OMP_WAIT_POLICY": wait_policy, "VOXTOX_STREAM__BACKEND": backend}
         self.process = subprocess.Popen([sys.executable, "-m", "voxtox.flows.cli", "stream", "serve", "--model",
                                          str(model), "--port", str(self.port)], env=env)
         self.url = f"ws://127.0.0.1:{self.port}/v1/stream"
+        self.http = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             try:
@@ -106,6 +121,15 @@ class Server:
         else:
             raise RuntimeError("server not ready in 300 s")
         self.ps = psutil.Process(self.process.pid)
+
+    def pass_seconds(self) -> tuple[float, float]:
+        """The server's forward passes so far: (count, total seconds), from /metrics."""
+        values = {}
+        for line in httpx.get(f"{self.http}/metrics", timeout=10).text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in ("voxtox_stream_batch_seconds_count", "voxtox_stream_batch_seconds_sum"):
+                values[name] = float(value)
+        return values["voxtox_stream_batch_seconds_count"], values["voxtox_stream_batch_seconds_sum"]
 
     def stop(self) -> None:
         self.process.terminate()
@@ -147,12 +171,14 @@ async def _streams(url: str, clips: list[np.ndarray], seconds: float, hop_s: flo
 
 def run_level(server: Server, mode: str, clips: list[np.ndarray], seconds: float, hop_s: float, n: int) -> Level:
     idle_rss = server.ps.memory_info().rss
+    passes_before = server.pass_seconds()
     cpu_before = sum(server.ps.cpu_times()[:2])
     began = time.monotonic()
     with PeakMemory(server.ps) as memory:
         results = asyncio.run(_streams(server.url, clips, seconds, hop_s, n, seed=n))
     wall = time.monotonic() - began
     cpu = sum(server.ps.cpu_times()[:2]) - cpu_before
+    passes = np.subtract(server.pass_seconds(), passes_before)
     faults = [r.fault for r in results if r.fault]
     if faults:
         raise RuntimeError(f"{len(faults)} streams failed: {faults[0]}")
@@ -162,22 +188,24 @@ def run_level(server: Server, mode: str, clips: list[np.ndarray], seconds: float
     p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) if latencies.size else (np.nan,) * 3
     return Level(mode, n, len(windows), dropped, float(p50), float(p95), float(p99),
                  float(np.mean([w["batch_size"] for w in windows])) if windows else 0.0,
-                 100 * cpu / wall, (memory.peak - idle_rss) / 2**20 / n)
+                 100 * cpu / wall, (memory.peak - idle_rss) / 2**20 / n, os.getloadavg()[0],
+                 float(passes[1] / passes[0]) if passes[0] else float("nan"))
 
 
 def print_table(levels: list[Level]) -> None:
     print(f"\n{'mode':<10} {'N':>4} {'windows':>7} {'dropped':>7} {'p50 s':>6} {'p95 s':>6} {'p99 s':>6} "
-          f"{'batch':>5} {'CPU %':>6} {'MB/str':>6}  keeps up")
+          f"{'batch':>5} {'pass s':>6} {'CPU %':>6} {'MB/str':>6} {'load':>5}  keeps up")
     for x in levels:
         print(f"{x.mode:<10} {x.streams:>4} {x.windows:>7} {x.dropped:>7} {x.p50:>6.2f} {x.p95:>6.2f} {x.p99:>6.2f} "
-              f"{x.mean_batch:>5.1f} {x.cpu_percent:>6.0f} {x.mb_per_stream:>6.1f}  {'yes' if x.keeps_up else 'no'}")
+              f"{x.mean_batch:>5.1f} {x.pass_s:>6.2f} {x.cpu_percent:>6.0f} {x.mb_per_stream:>6.1f} {x.load:>5.1f}  {'yes' if x.keeps_up else 'no'}")
     best = {}
     for x in levels:
         if x.keeps_up:
             best[x.mode] = max(best.get(x.mode, 0), x.streams)
     print("\nmost streams at real time with p95 < 1 s: " + ", ".join(f"{m} {n}" for m, n in best.items()))
-    if best.get("batched") and best.get("unbatched"):
-        print(f"batched / unbatched: {best['batched'] / best['unbatched']:.2f}x")
+    for mode in best:
+        if mode != "unbatched" and best.get("unbatched"):
+            print(f"{mode} / unbatched: {best[mode] / best['unbatched']:.2f}x")
 
 
 def save_benchmark_model(directory: Path, encoder: str) -> Path:
@@ -199,7 +227,18 @@ def main() -> None:
     parser.add_argument("--give-up-s", type=float, default=5.0, help="stop a mode once p95 passes this")
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="then hold --soak-streams this long")
     parser.add_argument("--soak-streams", type=int, default=4)
+    parser.add_argument("--soak-mode", default="unbatched", help="which of --modes to soak")
+    parser.add_argument("--passes", action="store_true", help="only time forward passes of 1-8 windows in-process, "
+                        "with torch's threads sleeping (PASSIVE) and spinning (libgomp's default), and stop")
+    parser.add_argument("--passes-policy", help=argparse.SUPPRESS)  # the child process that times one policy
     args = parser.parse_args()
+    if args.passes_policy is not None:
+        return time_passes(args.encoder, args.threads, args.passes_policy)
+    if args.passes:
+        for policy in ("PASSIVE", ""):
+            subprocess.run([sys.executable, __file__, "--encoder", args.encoder, "--threads", str(args.threads),
+                            "--passes-policy", policy], env=os.environ | {"OMP_WAIT_POLICY": policy}, check=True)
+        return
 
     audio = build_audio(HERE / ".cache" / "stream-audio", minutes=8, files=4)
     clips = [load_audio(str(p)).samples for p in audio.paths]
@@ -214,12 +253,32 @@ def main() -> None:
             for mode, server in servers.items():
                 run_level(server, mode, clips, 10, args.hop_s, 1)  # warm up
             run_levels(servers, clips, args, levels)
-            if args.soak_minutes > 0 and "batched" in servers:
-                soak(servers["batched"], clips, args)
+            if args.soak_minutes > 0:
+                soak(servers[args.soak_mode], clips, args)
         finally:
             for server in servers.values():
                 server.stop()
     print_table(levels)
+
+
+def time_passes(encoder: str, threads: int, policy: str) -> None:
+    """Wall and CPU seconds per 15 s window in forward passes of 1, 2, 4 and 8 windows."""
+    from voxtox.models.inference import WindowScorer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = SpeechToxicityClassifier(load_speech_encoder(resolve_model(encoder, Settings().model_cache_dir)),
+                                     len(CLASSES), TEXT_DIM).eval()
+    scorer, rng = WindowScorer(model, batch_size=64), np.random.default_rng(0)
+    scorer.score_many([(0.1 * rng.standard_normal(15 * SAMPLE_RATE)).astype(np.float32)])  # warm up
+    for size in (1, 2, 4, 8):
+        clips = [(0.1 * rng.standard_normal(15 * SAMPLE_RATE)).astype(np.float32) for _ in range(size)]
+        wall, cpu = time.monotonic(), time.process_time()
+        for _ in range(3):
+            scorer.score_many(clips)
+        print(f"{encoder} threads {threads} OMP_WAIT_POLICY={policy or '(unset: spin)'} batch {size}: per window "
+              f"{(time.monotonic() - wall) / 3 / size:.3f} s wall, {(time.process_time() - cpu) / 3 / size:.3f} s CPU; "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
 
 
 def run_levels(servers: dict[str, Server], clips: list[np.ndarray], args: argparse.Namespace, levels: list[Level]) -> None:
@@ -242,8 +301,9 @@ def soak(server: Server, clips: list[np.ndarray], args: argparse.Namespace) -> N
     print(f"\nsoak: {args.soak_streams} streams for {args.soak_minutes:g} min")
     for minute in range(int(args.soak_minutes)):
         level = run_level(server, "soak", clips, 60, args.hop_s, args.soak_streams)
-        print(f"minute {minute + 1}: rss {server.ps.memory_info().rss / 2**20:.0f} MB, p95 {level.p95:.2f} s, "
-              f"dropped {level.dropped}")
+        print(f"minute {minute + 1}: rss {server.ps.memory_info().rss / 2**20:.0f} MB, windows {level.windows}, "
+              f"p50 {level.p50:.2f} s, p95 {level.p95:.2f} s, p99 {level.p99:.2f} s, dropped {level.dropped}, "
+              f"CPU {level.cpu_percent:.0f}%, load {level.load:.1f}", flush=True)
 
 
 if __name__ == "__main__":

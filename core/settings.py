@@ -285,7 +285,11 @@ class StreamSettings(BaseModel):
     window_s: float = Field(15.0, gt=0, le=30, description="window length, seconds (paper: 15)")
     hop_s: float = Field(5.0, gt=0, description="while speech goes on, score the last window every hop_s of stream time")
     score_silence: bool = Field(False, description="also score hop windows in which the VAD heard no speech")
-    max_batch: int = Field(16, ge=1, description="windows of all streams scored in one forward pass at most; 1: no batching")
+    max_batch: int = Field(
+        1, ge=1, description="windows of all streams scored in one forward pass at most; 1: no batching (the CPU default: "
+        "on a CPU a batch costs what its windows cost one by one, docs/benchmarks.md); 16 or more where a pass is cheap "
+        "against its fixed cost (a GPU)"
+    )
     max_wait_ms: float = Field(50.0, ge=0, description="how long a due window may wait for others to share its batch")
     queue_windows: int = Field(
         64, ge=1, description="windows waiting to be scored, all streams together; when full, hop windows are dropped "
@@ -302,6 +306,11 @@ class StreamSettings(BaseModel):
     )
     reload_check_s: float = Field(5.0, gt=0, description="how often the server looks for a newly promoted model")
     threads: int | None = Field(None, ge=1, description="torch / onnxruntime threads for scoring")
+    backend: Literal["pytorch", "onnx-int8"] = Field(
+        "pytorch", description="a run or model directory is scored in PyTorch, or through its ONNX Runtime dynamic-int8 "
+        "export, which the server makes once per promoted model (docs/streaming.md, Scoring path)"
+    )
+    export_dir: Path | None = Field(None, description="where onnx-int8 exports are kept [default: <tmp>/voxtox-stream-exports]")
 
 
 class CompactSettings(BaseModel):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 import webrtcvad
 
 from voxtox.audio import SAMPLE_RATE
@@ -108,7 +110,8 @@ class StreamVad:
 
     def speech_after(self, sample: int) -> bool:
         """Whether speech was heard after `sample` (or a region is still open)."""
-        return self.region_start is not None or (self.last_speech_end or 0) > sample
+        # Before any speech, not "after sample 0": the first hops reach back before the stream.
+        return self.region_start is not None or (self.last_speech_end is not None and self.last_speech_end > sample)
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,10 @@ class StreamWindower:
         # A window ends up to a frame (and for speech ends the VAD's close delay) before the newest
         # sample and reaches a window back from there.
         self.keep = self.window + self.vad.close_delay + self.vad.frame + int(plan.max_frame_s * SAMPLE_RATE)
-        self.buffer = np.zeros(0, dtype=np.float32)
+        # The last `keep` samples or more, in an array of twice that which is refilled from its
+        # start only when full: appending a frame copies the frame, not the whole window.
+        self._store = np.zeros(2 * self.keep, dtype=np.float32)
+        self._used = 0
         self.buffer_start = 0  # stream sample of buffer[0]
         self.received = 0
         self.next_hop = self.hop
@@ -140,10 +146,7 @@ class StreamWindower:
         """Windows due once this 16-bit PCM frame has arrived."""
         now = time.monotonic()
         self.received += len(pcm)
-        self.buffer = np.concatenate([self.buffer, pcm.astype(np.float32) / 32768.0])
-        if len(self.buffer) > self.keep:  # a copy, so the old buffer's memory goes
-            self.buffer_start += len(self.buffer) - self.keep
-            self.buffer = self.buffer[-self.keep :].copy()
+        self._append(pcm.astype(np.float32) / 32768.0)
         due = [self._window(start, end, "speech_end", now) for start, end in self.vad.feed(pcm)]
         while self.received >= self.next_hop:
             end = self.next_hop
@@ -151,6 +154,23 @@ class StreamWindower:
                 due.append(self._window(end - self.window, end, "hop", now))
             self.next_hop += self.hop
         return [window for window in due if window is not None]
+
+    @property
+    def buffer(self) -> np.ndarray:
+        """The audio kept, from stream sample `buffer_start` (a view)."""
+        return self._store[: self._used]
+
+    def _append(self, samples: np.ndarray) -> None:
+        if self._used + len(samples) > len(self._store):
+            kept = min(self._used, max(0, self.keep - len(samples)))
+            self._store[:kept] = self._store[self._used - kept : self._used]
+            self.buffer_start += self._used - kept
+            self._used = kept
+            if len(samples) > len(self._store):  # not with frames of at most max_frame_s
+                self.buffer_start += len(samples) - len(self._store)
+                samples = samples[-len(self._store) :]
+        self._store[self._used : self._used + len(samples)] = samples
+        self._used += len(samples)
 
     def finish(self) -> list[DueWindow]:
         """At the end of the stream: the open speech region, or with `score_silence` the tail."""
@@ -186,6 +206,14 @@ class ServedModel:
     thresholds: np.ndarray
     thresholds_source: str
     version: str  # "<run>/<model dir>@<sha256 of the weights, 12 hex>"
+    backend: str = "pytorch"  # "pytorch", "onnxruntime-int8" (made here), or an exported file's format
+
+
+#: `backend` settings: a run or model directory scored in PyTorch, or through its ONNX Runtime
+#: dynamic-int8 export, made by the server once per weights (exported files are served as they are).
+BACKENDS = ("pytorch", "onnx-int8")
+#: int8 exports kept in the export directory (the newest used), older ones are removed.
+KEPT_EXPORTS = 3
 
 
 def _weights_file(spec: str | Path) -> Path:
@@ -215,8 +243,13 @@ class ModelHolder:
     """The model behind `spec` (a run directory such as runs/current, a model directory or an
     exported file), reloaded when what it names changes; scoring uses whichever is current."""
 
-    def __init__(self, spec: str | Path, window_s: float, max_batch: int, threads: int | None = None) -> None:
+    def __init__(self, spec: str | Path, window_s: float, max_batch: int, threads: int | None = None,
+                 backend: str = "pytorch", export_dir: Path | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         self.spec, self.window_s, self.max_batch, self.threads = spec, window_s, max_batch, threads
+        self.backend = backend
+        self.export_dir = export_dir or Path(tempfile.gettempdir()) / "voxtox-stream-exports"
         self.identity: tuple[str, int, int, int] | None = None
         self.failed_identity: tuple[str, int, int, int] | None = None
         self.current: ServedModel | None = None
@@ -227,15 +260,38 @@ class ModelHolder:
 
         identity = model_identity(self.spec)
         loaded = load_model(self.spec, self.threads)
+        version = _version(Path(identity[0]))
+        model, backend = self._backend_model(loaded.model, Path(identity[0]), version, loaded.classes)
         if model_identity(self.spec) != identity:
             raise RuntimeError(f"{self.spec} changed while it was being loaded")
-        scorer = WindowScorer(loaded.model, window_s=self.window_s, stride_s=self.window_s, batch_size=self.max_batch)
+        scorer = WindowScorer(model, window_s=self.window_s, stride_s=self.window_s, batch_size=self.max_batch)
         served = ServedModel(scorer, loaded.classes, loaded.thresholds.values, loaded.thresholds.source,
-                             _version(Path(identity[0])))
+                             version, backend)
         if self.current is not None and served.classes != self.current.classes:
             raise ValueError(f"{self.spec}: the new model's classes {served.classes} differ from the served ones")
         self.current, self.identity = served, identity
         return served
+
+    def _backend_model(self, model: torch.nn.Module, weights: Path, version: str,
+                       classes: list[str]) -> tuple[torch.nn.Module, str]:
+        """What scores: an exported file as it is; a trained model in PyTorch, or with backend
+        onnx-int8 its dynamic-int8 ONNX export, made on the first load of these weights and kept
+        (named by the weights' hash) in `export_dir`, so a restart or a second server reuses it."""
+        from voxtox.models.export import ExportedClassifier, export_model
+
+        if weights.suffix in (".onnx", ".pt"):
+            exported: ExportedClassifier = model  # type: ignore[assignment]
+            return model, f"{exported.format} file" + (" (int8)" if exported.metadata.get("quantized") else "")
+        if self.backend == "pytorch":
+            return model, "pytorch"
+        path = self.export_dir / f"{version.rsplit('@', 1)[1]}-int8.onnx"
+        if not path.exists():
+            log.warning("exporting %s to ONNX int8 at %s", version, path)
+            export_model(model, path, metadata={"classes": classes}, quantize=True)  # atomic: no partial file
+        path.touch()  # the newest used are the ones kept
+        for stale in sorted(self.export_dir.glob("*-int8.onnx"), key=lambda p: p.stat().st_mtime)[:-KEPT_EXPORTS]:
+            stale.unlink(missing_ok=True)
+        return ExportedClassifier(path, self.threads), "onnxruntime-int8"
 
     def refresh(self) -> bool:
         """Load the model again if `spec` now names another one; a model that fails to load (a
@@ -257,23 +313,21 @@ class ModelHolder:
         return True
 
     def score(self, clips: list[np.ndarray]) -> tuple[np.ndarray, ServedModel]:
-        """(len(clips), classes) probabilities, one window per clip, and the model that gave them.
-        Clips of similar length share a forward pass (`length_groups`): padding a 2 s window to
-        15 s would cost the encoder as much as a 15 s one."""
+        """(len(clips), classes) probabilities, one window per clip in one forward pass, and the
+        model that gave them. The batcher passes clips of similar length (`length_groups`)."""
         served = self.current
         if served is None:
             raise RuntimeError("no model loaded")
-        probs = np.empty((len(clips), len(served.classes)), dtype=np.float32)
-        for group in length_groups([len(clip) for clip in clips]):
-            probs[group] = np.concatenate(served.scorer.score_many([clips[i] for i in group]))
-        return probs, served
+        return np.concatenate(served.scorer.score_many(clips)), served
 
 
 def length_groups(lengths: list[int], max_ratio: float = 1.5) -> list[list[int]]:
-    """Indices grouped so that within a group the longest is at most `max_ratio` × the shortest."""
+    """Indices grouped so that within a group the longest is at most `max_ratio` × the shortest
+    (padding a 2 s window to 15 s would cost the encoder as much as a 15 s one); the groups of
+    shorter windows first, so a short outburst's window is not held behind the long ones."""
     groups: list[list[int]] = []
-    for index in sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True):
-        if groups and lengths[groups[-1][0]] <= max_ratio * lengths[index]:
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and lengths[index] <= max_ratio * lengths[groups[-1][0]]:
             groups[-1].append(index)
         else:
             groups.append([index])
@@ -318,7 +372,7 @@ class Batcher:
         capacity: int,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
-        self._score, self.max_batch, self.max_wait_s = score, max_batch, max_wait_s
+        self._score_clips, self.max_batch, self.max_wait_s = score, max_batch, max_wait_s
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=capacity)
         self._on_batch = on_batch
 
@@ -359,19 +413,26 @@ class Batcher:
     async def run(self) -> None:
         while True:
             batch = await self._next_batch()
-            if not batch:
-                continue
-            started = time.monotonic()
-            try:
-                probs, model = await asyncio.to_thread(self._score, [job.window.samples for job in batch])
-            except Exception as error:  # noqa: BLE001 - each waiting stream hears of it
-                log.exception("scoring a batch of %d failed", len(batch))
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(error)
-                continue
-            if self._on_batch:
-                self._on_batch(len(batch), time.monotonic() - started)
-            for job, row in zip(batch, probs, strict=True):
+            # One forward pass per length group, each group's events released as soon as it is
+            # scored: a window waits for its own pass, not for every window taken with it.
+            for group in length_groups([len(job.window.samples) for job in batch]):
+                await self._score([batch[i] for i in group])
+
+    async def _score(self, jobs: list[Job]) -> None:
+        jobs = [job for job in jobs if not job.future.done()]  # its stream went away meanwhile
+        if not jobs:
+            return
+        started = time.monotonic()
+        try:
+            probs, model = await asyncio.to_thread(self._score_clips, [job.window.samples for job in jobs])
+        except Exception as error:  # noqa: BLE001 - each waiting stream hears of it
+            log.exception("scoring a batch of %d failed", len(jobs))
+            for job in jobs:
                 if not job.future.done():
-                    job.future.set_result(Scored(row, model, len(batch)))
+                    job.future.set_exception(error)
+            return
+        if self._on_batch:
+            self._on_batch(len(jobs), time.monotonic() - started)
+        for job, row in zip(jobs, probs, strict=True):
+            if not job.future.done():
+                job.future.set_result(Scored(row, model, len(jobs)))

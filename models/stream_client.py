@@ -61,19 +61,21 @@ async def replay(
     speed: float = 1.0,
     on_event: Callable[[dict], None] | None = None,
     frame_s: float = FRAME_S,
+    encoding: str = "pcm_s16le",
 ) -> StreamResult:
     """Stream 16 kHz mono `samples` to the server, a frame as soon as its audio has been spoken
-    at `speed`× real time (0: as fast as the connection takes them), then end the stream."""
+    at `speed`× real time (0: as fast as the connection takes them), then end the stream.
+    `encoding` "opus": 20 ms Opus packets (models/opus.py) instead of `frame_s` of 16-bit PCM."""
     result = StreamResult(stream_id)
     clock = SendClock()
     try:
         async with connect(url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=60,
                            max_size=2**20) as websocket:
             await websocket.send(json.dumps({"type": "start", "stream_id": stream_id, "sample_rate": SAMPLE_RATE,
-                                             "encoding": "pcm_s16le"}))
+                                             "encoding": encoding}))
             receiver = asyncio.create_task(_receive(websocket, result, clock, on_event))
             try:
-                await _send_audio(websocket, to_pcm16(samples), speed, frame_s, clock)
+                await _send_audio(websocket, _frames(samples, encoding, frame_s), speed, clock)
                 await websocket.send(json.dumps({"type": "end"}))
             except ConnectionClosed:
                 pass  # the server closed the stream early: the receiver has its reason
@@ -87,18 +89,26 @@ async def replay(
     return result
 
 
-async def _send_audio(websocket, pcm: bytes, speed: float, frame_s: float, clock: SendClock) -> None:  # noqa: ANN001
+def _frames(samples: np.ndarray, encoding: str, frame_s: float) -> list[tuple[bytes, int]]:
+    """The messages to send, each with the stream sample its audio reaches."""
+    if encoding == "opus":
+        from voxtox.models.opus import encode_opus
+
+        return encode_opus(samples)
+    pcm, size = to_pcm16(samples), 2 * int(frame_s * SAMPLE_RATE)
+    return [(pcm[offset : offset + size], min(offset + size, len(pcm)) // 2) for offset in range(0, len(pcm), size)]
+
+
+async def _send_audio(websocket, frames: list[tuple[bytes, int]], speed: float, clock: SendClock) -> None:  # noqa: ANN001
     loop = asyncio.get_running_loop()
-    frame_bytes = 2 * int(frame_s * SAMPLE_RATE)
     began = loop.time()
-    for offset in range(0, len(pcm), frame_bytes):
-        end = min(offset + frame_bytes, len(pcm))
+    for payload, sample_end in frames:
         if speed > 0:
-            delay = began + end / 2 / SAMPLE_RATE / speed - loop.time()
+            delay = began + sample_end / SAMPLE_RATE / speed - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-        await websocket.send(pcm[offset:end])
-        clock.record(end // 2, loop.time())
+        await websocket.send(payload)
+        clock.record(sample_end, loop.time())
 
 
 async def _receive(websocket, result: StreamResult, clock: SendClock,  # noqa: ANN001

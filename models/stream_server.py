@@ -28,12 +28,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voxtox.audio import SAMPLE_RATE
+from voxtox.models.opus import OPUS_RATES, OpusDecoder
 from voxtox.models.stream import Batcher, DueWindow, Job, ModelHolder, Scored, StreamWindower, WindowPlan
 from voxtox.settings import StreamSettings, VadSettings
 
 log = logging.getLogger(__name__)
 
-ENCODINGS = ("pcm_s16le",)
+ENCODINGS = ("pcm_s16le", "opus")
 PROTOCOL_VERSION = 1
 # Close codes (RFC 6455 and the registered 4xxx-free range we keep to): what went wrong, in words
 # in the close reason too.
@@ -96,10 +97,12 @@ class StartMessage:
         stream_id, rate, encoding = message.get("stream_id"), message.get("sample_rate"), message.get("encoding")
         if not isinstance(stream_id, str) or not 0 < len(stream_id) <= 200:
             raise StreamError("start message: stream_id must be a string of 1-200 characters")
-        if rate != SAMPLE_RATE:
-            raise StreamError(f"start message: sample_rate {rate!r} is not supported; send {SAMPLE_RATE} Hz mono")
         if encoding not in ENCODINGS:
             raise StreamError(f"start message: encoding {encoding!r} is not supported; use {', '.join(ENCODINGS)}")
+        if encoding == "pcm_s16le" and rate != SAMPLE_RATE:
+            raise StreamError(f"start message: sample_rate {rate!r} is not supported; send {SAMPLE_RATE} Hz mono")
+        if encoding == "opus" and rate not in OPUS_RATES:  # the decoder resamples any of them to 16 kHz
+            raise StreamError(f"start message: sample_rate {rate!r} is not an Opus rate ({', '.join(map(str, OPUS_RATES))})")
         return cls(stream_id, rate, encoding)
 
 
@@ -166,7 +169,8 @@ class StreamServer:
         self.settings, self.vad = settings, vad
         self.token = settings.token.get_secret_value().encode()
         self.metrics = StreamMetrics()
-        self.model = ModelHolder(model_spec, settings.window_s, settings.max_batch, settings.threads)
+        self.model = ModelHolder(model_spec, settings.window_s, settings.max_batch, settings.threads,
+                                 settings.backend, settings.export_dir)
         self.plan = WindowPlan(settings.window_s, settings.hop_s, settings.score_silence, settings.max_frame_s)
         self.batcher: Batcher | None = None
         self.streams = 0
@@ -208,6 +212,7 @@ class StreamServer:
         current = self.model.current
         ready = current is not None and self.batcher is not None
         body = {"ready": ready, "model_version": current.version if current else None,
+                "backend": current.backend if current else None,
                 "streams": self.streams, "queue_depth": self.batcher.queue.qsize() if self.batcher else 0,
                 "model_reload_error": self.model.last_error}
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -253,11 +258,13 @@ class StreamSession:
         self.start: StartMessage | None = None
         self.sender: asyncio.Task | None = None
         self.last_hop: Job | None = None  # this stream's newest hop window in the scoring queue
+        self.opus: OpusDecoder | None = None
 
     async def run(self) -> None:
         jobs: list[Job] = []
         try:
             self.start = StartMessage.parse(await self._receive_text_first())
+            self.opus = OpusDecoder() if self.start.encoding == "opus" else None
             windower = StreamWindower(self.start.stream_id, self.server.plan, self.server.vad)
             await self._send(self._started_event())
             self.sender = asyncio.create_task(self._send_events())
@@ -300,7 +307,7 @@ class StreamSession:
             if self.sender is not None and self.sender.done():  # it gave up on a client that does not read
                 self.sender.result()
             if message.get("bytes") is not None:
-                for window in windower.feed(self._pcm(message["bytes"])):
+                for window in windower.feed(self._decode(message["bytes"])):
                     await self._submit(window, jobs)
                 jobs[:] = [job for job in jobs if not job.future.done()]
             elif message.get("text") is not None:
@@ -311,6 +318,17 @@ class StreamSession:
                 if kind != "end":
                     raise StreamError('after the start message, send audio frames or {"type": "end"}')
                 return
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        """A frame's 16 kHz int16 samples: PCM as it is, Opus decoded by the stream's decoder."""
+        if self.opus is None:
+            return self._pcm(data)
+        if len(data) > self.server.max_frame_bytes:
+            raise StreamError(f"Opus packet of {len(data)} bytes: at most {self.server.max_frame_bytes}", 1009)
+        try:
+            return self.opus.decode(data)
+        except ValueError as error:
+            raise StreamError(str(error)) from None
 
     def _pcm(self, data: bytes) -> np.ndarray:
         if len(data) % 2:
@@ -385,7 +403,7 @@ class StreamSession:
         model = self.server.model.current
         assert model is not None and self.start is not None
         return {"type": "started", "stream_id": self.start.stream_id, "protocol": PROTOCOL_VERSION,
-                "model_version": model.version, "classes": model.classes,
+                "model_version": model.version, "backend": model.backend, "classes": model.classes,
                 "thresholds": {c: round(float(t), 5) for c, t in zip(model.classes, model.thresholds, strict=True)},
                 "window_s": self.settings.window_s, "hop_s": self.settings.hop_s}
 
