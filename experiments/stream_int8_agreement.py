@@ -31,8 +31,9 @@ from voxtox.models.inference import WindowScorer
 from voxtox.models.metrics import average_precision, paired_difference
 from voxtox.models.trainer import load_classifier
 from voxtox.storage.catalog import Catalog
-from voxtox.tasks.classify import read_thresholds, resolve_model_dir
-from voxtox.tasks.evaluate import read_eval_set, read_segment_audio
+from voxtox.models.classify import read_thresholds
+from voxtox.storage.runs import resolve_model_dir
+from voxtox.models.scoring import read_eval_set, read_segment_audio
 
 AGREEMENT_NEEDED = 0.99
 MAP_TOLERANCE = 0.01

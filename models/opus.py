@@ -6,6 +6,7 @@ Prefect-free."""
 from __future__ import annotations
 
 import av
+import av.error
 import numpy as np
 
 from voxtox.audio import SAMPLE_RATE
@@ -34,7 +35,7 @@ class OpusDecoder:
             frames = self._codec.decode(av.Packet(packet))
             out = [resampled.to_ndarray().reshape(-1) for frame in frames
                    for resampled in self._resampler.resample(frame)]
-        except av.FFmpegError as error:
+        except av.error.FFmpegError as error:
             raise ValueError(f"Opus packet {self.packets} ({len(packet)} bytes) cannot be decoded: {error}") from None
         return np.concatenate(out).astype("<i2", copy=False) if out else np.zeros(0, dtype="<i2")
 

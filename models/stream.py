@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from voxtox.audio import SAMPLE_RATE
 from voxtox.models.inference import WindowScorer
 from voxtox.settings import VadSettings
 from voxtox.storage.runs import MODEL_WEIGHTS, THRESHOLDS_FILE, resolve_model_dir
+
+if TYPE_CHECKING:
+    from voxtox.models.speech_classifier import SpeechToxicityClassifier
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +267,7 @@ class ModelHolder:
         model, backend = self._backend_model(loaded.model, Path(identity[0]), version, loaded.classes)
         if model_identity(self.spec) != identity:
             raise RuntimeError(f"{self.spec} changed while it was being loaded")
-        scorer = WindowScorer(model, window_s=self.window_s, stride_s=self.window_s, batch_size=self.max_batch)
+        scorer = WindowScorer(cast("SpeechToxicityClassifier", model), window_s=self.window_s, stride_s=self.window_s, batch_size=self.max_batch)
         served = ServedModel(scorer, loaded.classes, loaded.thresholds.values, loaded.thresholds.source,
                              version, backend)
         if self.current is not None and served.classes != self.current.classes:
@@ -287,7 +290,7 @@ class ModelHolder:
         path = self.export_dir / f"{version.rsplit('@', 1)[1]}-int8.onnx"
         if not path.exists():
             log.warning("exporting %s to ONNX int8 at %s", version, path)
-            export_model(model, path, metadata={"classes": classes}, quantize=True)  # atomic: no partial file
+            export_model(cast("SpeechToxicityClassifier", model), path, metadata={"classes": classes}, quantize=True)  # atomic: no partial file
         path.touch()  # the newest used are the ones kept
         for stale in sorted(self.export_dir.glob("*-int8.onnx"), key=lambda p: p.stat().st_mtime)[:-KEPT_EXPORTS]:
             stale.unlink(missing_ok=True)

@@ -103,6 +103,8 @@ class StartMessage:
             raise StreamError(f"start message: sample_rate {rate!r} is not supported; send {SAMPLE_RATE} Hz mono")
         if encoding == "opus" and rate not in OPUS_RATES:  # the decoder resamples any of them to 16 kHz
             raise StreamError(f"start message: sample_rate {rate!r} is not an Opus rate ({', '.join(map(str, OPUS_RATES))})")
+        if not isinstance(rate, int):
+            raise StreamError(f"start message: sample_rate must be an integer, not {rate!r}")
         return cls(stream_id, rate, encoding)
 
 
