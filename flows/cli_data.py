@@ -84,7 +84,6 @@ def _check_lake(settings: Settings) -> None:
     from voxtox.storage import lake
 
     target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
-    assert target is not None, "called only when [storage] names a lake"
     if target is not None:
         lake.connect(target).close()
 

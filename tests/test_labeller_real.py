@@ -29,7 +29,7 @@ from voxtox.models.labeller_data import (
 from voxtox.models.labeller_real import evaluate_real, real_markdown
 from voxtox.models.text_encoder import UsemEncoder
 
-SHIPPED = Path(__file__).resolve().parents[1] / "voxtox" / "shipped_models" / "voxtox-labeller"
+SHIPPED = Path(__file__).resolve().parents[1] / "core" / "shipped_models" / "voxtox-labeller"
 
 
 def test_shipped_labeller_was_trained_on_no_noncommercial_set() -> None:
