@@ -107,7 +107,7 @@ class LabellerTrainSettings(BaseModel):
     loss: Literal["bce", "tripleentropy", "wranksim"] = Field(
         "bce", description="bce; tripleentropy; or wranksim: bce + an ordinal severity term"
     )
-    epochs: int = Field(6, ge=1, description="6 with real text (docs/labeller.md, real text)")
+    epochs: int = Field(12, ge=1, description="12 with real text, banter and hard benign rows (docs/labeller.md)")
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     max_length: int = Field(64, ge=8, description="tokens per text (HF backbones)")
