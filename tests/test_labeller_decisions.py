@@ -85,3 +85,26 @@ def test_banter_trains_only_as_benign_text_in_five_languages() -> None:
     assert splits["train"].source.count("banter") == len(rows)
     assert "banter" not in splits["val"].source + splits["test"].source
     assert "NC" not in SOURCE_LICENCES["banter"]
+
+
+def test_label_stage_decides_each_transcript_at_its_languages_thresholds(tmp_path: Path) -> None:
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from voxtox.settings import Settings
+    from voxtox.tasks.label import label_transcripts
+
+    shipped = Path(__file__).resolve().parents[1] / "voxtox" / "shipped_models" / "voxtox-labeller"
+    labeller = tmp_path / "labeller"
+    shutil.copytree(shipped, labeller)
+    label_map = LabelMap.load(labeller)
+    label_map.thresholds["racism"] = 1.01  # never decided ...
+    label_map.lang_thresholds = {"de": {"racism": 0.0}}  # ... except in German, always
+    label_map.save(labeller)
+    text = "das ist ein ganz normaler satz"
+    source = tmp_path / "transcripts.parquet"
+    pq.write_table(pa.table({"transcript": [text, text, text], "lang": ["de", "en", None]}), source)
+    out = label_transcripts(source, str(labeller), Settings(), tmp_path / "labelled.parquet")
+    assert pq.read_table(out)["label_racism"].to_pylist() == [True, False, False]
