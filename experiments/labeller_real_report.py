@@ -37,9 +37,11 @@ def main() -> None:
     x = torch.from_numpy(cache.encode([clean_text(t)[: CHARS_PER_TOKEN * 128] for t in data.texts]))
     for path in args.labellers:
         probs = predict_probs(HeadNet(UsemHead.load(path)), x, len(data))
-        thresholds = json.loads((path / "voxtox_labeller.json").read_text())["thresholds"]
+        config = json.loads((path / "voxtox_labeller.json").read_text())
         print(f"### `{path}` on the real {args.split} splits ({args.data})\n", flush=True)
-        print(real_markdown(evaluate_real(data, probs, thresholds, args.resamples)), flush=True)
+        results = evaluate_real(data, probs, config["thresholds"], args.resamples,
+                                lang_thresholds=config.get("lang_thresholds"))
+        print(real_markdown(results), flush=True)
 
 
 if __name__ == "__main__":

