@@ -29,7 +29,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from voxtox.models.inference import window_bounds
+from voxtox.models.inference import padded_batches, window_bounds
 from voxtox.models.speech_classifier import masked_mean
 from voxtox.models.whisper_encoder import SpeechEncoder, log_mel, mel_filters
 
@@ -92,13 +92,7 @@ class FrozenEmbedder:
     @torch.no_grad()
     def _embed_windows(self, windows: list[torch.Tensor]) -> np.ndarray:
         out = np.zeros((len(windows), self.encoder.config.d_model), dtype=np.float32)
-        order = np.argsort([w.shape[1] for w in windows], kind="stable")  # similar lengths pad less
-        for begin in range(0, len(order), self.batch_size):
-            chosen = order[begin : begin + self.batch_size]
-            lengths = torch.tensor([windows[i].shape[1] for i in chosen])
-            batch = torch.zeros(len(chosen), windows[0].shape[0], int(lengths.max()))
-            for row, i in enumerate(chosen):
-                batch[row, :, : windows[i].shape[1]] = windows[i]
+        for chosen, batch, lengths in padded_batches(windows, self.batch_size):
             encoded = self.encoder(batch, lengths)
             out[chosen] = masked_mean(encoded.hidden_states[0], encoded.mask).float().numpy()
         return out

@@ -8,6 +8,7 @@ window before it when there is one, so no window is a few frames of nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -59,6 +60,21 @@ def aggregate(window_probs: np.ndarray, how: Aggregation = "max") -> np.ndarray:
     raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, not {how!r}")
 
 
+def padded_batches(
+    features: list[torch.Tensor], batch_size: int
+) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Log-mel windows (n_mels, frames) in batches of similar length (sorted: similar lengths pad
+    less), each zero-padded to its longest: (indices into `features`, batch, lengths)."""
+    order = np.argsort([f.shape[1] for f in features], kind="stable")
+    for begin in range(0, len(order), batch_size):
+        chosen = order[begin : begin + batch_size]
+        lengths = torch.tensor([features[i].shape[1] for i in chosen])
+        batch = torch.zeros(len(chosen), features[0].shape[0], int(lengths.max()))
+        for row, i in enumerate(chosen):
+            batch[row, :, : features[i].shape[1]] = features[i]
+        yield chosen, batch, lengths
+
+
 class WindowScorer:
     """Scores 16 kHz mono audio with a trained classifier, window by window, in batches."""
 
@@ -79,13 +95,7 @@ class WindowScorer:
     def score_features(self, features: list[torch.Tensor]) -> np.ndarray:
         """(len(features), classes) probabilities of log-mel windows (n_mels, frames) each."""
         out = []
-        order = np.argsort([f.shape[1] for f in features], kind="stable")  # similar lengths pad less
-        for begin in range(0, len(order), self.batch_size):
-            chosen = order[begin : begin + self.batch_size]
-            lengths = torch.tensor([features[i].shape[1] for i in chosen])
-            batch = torch.zeros(len(chosen), features[0].shape[0], int(lengths.max()))
-            for row, i in enumerate(chosen):
-                batch[row, :, : features[i].shape[1]] = features[i]
+        for chosen, batch, lengths in padded_batches(features, self.batch_size):
             probs = self.model.predict_proba(batch.to(self.device), lengths.to(self.device)).float().cpu()
             out.append((chosen, probs.numpy()))
         scores = np.empty((len(features), self.model.head.out_features), dtype=np.float32)
