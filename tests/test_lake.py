@@ -288,7 +288,7 @@ def test_a_label_run_against_a_stopped_object_store_fails_in_one_line(target: La
     assert time.monotonic() - started < 120
 
 
-@pytest.mark.parametrize("command", [["import-labels", "truth.jsonl"]])
+@pytest.mark.parametrize("command", [["run", "nightly"]])
 def test_commands_not_written_for_the_lake_refuse_in_one_line(command: list[str], tmp_path: Path) -> None:
     """A `forget` that looked only at the empty shards beside a lake would pass for an erasure."""
     from typer.testing import CliRunner
