@@ -142,7 +142,9 @@ def label_flow(
     settings = settings or Settings()
     logger = get_run_logger()
     run_id = _run_id()
-    catalog = Catalog.from_settings(settings)
+    # a writer skips what the latest snapshot holds, whatever `[storage] snapshot` a reader chose
+    catalog = Catalog.from_settings(settings.model_copy(
+        update={"storage": settings.storage.model_copy(update={"snapshot": None})}))
     _clear_up_after_killed_runs(settings.shards_dir, logger)
     inputs, outside = confine(inputs, inbox)  # a served run reads only below its inbox
     uris, models = preflight(inputs, settings)

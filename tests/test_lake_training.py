@@ -210,3 +210,17 @@ def test_train_and_evaluate_through_the_cli_on_postgresql_and_s3(target: LakeTar
         pin_evaluation_snapshot(_settings(tmp_path, target, tiny_whisper), [tmp_path / "run"])
     gone = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), *common], env=env)
     assert gone.exit_code == 2 and f"no snapshot {first}" in _said(gone.output), gone.output
+
+
+def test_query_reads_the_snapshot_the_settings_name(local_lake: LakeTarget, tmp_path: Path) -> None:
+    from voxtox.flows.cli import app
+
+    first = _write(local_lake, "a", pa.table({"source_sha256": ["a"], "duration_s": [1.0]}), "sources")
+    _write(local_lake, "b", pa.table({"source_sha256": ["b"], "duration_s": [1.0]}), "sources")
+    env = {"VOXTOX_STORAGE__CATALOG_URL": local_lake.catalog_url, "VOXTOX_STORAGE__DATA_URL": local_lake.data_url}
+    sql = ["query", "SELECT count(*) AS n FROM sources", "--format", "csv", "--data-dir", str(tmp_path / "d")]
+    for snapshot, expected in ((None, "2"), (first, "1")):
+        extra = {} if snapshot is None else {"VOXTOX_STORAGE__SNAPSHOT": str(snapshot)}
+        result = CliRunner().invoke(app, sql, env=env | extra)
+        assert result.exit_code == 0, result.output
+        assert result.output.split() == ['"n"', expected]
