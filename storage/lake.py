@@ -506,3 +506,36 @@ def snapshot_gone(target: LakeTarget, snapshot: int, error: BaseException | None
 def snapshots(con: duckdb.DuckDBPyConnection) -> list[int]:
     """The snapshots the lake still has, oldest first."""
     return [int(n) for (n,) in con.execute(f"SELECT snapshot_id FROM {ALIAS}.snapshots() ORDER BY 1").fetchall()]
+
+
+def replace_rows(con: duckdb.DuckDBPyConnection, target: LakeTarget, name: str, rows: pa.Table, key_column: str,
+                 unless_forgotten: Collection[str] = ()) -> set[str]:
+    """In one commit (retried on a conflict), replace the rows of table `name` that share a
+    `key_column` value with a row of `rows` by `rows` (each row's `shard_key` is that value):
+    what a small table of many keys (reviews, by clip) needs, all or nothing. Writes nothing,
+    and returns them, when any recording of `unless_forgotten` is tombstoned (checked inside
+    the commit)."""
+    found: set[str] = set()
+    keys = sorted(set(rows[key_column].to_pylist()))
+
+    def attempt() -> None:
+        _ensure_table(con, name, rows)
+        con.execute("BEGIN")
+        con.execute(f"UPDATE {ALIAS}.{COMMITS_TABLE} SET n = n + 1")  # serialises writers: see the module doc
+        found.clear()
+        found.update(forgotten(con, unless_forgotten) if unless_forgotten else set())
+        if found:
+            con.execute("ROLLBACK")
+            return
+        con.execute(f"DELETE FROM {ALIAS}.{name} WHERE {KEY_COLUMN} IN (SELECT unnest(?))", [keys])
+        con.register("voxtox_new_rows", rows)
+        try:
+            columns = ", ".join(f'"{c}"' for c in rows.column_names)
+            con.execute(f"INSERT INTO {ALIAS}.{name} ({KEY_COLUMN}, {columns}) "
+                        f'SELECT "{key_column}", {columns} FROM voxtox_new_rows')
+        finally:
+            con.unregister("voxtox_new_rows")
+        con.execute("COMMIT")
+
+    _committed(con, target, attempt, name)
+    return found

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from tests.conftest import synthetic_clips
 from tests.test_evaluate import as_evaluation_segments, human_labels_for
 from tests import test_lake
+from voxtox.labels import CLASSES
 from voxtox.settings import EvaluateSettings, Settings, TrainSettings
 from voxtox.storage import lake
 from voxtox.storage.catalog import Catalog, LakeCatalog
@@ -224,3 +225,34 @@ def test_query_reads_the_snapshot_the_settings_name(local_lake: LakeTarget, tmp_
         result = CliRunner().invoke(app, sql, env=env | extra)
         assert result.exit_code == 0, result.output
         assert result.output.split() == ['"n"', expected]
+
+
+def test_reviews_go_into_the_lake_and_training_reads_them(local_lake: LakeTarget, tmp_path: Path) -> None:
+    from tests.test_review import _task
+    from voxtox.storage.review_import import import_answers
+    from voxtox.storage.reviews import ForgottenClipError, write_reviews_to_lake
+
+    _write(local_lake, "train", synthetic_clips(12, "train", 0))
+    settings = Settings(data_dir=tmp_path / "d", storage={"catalog_url": local_lake.catalog_url,
+                                                          "data_url": local_lake.data_url})
+    answers = [_task(1, "train-0000", (["racism", "bullying"], None, False)),  # the pipeline said profanity
+               _task(2, "train-0001", (["no_violation"], None, False))]
+    first = import_answers(settings, answers, "test")
+    assert (first.written.new, first.written.changed) == (2, 0)
+    again = import_answers(settings, answers, "test")  # the same answers: nothing to write
+    assert (again.written.new, again.written.changed, again.written.unchanged) == (0, 0, 2)
+    assert not (settings.shards_dir / "reviews").exists()  # nothing beside the lake
+    train = read_clip_index(Catalog.from_settings(settings), settings.shards_dir, "train", "TRUE")
+    assert train.n_reviewed == 2
+    labels = dict(zip(train.clip_ids, train.labels, strict=True))
+    assert [c for c, v in zip(CLASSES, labels["train-0000"], strict=True) if v] == ["bullying", "racism"]
+    rows = Catalog.from_settings(settings).query("SELECT clip_id FROM segment_truth WHERE reviewed ORDER BY 1")
+    assert rows["clip_id"].to_pylist() == ["train-0000", "train-0001"]
+    with lake.connect(local_lake) as con:
+        lake.erase(con, local_lake, {"src-train"})
+        row = con.execute("SELECT count(*) FROM lake.reviews").fetchone()
+    assert row == (0,)  # forget erases the reviews with the clips
+    review = {**{k: None for k in ("lang", "transcript", "reviewers", "project")}, "clip_id": "train-0002",
+              "source_sha256": "src-train", "split": "train", "start_s": 0.0, "end_s": 1.0, "status": "agreed"}
+    with pytest.raises(ForgottenClipError, match="train-0002"):
+        write_reviews_to_lake(local_lake, [review])
