@@ -256,3 +256,31 @@ def test_reviews_go_into_the_lake_and_training_reads_them(local_lake: LakeTarget
               "source_sha256": "src-train", "split": "train", "start_s": 0.0, "end_s": 1.0, "status": "agreed"}
     with pytest.raises(ForgottenClipError, match="train-0002"):
         write_reviews_to_lake(local_lake, [review])
+
+
+def test_the_nightly_runs_on_a_lake_and_its_rerun_redoes_nothing(target: LakeTarget, tiny_whisper: Path,
+                                                                 tmp_path: Path, prefect_harness) -> None:
+    """Label the inbox into PostgreSQL + S3, import its truth into the lake, compact the lake,
+    train a candidate that records its snapshot, calibrate, evaluate and promote it."""
+    from tests.conftest import write_nightly_inbox
+    from tests.test_nightly import nightly_settings
+    from voxtox.flows.nightly import nightly_flow
+
+    sessions = {"train": 2, "val": 1, "test": 1}
+    inbox = write_nightly_inbox(tmp_path / "inbox", sessions)
+    settings = nightly_settings(tmp_path / "data", tiny_whisper).model_copy(
+        update={"storage": Settings(storage={"catalog_url": target.catalog_url, "data_url": target.data_url}).storage})
+    first = nightly_flow(inbox=str(inbox), settings=settings, night="2026-11-21")
+    assert set(first.labelled_clips) == {"train", "val", "test"} and first.labelled_clips["train"] > 0
+    assert first.imported_label_spans == 3 * (sessions["val"] + sessions["test"])
+    assert first.trained_now and first.promoted, first.reason
+    assert not (settings.shards_dir / "clips").exists()  # nothing landed beside the lake
+    with lake.connect(target, read_only=True) as con:
+        assert con.execute("SELECT count(DISTINCT source_sha256) FROM lake.human_labels").fetchone()[0] == 2
+        assert lake.data_files(con, "sources") == 1  # compacted after labelling
+        assert RunDir(Path(first.candidate)).lake_snapshot() in lake.snapshots(con)
+    assert (settings.runs_dir / "current" / "best" / "thresholds.json").exists()
+
+    again = nightly_flow(inbox=str(inbox), settings=settings, night="2026-11-21")
+    assert sum(again.labelled_clips.values()) == 0 and again.skipped_sources == sum(sessions.values())
+    assert not again.trained_now and "already the current" in again.reason
