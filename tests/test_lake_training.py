@@ -284,3 +284,12 @@ def test_the_nightly_runs_on_a_lake_and_its_rerun_redoes_nothing(target: LakeTar
     again = nightly_flow(inbox=str(inbox), settings=settings, night="2026-11-21")
     assert sum(again.labelled_clips.values()) == 0 and again.skipped_sources == sum(sessions.values())
     assert not again.trained_now and "already the current" in again.reason
+
+
+def test_a_snapshot_without_a_lake_is_one_line(tmp_path: Path) -> None:
+    from voxtox.flows.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--snapshot", "3",
+                                      "--data-dir", str(tmp_path / "d")], env={"VOXTOX_STORAGE__CATALOG_URL": ""})
+    assert result.exit_code == 2 and "names no lake" in _said(result.output), result.output
+    assert not (tmp_path / "run").exists()
