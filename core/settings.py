@@ -427,6 +427,10 @@ class StorageSettings(BaseModel):
     data_url: str | None = Field(
         None, description="the lake's data files: s3://bucket/prefix (many machines) or a local folder",
     )
+    snapshot: int | None = Field(
+        None, ge=0, description="read the lake as it was at this snapshot (time travel: `voxtox train --snapshot`, "
+        "query); None: the latest. For reading commands only: writers always write the latest",
+    )
 
     @field_validator("catalog_url", "data_url", mode="before")
     @classmethod

@@ -94,6 +94,8 @@ def refuse_lake(settings: Settings, command: str) -> None:
     the empty single-machine shards beside it (a `forget` that erased nothing must not pass)."""
     if settings.storage.lake:
         console.print(f"[red]error:[/red] voxtox {command} does not work on a lake yet ([storage] catalog_url is "
-                      "set); with a lake, label and query do (docs/storage.md, \"Not done yet\")")
+                      "set); with a lake, label, query, forget, compact, import-labels, review import, train, "
+                      "evaluate and nightly do "
+                      "(docs/storage.md, \"Not done yet\")")
         raise typer.Exit(2)
 

@@ -17,7 +17,6 @@ from voxtox.flows.cli_common import (
     console,
     disk_full_in_one_line,
     errors,
-    refuse_lake,
     user_errors,
 )
 from voxtox.labels import CLASSES
@@ -284,15 +283,21 @@ def import_labels(
 ) -> None:
     """Import human labels (spans of audio with classes) into the catalog; re-importing replaces."""
     from voxtox.storage.catalog import Catalog
-    from voxtox.storage.human_labels import import_truth_files
+    from voxtox.storage.human_labels import import_truth_files, import_truth_files_to_lake
+    from voxtox.storage.lake import target_of
 
     settings = load_settings(data_dir)
-    refuse_lake(settings, "import-labels")
+    target = target_of(settings.storage.catalog_url, settings.storage.data_url)
     with user_errors():
-        report = import_truth_files(list(truth), settings.shards_dir)
+        if target is not None:  # the lake's human_labels table: every host sees them
+            report = import_truth_files_to_lake(list(truth), target)
+            where = f"the lake's human_labels ({target.catalog_name()})"
+        else:
+            report = import_truth_files(list(truth), settings.shards_dir)
+            where = str(settings.shards_dir / "human_labels")
     Catalog.from_settings(settings).refresh_views()
     console.print(f"imported {report.n_spans} labelled spans of {report.n_sources} recordings from "
-                  f"{report.n_files} file(s) into {settings.shards_dir / 'human_labels'}")
+                  f"{report.n_files} file(s) into {where}")
     if report.n_forgotten:
         console.print(f"not imported: the labels of {report.n_forgotten} recording(s) `voxtox forget` erased")
     console.print("Query it: voxtox query \"SELECT * FROM segment_truth LIMIT 10\"")

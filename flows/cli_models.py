@@ -18,7 +18,6 @@ from voxtox.flows.cli_common import (
     TruthLabels,
     console,
     default_model,
-    refuse_lake,
     user_errors,
 )
 from voxtox.settings import load_settings
@@ -39,6 +38,8 @@ def train(
     val_filter: Annotated[str | None, typer.Option(help="SQL condition on clips for validation")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the run's last checkpoint")] = False,
+    snapshot: Annotated[int | None, typer.Option(help="with a lake: train on it as it was at this snapshot "
+                                                      "(default: the latest; the run records the one it read)")] = None,
 ) -> None:
     """Train the audio-only classifier with text injection (a Prefect flow; under torchrun,
     every rank trains directly)."""
@@ -47,11 +48,12 @@ def train(
     options = dict(loss=loss, alpha=alpha, layer=layer, encoder=encoder, epochs=epochs, batch_size=batch_size,
                    grad_accum=grad_accum, train_filter=train_filter, val_filter=val_filter)
     with user_errors():
-        settings = load_settings(data_dir, config, train=options)
-    refuse_lake(settings, "train")
-    with user_errors():
+        settings = load_settings(data_dir, config, train=options, storage={"snapshot": snapshot})
+        if settings.storage.snapshot is not None and not settings.storage.lake:
+            raise ValueError("--snapshot reads a lake at one of its snapshots: [storage] names no lake")
         report = run_training(out, settings, resume)
-    console.print(f"best epoch {report.best_epoch}: validation mAP {report.best_val_mAP:.4f}; run in {report.run_dir}")
+    read = "" if report.lake_snapshot is None else f"; read lake snapshot {report.lake_snapshot}"
+    console.print(f"best epoch {report.best_epoch}: validation mAP {report.best_val_mAP:.4f}; run in {report.run_dir}{read}")
 
 
 def classify(
@@ -185,6 +187,8 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="results dir (default: under the last run's evaluation/)")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file (its evaluate section and more)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    snapshot: Annotated[str, typer.Option(help="with a lake: the snapshot to read: run (the one the runs trained "
+                                               "on, the newest if they differ), latest, or a number")] = "run",
 ) -> None:
     """AP per class and mAP with 95% bootstrap CIs, per language; with several runs, paired
     differences to the first (a Prefect flow). Results: Parquet (catalog table `evaluations`),
@@ -193,20 +197,24 @@ def evaluate(
     from voxtox.storage.catalog import Catalog
     from voxtox.models.scoring import read_eval_set
     from voxtox.storage.runs import RunDir
+    from voxtox.tasks.evaluate import pin_evaluation_snapshot
 
     options = dict(split=split, labels=labels, checkpoint=checkpoint, aggregation=aggregation, resample_by=resample_by,
                    n_resamples=n_resamples, calibrate=calibrate, filter=segment_filter)
     with user_errors():
         settings = load_settings(data_dir, config, evaluate=options)
-        refuse_lake(settings, "evaluate")
         chosen = settings.evaluate
         for run in runs:  # fail fast, before a Prefect API is started
             RunDir(run).model(chosen.checkpoint)
+        settings = pin_evaluation_snapshot(settings, [str(r) for r in runs], snapshot)
         catalog = Catalog.from_settings(settings)
         catalog.refresh_views()
         read_eval_set(catalog, settings.shards_dir, chosen.split, chosen.labels, chosen.filter)
-        evaluation = evaluate_flow(runs=[str(r) for r in runs], settings=settings, out=str(out) if out else None)
+        evaluation = evaluate_flow(runs=[str(r) for r in runs], settings=settings, out=str(out) if out else None,
+                                   snapshot=snapshot)
     console.print(Path(evaluation.report).read_text(), markup=False, highlight=False, soft_wrap=True)
+    if evaluation.lake_snapshot is not None:
+        console.print(f"read lake snapshot {evaluation.lake_snapshot}")
     console.print(f"results: {evaluation.results} (catalog table `evaluations`, evaluation_id "
                   f"'{evaluation.evaluation_id}'); plots: {', '.join(evaluation.plots)}")
 

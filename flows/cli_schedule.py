@@ -10,7 +10,6 @@ from rich.table import Table
 
 from voxtox.flows.cli_common import (
     console,
-    refuse_lake,
     user_errors,
 )
 from voxtox.settings import load_settings
@@ -59,11 +58,11 @@ def run_nightly(
     """Label the inbox, import its human labels, train a candidate when enough new data arrived,
     evaluate it against the current model and promote it only when it is better with a
     paired-bootstrap CI that excludes 0 (the `nightly` flow that `voxtox serve` schedules)."""
-    from voxtox.flows.nightly import nightly_flow
+    from voxtox.flows.nightly import nightly_flow, refuse_on_a_lake
 
     with user_errors():
         settings = load_settings(data_dir, config, nightly={"min_new_clips": min_new_clips})
-        refuse_lake(settings, "nightly")
+        refuse_on_a_lake(settings)  # before a Prefect API is started
         report = nightly_flow(inbox=str(inbox) if inbox else None, settings=settings, night=night,
                               force_train=force_train)
     summary = Table(title=f"voxtox nightly {report.night}", show_header=False)

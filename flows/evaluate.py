@@ -11,7 +11,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from voxtox.settings import Settings
-from voxtox.tasks.evaluate import Evaluation, evaluate_task, score_run_task
+from voxtox.tasks.evaluate import Evaluation, evaluate_task, pin_evaluation_snapshot, score_run_task
 from voxtox.models.evaluation_report import Rows, format_ci
 
 
@@ -36,14 +36,19 @@ def publish_evaluation(evaluation: Evaluation, key: str = "evaluation") -> None:
                           description=f"voxtox evaluate: AP (%) with 95% CI on {evaluation.split}")
     report = Path(evaluation.report).read_text()
     files = "\n".join(f"- `{p}`" for p in [evaluation.results, *evaluation.plots])
+    if evaluation.lake_snapshot is not None:
+        files += f"\n\nRead lake snapshot {evaluation.lake_snapshot}."
     create_markdown_artifact(key=f"{key}-report", markdown=f"{report}\n## Files\n\n{files}\n",
                              description="voxtox evaluate: the report")
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_flow(runs: list[str], settings: Settings | None = None, out: str | None = None) -> Evaluation:
-    """Evaluate trained runs on `settings.evaluate.split`; the first run is the baseline."""
-    settings = settings or Settings()
+def evaluate_flow(runs: list[str], settings: Settings | None = None, out: str | None = None,
+                  snapshot: str = "run") -> Evaluation:
+    """Evaluate trained runs on `settings.evaluate.split`; the first run is the baseline. On a
+    lake, every task reads one snapshot: by default the one the runs trained on (`snapshot`:
+    run, latest or a number; tasks/evaluate.py pin_evaluation_snapshot)."""
+    settings = pin_evaluation_snapshot(settings or Settings(), runs, snapshot)
     scored = [score_run_task.submit(run, settings) for run in dict.fromkeys(runs)]
     for future in scored:  # a failed scoring raises here, rather than leaving nothing to measure
         future.result()

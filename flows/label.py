@@ -93,6 +93,13 @@ def task_runner_for(settings: Settings, workers: int | None = None) -> TaskRunne
     return ThreadPoolTaskRunner(max_workers=settings.pipeline.workers if workers is None else workers)
 
 
+def _latest_catalog(settings: Settings) -> Catalog:
+    """The catalog a writer asks what is labelled already: a lake's latest snapshot, whatever
+    `[storage] snapshot` a reader chose (writers commit on the latest)."""
+    return Catalog.from_settings(settings.model_copy(
+        update={"storage": settings.storage.model_copy(update={"snapshot": None})}))
+
+
 def lake_of(settings: Settings) -> LakeTarget | None:
     """The lake the writes go to when `[storage]` names one (docs/storage.md); None: the shards."""
     return target_of(settings.storage.catalog_url, settings.storage.data_url)
@@ -142,7 +149,7 @@ def label_flow(
     settings = settings or Settings()
     logger = get_run_logger()
     run_id = _run_id()
-    catalog = Catalog.from_settings(settings)
+    catalog = _latest_catalog(settings)
     _clear_up_after_killed_runs(settings.shards_dir, logger)
     inputs, outside = confine(inputs, inbox)  # a served run reads only below its inbox
     uris, models = preflight(inputs, settings)

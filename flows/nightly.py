@@ -29,14 +29,14 @@ from prefect.artifacts import create_markdown_artifact
 
 from voxtox.audio import discover_inputs
 from voxtox.flows.evaluate import evaluate_flow
-from voxtox.flows.label import label_flow
+from voxtox.flows.label import label_flow, lake_of
 from voxtox.flows.serve import check_served_run
 from voxtox.flows.train import train_flow
 from voxtox.flows.train_pool import TrainingNotDone, train_on_pool
 from voxtox.settings import Settings
 from voxtox.storage.runs import RunDir
 from voxtox.tasks.calibrate import calibrate_task
-from voxtox.tasks.compact import compact_task
+from voxtox.tasks.compact import compact_lake_task, compact_task
 from voxtox.confine import outside_reason
 from voxtox.models.scoring import NoHumanLabelsError
 from voxtox.tasks.import_labels import import_labels_task
@@ -154,7 +154,21 @@ def _take_in(inbox_dir: Path, settings: Settings, served: Path | None, report: N
     if settings.review.nightly:
         _review(settings, report)
     if settings.nightly.compact:
-        report.compacted_files = sum(result.merged for result in compact_task(settings))
+        if lake_of(settings) is not None:  # DuckLake merges the lake's files (one commit)
+            report.compacted_files = sum(before - after for before, after in compact_lake_task(settings).values())
+        else:
+            report.compacted_files = sum(result.merged for result in compact_task(settings))
+
+
+def refuse_on_a_lake(settings: Settings) -> None:
+    """The nightly steps not written for a lake yet stop the night in one line, before anything
+    runs, rather than act on the single-machine shards beside the lake."""
+    if lake_of(settings) is None:
+        return
+    for on, what in ((settings.retention.enabled, "[retention]"), (settings.review.nightly, "review.nightly")):
+        if on:
+            raise ValueError(f"{what} does not work on a lake yet ([storage] names one): turn it off for the "
+                             "nightly, or run it on the single-machine shards (docs/storage.md, \"Not done yet\")")
 
 
 @flow(name="nightly", log_prints=True)
@@ -166,6 +180,7 @@ def nightly_flow(
     mAP is better with a paired-bootstrap 95% CI that excludes 0."""
     served = check_served_run(settings)
     settings = settings or Settings()
+    refuse_on_a_lake(settings)
     inbox_dir = Path(inbox) if inbox else settings.inbox_dir
     if served is not None and (outside := outside_reason(str(inbox_dir), served)):
         raise ValueError(f"inbox: {outside}")

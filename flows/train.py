@@ -30,6 +30,8 @@ def publish_curves(report: TrainReport) -> None:
             f"## Training run\n\n- **run dir**: {report.run_dir}\n- **epochs**: {report.epochs}\n"
             f"- **steps**: {report.steps}\n- **best epoch**: {report.best_epoch} "
             f"(validation mAP {report.best_val_mAP:.4f})\n- **wall**: {report.wall_s} s\n"
+            + ("" if report.lake_snapshot is None else f"- **lake snapshot read**: {report.lake_snapshot} "
+               "(`voxtox train --snapshot` / `voxtox evaluate` read it again)\n")
         ),
         description="voxtox train: where the run is and how it went",
     )

@@ -15,13 +15,15 @@ is (re)written by `refresh_views` for the other clients; a table that has no sha
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +48,7 @@ from voxtox.storage.shards import (
     shards_lock,
     unreadable_files,
 )
+from voxtox.storage.workdir import run_work_dir
 
 if TYPE_CHECKING:
     from voxtox.settings import Settings
@@ -141,7 +144,9 @@ class Catalog:
         `[storage]` names a lake, the lake's (LakeCatalog below)."""
         local = cls(settings.catalog_path, settings.shards_dir)
         target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
-        return local if target is None else LakeCatalog(target, local)
+        if target is None:
+            return local
+        return LakeCatalog(target, local, settings.storage.snapshot, settings.work_dir)
 
     @property
     def base(self) -> Path:
@@ -330,6 +335,10 @@ class Catalog:
             )
         return self.query(sql)
 
+    def has_table(self, name: str) -> bool:
+        """Whether table `name` holds any data yet."""
+        return first_shard(self.shards_root, name) is not None
+
     def forgotten(self) -> set[str]:
         """Recordings erased that the catalog itself holds tombstones of: none here (the shards'
         tombstones are a file, storage/tombstones.py); a lake keeps them as a table."""
@@ -440,9 +449,14 @@ class LakeCatalog(Catalog):
     """A Catalog whose tables are a DuckLake's. The data dir still holds work files and the
     single-machine tables nothing here reads."""
 
-    def __init__(self, target: LakeTarget, data_dir_catalog: Catalog) -> None:
+    def __init__(self, target: LakeTarget, data_dir_catalog: Catalog, snapshot: int | None = None,
+                 work_dir: Path | None = None) -> None:
         super().__init__(data_dir_catalog.database, data_dir_catalog.shards_root)
         self.target = target
+        #: Read the lake as it was at this snapshot (time travel); None: the latest, per query.
+        self.snapshot = snapshot
+        #: Where local copies of clips' audio go while this process reads them (`locate_clips`).
+        self.work_dir = work_dir or self.base / "work"
 
     def present_tables(self) -> list[str]:
         with self.connect() as con:
@@ -457,17 +471,66 @@ class LakeCatalog(Catalog):
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """An in-memory connection with the lake attached read-only and a view per table."""
+        """An in-memory connection with the lake attached read-only (at `self.snapshot` when
+        pinned) and a view per table, plus `segment_truth` where human labels or reviews exist.
+        A snapshot the lake no longer has stays a LakeError (SnapshotGoneError): its own line."""
         try:
-            con = lake.connect(self.target, read_only=True)
+            if self.snapshot is None:
+                con = lake.connect(self.target, read_only=True)
+            else:
+                con = lake.connect_at(self.target, self.snapshot)
+        except lake.SnapshotGoneError:
+            raise
         except LakeError as error:
             raise CatalogError(str(error)) from error
         try:
             with lake.lake_errors(self.target):
-                lake.define_views(con)
+                present = lake.define_views(con)
+                imported, reviewed = "human_labels" in present, "reviews" in present
+                if "clips" in present and (imported or reviewed):
+                    con.execute(segment_truth_sql(imported, reviewed))
             yield con
         finally:
             con.close()
+
+    def has_table(self, name: str) -> bool:
+        return name in self.present_tables()
+
+    def current_snapshot(self) -> int:
+        """The snapshot this catalog reads: its pinned one, else the lake's latest now."""
+        if self.snapshot is not None:
+            return self.snapshot
+        with self.connect() as con:
+            return lake.snapshot_id(con)
+
+    def pinned(self, snapshot: int | None = None) -> LakeCatalog:
+        """This lake read at `snapshot` (default: the one this catalog reads now), so that many
+        queries see the same data however many commits land meanwhile."""
+        chosen = self.current_snapshot() if snapshot is None else snapshot
+        pinned = LakeCatalog(self.target, self, chosen, self.work_dir)
+        with pinned.connect():  # a snapshot that is gone fails here, in one line
+            pass
+        return pinned
+
+    def locate_clips(self, chosen: str) -> pa.Table:
+        """The rows of the SQL `chosen` (it selects `clip_id`) with where each clip's audio lies
+        (`filename`, `file_row_number`), ordered by clip id, as storage/clips.py's locate_clips
+        gives for shards. The audio is copied, at one snapshot, into a local Parquet file under
+        this process's work directory (removed when it exits): DataLoader workers read it by row
+        as they read a shard, and no training step waits on the object store."""
+        pinned = self if self.snapshot is not None else self.pinned()
+        key = hashlib.sha256(f"{self.target}|{chosen}".encode()).hexdigest()[:16]
+        path = extract_dir(self.work_dir) / f"clips-{pinned.snapshot}-{key}.parquet"
+        with pinned.connect() as con, lake.lake_errors(self.target):
+            if not path.exists():
+                temporary = path.with_name(f"{path.name}.{threading.get_ident()}.tmp")
+                con.execute(f"COPY (SELECT clip_id, audio FROM clips WHERE clip_id IN (SELECT clip_id FROM ({chosen})) "
+                            f"ORDER BY clip_id) TO '{temporary}' (FORMAT parquet, ROW_GROUP_SIZE {EXTRACT_ROW_GROUP})")
+                os.replace(temporary, path)
+            return con.sql(
+                f"WITH chosen AS ({chosen}), located AS (SELECT clip_id, filename, file_row_number FROM "
+                f"read_parquet('{path}', filename = true, file_row_number = true)) "
+                "SELECT * FROM chosen JOIN located USING (clip_id) ORDER BY clip_id").to_arrow_table()
 
     def query(self, sql: str) -> pa.Table:
         """Run SQL over the lake's views; a statement in one transaction reads one snapshot."""
@@ -492,3 +555,34 @@ class LakeCatalog(Catalog):
         """The recordings `voxtox forget` erased from the lake (on any host)."""
         with self.connect() as con:
             return lake.forgotten(con)
+
+
+#: Rows per row group of a local audio copy: a reader caches one group (storage/clips.py), so small.
+EXTRACT_ROW_GROUP = 64
+_EXTRACTS: dict[Path, Path] = {}
+_EXTRACTS_CLOSE = ExitStack()
+_EXTRACTS_PID = os.getpid()
+
+
+def extract_dir(work_root: Path) -> Path:
+    """This process's directory for local copies of lake audio: `<work>/lake-audio-<pid>-<n>/`,
+    locked while the process lives and removed when it exits (a killed process's is removed by
+    the next run's sweep, storage/workdir.py): copied audio must not outlive its reader, since a
+    recording `voxtox forget` erases later would otherwise survive in it."""
+    global _EXTRACTS_PID
+    with _CATALOG_LOCK:
+        if _EXTRACTS_PID != os.getpid():  # a forked child: the parent's copies are not its to remove
+            _EXTRACTS.clear()
+            _EXTRACTS_PID = os.getpid()
+        if work_root not in _EXTRACTS:
+            if not _EXTRACTS:
+                atexit.register(_close_extracts, os.getpid())
+            name = f"lake-audio-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            _EXTRACTS[work_root] = _EXTRACTS_CLOSE.enter_context(run_work_dir(work_root, name))
+        return _EXTRACTS[work_root]
+
+
+def _close_extracts(pid: int) -> None:
+    if os.getpid() == pid:
+        _EXTRACTS_CLOSE.close()
+        _EXTRACTS.clear()

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from voxtox.labels import CLASSES
-from voxtox.storage.catalog import Catalog
+from voxtox.storage.catalog import Catalog, LakeCatalog
 from voxtox.storage.schema import HAS_AUDIO, label_column
 from voxtox.storage.shards import first_shard, shard_files
 
@@ -54,6 +54,22 @@ def locate_clips(catalog: Catalog, files: list[str], chosen: str) -> pa.Table:
     )
 
 
+def require_clips(catalog: Catalog, shards_root: Path) -> None:
+    """FileNotFoundError naming the store when it holds no clips yet."""
+    if not isinstance(catalog, LakeCatalog):
+        clips_files(shards_root)
+    elif not catalog.has_table("clips"):
+        raise FileNotFoundError(f"no clips in the lake {catalog.target.catalog_name()}: run `voxtox label` first")
+
+
+def locate(catalog: Catalog, shards_root: Path, chosen: str) -> pa.Table:
+    """`locate_clips` over the store `catalog` reads: the shards under `shards_root`, or a lake
+    (whose audio is copied locally at the catalog's snapshot: LakeCatalog.locate_clips)."""
+    if isinstance(catalog, LakeCatalog):
+        return catalog.locate_clips(chosen)
+    return locate_clips(catalog, clips_files(shards_root), chosen)
+
+
 def labelled_clips_sql(split: str, condition: str, reviewed: bool) -> str:
     """The clips of `split` matching `condition` with their labels: a reviewed clip's review
     (ties left out), else the pipeline's."""
@@ -71,9 +87,10 @@ def labelled_clips_sql(split: str, condition: str, reviewed: bool) -> str:
 def read_clip_index(catalog: Catalog, shards_root: Path, split: str, condition: str) -> ClipIndex:
     """Rows of `split` matching the SQL `condition` on the clips view, ordered by clip id, with
     their labels: people's where they reviewed the clip, else the pipeline's."""
-    files = clips_files(shards_root)
-    reviewed = first_shard(shards_root, "reviews") is not None
-    table = locate_clips(catalog, files, labelled_clips_sql(split, condition, reviewed))
+    require_clips(catalog, shards_root)
+    reviewed = catalog.has_table("reviews") if isinstance(catalog, LakeCatalog) else \
+        first_shard(shards_root, "reviews") is not None
+    table = locate(catalog, shards_root, labelled_clips_sql(split, condition, reviewed))
     if not table.num_rows:
         raise ValueError(f"no {split} clips match the filter {condition!r}")
     return ClipIndex(

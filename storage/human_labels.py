@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,9 @@ import pyarrow.parquet as pq
 from voxtox.audio import SAMPLE_RATE, RejectedInput, open_audio
 from voxtox.files import jsonl_objects, sha256_file
 from voxtox.labels import CLASSES
+from voxtox.storage import lake
 from voxtox.storage.erasure import shards_lock
+from voxtox.storage.lake import LakeTarget
 from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, label_column
 from voxtox.storage.shards import replace_human_labels, shard_files
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
@@ -240,6 +243,21 @@ def parse_truth_file(
     return grouped
 
 
+def _rows_by_source(paths: list[Path], durations: dict[str, float],
+                    confine_to: Path | None) -> dict[str, list[dict[str, object]]]:
+    """Every file's rows, checked, per recording (a recording named in several files: the union)."""
+    by_source: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for path in paths:
+        for (sha, _uri), rows in parse_truth_file(Path(path), durations, confine_to).items():
+            by_source[sha].extend(rows)
+    return by_source
+
+
+def _labels_table(rows: list[dict[str, object]], now: datetime) -> pa.Table:
+    records = [{**r, "imported_at": now} for r in sorted(rows, key=lambda r: (r["start_s"], r["end_s"]))]
+    return pa.Table.from_pylist(records, HUMAN_LABELS_SCHEMA)
+
+
 def import_truth_files(
     paths: list[Path], shards_root: Path, now: datetime | None = None, confine_to: Path | None = None
 ) -> ImportReport:
@@ -247,16 +265,11 @@ def import_truth_files(
     call when a file is bad). A source named in several files gets the union of their rows.
     Labels of a recording `voxtox forget` erased are not imported (counted in `n_forgotten`)."""
     now = now or datetime.now(UTC)
-    by_source: dict[str, list[dict[str, object]]] = defaultdict(list)
-    durations = source_durations(shards_root)
-    for path in paths:
-        for (sha, _uri), rows in parse_truth_file(Path(path), durations, confine_to).items():
-            by_source[sha].extend(rows)
+    by_source = _rows_by_source(paths, source_durations(shards_root), confine_to)
     written: list[str] = []
     skipped: set[str] = set()
     for sha, rows in sorted(by_source.items()):
-        records = [{**r, "imported_at": now} for r in sorted(rows, key=lambda r: (r["start_s"], r["end_s"]))]
-        table = pa.Table.from_pylist(records, HUMAN_LABELS_SCHEMA)
+        table = _labels_table(rows, now)
         table = table.append_column("date", pa.array([now.date().isoformat()] * table.num_rows))
         with shards_lock(shards_root, exclusive=True):  # forget tombstones and erases under it
             if sha in forgotten_sha256s(tombstones_file(shards_root)):
@@ -265,3 +278,24 @@ def import_truth_files(
             written += [str(p) for p in replace_human_labels(shards_root, sha, table)]
     imported = [rows for sha, rows in by_source.items() if sha not in skipped]
     return ImportReport(len(paths), len(imported), sum(map(len, imported)), written, len(skipped))
+
+
+def import_truth_files_to_lake(
+    paths: list[Path], target: LakeTarget, now: datetime | None = None, confine_to: Path | None = None
+) -> ImportReport:
+    """`import_truth_files` into a lake's `human_labels` table, which every host reads: each
+    recording's labels are one commit that replaces its earlier ones (keyed by its hash), not
+    made when the recording is tombstoned (checked inside that commit, as labelling does)."""
+    now = now or datetime.now(UTC)
+    with closing(lake.connect(target)) as con:
+        durations: dict[str, float] = {}
+        if "sources" in lake.tables(con):
+            rows = con.execute(f"SELECT source_sha256, duration_s FROM {lake.ALIAS}.sources").fetchall()
+            durations = {sha: float(duration) for sha, duration in rows}
+        by_source = _rows_by_source(paths, durations, confine_to)
+        written: list[str] = []
+        for sha, rows in sorted(by_source.items()):
+            if lake.replace_key(con, target, sha, {"human_labels": _labels_table(rows, now)}, unless_forgotten=sha):
+                written.append(f"{target.catalog_name()}#human_labels/{sha}")
+    imported = [rows for sha, rows in by_source.items() if f"{target.catalog_name()}#human_labels/{sha}" in written]
+    return ImportReport(len(paths), len(imported), sum(map(len, imported)), written, len(by_source) - len(imported))

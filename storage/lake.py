@@ -461,3 +461,81 @@ def _first(result: duckdb.DuckDBPyConnection) -> Any:
     if row is None:
         raise LakeError("the lake answered a one-row query with no row")
     return row[0]
+
+
+# --- time travel: reading the lake as it was at one snapshot --------------------------------------
+
+
+class SnapshotGoneError(LakeError):
+    """A snapshot that no longer exists: expired by an erasure (`voxtox forget`) or never made."""
+
+
+def connect_at(target: LakeTarget, snapshot: int) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection with the lake attached read-only as it was at `snapshot`
+    (DuckLake's `SNAPSHOT_VERSION`): every query on it sees exactly that snapshot's rows. A
+    snapshot that is gone (an erasure expires every older one: erasure beats time travel) is
+    SnapshotGoneError, one line; never the rows of another snapshot."""
+    con = duckdb.connect()
+    try:
+        load_extensions(con)
+        if target.on_s3:
+            con.execute(s3_secret_sql())
+        options = f"DATA_PATH '{_quote(target.data_path())}', READ_ONLY, SNAPSHOT_VERSION {int(snapshot)}"
+        with lake_errors(target):
+            try:
+                con.execute(f"ATTACH '{_quote(target.catalog_attach())}' AS {ALIAS} ({options})")
+            except duckdb.Error as error:
+                if "snapshot" not in str(error).lower():
+                    raise
+                raise snapshot_gone(target, snapshot, error) from error
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def snapshot_gone(target: LakeTarget, snapshot: int, error: BaseException | None = None) -> SnapshotGoneError:
+    """The one line for a snapshot the lake no longer has."""
+    why = f" ({str(error).strip().splitlines()[0]})" if error is not None and str(error).strip() else ""
+    return SnapshotGoneError(
+        f"lake {target.catalog_name()} has no snapshot {snapshot}{why}: it was never made, or expired (`voxtox "
+        "forget` expires every snapshot older than an erasure: a forgotten recording must not come back through "
+        "time travel); read the latest data instead (`--snapshot latest`)")
+
+
+def snapshots(con: duckdb.DuckDBPyConnection) -> list[int]:
+    """The snapshots the lake still has, oldest first."""
+    return [int(n) for (n,) in con.execute(f"SELECT snapshot_id FROM {ALIAS}.snapshots() ORDER BY 1").fetchall()]
+
+
+def replace_rows(con: duckdb.DuckDBPyConnection, target: LakeTarget, name: str, rows: pa.Table, key_column: str,
+                 unless_forgotten: Collection[str] = ()) -> set[str]:
+    """In one commit (retried on a conflict), replace the rows of table `name` that share a
+    `key_column` value with a row of `rows` by `rows` (each row's `shard_key` is that value):
+    what a small table of many keys (reviews, by clip) needs, all or nothing. Writes nothing,
+    and returns them, when any recording of `unless_forgotten` is tombstoned (checked inside
+    the commit)."""
+    found: set[str] = set()
+    keys = sorted(set(rows[key_column].to_pylist()))
+
+    def attempt() -> None:
+        _ensure_table(con, name, rows)
+        con.execute("BEGIN")
+        con.execute(f"UPDATE {ALIAS}.{COMMITS_TABLE} SET n = n + 1")  # serialises writers: see the module doc
+        found.clear()
+        found.update(forgotten(con, unless_forgotten) if unless_forgotten else set())
+        if found:
+            con.execute("ROLLBACK")
+            return
+        con.execute(f"DELETE FROM {ALIAS}.{name} WHERE {KEY_COLUMN} IN (SELECT unnest(?))", [keys])
+        con.register("voxtox_new_rows", rows)
+        try:
+            columns = ", ".join(f'"{c}"' for c in rows.column_names)
+            con.execute(f"INSERT INTO {ALIAS}.{name} ({KEY_COLUMN}, {columns}) "
+                        f'SELECT "{key_column}", {columns} FROM voxtox_new_rows')
+        finally:
+            con.unregister("voxtox_new_rows")
+        con.execute("COMMIT")
+
+    _committed(con, target, attempt, name)
+    return found

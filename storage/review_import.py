@@ -29,7 +29,7 @@ from typing import Any
 from voxtox.labels import CLASSES
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
-from voxtox.storage.reviews import ReviewsWritten, write_reviews
+from voxtox.storage.reviews import ReviewsWritten, write_reviews_in
 from voxtox.storage.schema import label_column
 from voxtox.storage.review_export import CHOICES, TEXT
 
@@ -241,7 +241,7 @@ def import_answers(settings: Settings, items: object, source: str, users: dict[i
     """Check an export whole, then write its reviews in one go."""
     answers, n_tasks, skipped = parse_export(items, source, users)
     rows, ties = review_rows(answers, settings, source, now or datetime.now(UTC))
-    written = write_reviews(settings.shards_dir, rows) if rows else ReviewsWritten(0, 0, 0)
+    written = write_reviews_in(settings, rows) if rows else ReviewsWritten(0, 0, 0)
     if written.new or written.changed:
         Catalog.from_settings(settings).refresh_views()
     return ImportReport(n_tasks, len(answers), skipped, len(rows), ties, written)

@@ -4,6 +4,8 @@ spelled:
     <run>/final/        model.json + model.safetensors, written last: the run is finished
     <run>/best/         the epoch with the best validation score, and its thresholds.json
     <run>/checkpoints/  step-<n>/ trainer states to resume from (models/trainer.py keeps two)
+    <run>/config.json   the settings it trained with, its data counts and, on a lake, the lake
+                        snapshot it read (`lake.snapshot_id`: `voxtox evaluate` reads it again)
     <run>/training_sources.parquet   which recordings trained it (`voxtox forget` reads it)
     <run>/evaluation/scores/<split>-<checkpoint>.parquet   window scores cached by evaluation
     <runs_dir>/current  a link to the promoted run (the nightly flow switches it atomically)
@@ -11,8 +13,10 @@ spelled:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from voxtox.storage.schema import TRAINING_SOURCES_FILE
 
@@ -23,6 +27,7 @@ CHECKPOINTS = "checkpoints"
 THRESHOLDS_FILE = "thresholds.json"
 MODEL_CONFIG = "model.json"
 MODEL_WEIGHTS = "model.safetensors"
+CONFIG_FILE = "config.json"
 EVALUATION_DIR = "evaluation"
 SCORES_DIR = "scores"
 
@@ -53,6 +58,22 @@ class RunDir:
     @property
     def training_sources(self) -> Path:
         return self.path / TRAINING_SOURCES_FILE
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    def read_config(self) -> dict[str, Any]:
+        """The run's config.json; {} for a run that has none (not started, or not a train run)."""
+        try:
+            return json.loads(self.config.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def lake_snapshot(self) -> int | None:
+        """The lake snapshot the run trained on; None when it read the single-machine shards."""
+        found = (self.read_config().get("lake") or {}).get("snapshot_id")
+        return None if found is None else int(found)
 
     def thresholds(self, checkpoint: str = BEST) -> Path:
         return self.path / checkpoint / THRESHOLDS_FILE

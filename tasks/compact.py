@@ -3,9 +3,12 @@ after dropping duplicate rows by id (storage/heal.py)."""
 
 from __future__ import annotations
 
+from contextlib import closing
+
 from prefect import task
 
 from voxtox.settings import Settings
+from voxtox.storage import lake
 from voxtox.storage.catalog import Catalog, damaged_tables
 from voxtox.storage.heal import heal_duplicates
 from voxtox.storage.shards import CompactionResult, DamagedShardError, compact
@@ -38,3 +41,13 @@ def compact_shards(settings: Settings, tables: list[str] | None = None) -> list[
 @task(name="compact")
 def compact_task(settings: Settings) -> list[CompactionResult]:
     return compact_shards(settings)
+
+
+@task(name="compact-lake")
+def compact_lake_task(settings: Settings) -> dict[str, tuple[int, int]]:
+    """Compact the lake `[storage]` names (storage/lake.py compact): table -> (files before, after)."""
+    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
+    if target is None:
+        raise ValueError("compact_lake_task needs [storage] to name a lake")
+    with closing(lake.connect(target)) as con:
+        return lake.compact(con, target)

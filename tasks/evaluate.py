@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +61,8 @@ from voxtox.models.scoring import (
 )
 from voxtox.storage.runs import EVALUATION_DIR, RunDir
 from voxtox.settings import EvaluateSettings, Settings
-from voxtox.storage.catalog import Catalog
+from voxtox.storage import lake
+from voxtox.storage.catalog import Catalog, LakeCatalog
 from voxtox.storage.schema import EVALUATIONS_SCHEMA
 from voxtox.storage.shards import replace_rows, write_parquet_atomic
 from voxtox.models.evaluation_plots import plot_ap_bars, plot_reliability
@@ -186,6 +188,7 @@ class Evaluation:
     results: str  # Parquet file of the metric rows
     report: str  # Markdown file
     plots: list[str] = field(default_factory=list)
+    lake_snapshot: int | None = None  # the lake snapshot it read (None: the single-machine shards)
 
 
 def run_names(run_dirs: Sequence[Path]) -> list[str]:
@@ -228,7 +231,13 @@ def results_table(rows: Sequence[MetricRow], evaluation: str, eval_set: EvalSet,
 
 
 def save_to_catalog(table: pa.Table, settings: Settings, evaluation: str) -> None:
-    """Replace this evaluation's rows in the `evaluations` shards and refresh the catalog views."""
+    """Replace this evaluation's rows in the `evaluations` shards and refresh the catalog views;
+    with a lake, in the lake's `evaluations` table (one commit keyed by the evaluation)."""
+    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
+    if target is not None:
+        with closing(lake.connect(target)) as con:
+            lake.replace_key(con, target, evaluation, {"evaluations": table})
+        return
     root = settings.shards_dir
     date = table["evaluated_at"][0].as_py().date().isoformat()
     replace_rows(root, "evaluations", evaluation, table.append_column("date", pa.array([date] * table.num_rows)))
@@ -246,6 +255,32 @@ def fit_temperatures(run_dirs: Sequence[Path], settings: Settings, classes: Sequ
         scores = segment_scores(score_run(run_dir, val, options, settings.train.threads), options.aggregation)
         temperatures.append(fit_temperature(logits(scores[:, columns]), val.truth[:, columns]))
     return temperatures
+
+
+def pin_evaluation_snapshot(settings: Settings, run_dirs: Sequence[Path | str], choice: str = "run") -> Settings:
+    """`settings` reading the lake at the snapshot an evaluation reads, so every task of it sees
+    the same segments: `[storage] snapshot` when set; else by `choice`: "run", the snapshot the
+    runs recorded (the newest when they differ; the latest when none did), "latest", or a number.
+    A snapshot the lake no longer has (expired by `voxtox forget`) is one line here. Without a
+    lake, `settings` as they are."""
+    catalog = Catalog.from_settings(settings)
+    if not isinstance(catalog, LakeCatalog):
+        if choice not in ("run", "latest"):
+            raise ValueError(f"--snapshot {choice}: snapshots are a lake's; [storage] names no lake")
+        return settings
+    if settings.storage.snapshot is None:
+        recorded = [s for s in (RunDir(Path(r)).lake_snapshot() for r in run_dirs) if s is not None]
+        if choice == "run" and recorded:
+            chosen = max(recorded)
+        elif choice in ("run", "latest"):
+            chosen = catalog.current_snapshot()
+        elif choice.isdigit():
+            chosen = int(choice)
+        else:
+            raise ValueError(f"--snapshot {choice!r}: give run (the runs' own), latest, or a snapshot number")
+        catalog = catalog.pinned(chosen)  # a snapshot that is gone fails here
+        settings = settings.model_copy(update={"storage": settings.storage.model_copy(update={"snapshot": chosen})})
+    return settings
 
 
 def evaluate_runs(run_dirs: Sequence[Path], settings: Settings, out_dir: Path | None = None) -> Evaluation:
@@ -284,7 +319,7 @@ def evaluate_runs(run_dirs: Sequence[Path], settings: Settings, out_dir: Path | 
         evaluation_id=ident, out_dir=str(out), split=eval_set.split, labels=eval_set.labels, systems=names,
         n_segments=len(eval_set), n_sources=len(set(eval_set.sources.tolist())),
         languages=sorted(set(eval_set.langs.tolist())), results=str(out / RESULTS_FILE),
-        report=str(out / REPORT_FILE), plots=[str(p) for p in plots],
+        report=str(out / REPORT_FILE), plots=[str(p) for p in plots], lake_snapshot=settings.storage.snapshot,
     )
 
 

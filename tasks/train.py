@@ -52,7 +52,7 @@ from voxtox.models.trainer import (
 )
 from voxtox.models.whisper_encoder import HOP_LENGTH, MAX_FRAMES, log_mel, mel_filters
 from voxtox.settings import Settings, TrainSettings
-from voxtox.storage.catalog import Catalog
+from voxtox.storage.catalog import Catalog, LakeCatalog
 from voxtox.storage.clips import ClipIndex, read_audio_bytes, read_clip_index
 from voxtox.storage.schema import TRAINING_SOURCES_SCHEMA
 from voxtox.storage.shards import write_parquet_atomic
@@ -285,6 +285,52 @@ def write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:
         writer.writerows(history)
 
 
+@dataclass
+class TrainingData:
+    """What a run reads: its training and validation clips, and on a lake where they came from."""
+
+    train: ClipIndex
+    val: ClipIndex
+    val_labels: str
+    lake: dict[str, object] | None = None  # {"snapshot_id", "catalog", "data_url"}: config.json's record
+
+    @property
+    def snapshot(self) -> int | None:
+        return None if self.lake is None else int(str(self.lake["snapshot_id"]))
+
+
+def read_training_data(settings: Settings, train: TrainSettings, out: Path, resume: bool) -> TrainingData:
+    """The run's clips. On a lake every read is pinned to one snapshot (training_snapshot), so
+    the training and validation clips are one consistent state whatever workers commit meanwhile,
+    and the run records it: `voxtox evaluate` and `voxtox train --snapshot` read it again."""
+    catalog = Catalog.from_settings(settings)
+    record = None
+    if isinstance(catalog, LakeCatalog):
+        catalog = catalog.pinned(training_snapshot(catalog, settings, out, resume))
+        record = {"snapshot_id": catalog.snapshot, "catalog": catalog.target.catalog_name(),
+                  "data_url": catalog.target.data_url}
+    clips = read_clip_index(catalog, settings.shards_dir, "train", train.train_filter)
+    val_clips, val_labels = read_val_index(catalog, settings.shards_dir, train)
+    return TrainingData(clips, val_clips, val_labels, record)
+
+
+def training_snapshot(catalog: LakeCatalog, settings: Settings, out: Path, resume: bool) -> int:
+    """The lake snapshot a run reads: the one a resumed run recorded (a resumed run must not see
+    other data than its first epochs did), else `[storage] snapshot` (`--snapshot N`), else the
+    latest, as rank 0 sees it (every rank of a torchrun reads the same)."""
+    recorded = RunDir(out).lake_snapshot() if resume else None
+    asked = settings.storage.snapshot
+    if recorded is not None and asked is not None and recorded != asked:
+        raise ValueError(f"{out} trained on lake snapshot {recorded}: resume it on that one, not on snapshot {asked}")
+    if recorded is not None or asked is not None:
+        return recorded if recorded is not None else int(str(asked))
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return catalog.current_snapshot()
+    box = [catalog.current_snapshot() if torch.distributed.get_rank() == 0 else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return int(str(box[0]))
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -297,6 +343,7 @@ class TrainReport:
     best_val_mAP: float
     history: list[dict[str, float]]
     wall_s: float
+    lake_snapshot: int | None = None  # the lake snapshot it read (None: the single-machine shards)
 
 
 def _loader(dataset: Dataset[Clip], steps: list[list[list[int]]], workers: int) -> Iterator[list[Batch]]:
@@ -332,9 +379,8 @@ def train_model(settings: Settings, out: Path, resume: bool = False) -> TrainRep
     if train.threads:
         torch.set_num_threads(train.threads)
     processes = start_processes()
-    catalog = Catalog.from_settings(settings)
-    clips = read_clip_index(catalog, settings.shards_dir, "train", train.train_filter)
-    val_clips, val_labels = read_val_index(catalog, settings.shards_dir, train)
+    data = read_training_data(settings, train, out, resume)
+    clips, val_clips, val_labels = data.train, data.val, data.val_labels
     steps_per_epoch = len(rank_micro_batches(
         bucketed_batches(clips.durations, train.batch_size, train.bucket_pool, train.seed, 0),
         processes.world, processes.rank, train.grad_accum,
@@ -351,7 +397,7 @@ def train_model(settings: Settings, out: Path, resume: bool = False) -> TrainRep
                   "train_minutes": round(float(clips.durations.sum()) / 60, 2),
                   # labels people gave (`voxtox review import`) in place of the pipeline's
                   "train_human_labels": clips.n_reviewed, "val_clips": len(val_clips),
-                  "val_labels": val_labels, "steps_per_epoch": steps_per_epoch}
+                  "val_labels": val_labels, "steps_per_epoch": steps_per_epoch, "lake": data.lake}
         (out / "config.json").write_text(json.dumps(config, indent=2))
         write_training_sources(out, {"train": clips, "val": val_clips})
     if not processes.is_main:
@@ -366,7 +412,7 @@ def train_model(settings: Settings, out: Path, resume: bool = False) -> TrainRep
         save_model(trainer.model, RunDir(out).final)
     barrier()
     return TrainReport(str(out), train.epochs, state.global_step, state.best_epoch, state.best_map,
-                       state.history, round(time.time() - started, 2))
+                       state.history, round(time.time() - started, 2), data.snapshot)
 
 
 def _train_epoch(
