@@ -28,9 +28,10 @@ import logging
 import os
 import random
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 #: The DuckDB extensions a lake needs, each from its PyPI package (`duckdb-extension-<name>`,
 #: built for one DuckDB version: pyproject pins DuckDB to it), so nothing is downloaded at run time.
-EXTENSIONS = ("ducklake", "postgres_scanner", "httpfs")
+EXTENSIONS = ("ducklake", "postgres_scanner", "httpfs", "sqlite_scanner")
 ALIAS = "lake"
 KEY_COLUMN = "shard_key"
 COMMITS_TABLE = "voxtox_commits"
@@ -71,7 +72,20 @@ class LakeTarget:
         """The ATTACH string of the catalog: DuckLake on PostgreSQL or on a DuckDB file."""
         if self.catalog_url.startswith(("postgresql://", "postgres://")):
             return f"ducklake:postgres:{libpq_keywords(self.catalog_url)}"
+        if (sqlite := sqlite_catalog_path(self.catalog_url)) is not None:
+            return f"ducklake:sqlite:{sqlite}"
         return f"ducklake:{Path(self.catalog_url).expanduser()}"
+
+    def catalog_options(self) -> str:
+        """Extra ATTACH options of the catalog: a SQLite catalog runs in WAL mode (readers and one
+        writer at a time do not block each other) and waits for a busy file rather than fail."""
+        if (sqlite := sqlite_catalog_path(self.catalog_url)) is None:
+            return ""
+        if not sqlite.exists():  # an empty database in WAL mode (kept by the file), which DuckLake fills
+            sqlite.parent.mkdir(parents=True, exist_ok=True)
+            with closing(sqlite3.connect(sqlite)) as database:
+                database.execute("PRAGMA journal_mode=WAL")
+        return f", META_JOURNAL_MODE 'WAL', META_BUSY_TIMEOUT {SQLITE_BUSY_TIMEOUT_MS}"
 
     def catalog_name(self) -> str:
         """The catalog as a user can name it in an error: host:port/db, no password."""
@@ -86,6 +100,23 @@ class LakeTarget:
         path = Path(self.data_url).expanduser()
         path.mkdir(parents=True, exist_ok=True)
         return str(path) + "/"
+
+
+#: A local catalog file ending so is a SQLite DuckLake catalog, which several processes of one host
+#: may open at once (a DuckDB-file catalog is one process's): the embedded lake (docs/storage.md).
+SQLITE_SUFFIXES = (".sqlite", ".sqlite3")
+#: How long a SQLite catalog's client waits for another process's write to finish.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def sqlite_catalog_path(catalog_url: str) -> Path | None:
+    """The SQLite file a `catalog_url` names (`sqlite:PATH`, or a path ending in .sqlite or
+    .sqlite3), or None for another kind of catalog."""
+    if catalog_url.startswith("sqlite:"):
+        return Path(catalog_url.removeprefix("sqlite:").removeprefix("//")).expanduser()
+    if catalog_url.endswith(SQLITE_SUFFIXES) and "://" not in catalog_url:
+        return Path(catalog_url).expanduser()
+    return None
 
 
 def libpq_keywords(url: str) -> str:
@@ -184,6 +215,7 @@ def connect(target: LakeTarget, read_only: bool = False) -> duckdb.DuckDBPyConne
         if target.on_s3:
             con.execute(s3_secret_sql())
         options = f"DATA_PATH '{_quote(target.data_path())}'" + (", READ_ONLY" if read_only else "")
+        options += target.catalog_options()
         with lake_errors(target):
             _attach(con, target, options)
             if target.on_s3:
@@ -206,7 +238,7 @@ def _attach(con: duckdb.DuckDBPyConnection, target: LakeTarget, options: str) ->
                 # a reader before the first writer (the labelling flow asks what is known first):
                 # make the empty lake, then attach it read-only as asked
                 con.execute(f"ATTACH '{_quote(target.catalog_attach())}' AS {ALIAS} "
-                            f"(DATA_PATH '{_quote(target.data_path())}')")
+                            f"(DATA_PATH '{_quote(target.data_path())}'{target.catalog_options()})")
                 con.execute(f"DETACH {ALIAS}")
                 continue
             if "Failed to initialize DuckLake" not in str(error) or attempt == 5:
@@ -244,7 +276,11 @@ def _ensure_table(con: duckdb.DuckDBPyConnection, name: str, rows: pa.Table) -> 
 
 
 def _is_conflict(error: duckdb.Error) -> bool:
-    return "conflict" in str(error).lower()
+    """A commit another transaction beat: retried on the new snapshot. On a SQLite catalog that
+    is "database is locked" too: SQLite lets one writer at a time, and a transaction that read
+    before another wrote cannot upgrade its lock (SQLITE_BUSY without waiting, so no timeout helps)."""
+    text = str(error).lower()
+    return "conflict" in text or "database is locked" in text
 
 
 def replace_key(con: duckdb.DuckDBPyConnection, target: LakeTarget, key: str, rows: Mapping[str, pa.Table],
