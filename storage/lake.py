@@ -497,3 +497,40 @@ def _first(result: duckdb.DuckDBPyConnection) -> Any:
     if row is None:
         raise LakeError("the lake answered a one-row query with no row")
     return row[0]
+
+
+def add_missing_keys(con: duckdb.DuckDBPyConnection, target: LakeTarget, name: str, rows: pa.Table) -> int:
+    """Insert `rows` (with a `shard_key` column) into table `name`, leaving out every key the
+    table already holds, in one commit (retried on a conflict); returns the rows added. What
+    `voxtox migrate` writes: a key the lake holds (migrated before, or labelled into the lake
+    since) keeps its rows, so a rerun adds nothing."""
+    data = rows.drop_columns([KEY_COLUMN])
+    columns = ", ".join(f'"{c}"' for c in data.column_names)
+    added = [0]
+
+    def attempt() -> None:
+        _ensure_table(con, name, data)
+        con.execute("BEGIN")
+        con.execute(f"UPDATE {ALIAS}.{COMMITS_TABLE} SET n = n + 1")  # serialised with label runs' commits
+        con.register("voxtox_new_rows", rows)
+        try:
+            added[0] = int(_first(con.execute(
+                f"INSERT INTO {ALIAS}.{name} ({KEY_COLUMN}, {columns}) SELECT {KEY_COLUMN}, {columns} "
+                f"FROM voxtox_new_rows WHERE {KEY_COLUMN} NOT IN (SELECT {KEY_COLUMN} FROM {ALIAS}.{name})")))
+        finally:
+            con.unregister("voxtox_new_rows")
+        con.execute("COMMIT")
+
+    try:
+        _committed(con, target, attempt, f"rows of {name}")
+    except duckdb.BinderException as error:
+        raise LakeError(f"table {name} of the lake {target.catalog_name()} has other columns than the rows "
+                        f"given: {str(error).strip().splitlines()[0]}") from error
+    return added[0]
+
+
+def row_count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    """Rows of table `table` (0 when the lake has no such table)."""
+    if table not in tables(con):
+        return 0
+    return int(_first(con.execute(f"SELECT count(*) FROM {ALIAS}.{table}")))
