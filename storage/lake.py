@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import re
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -192,7 +193,23 @@ def _unreachable(target: LakeTarget, error: duckdb.Error) -> LakeError | None:
                                     "failed to connect", "timed out", "could not resolve", "http ")
     ):
         return LakeError(f"object store {s3_endpoint()} ({target.data_url}) unreachable or refused: {first}")
+    if "postgres" in target.catalog_attach() and not catalog_listening(target):
+        # a server that died mid-commit: DuckLake's error is about its failed ROLLBACK, not the cause
+        return LakeError(f"lake catalog {target.catalog_name()} unreachable (the server stopped answering): {first}")
     return None
+
+
+def catalog_listening(target: LakeTarget, timeout_s: float = 2.0) -> bool:
+    """Whether the PostgreSQL server of `target`'s catalog accepts TCP connections (True when the
+    URL names no host, e.g. a Unix socket: then it cannot tell)."""
+    parts = urlsplit(target.catalog_url)
+    if not parts.hostname:
+        return True
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 5432), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 @contextmanager
