@@ -1,6 +1,6 @@
 """The `voxtox` command line: the app and its command groups, each command registered here in the
 order `voxtox --help` lists them; the commands themselves live in one module per group
-(flows/cli_data.py, cli_labeller.py, cli_models.py, cli_corpus.py, cli_schedule.py)."""
+(flows/cli_data.py, cli_lake.py, cli_labeller.py, cli_models.py, cli_corpus.py, cli_schedule.py)."""
 
 from __future__ import annotations
 

@@ -115,14 +115,15 @@ def _conform(rows: pa.Table, schema: pa.Schema, values: dict[str, str]) -> pa.Ta
 class _Files:
     """Shard files read whole, the last few kept: a compacted file holds many keys in a row."""
 
-    def __init__(self, keep: int = 4) -> None:
+    def __init__(self, keep: int = 2) -> None:
         self.keep = keep
         self.tables: dict[Path, pa.Table] = {}
 
     def read(self, path: Path) -> pa.Table:
         if path not in self.tables:
             try:
-                table = pq.read_table(path, partitioning=None)
+                with pq.ParquetFile(path) as handle:  # the file alone: no folder names read as columns
+                    table = handle.read()
             except READ_ERRORS as error:
                 raise damaged(path, error) from error
             if len(self.tables) >= self.keep:
