@@ -1,6 +1,6 @@
 """The `voxtox` command line: the app and its command groups, each command registered here in the
 order `voxtox --help` lists them; the commands themselves live in one module per group
-(flows/cli_data.py, cli_labeller.py, cli_models.py, cli_corpus.py, cli_schedule.py)."""
+(flows/cli_data.py, cli_lake.py, cli_labeller.py, cli_models.py, cli_corpus.py, cli_schedule.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import typer
 
-from voxtox.flows import cli_corpus, cli_data, cli_labeller, cli_models, cli_schedule, cli_stream
+from voxtox.flows import cli_corpus, cli_data, cli_labeller, cli_lake, cli_models, cli_schedule, cli_stream
 from voxtox.flows.cli_review import review_app
 from voxtox.flows.cli_common import console
 
@@ -65,6 +65,8 @@ app.command()(cli_data.label)
 app.command()(cli_data.forget)
 app.command()(cli_data.query)
 app.command()(cli_data.compact)
+app.command()(cli_lake.migrate)
+app.command("export-dataset")(cli_lake.export_dataset)
 app.command()(cli_models.train)
 app.command()(cli_corpus.demo)
 app.command()(cli_schedule.serve)

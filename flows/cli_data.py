@@ -19,6 +19,7 @@ from voxtox.flows.cli_common import (
     errors,
     user_errors,
 )
+from voxtox.flows.cli_lake import say_unmigrated
 from voxtox.labels import CLASSES
 from voxtox.settings import Settings, load_settings
 
@@ -85,6 +86,7 @@ def _check_lake(settings: Settings) -> None:
     target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
     if target is not None:
         lake.connect(target).close()
+        say_unmigrated(settings)
 
 
 def _say_damaged_shards(settings: Settings) -> None:
@@ -217,6 +219,7 @@ def query(
     if sql == "-":
         sql = sys.stdin.read()
     settings = load_settings(data_dir)
+    say_unmigrated(settings)
     catalog = Catalog.from_settings(settings)
     if catalog.repair():  # other DuckDB clients read the catalog file; voxtox's queries do not need it
         errors.print(f"note: {catalog.database} could not be opened; rebuilt it from the shards "
@@ -252,6 +255,7 @@ def compact(
         raise typer.BadParameter(f"unknown table {', '.join(unknown)}: choose from {', '.join(PARTITIONS)}")
     settings = load_settings(data_dir)
     if settings.storage.lake:
+        say_unmigrated(settings)
         _compact_lake(settings)
         return
     view = Table("table", "files before", "files after", "merged", "left for next time", title="voxtox compact")

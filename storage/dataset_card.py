@@ -18,9 +18,12 @@ HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 CARD = "README.md"
 
 
-def dataset_card(splits: list[str]) -> str:
+def dataset_card(splits: list[str], pattern: str = "split={split}/**/*.parquet") -> str:
+    """The card for `splits`; `pattern` finds a split's files (`{split}`: voxtox's name for it,
+    `{name}`: the name `datasets` gives it)."""
     entries = "\n".join(
-        f'  - split: {HF_SPLITS[split]}\n    path: "split={split}/**/*.parquet"' for split in splits
+        f'  - split: {HF_SPLITS[split]}\n    path: "{pattern.format(split=split, name=HF_SPLITS[split])}"'
+        for split in splits
     )
     return (
         "---\nconfigs:\n- config_name: default\n  data_files:\n" + entries + "\n---\n\n"

@@ -28,9 +28,11 @@ import logging
 import os
 import random
 import re
+import socket
+import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 
 #: The DuckDB extensions a lake needs, each from its PyPI package (`duckdb-extension-<name>`,
 #: built for one DuckDB version: pyproject pins DuckDB to it), so nothing is downloaded at run time.
-EXTENSIONS = ("ducklake", "postgres_scanner", "httpfs")
+EXTENSIONS = ("ducklake", "postgres_scanner", "httpfs", "sqlite_scanner")
 ALIAS = "lake"
 KEY_COLUMN = "shard_key"
 COMMITS_TABLE = "voxtox_commits"
@@ -71,7 +73,20 @@ class LakeTarget:
         """The ATTACH string of the catalog: DuckLake on PostgreSQL or on a DuckDB file."""
         if self.catalog_url.startswith(("postgresql://", "postgres://")):
             return f"ducklake:postgres:{libpq_keywords(self.catalog_url)}"
+        if (sqlite := sqlite_catalog_path(self.catalog_url)) is not None:
+            return f"ducklake:sqlite:{sqlite}"
         return f"ducklake:{Path(self.catalog_url).expanduser()}"
+
+    def catalog_options(self) -> str:
+        """Extra ATTACH options of the catalog: a SQLite catalog runs in WAL mode (readers and one
+        writer at a time do not block each other) and waits for a busy file rather than fail."""
+        if (sqlite := sqlite_catalog_path(self.catalog_url)) is None:
+            return ""
+        if not sqlite.exists():  # an empty database in WAL mode (kept by the file), which DuckLake fills
+            sqlite.parent.mkdir(parents=True, exist_ok=True)
+            with closing(sqlite3.connect(sqlite)) as database:
+                database.execute("PRAGMA journal_mode=WAL")
+        return f", META_JOURNAL_MODE 'WAL', META_BUSY_TIMEOUT {SQLITE_BUSY_TIMEOUT_MS}"
 
     def catalog_name(self) -> str:
         """The catalog as a user can name it in an error: host:port/db, no password."""
@@ -86,6 +101,23 @@ class LakeTarget:
         path = Path(self.data_url).expanduser()
         path.mkdir(parents=True, exist_ok=True)
         return str(path) + "/"
+
+
+#: A local catalog file ending so is a SQLite DuckLake catalog, which several processes of one host
+#: may open at once (a DuckDB-file catalog is one process's): the embedded lake (docs/storage.md).
+SQLITE_SUFFIXES = (".sqlite", ".sqlite3")
+#: How long a SQLite catalog's client waits for another process's write to finish.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def sqlite_catalog_path(catalog_url: str) -> Path | None:
+    """The SQLite file a `catalog_url` names (`sqlite:PATH`, or a path ending in .sqlite or
+    .sqlite3), or None for another kind of catalog."""
+    if catalog_url.startswith("sqlite:"):
+        return Path(catalog_url.removeprefix("sqlite:").removeprefix("//")).expanduser()
+    if catalog_url.endswith(SQLITE_SUFFIXES) and "://" not in catalog_url:
+        return Path(catalog_url).expanduser()
+    return None
 
 
 def libpq_keywords(url: str) -> str:
@@ -161,7 +193,23 @@ def _unreachable(target: LakeTarget, error: duckdb.Error) -> LakeError | None:
                                     "failed to connect", "timed out", "could not resolve", "http ")
     ):
         return LakeError(f"object store {s3_endpoint()} ({target.data_url}) unreachable or refused: {first}")
+    if "postgres" in target.catalog_attach() and not catalog_listening(target):
+        # a server that died mid-commit: DuckLake's error is about its failed ROLLBACK, not the cause
+        return LakeError(f"lake catalog {target.catalog_name()} unreachable (the server stopped answering): {first}")
     return None
+
+
+def catalog_listening(target: LakeTarget, timeout_s: float = 2.0) -> bool:
+    """Whether the PostgreSQL server of `target`'s catalog accepts TCP connections (True when the
+    URL names no host, e.g. a Unix socket: then it cannot tell)."""
+    parts = urlsplit(target.catalog_url)
+    if not parts.hostname:
+        return True
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 5432), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -184,6 +232,7 @@ def connect(target: LakeTarget, read_only: bool = False) -> duckdb.DuckDBPyConne
         if target.on_s3:
             con.execute(s3_secret_sql())
         options = f"DATA_PATH '{_quote(target.data_path())}'" + (", READ_ONLY" if read_only else "")
+        options += target.catalog_options()
         with lake_errors(target):
             _attach(con, target, options)
             if target.on_s3:
@@ -206,7 +255,7 @@ def _attach(con: duckdb.DuckDBPyConnection, target: LakeTarget, options: str) ->
                 # a reader before the first writer (the labelling flow asks what is known first):
                 # make the empty lake, then attach it read-only as asked
                 con.execute(f"ATTACH '{_quote(target.catalog_attach())}' AS {ALIAS} "
-                            f"(DATA_PATH '{_quote(target.data_path())}')")
+                            f"(DATA_PATH '{_quote(target.data_path())}'{target.catalog_options()})")
                 con.execute(f"DETACH {ALIAS}")
                 continue
             if "Failed to initialize DuckLake" not in str(error) or attempt == 5:
@@ -244,7 +293,11 @@ def _ensure_table(con: duckdb.DuckDBPyConnection, name: str, rows: pa.Table) -> 
 
 
 def _is_conflict(error: duckdb.Error) -> bool:
-    return "conflict" in str(error).lower()
+    """A commit another transaction beat: retried on the new snapshot. On a SQLite catalog that
+    is "database is locked" too: SQLite lets one writer at a time, and a transaction that read
+    before another wrote cannot upgrade its lock (SQLITE_BUSY without waiting, so no timeout helps)."""
+    text = str(error).lower()
+    return "conflict" in text or "database is locked" in text
 
 
 def replace_key(con: duckdb.DuckDBPyConnection, target: LakeTarget, key: str, rows: Mapping[str, pa.Table],
@@ -539,3 +592,40 @@ def replace_rows(con: duckdb.DuckDBPyConnection, target: LakeTarget, name: str, 
 
     _committed(con, target, attempt, name)
     return found
+
+
+def add_missing_keys(con: duckdb.DuckDBPyConnection, target: LakeTarget, name: str, rows: pa.Table) -> int:
+    """Insert `rows` (with a `shard_key` column) into table `name`, leaving out every key the
+    table already holds, in one commit (retried on a conflict); returns the rows added. What
+    `voxtox migrate` writes: a key the lake holds (migrated before, or labelled into the lake
+    since) keeps its rows, so a rerun adds nothing."""
+    data = rows.drop_columns([KEY_COLUMN])
+    columns = ", ".join(f'"{c}"' for c in data.column_names)
+    added = [0]
+
+    def attempt() -> None:
+        _ensure_table(con, name, data)
+        con.execute("BEGIN")
+        con.execute(f"UPDATE {ALIAS}.{COMMITS_TABLE} SET n = n + 1")  # serialised with label runs' commits
+        con.register("voxtox_new_rows", rows)
+        try:
+            added[0] = int(_first(con.execute(
+                f"INSERT INTO {ALIAS}.{name} ({KEY_COLUMN}, {columns}) SELECT {KEY_COLUMN}, {columns} "
+                f"FROM voxtox_new_rows WHERE {KEY_COLUMN} NOT IN (SELECT {KEY_COLUMN} FROM {ALIAS}.{name})")))
+        finally:
+            con.unregister("voxtox_new_rows")
+        con.execute("COMMIT")
+
+    try:
+        _committed(con, target, attempt, f"rows of {name}")
+    except duckdb.BinderException as error:
+        raise LakeError(f"table {name} of the lake {target.catalog_name()} has other columns than the rows "
+                        f"given: {str(error).strip().splitlines()[0]}") from error
+    return added[0]
+
+
+def row_count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    """Rows of table `table` (0 when the lake has no such table)."""
+    if table not in tables(con):
+        return 0
+    return int(_first(con.execute(f"SELECT count(*) FROM {ALIAS}.{table}")))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -24,10 +25,13 @@ from voxtox.settings import NightlySettings, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 VOXTOX_IMAGE_SERVICES = ("serve", "gpu-worker")
-#: The two secrets compose will not start without (an .env file beside it, in production).
+#: The secrets compose will not start without (an .env file beside it, in production).
 SECRETS = {"PREFECT_AUTH_STRING": "admin:Zq8vN3xKp2", "POSTGRES_PASSWORD": "Hv6tR9wLm4",
-           # Label Studio's (the `review` profile): test_label_studio_has_its_own_database_and_secrets
-           "LABEL_STUDIO_PASSWORD": "Lp4sW8qRt1", "LABEL_STUDIO_TOKEN": "Tk7bN2xQw9", "LABEL_STUDIO_DB_PASSWORD": "Db3mK6vLz5"}
+           "MINIO_ROOT_PASSWORD": "Mr7pQ2wXk9s", "VOXTOX_S3_SECRET": "S3v8kT4nLq2"}
+#: Label Studio's (the `review` profile): checked by its container, not by compose, which reads
+#: every service's variables whatever the profile (test_label_studio_checks_its_own_secrets).
+REVIEW_SECRETS = {"LABEL_STUDIO_PASSWORD": "Lp4sW8qRt1", "LABEL_STUDIO_TOKEN": "Tk7bN2xQw9",
+                  "LABEL_STUDIO_DB_PASSWORD": "Db3mK6vLz5"}
 #: The review profile's services (docs/review.md).
 REVIEW_SERVICES = {"label-studio", "label-studio-db"}
 #: Services that talk to the Prefect API as clients.
@@ -36,7 +40,7 @@ PREFECT_CLIENTS = ("serve", "gpu-worker")
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return load_compose(ROOT / "docker-compose.yml", SECRETS)
+    return load_compose(ROOT / "docker-compose.yml", SECRETS | REVIEW_SECRETS)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +50,7 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_self_hosting_layout(services: dict[str, Any]) -> None:
     assert set(services) == {"postgres", "redis", "prefect-server", "prefect-services", "serve", "gpu-worker",
-                             "stream"} | REVIEW_SERVICES
+                             "stream", "minio", "lake-init", "lake-db-init"} | REVIEW_SERVICES
     assert services["postgres"]["image"].startswith("postgres:")
     assert services["redis"]["image"].startswith("redis:")
     # only GPU work and human review are opt-in
@@ -61,8 +65,14 @@ def test_health_checks_gate_the_start_order(services: dict[str, Any]) -> None:
     assert "localhost:4200/api/health" in checks["prefect-server"]
     needs = {name: spec.get("depends_on", {}) for name, spec in services.items()}
     assert needs["prefect-server"] == {"postgres": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"}}
-    for name in ("prefect-services", "serve", "gpu-worker"):
-        assert needs[name] == {"prefect-server": {"condition": "service_healthy"}}
+    assert needs["prefect-services"] == {"prefect-server": {"condition": "service_healthy"}}
+    for name in ("serve", "gpu-worker"):  # after the lake's bucket, user and database exist
+        assert needs[name] == {"prefect-server": {"condition": "service_healthy"},
+                               "lake-init": {"condition": "service_completed_successfully"}}
+    assert "mc ready local" in checks["minio"]
+    assert needs["lake-init"] == {"minio": {"condition": "service_healthy"},
+                                  "lake-db-init": {"condition": "service_completed_successfully"}}
+    assert needs["lake-db-init"] == {"postgres": {"condition": "service_healthy"}}
 
 
 def test_prefect_server_on_postgres_and_redis_with_the_ui_on_4200(services: dict[str, Any]) -> None:
@@ -152,7 +162,7 @@ def test_voxtox_services_share_the_data_directory_and_talk_to_the_server(
         assert (env["VOXTOX_DATA_DIR"], env["VOXTOX_MODEL_CACHE_DIR"]) == ("/data", "/models")
     named = {v.split(":")[0] for spec in services.values() for v in spec.get("volumes", []) if not v.startswith(".")}
     assert named == set(compose["volumes"]) == {"postgres_data", "redis_data", "models", "label_studio_db",
-                                                "label_studio_data"}
+                                                "label_studio_data", "minio_data"}
 
 
 def test_the_gpu_worker_reserves_the_nvidia_gpus_and_works_the_pool_the_nightly_trains_on(services: dict[str, Any]) -> None:
@@ -197,13 +207,13 @@ def test_dockerfile_installs_the_pinned_package_with_its_system_tools() -> None:
 def test_label_studio_has_its_own_database_and_secrets_and_reads_the_data_read_only(services: dict[str, Any]) -> None:
     studio, database = services["label-studio"], services["label-studio-db"]
     env = studio["environment"]
-    assert studio["image"].endswith(":1.23.2") and "--enable-legacy-api-token" in studio["command"]
+    assert studio["image"].endswith(":1.23.2") and "--enable-legacy-api-token" in studio["command"][-1]
     assert studio["depends_on"] == {"label-studio-db": {"condition": "service_healthy"}}
     assert (env["DJANGO_DB"], env["POSTGRE_HOST"]) == ("default", "label-studio-db")
-    assert env["POSTGRE_PASSWORD"] == database["environment"]["POSTGRES_PASSWORD"] == SECRETS["LABEL_STUDIO_DB_PASSWORD"]
+    assert env["POSTGRE_PASSWORD"] == database["environment"]["POSTGRES_PASSWORD"] == REVIEW_SECRETS["LABEL_STUDIO_DB_PASSWORD"]
     assert database["environment"]["POSTGRES_DB"] != services["postgres"]["environment"]["POSTGRES_DB"]
-    assert env["LABEL_STUDIO_PASSWORD"] == SECRETS["LABEL_STUDIO_PASSWORD"]
-    assert env["LABEL_STUDIO_USER_TOKEN"] == services["serve"]["environment"]["LABEL_STUDIO_API_KEY"] == SECRETS["LABEL_STUDIO_TOKEN"]
+    assert env["LABEL_STUDIO_PASSWORD"] == REVIEW_SECRETS["LABEL_STUDIO_PASSWORD"]
+    assert env["LABEL_STUDIO_USER_TOKEN"] == services["serve"]["environment"]["LABEL_STUDIO_API_KEY"] == REVIEW_SECRETS["LABEL_STUDIO_TOKEN"]
     assert env["LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED"] == "true" and env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] == "/data"
     assert "./voxtox-data:/data:ro" in studio["volumes"]  # the path serve writes the review audio under
     assert services["serve"]["environment"]["VOXTOX_DATA_DIR"] == "/data"
@@ -223,3 +233,51 @@ def test_the_stream_service_takes_its_token_from_the_environment_and_reads_the_d
     with_token = load_compose(ROOT / "docker-compose.yml", SECRETS | {"VOXTOX_STREAM_TOKEN": "St5kP9wQx2"})
     assert with_token["services"]["stream"]["environment"]["VOXTOX_STREAM__TOKEN"] == "St5kP9wQx2"
     assert "./voxtox-data:/data:ro" in stream["volumes"]  # it follows runs/current and never writes
+
+
+def test_the_label_studio_secrets_are_needed_only_by_the_review_profile(tmp_path: Path) -> None:
+    """Compose interpolates every service's variables before it picks the profile's (so `:?` in
+    label-studio would stop every `up`): the container checks its three secrets when it starts."""
+    without = load_compose(ROOT / "docker-compose.yml", SECRETS)["services"]  # no review secrets: loads
+    assert without["serve"]["environment"]["LABEL_STUDIO_API_KEY"] == ""
+    program, flag, script = without["label-studio"]["command"]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "label-studio").write_text("#!/bin/sh\necho started \"$@\"\n")
+    (fake / "label-studio").chmod(0o755)
+    env = {k: v for k, v in load_compose(ROOT / "docker-compose.yml", SECRETS | REVIEW_SECRETS)["services"][
+        "label-studio"]["environment"].items()} | {"PATH": f"{fake}:/usr/bin:/bin"}
+    started = subprocess.run([program, flag, script], env=env, capture_output=True, text=True, timeout=30)
+    assert started.returncode == 0 and started.stdout.startswith("started start --no-browser"), started
+    for name in ("LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN", "POSTGRE_PASSWORD"):
+        refused = subprocess.run([program, flag, script], env=env | {name: ""}, capture_output=True, text=True,
+                                 timeout=30)
+        assert refused.returncode == 1 and "started" not in refused.stdout
+        assert f"({name} is empty)" in refused.stderr and refused.stderr.count("\n") == 1
+
+
+def test_voxtox_services_reach_the_lake_on_postgres_and_minio_when_it_is_switched_on(services: dict[str, Any]) -> None:
+    minio = services["minio"]
+    assert minio["image"].startswith("minio/minio:RELEASE.") and "ports" not in minio  # inside compose only
+    assert minio["environment"]["MINIO_ROOT_PASSWORD"] == SECRETS["MINIO_ROOT_PASSWORD"]
+    for name in VOXTOX_IMAGE_SERVICES:
+        env = services[name]["environment"]
+        assert (env["AWS_ENDPOINT_URL"], env["AWS_ACCESS_KEY_ID"]) == ("http://minio:9000", "voxtox")
+        assert env["AWS_SECRET_ACCESS_KEY"] == SECRETS["VOXTOX_S3_SECRET"]  # never the administrator's
+        assert env["PGPASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
+        storage = {k: v for k, v in env.items() if k.startswith("VOXTOX_STORAGE__")}
+        with mock.patch.dict(os.environ, storage):
+            assert not Settings().storage.lake  # the default: the single-machine shards
+    on = {"VOXTOX_LAKE_CATALOG_URL": "postgresql://prefect@postgres:5432/voxtox_lake",
+          "VOXTOX_LAKE_DATA_URL": "s3://voxtox/lake"}
+    env = load_compose(ROOT / "docker-compose.yml", SECRETS | on)["services"]["serve"]["environment"]
+    with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith("VOXTOX_STORAGE__")}):
+        storage = Settings().storage
+    assert (storage.catalog_url, storage.data_url) == tuple(on.values())
+    # what lake-init and lake-db-init make is what those URLs name: the bucket, the user, the database
+    bucket_script = services["lake-init"]["command"][0]
+    assert "mc mb --ignore-existing store/voxtox\n" in bucket_script and "mc admin user add store voxtox " in bucket_script
+    assert "CREATE DATABASE voxtox_lake" in services["lake-db-init"]["command"][0]
+    for name in ("lake-init", "lake-db-init"):
+        checked = subprocess.run(["sh", "-n", "-c", services[name]["command"][0]], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stderr

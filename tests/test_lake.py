@@ -410,3 +410,79 @@ def test_a_dask_cluster_s_two_worker_processes_write_one_lake(target: LakeTarget
     assert clips == report.n_clips == _count(target, "SELECT count(DISTINCT clip_id) FROM clips")
     again = label_flow.with_options(task_runner=runner)(inputs=[str(inbox)], split="train", settings=settings)
     assert again.n_sources == 0 and _count(target, "SELECT count(*) FROM clips") == clips
+
+
+class _RestartablePostgres:
+    """A PostgreSQL cluster of its own that a test can kill (immediate shutdown: what a crash
+    leaves) and start again on the same port and data."""
+
+    def __init__(self, root: Path) -> None:
+        from prefect_server import postgres_bin_dir
+
+        self.bin_dir, self.root, self.port = postgres_bin_dir(), root, free_port()
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            import shutil
+
+            shutil.chown(root, "postgres", "postgres")
+
+    def _pg(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.as_user, str(self.bin_dir / tool), *args], check=True, capture_output=True,
+                       cwd=self.root)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._pg("pg_ctl", "-D", str(self.root / "data"), "-o", options, "-l", str(self.root / "log"), "-w", "start")
+
+    def kill(self) -> None:
+        self._pg("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")
+
+
+@pytest.fixture
+def restartable_postgres() -> Iterator[_RestartablePostgres]:
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="voxtox-pg-kill-"))  # outside pytest's root-only tmp: postgres owns it
+    cluster = _RestartablePostgres(root)
+    cluster._pg("initdb", "-D", str(root / "data"), "-U", "prefect", "--auth=trust", "-E", "UTF8", "--no-sync")
+    cluster.start()
+    try:
+        cluster._pg("createdb", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "prefect", "lake")
+        yield cluster
+    finally:
+        subprocess.run([*cluster.as_user, str(cluster.bin_dir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate",
+                        "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postgres_dying_mid_run_fails_in_one_line_leaves_no_partial_commit_and_a_rerun_completes(
+        restartable_postgres: _RestartablePostgres, tmp_path: Path) -> None:
+    """The catalog's server is killed between two commits of a run, and again while a commit's
+    transaction is open (its data files written, the catalog not yet told): each failure is one
+    line naming the catalog; once PostgreSQL is back, a reader sees only what was committed and
+    the rerun lands every recording once."""
+    target = LakeTarget(f"postgresql://prefect@127.0.0.1:{restartable_postgres.port}/lake", str(tmp_path / "data"))
+    rows = {key: {"clips": _rows(key, 3, "w"), "sources": _rows(key, 1, "w")} for key in ("first", "second", "third")}
+    with lake.connect(target) as con:
+        lake.replace_key(con, target, "first", rows["first"])
+        restartable_postgres.kill()
+        with pytest.raises(LakeError) as between:
+            lake.replace_key(con, target, "second", rows["second"])
+    restartable_postgres.start()
+    with lake.connect(target) as con:
+        lake.stage_replacement(con, "second", rows["second"])  # open: its rows written, not committed
+        restartable_postgres.kill()
+        with pytest.raises(LakeError) as during, lake.lake_errors(target):
+            con.execute("COMMIT")
+    for raised in (between, during):
+        message = str(raised.value)
+        assert target.catalog_name() in message and "\n" not in message, message
+    restartable_postgres.start()
+    assert _count(target, "SELECT count(*) FROM clips") == 3  # only the commit that landed
+    assert _count(target, "SELECT count(*) FROM sources") == 1
+    with lake.connect(target) as con:  # the rerun
+        for key, tables in rows.items():
+            lake.replace_key(con, target, key, tables)
+    assert _count(target, "SELECT count(*) FROM clips") == 9
+    assert _count(target, "SELECT count(*), count(DISTINCT source_sha256) FROM sources") == 3

@@ -1,0 +1,85 @@
+"""`voxtox migrate` and `voxtox export-dataset`: the labelled data into a lake, and out as plain
+Parquet (docs/storage.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from voxtox.flows.cli_common import console, errors, user_errors
+from voxtox.settings import load_settings
+
+if TYPE_CHECKING:
+    from voxtox.settings import Settings
+
+
+def migrate(
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir whose shards move into the lake")] = None,
+) -> None:
+    """Move a data dir's single-machine shards into the lake `[storage]` names (without it: the
+    embedded lake under the data dir, <data_dir>/lake). Rows of a recording the lake already
+    holds stay as they are: a rerun adds nothing. The shards are left in place."""
+    from voxtox.storage import lake
+    from voxtox.storage.migrate import embedded_target, migrate as migrate_shards
+
+    settings = load_settings(data_dir)
+    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
+    embedded = target is None
+    target = target or embedded_target(settings.data_dir)
+    with user_errors():
+        results = migrate_shards(settings.shards_dir, target)
+    view = Table("table", "rows in the shards", "rows added", "recordings or keys", "already in the lake",
+                 title=f"voxtox migrate -> {target.catalog_name()}")
+    for result in results:
+        view.add_row(result.table, str(result.shard_rows), str(result.added), str(result.keys), str(result.keys_kept))
+    console.print(view)
+    if embedded:
+        console.print("Use the lake (every command reads it then, not the shards):\n"
+                      f"  export VOXTOX_STORAGE__CATALOG_URL={target.catalog_url}\n"
+                      f"  export VOXTOX_STORAGE__DATA_URL={target.data_url}", highlight=False, soft_wrap=True)
+
+
+def export_dataset(
+    out: Annotated[Path, typer.Argument(help="a new folder: README.md (the dataset card) and data/<split>-*.parquet")],
+    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+) -> None:
+    """Write the clips as a plain Parquet folder with the Hugging Face Audio feature and the train,
+    validation and test splits (`datasets.load_dataset(OUT)`), from the shards or the lake."""
+    from voxtox.storage.catalog import Catalog, CatalogError
+    from voxtox.storage.export import export_dataset as export
+
+    settings = load_settings(data_dir)
+    say_unmigrated(settings)
+    try:
+        with user_errors():
+            rows = export(Catalog.from_settings(settings), out)
+    except CatalogError as error:
+        errors.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from error
+    console.print(f"exported {sum(rows.values())} clips to {out} ("
+                  + ", ".join(f"{name}: {n}" for name, n in rows.items()) + ")", highlight=False)
+    console.print(f"Load it: datasets.load_dataset({str(out)!r})", highlight=False)
+
+
+def say_unmigrated(settings: Settings) -> None:
+    """With `[storage]` naming a lake that holds no recording while the data dir's shards do (an
+    old data dir): one line naming `voxtox migrate`. The check itself never stops a command."""
+    import duckdb
+
+    from voxtox.storage import lake
+    from voxtox.storage.migrate import migrate_hint, unmigrated
+    from voxtox.storage.shards import first_shard
+
+    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
+    if target is None or first_shard(settings.shards_dir, "sources") is None:
+        return  # the usual cases, without opening the lake
+    try:
+        with lake.connect(target, read_only=True) as con:
+            pending = unmigrated(settings.shards_dir, con)
+    except (lake.LakeError, duckdb.Error, OSError):
+        pending = False  # the command itself says what is wrong with the lake
+    if pending:
+        errors.print(migrate_hint(settings.shards_dir, target), markup=False, highlight=False, soft_wrap=True)
