@@ -8,14 +8,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from voxtox.flows.cli_common import default_model, errors, user_errors
-from voxtox.settings import StreamSettings, load_settings
-
-StreamDevice = StreamSettings.model_fields["device"].annotation
+from voxtox.settings import load_settings
 
 stream_app = typer.Typer(help="Score live voice channels over WebSockets.", no_args_is_help=True)
 
@@ -28,14 +26,13 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address [default: stream.host, 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="[default: stream.port, 8765]")] = None,
     hop_s: Annotated[float | None, typer.Option(help="score the last window every this many seconds of speech [default 5]")] = None,
-    max_batch: Annotated[int | None, typer.Option(help="windows of all streams per forward pass; 1: no batching "
-                                                       "[default: 1 on a CPU, 16 on a GPU]")] = None,
+    max_batch: Annotated[int | None, typer.Option(help="windows of all streams per pass [default: 1 on a CPU, 16 on a GPU]")] = None,
     max_wait_ms: Annotated[float | None, typer.Option(help="how long a window may wait for a batch [default 50]")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for scoring (torch / onnxruntime)")] = None,
     backend: Annotated[str | None, typer.Option(help="pytorch, or onnx-int8: score through the run's ONNX Runtime "
                                                      "int8 export, made once per model [default: pytorch]")] = None,
-    device: Annotated[StreamDevice | None, typer.Option(help="cpu, cuda (refused without a usable GPU) or auto: cuda where "
-                                                    "available [default: stream.device, auto]")] = None,
+    device: Annotated[Literal["cpu", "cuda", "auto"] | None, typer.Option(
+        help="cpu, cuda (refused without a usable GPU) or auto: cuda where available [default: auto]")] = None,
 ) -> None:
     """Serve the audio-only classifier to live streams: one WebSocket per channel or speaker,
     16-bit PCM in, JSON window events out. Needs VOXTOX_STREAM__TOKEN."""
