@@ -4,7 +4,8 @@ pass per window as it falls due: `--max-batch 1`), in the same run: the servers 
 (MODES below: batched, unbatched, through ONNX Runtime int8, with torch's threads spinning as
 before) run side by side and take turns at each N, so load from other processes falls on all
 alike. `--passes` times forward passes of 1-8 windows in-process instead, with torch's threads
-sleeping and spinning; `--soak-minutes` holds one mode at one load in one-minute rounds.
+sleeping and spinning; `--contention` the same 8 windows batched and unbatched with one or two
+threads and one or two workers; `--soak-minutes` holds one mode at one load in one-minute rounds.
 
 Per level: latency from a window's end to its event (p50 / p95 / p99, measured by the clients:
 from sending the frame that holds the window's last sample to receiving its event; a speech-end
@@ -25,6 +26,7 @@ The server runs in its own process with `--threads` threads; the clients in this
     python benchmarks/streaming.py --seconds 20 --max-streams 8 --modes batched   # quick
     python benchmarks/streaming.py --modes batched,unbatched,unbatched-int8 --encoder whisper-tiny.en
     python benchmarks/streaming.py --passes --encoder whisper-tiny.en
+    python benchmarks/streaming.py --contention 4 --encoder whisper-tiny.en   # batched vs unbatched, threads, workers
     python benchmarks/streaming.py --max-streams 0 --modes unbatched --soak-minutes 10 --soak-streams 16  # soak
 """
 
