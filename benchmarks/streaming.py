@@ -4,7 +4,8 @@ pass per window as it falls due: `--max-batch 1`), in the same run: the servers 
 (MODES below: batched, unbatched, through ONNX Runtime int8, with torch's threads spinning as
 before) run side by side and take turns at each N, so load from other processes falls on all
 alike. `--passes` times forward passes of 1-8 windows in-process instead, with torch's threads
-sleeping and spinning; `--soak-minutes` holds one mode at one load in one-minute rounds.
+sleeping and spinning; `--contention` the same 8 windows batched and unbatched with one or two
+threads and one or two workers; `--soak-minutes` holds one mode at one load in one-minute rounds.
 
 Per level: latency from a window's end to its event (p50 / p95 / p99, measured by the clients:
 from sending the frame that holds the window's last sample to receiving its event; a speech-end
@@ -25,6 +26,7 @@ The server runs in its own process with `--threads` threads; the clients in this
     python benchmarks/streaming.py --seconds 20 --max-streams 8 --modes batched   # quick
     python benchmarks/streaming.py --modes batched,unbatched,unbatched-int8 --encoder whisper-tiny.en
     python benchmarks/streaming.py --passes --encoder whisper-tiny.en
+    python benchmarks/streaming.py --contention 4 --encoder whisper-tiny.en   # batched vs unbatched, threads, workers
     python benchmarks/streaming.py --max-streams 0 --modes unbatched --soak-minutes 10 --soak-streams 16  # soak
 """
 
@@ -73,7 +75,10 @@ TEXT_DIM = 512
 MODES = {"batched": (16, 50.0, "PASSIVE", "pytorch"), "unbatched": (1, 0.0, "PASSIVE", "pytorch"),
          "batched-4": (4, 20.0, "PASSIVE", "pytorch"),
          "batched-spin": (16, 50.0, "", "pytorch"), "unbatched-spin": (1, 0.0, "", "pytorch"),
-         "batched-int8": (16, 50.0, "PASSIVE", "onnx-int8"), "unbatched-int8": (1, 0.0, "PASSIVE", "onnx-int8")}
+         "batched-int8": (16, 50.0, "PASSIVE", "onnx-int8"), "unbatched-int8": (1, 0.0, "PASSIVE", "onnx-int8"),
+         "batched-t1": (16, 50.0, "PASSIVE", "pytorch"), "unbatched-t1": (1, 0.0, "PASSIVE", "pytorch")}
+#: Modes whose server scores with this many threads whatever --threads says.
+MODE_THREADS = {"batched-t1": 1, "unbatched-t1": 1}
 
 @dataclass
 class Level:
@@ -204,8 +209,9 @@ def print_table(levels: list[Level]) -> None:
             best[x.mode] = max(best.get(x.mode, 0), x.streams)
     print("\nmost streams at real time with p95 < 1 s: " + ", ".join(f"{m} {n}" for m, n in best.items()))
     for mode in best:
-        if mode != "unbatched" and best.get("unbatched"):
-            print(f"{mode} / unbatched: {best[mode] / best['unbatched']:.2f}x")
+        twin = "unbatched" + mode[len("batched"):] if mode.startswith("batched") else None  # batched-t1: unbatched-t1
+        for base in dict.fromkeys(b for b in (twin, "unbatched") if b and b != mode and best.get(b)):
+            print(f"{mode} / {base}: {best[mode] / best[base]:.2f}x")
 
 
 def save_benchmark_model(directory: Path, encoder: str) -> Path:
@@ -231,9 +237,21 @@ def main() -> None:
     parser.add_argument("--passes", action="store_true", help="only time forward passes of 1-8 windows in-process, "
                         "with torch's threads sleeping (PASSIVE) and spinning (libgomp's default), and stop")
     parser.add_argument("--passes-policy", help=argparse.SUPPRESS)  # the child process that times one policy
+    parser.add_argument("--contention", type=int, default=0, metavar="ROUNDS",
+                        help="only time 8 windows scored batched and unbatched, with 1 or 2 torch threads and 1 or 2 "
+                        "workers at once, over ROUNDS interleaved rounds, and stop")
+    parser.add_argument("--contention-lengths", default="15", help="window lengths, s, cycled over the 8 (e.g. 15,3)")
     args = parser.parse_args()
     if args.passes_policy is not None:
         return time_passes(args.encoder, args.threads, args.passes_policy)
+    if args.contention:
+        # In a child: OpenMP read OMP_WAIT_POLICY when torch was imported here, and the server's is PASSIVE.
+        if os.environ.get("_VOXTOX_CONTENTION_CHILD") is None:
+            env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE", "_VOXTOX_CONTENTION_CHILD": "1"}
+            subprocess.run([sys.executable, *sys.argv], env=env, check=True)
+            return None
+        return time_contention(args.encoder, args.contention,
+                               tuple(float(x) for x in args.contention_lengths.split(",")))
     if args.passes:
         for policy in ("PASSIVE", ""):
             subprocess.run([sys.executable, __file__, "--encoder", args.encoder, "--threads", str(args.threads),
@@ -248,7 +266,8 @@ def main() -> None:
     levels: list[Level] = []
     with tempfile.TemporaryDirectory(prefix="voxtox-stream-bench-") as scratch:
         model = save_benchmark_model(Path(scratch) / "run", args.encoder)
-        servers = {mode: Server(model, *MODES[mode], args.threads, args.hop_s) for mode in args.modes.split(",")}
+        servers = {mode: Server(model, *MODES[mode], MODE_THREADS.get(mode, args.threads), args.hop_s)
+                   for mode in args.modes.split(",")}
         try:
             for mode, server in servers.items():
                 run_level(server, mode, clips, 10, args.hop_s, 1)  # warm up
@@ -279,6 +298,61 @@ def time_passes(encoder: str, threads: int, policy: str) -> None:
         print(f"{encoder} threads {threads} OMP_WAIT_POLICY={policy or '(unset: spin)'} batch {size}: per window "
               f"{(time.monotonic() - wall) / 3 / size:.3f} s wall, {(time.process_time() - cpu) / 3 / size:.3f} s CPU; "
               f"load {os.getloadavg()[0]:.1f}", flush=True)
+
+
+# --contention: where does batching lose on this CPU? name: (windows per pass, torch threads per
+# pass, concurrent workers). The same 8 windows each time; "x2" runs two passes at once in two
+# Python threads (inter-op parallelism: torch releases the GIL inside operators).
+CONTENTION = {"unbatched t2": (1, 2, 1), "batched-8 t2": (8, 2, 1), "unbatched t1": (1, 1, 1),
+              "batched-8 t1": (8, 1, 1), "unbatched t1 x2": (1, 1, 2), "batched-4 t1 x2": (4, 1, 2)}
+
+
+def _contention_round(scorer: object, clips: list[np.ndarray], batch: int, threads: int, workers: int) -> tuple[float, float]:
+    """Wall and CPU seconds (all threads) to score `clips` in passes of `batch` by `workers` threads."""
+    passes = [clips[i : i + batch] for i in range(0, len(clips), batch)]
+    shares = [passes[w::workers] for w in range(workers)]
+
+    def work(share: list[list[np.ndarray]]) -> None:
+        torch.set_num_threads(threads)  # OpenMP's thread count is per calling thread
+        for group in share:
+            scorer.score_many(group)  # type: ignore[attr-defined]
+
+    torch.set_num_threads(threads)
+    wall, cpu = time.monotonic(), time.process_time()
+    if workers == 1:
+        work(shares[0])
+    else:
+        pool = [threading.Thread(target=work, args=(share,)) for share in shares]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+    return time.monotonic() - wall, time.process_time() - cpu
+
+
+def time_contention(encoder: str, rounds: int, lengths_s: tuple[float, ...]) -> None:
+    """Per window, the median over `rounds` interleaved rounds of each CONTENTION setting (so
+    the machine's load falls on all alike), and each one's ratio to the unbatched server's."""
+    from voxtox.models.inference import WindowScorer
+
+    torch.manual_seed(0)
+    model = SpeechToxicityClassifier(load_speech_encoder(resolve_model(encoder, Settings().model_cache_dir)),
+                                     len(CLASSES), TEXT_DIM).eval()
+    scorer, rng = WindowScorer(model, batch_size=64), np.random.default_rng(0)
+    clips = [(0.1 * rng.standard_normal(int(lengths_s[i % len(lengths_s)] * SAMPLE_RATE))).astype(np.float32)
+             for i in range(8)]
+    scorer.score_many(clips[:2])  # warm up
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in CONTENTION}
+    for _ in range(rounds):
+        for name, setting in CONTENTION.items():
+            times[name].append(_contention_round(scorer, clips, *setting))
+    base_wall, base_cpu = (float(np.median([t[k] for t in times["unbatched t2"]])) for k in (0, 1))
+    print(f"\n{encoder}, 8 windows of {'/'.join(f'{x:g}' for x in lengths_s)} s, {rounds} rounds, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: spin)')}, load {os.getloadavg()[0]:.1f}")
+    print(f"{'setting':<18} {'wall s/window':>13} {'CPU s/window':>12} {'throughput vs unbatched t2':>27}")
+    for name, runs in times.items():
+        wall, cpu = (float(np.median([t[k] for t in runs])) for k in (0, 1))
+        print(f"{name:<18} {wall / 8:>13.3f} {cpu / 8:>12.3f} {base_wall / wall:>26.2f}x", flush=True)
 
 
 def run_levels(servers: dict[str, Server], clips: list[np.ndarray], args: argparse.Namespace, levels: list[Level]) -> None:

@@ -191,6 +191,15 @@ def _record_on_launch(server: object) -> None:
     server._run_uvicorn_command = launch_and_record  # type: ignore[attr-defined]
 
 
+def record_and_reap_apis() -> list[int]:
+    """What a flow does first: record the API this process started (so that the next run stops it
+    if this one is killed) and stop those of killed runs; the pids stopped. `voxtox label`, `train`
+    and `run nightly` start their API through `api_starting`, which does both already; this covers
+    their flows run any other way (the demo, a deployment, a test harness)."""
+    record_ephemeral_api()
+    return reap_orphaned_apis()
+
+
 def reap_orphaned_apis() -> list[int]:
     """Stop the ephemeral APIs whose voxtox process died without stopping them; their pids."""
     directory = _api_records_dir()

@@ -297,10 +297,14 @@ class StreamSettings(BaseModel):
     window_s: float = Field(15.0, gt=0, le=30, description="window length, seconds (paper: 15)")
     hop_s: float = Field(5.0, gt=0, description="while speech goes on, score the last window every hop_s of stream time")
     score_silence: bool = Field(False, description="also score hop windows in which the VAD heard no speech")
-    max_batch: int = Field(
-        1, ge=1, description="windows of all streams scored in one forward pass at most; 1: no batching (the CPU default: "
-        "on a CPU a batch costs what its windows cost one by one, docs/benchmarks.md); 16 or more where a pass is cheap "
-        "against its fixed cost (a GPU)"
+    max_batch: int | None = Field(
+        None, ge=1, description="windows of all streams scored in one forward pass at most; 1: no batching. Default: 1 on "
+        "a CPU (there a batch costs what its windows cost one by one, docs/benchmarks.md), 16 on a GPU (a pass of 16 "
+        "costs little more than one)"
+    )
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "auto", description="where the model scores: auto (cuda where the scoring engine can use a GPU, else cpu), "
+        "cpu, or cuda (the server refuses to start without a usable GPU; onnxruntime needs onnxruntime-gpu)"
     )
     max_wait_ms: float = Field(50.0, ge=0, description="how long a due window may wait for others to share its batch")
     queue_windows: int = Field(

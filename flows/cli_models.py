@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -43,7 +45,7 @@ def train(
 ) -> None:
     """Train the audio-only classifier with text injection (a Prefect flow; under torchrun,
     every rank trains directly)."""
-    from voxtox.flows.train import run_training
+    from voxtox.prefect_env import api_starting
 
     options = dict(loss=loss, alpha=alpha, layer=layer, encoder=encoder, epochs=epochs, batch_size=batch_size,
                    grad_accum=grad_accum, train_filter=train_filter, val_filter=val_filter)
@@ -51,6 +53,11 @@ def train(
         settings = load_settings(data_dir, config, train=options, storage={"snapshot": snapshot})
         if settings.storage.snapshot is not None and not settings.storage.lake:
             raise ValueError("--snapshot reads a lake at one of its snapshots: [storage] names no lake")
+    # Under torchrun every rank trains without Prefect (flows/train.py): no API to start.
+    starting = nullcontext() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else api_starting()
+    with user_errors():
+        with starting:  # while the flow's modules import; records the API for reaping, as `label` does
+            from voxtox.flows.train import run_training
         report = run_training(out, settings, resume)
     read = "" if report.lake_snapshot is None else f"; read lake snapshot {report.lake_snapshot}"
     console.print(f"best epoch {report.best_epoch}: validation mAP {report.best_val_mAP:.4f}; run in {report.run_dir}{read}")

@@ -58,11 +58,14 @@ def run_nightly(
     """Label the inbox, import its human labels, train a candidate when enough new data arrived,
     evaluate it against the current model and promote it only when it is better with a
     paired-bootstrap CI that excludes 0 (the `nightly` flow that `voxtox serve` schedules)."""
-    from voxtox.flows.nightly import nightly_flow, refuse_on_a_lake
+    from voxtox.prefect_env import api_starting
 
     with user_errors():
         settings = load_settings(data_dir, config, nightly={"min_new_clips": min_new_clips})
-        refuse_on_a_lake(settings)  # before a Prefect API is started
+        with api_starting():  # while the flow's modules import; records the API for reaping, as `label` does
+            from voxtox.flows.nightly import nightly_flow, refuse_on_a_lake
+
+            refuse_on_a_lake(settings)  # before the night's work (the flow checks again)
         report = nightly_flow(inbox=str(inbox) if inbox else None, settings=settings, night=night,
                               force_train=force_train)
     summary = Table(title=f"voxtox nightly {report.night}", show_header=False)

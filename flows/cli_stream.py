@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -26,11 +26,13 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address [default: stream.host, 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="[default: stream.port, 8765]")] = None,
     hop_s: Annotated[float | None, typer.Option(help="score the last window every this many seconds of speech [default 5]")] = None,
-    max_batch: Annotated[int | None, typer.Option(help="windows of all streams per forward pass; 1: no batching [default 1]")] = None,
+    max_batch: Annotated[int | None, typer.Option(help="windows of all streams per pass [default: 1 on a CPU, 16 on a GPU]")] = None,
     max_wait_ms: Annotated[float | None, typer.Option(help="how long a window may wait for a batch [default 50]")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for scoring (torch / onnxruntime)")] = None,
     backend: Annotated[str | None, typer.Option(help="pytorch, or onnx-int8: score through the run's ONNX Runtime "
                                                      "int8 export, made once per model [default: pytorch]")] = None,
+    device: Annotated[Literal["cpu", "cuda", "auto"] | None, typer.Option(
+        help="cpu, cuda (refused without a usable GPU) or auto: cuda where available [default: auto]")] = None,
 ) -> None:
     """Serve the audio-only classifier to live streams: one WebSocket per channel or speaker,
     16-bit PCM in, JSON window events out. Needs VOXTOX_STREAM__TOKEN."""
@@ -44,7 +46,7 @@ def serve(
     from voxtox.models.stream_server import StreamServer, listening_socket
 
     options = dict(host=host, port=port, hop_s=hop_s, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads,
-                   backend=backend)
+                   backend=backend, device=device)
     with user_errors():
         settings = load_settings(stream=options)
         spec = default_model(model)
@@ -55,9 +57,9 @@ def serve(
 
         torch.set_num_threads(settings.stream.threads)
     chosen = settings.stream
-    errors.print(f"voxtox stream: model {spec}; ws://{chosen.host}:{chosen.port}/v1/stream "
-                 f"(backend {chosen.backend}, batches of up to {chosen.max_batch}, waiting at most {chosen.max_wait_ms:g} ms)",
-                 soft_wrap=True)
+    errors.print(f"voxtox stream: model {spec}; ws://{chosen.host}:{chosen.port}/v1/stream (backend {chosen.backend} "
+                 f"on {server.device}{' (auto)' if chosen.device == 'auto' else ''}, batches of up to {server.max_batch}, "
+                 f"waiting at most {chosen.max_wait_ms:g} ms)", soft_wrap=True)
     with user_errors():
         try:
             sock = listening_socket(chosen.host, chosen.port, chosen.send_buffer_kb)

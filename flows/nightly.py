@@ -33,6 +33,7 @@ from voxtox.flows.label import label_flow, lake_of
 from voxtox.flows.serve import check_served_run
 from voxtox.flows.train import train_flow
 from voxtox.flows.train_pool import TrainingNotDone, train_on_pool
+from voxtox.prefect_env import record_and_reap_apis
 from voxtox.settings import Settings
 from voxtox.storage.runs import RunDir
 from voxtox.tasks.calibrate import calibrate_task
@@ -178,6 +179,7 @@ def nightly_flow(
     """Label the inbox → import its human labels → train a candidate when enough new training
     clips arrived → evaluate it against the current model on the test split → promote it if its
     mAP is better with a paired-bootstrap 95% CI that excludes 0."""
+    record_and_reap_apis()  # a night killed mid-way must not leave its Prefect API for good
     served = check_served_run(settings)
     settings = settings or Settings()
     refuse_on_a_lake(settings)

@@ -11,6 +11,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from voxtox.prefect_env import record_and_reap_apis
 from voxtox.settings import Settings
 from voxtox.tasks.train import TrainReport, train_model, train_task
 
@@ -46,6 +47,7 @@ def train_and_publish(out: str, settings: Settings, resume: bool) -> TrainReport
 @flow(name="train", log_prints=True)
 def train_flow(out: str, settings: Settings | None = None, resume: bool = False) -> TrainReport:
     """Train the audio-only classifier on the catalog's shards into the run directory `out`."""
+    record_and_reap_apis()  # a run killed mid-training must not leave its Prefect API for good
     return train_and_publish(out, settings or Settings(), resume)
 
 

@@ -86,13 +86,15 @@ class LoadedModel:
     description: str
 
 
-def load_model(spec: str | Path, threads: int | None = None) -> LoadedModel:
-    """A trained classifier from a run dir, model dir, .onnx or TorchScript .pt file."""
+def load_model(spec: str | Path, threads: int | None = None, device: str = "cpu") -> LoadedModel:
+    """A trained classifier from a run dir, model dir, .onnx or TorchScript .pt file. `device`
+    places an .onnx file's session (onnxruntime's CUDA provider); a PyTorch model is loaded on
+    the CPU and moved by whoever scores it (`WindowScorer(device=...)`)."""
     path = Path(spec).expanduser()
     if path.is_file():
         from voxtox.models.export import ExportedClassifier
 
-        exported = ExportedClassifier(path.resolve(), threads=threads)
+        exported = ExportedClassifier(path.resolve(), threads=threads, device=device)
         classes = exported.classes
         saved = exported.metadata.get("thresholds")
         thresholds = (

@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -199,29 +199,45 @@ def _export_torchscript(wrapped: nn.Module, example: tuple[Tensor, Tensor], out:
 # --- running an exported artefact ------------------------------------------------------------
 
 
+def _onnx_session(path: Path, threads: int | None, device: str) -> Any:
+    """An onnxruntime session on the CPU, or on CUDA (operators CUDA lacks run on the CPU);
+    asked for cuda, a session that fell back to the CPU altogether is refused."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    # Sleep rather than spin between operators: on a shared CPU, spinning threads take
+    # cores from everything else (and from each other).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+    if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        raise ValueError(f"{path}: onnxruntime {onnxruntime.__version__} could not start CUDAExecutionProvider "
+                         f"(available: {', '.join(onnxruntime.get_available_providers())}); "
+                         "install onnxruntime-gpu on a machine with a CUDA GPU, or use device cpu")
+    return session
+
+
 class ExportedClassifier(nn.Module):
     """An exported artefact behind the interface `WindowScorer` uses (`predict_proba`,
     `head.out_features`, `encoder.config.num_mel_bins`), so windowed scoring is shared."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, device: str = "cpu") -> None:
         super().__init__()
         self.path = Path(path)
         self.format = format_of(self.path)
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, not {device!r}")
+        self.device = device  # where it scores: onnxruntime's CUDA provider, or the CPU
         if self.format == "onnx":
-            import onnxruntime
-
-            options = onnxruntime.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = threads
-            # Sleep rather than spin between operators: on a shared CPU, spinning threads take
-            # cores from everything else (and from each other).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.session = onnxruntime.InferenceSession(
-                str(self.path), options, providers=["CPUExecutionProvider"]
-            )
+            self.session = _onnx_session(self.path, threads, device)
             props = self.session.get_modelmeta().custom_metadata_map
             self.metadata = json.loads(props.get(METADATA_KEY, "{}"))
         else:
+            if device != "cpu":  # a trace may hold the CPU as a constant: not run elsewhere untested
+                raise ValueError(f"{self.path}: a TorchScript export is scored on the CPU only; "
+                                 "give the run directory or an .onnx export for cuda")
             extra = {TORCHSCRIPT_EXTRA: ""}
             self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
             self.metadata = json.loads(extra[TORCHSCRIPT_EXTRA] or "{}")

@@ -210,6 +210,7 @@ class ServedModel:
     thresholds_source: str
     version: str  # "<run>/<model dir>@<sha256 of the weights, 12 hex>"
     backend: str = "pytorch"  # "pytorch", "onnxruntime-int8" (made here), or an exported file's format
+    device: str = "cpu"  # where its forward passes run: "cpu" or "cuda"
 
 
 #: `backend` settings: a run or model directory scored in PyTorch, or through its ONNX Runtime
@@ -217,6 +218,52 @@ class ServedModel:
 BACKENDS = ("pytorch", "onnx-int8")
 #: int8 exports kept in the export directory (the newest used), older ones are removed.
 KEPT_EXPORTS = 3
+#: `device` settings; auto: cuda where the engine that scores can use a CUDA GPU, else cpu.
+DEVICES = ("cpu", "cuda", "auto")
+#: `max_batch` when none is set and the model scores on a GPU: there a pass of 16 windows costs
+#: little more than one (the fixed cost of a pass dominates), unlike on a CPU (docs/streaming.md).
+GPU_MAX_BATCH = 16
+
+
+def _engine(spec: str | Path, backend: str) -> str:
+    """What runs the forward passes: "onnxruntime", "torchscript" or "pytorch"."""
+    suffix = Path(spec).suffix
+    if suffix == ".onnx" or (suffix != ".pt" and backend == "onnx-int8"):
+        return "onnxruntime"
+    return "torchscript" if suffix == ".pt" else "pytorch"
+
+
+def _cuda_missing(engine: str) -> str | None:
+    """Why `engine` cannot score on a CUDA GPU here, or None when it can."""
+    if engine == "torchscript":
+        return "a TorchScript (.pt) export is scored on the CPU only; serve the run directory or an .onnx export"
+    if engine == "onnxruntime":
+        import onnxruntime
+
+        providers = onnxruntime.get_available_providers()
+        if "CUDAExecutionProvider" not in providers:
+            return (f"onnxruntime {onnxruntime.__version__} has no CUDAExecutionProvider (it has "
+                    f"{', '.join(providers)}): install onnxruntime-gpu")
+    if not torch.cuda.is_available():  # onnxruntime-gpu lists its provider even without a GPU
+        build = f"torch {torch.__version__}" + (", a CPU-only build" if torch.version.cuda is None else "")
+        return f"PyTorch sees no CUDA GPU ({build})"
+    return None
+
+
+def resolve_device(requested: str, spec: str | Path, backend: str = "pytorch") -> str:
+    """The device the served model scores on: cpu, or cuda where the engine that scores `spec`
+    with `backend` can use a GPU; asked for cuda where it cannot, a ValueError saying why."""
+    if requested not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {requested!r}")
+    if requested == "cpu":
+        return "cpu"
+    missing = _cuda_missing(_engine(spec, backend))
+    if missing is None:
+        return "cuda"
+    if requested == "cuda":
+        raise ValueError(f"device cuda: {missing}; use device cpu or auto")
+    log.info("device auto: cpu (%s)", missing)
+    return "cpu"
 
 
 def _weights_file(spec: str | Path) -> Path:
@@ -247,11 +294,12 @@ class ModelHolder:
     exported file), reloaded when what it names changes; scoring uses whichever is current."""
 
     def __init__(self, spec: str | Path, window_s: float, max_batch: int, threads: int | None = None,
-                 backend: str = "pytorch", export_dir: Path | None = None) -> None:
+                 backend: str = "pytorch", export_dir: Path | None = None, device: str = "cpu") -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         self.spec, self.window_s, self.max_batch, self.threads = spec, window_s, max_batch, threads
         self.backend = backend
+        self.device = resolve_device(device, spec, backend)  # cpu or cuda from here on
         self.export_dir = export_dir or Path(tempfile.gettempdir()) / "voxtox-stream-exports"
         self.identity: tuple[str, int, int, int] | None = None
         self.failed_identity: tuple[str, int, int, int] | None = None
@@ -262,14 +310,16 @@ class ModelHolder:
         from voxtox.models.classify import load_model
 
         identity = model_identity(self.spec)
-        loaded = load_model(self.spec, self.threads)
+        loaded = load_model(self.spec, self.threads, self.device)
         version = _version(Path(identity[0]))
         model, backend = self._backend_model(loaded.model, Path(identity[0]), version, loaded.classes)
         if model_identity(self.spec) != identity:
             raise RuntimeError(f"{self.spec} changed while it was being loaded")
-        scorer = WindowScorer(cast("SpeechToxicityClassifier", model), window_s=self.window_s, stride_s=self.window_s, batch_size=self.max_batch)
+        # An exported model takes its input on the CPU (onnxruntime copies it to the GPU itself).
+        scorer = WindowScorer(cast("SpeechToxicityClassifier", model), window_s=self.window_s, stride_s=self.window_s,
+                              batch_size=self.max_batch, device=self.device if backend == "pytorch" else "cpu")
         served = ServedModel(scorer, loaded.classes, loaded.thresholds.values, loaded.thresholds.source,
-                             version, backend)
+                             version, backend, self.device)
         if self.current is not None and served.classes != self.current.classes:
             raise ValueError(f"{self.spec}: the new model's classes {served.classes} differ from the served ones")
         self.current, self.identity = served, identity
@@ -294,7 +344,7 @@ class ModelHolder:
         path.touch()  # the newest used are the ones kept
         for stale in sorted(self.export_dir.glob("*-int8.onnx"), key=lambda p: p.stat().st_mtime)[:-KEPT_EXPORTS]:
             stale.unlink(missing_ok=True)
-        return ExportedClassifier(path, self.threads), "onnxruntime-int8"
+        return ExportedClassifier(path, self.threads, self.device), "onnxruntime-int8"
 
     def refresh(self) -> bool:
         """Load the model again if `spec` now names another one; a model that fails to load (a

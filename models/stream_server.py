@@ -29,7 +29,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voxtox.audio import SAMPLE_RATE
 from voxtox.models.opus import OPUS_RATES, OpusDecoder
-from voxtox.models.stream import Batcher, DueWindow, Job, ModelHolder, Scored, StreamWindower, WindowPlan
+from voxtox.models.stream import (GPU_MAX_BATCH, Batcher, DueWindow, Job, ModelHolder, Scored, StreamWindower,
+                                   WindowPlan, resolve_device)
 from voxtox.settings import StreamSettings, VadSettings
 
 log = logging.getLogger(__name__)
@@ -171,8 +172,12 @@ class StreamServer:
         self.settings, self.vad = settings, vad
         self.token = settings.token.get_secret_value().encode()
         self.metrics = StreamMetrics()
-        self.model = ModelHolder(model_spec, settings.window_s, settings.max_batch, settings.threads,
-                                 settings.backend, settings.export_dir)
+        self.device = resolve_device(settings.device, model_spec, settings.backend)  # auto resolved, cuda checked
+        # Unset, batching is on where it pays: on a GPU a pass's fixed cost dominates, on a CPU a
+        # batch costs its windows one by one and only adds waiting (docs/streaming.md).
+        self.max_batch = settings.max_batch or (GPU_MAX_BATCH if self.device == "cuda" else 1)
+        self.model = ModelHolder(model_spec, settings.window_s, self.max_batch, settings.threads, settings.backend,
+                                 settings.export_dir, self.device)
         self.plan = WindowPlan(settings.window_s, settings.hop_s, settings.score_silence, settings.max_frame_s)
         self.batcher: Batcher | None = None
         self.streams = 0
@@ -183,7 +188,7 @@ class StreamServer:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(self.model.load)
-        self.batcher = Batcher(self.model.score, self.settings.max_batch, self.settings.max_wait_ms / 1000,
+        self.batcher = Batcher(self.model.score, self.max_batch, self.settings.max_wait_ms / 1000,
                                self.settings.queue_windows, self.metrics.observe_batch)
         tasks = [asyncio.create_task(self.batcher.run()), asyncio.create_task(self._follow_model())]
         try:
@@ -214,7 +219,7 @@ class StreamServer:
         current = self.model.current
         ready = current is not None and self.batcher is not None
         body = {"ready": ready, "model_version": current.version if current else None,
-                "backend": current.backend if current else None,
+                "backend": current.backend if current else None, "device": self.device, "max_batch": self.max_batch,
                 "streams": self.streams, "queue_depth": self.batcher.queue.qsize() if self.batcher else 0,
                 "model_reload_error": self.model.last_error}
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -405,7 +410,8 @@ class StreamSession:
         model = self.server.model.current
         assert model is not None and self.start is not None
         return {"type": "started", "stream_id": self.start.stream_id, "protocol": PROTOCOL_VERSION,
-                "model_version": model.version, "backend": model.backend, "classes": model.classes,
+                "model_version": model.version, "backend": model.backend, "device": model.device,
+                "classes": model.classes,
                 "thresholds": {c: round(float(t), 5) for c, t in zip(model.classes, model.thresholds, strict=True)},
                 "window_s": self.settings.window_s, "hop_s": self.settings.hop_s}
 

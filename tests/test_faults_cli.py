@@ -139,20 +139,25 @@ def _api_child(pid: int, timeout_s: float = 300.0) -> int:
 def test_a_killed_label_run_leaves_no_prefect_api_and_no_temporary_shard(tmp_path: Path, speech_wav: Path) -> None:
     """Fault 6: SIGKILL of `voxtox label` left its local Prefect API (uvicorn, ~225 MB)
     listening for good, and an empty `.part-*.tmp` beside the shards. The next run stops the
-    one and removes the other."""
+    one and removes the other. `voxtox train` and `voxtox run nightly` killed the same way (all
+    three at once, each on its own data dir) leave theirs to it too."""
     data, inbox, empty = tmp_path / "data", tmp_path / "inbox", tmp_path / "empty"
     inbox.mkdir()
     empty.mkdir()
     shutil.copy(speech_wav, inbox / "speech.wav")
-    run = subprocess.Popen(_voxtox("label", str(inbox), "--data-dir", str(data)),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    commands = [("label", str(inbox), "--data-dir", str(data)),
+                ("train", "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path / "data-train")),
+                ("run", "nightly", "--inbox", str(empty), "--data-dir", str(tmp_path / "data-nightly"))]
+    runs = [subprocess.Popen(_voxtox(*command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for command in commands]
     try:
-        api = _api_child(run.pid)
+        apis = [_api_child(run.pid) for run in runs]
         time.sleep(1.0)
     finally:
-        run.send_signal(signal.SIGKILL)
-        run.wait()
-    assert _alive(api)  # the kill left it behind: it is the next run's to stop
+        for run in runs:
+            run.send_signal(signal.SIGKILL)
+            run.wait()
+    assert all(map(_alive, apis))  # the kills left them behind: they are the next run's to stop
     # What a kill between creating a shard's temporary file and renaming it leaves.
     left = data / "shards" / "clips" / "split=train" / f".part-{'0' * 24}.parquet.{'f' * 32}.tmp"
     left.parent.mkdir(parents=True, exist_ok=True)
@@ -161,10 +166,10 @@ def test_a_killed_label_run_leaves_no_prefect_api_and_no_temporary_shard(tmp_pat
     nothing = subprocess.run(_voxtox("label", str(empty), "--data-dir", str(data)), capture_output=True, text=True,
                              timeout=900)
     assert nothing.returncode == 0, nothing.stderr[-3000:]
-    deadline = time.monotonic() + 10
-    while _alive(api) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 20
+    while any(map(_alive, apis)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _alive(api)
+    assert not any(map(_alive, apis)), dict(zip([c[0] for c in commands], map(_alive, apis), strict=True))
     assert list(data.rglob("*.tmp")) == []
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import psutil
 import pytest
 import soundfile
+import torch
 from conftest import spoken, synthetic_clips
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
@@ -130,6 +131,50 @@ def test_server_refuses_to_start_without_a_token(runs: Path, monkeypatch: pytest
     assert "VOXTOX_STREAM__TOKEN" in result.output
 
 
+#: What device auto picks on the machine running the tests (the PyTorch backend).
+HERE_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU: cuda would start")
+@pytest.mark.parametrize(("how", "said"), [
+    (["--device", "cuda"], "device cuda: PyTorch sees no CUDA GPU"),
+    (["--device", "cuda", "--backend", "onnx-int8"], "device cuda: onnxruntime"),
+])
+def test_asking_for_a_gpu_where_there_is_none_fails_at_start_in_one_line(runs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                         how: list[str], said: str) -> None:
+    monkeypatch.setenv("VOXTOX_STREAM__TOKEN", TOKEN)
+    result = CliRunner().invoke(app, ["stream", "serve", "--model", str(runs / "current"), "--port", "1", *how])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and said in errors[0] and "Traceback" not in result.output, result.output
+    monkeypatch.setenv("VOXTOX_STREAM__DEVICE", "cuda")  # the same through the environment
+    from_env = CliRunner().invoke(app, ["stream", "serve", "--model", str(runs / "current"), "--port", "1"])
+    assert from_env.exit_code == 2 and "device cuda:" in from_env.output, from_env.output
+    unknown = CliRunner().invoke(app, ["stream", "serve", "--model", str(runs / "current"), "--device", "gpu"])
+    assert unknown.exit_code == 2 and "Invalid value for '--device'" in unknown.output and "'gpu'" in unknown.output
+
+
+def test_batching_is_on_by_default_only_where_a_gpu_scores(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset, `max_batch` is 1 on the CPU and 16 on a GPU; a TorchScript export stays on the
+    CPU under auto. (No model is loaded: these are decided before it is.)"""
+    from voxtox.models.stream import resolve_device
+    from voxtox.models.stream_server import StreamServer
+    from voxtox.settings import StreamSettings, VadSettings
+
+    def server(**given: object) -> StreamServer:
+        return StreamServer(StreamSettings(token=TOKEN, **given), str(runs / "current"), VadSettings())
+
+    assert (server(device="cpu").device, server(device="cpu").max_batch) == ("cpu", 1)
+    assert server(device="cpu", max_batch=8).max_batch == 8
+    assert (server().device, server().max_batch) == (HERE_DEVICE, 16 if HERE_DEVICE == "cuda" else 1)
+    assert resolve_device("auto", "model.pt") == "cpu"
+    with pytest.raises(ValueError, match="TorchScript"):
+        resolve_device("cuda", "model.pt")
+    if HERE_DEVICE == "cpu":  # the GPU's default, decided as on a GPU (cuda is then needed only to score)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert (server().device, server().max_batch) == ("cuda", 16)
+
+
 def test_a_wrong_token_is_refused_and_send_exits_non_zero(server: dict, speech: np.ndarray, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     refused = asyncio.run(replay(server["url"], "wrong", speech[:RATE], "intruder", speed=0))
@@ -152,6 +197,9 @@ def test_a_pcm_stream_gets_window_events_scored_like_classify(server: dict, runs
     assert result.exit_code == 0, result.output
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert events[0]["type"] == "started" and events[0]["thresholds"] == THRESHOLDS
+    assert events[0]["device"] == HERE_DEVICE  # the default, auto, says what it chose
+    ready = httpx.get(f"{server['http']}/readyz", timeout=5).json()
+    assert (ready["device"], ready["max_batch"]) == (HERE_DEVICE, 16)  # max_batch as set, whatever the device
     windows = [e for e in events if e["type"] == "window"]
     assert {w["reason"] for w in windows} >= {"hop", "speech_end"}
     # the first turn's region ends mid-stream and is scored then, not at the end
