@@ -172,6 +172,13 @@ def refuse_on_a_lake(settings: Settings) -> None:
                              "nightly, or run it on the single-machine shards (docs/storage.md, \"Not done yet\")")
 
 
+def _new_train_clips(train_clips: int, current: Path | None, settings: Settings) -> int:
+    """Training clips new since the newest model trained, promoted or not: a candidate that lost
+    is not retrained on the same data every night after."""
+    trained = [clips_trained_on(run) for run in (current, latest_candidate(settings)) if run is not None]
+    return train_clips - max(trained, default=0)
+
+
 @flow(name="nightly", log_prints=True)
 def nightly_flow(
     inbox: str | None = None, settings: Settings | None = None, night: str | None = None, force_train: bool = False
@@ -191,11 +198,7 @@ def nightly_flow(
     current = current_run(settings)
     report.current = str(current) if current else None
     report.train_clips = train_clip_count(settings)
-    # New since the newest model trained, promoted or not: a candidate that lost is not retrained
-    # on the same data every night after.
-    report.new_train_clips = report.train_clips - max(
-        [clips_trained_on(run) for run in (current, latest_candidate(settings)) if run is not None], default=0
-    )
+    report.new_train_clips = _new_train_clips(report.train_clips, current, settings)
     candidate = candidate_run(settings, report.night)
     if not RunDir(candidate).is_finished():
         enough = report.new_train_clips >= settings.nightly.min_new_clips or current is None
