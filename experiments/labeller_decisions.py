@@ -13,16 +13,24 @@ labeller train` does, and logs every epoch's validation mAP. Threshold rules:
   minimise the mean over languages of max(benign flagged − 20%, 80% − hate flagged) on the
   hate-vs-benign-identity rows (`models/labeller_decisions.py`);
 - `per-lang`: one such offset per language (Spanish, with no commercially usable val rows, gets
-  the `balanced` offset).
+  the `balanced` offset);
+- `per-lang-2fold`: the `per-lang` rule cross-fitted, so its rates are honest: the validation rows
+  fall in two folds by a hash of their text, and each fold is flagged with the F1 thresholds and
+  offsets chosen on the other fold alone (AP and AUC need no threshold and are the same).
 
-The criterion was fixed before the runs. Offsets are chosen on the very rows they are scored
-on except in Spanish (OffendES/HatEval never set a threshold), so de/en/fr/pt `balanced` and
-`per-lang` cells are optimistic; the real test splits (`labeller_real_report.py`) are the check.
+The criterion was fixed before the runs. `balanced` and `per-lang` choose their offsets on the
+very rows they are scored on except in Spanish (OffendES/HatEval never set a threshold), so their
+de/en/fr/pt rates are optimistic; `per-lang-2fold` is not, and the real test splits
+(`labeller_real_report.py`) are the final check. A variant with `milestones` is also scored at
+its best epoch up to each milestone (`S@12` = the best of its first 12 epochs: one 24-epoch run
+gives the 12-, 16- and 24-epoch rows, since the first epochs of a run do not depend on its length).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -32,14 +40,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from voxtox.corpus.real import BENIGN_IDENTITY, NONCOMMERCIAL_SETS
+from voxtox.corpus.real import BENIGN_IDENTITY, HATE, NONCOMMERCIAL_SETS
 from voxtox.labels import CLASSES
 from voxtox.models.embedding_cache import EmbeddingCache
 from voxtox.models.labeller import CHARS_PER_TOKEN, UsemHead, clean_text
 from voxtox.models.labeller_data import LabelledTexts, load_splits
 from voxtox.models.labeller_losses import masked_bce
 from voxtox.models.labeller_decisions import balanced_offsets, shifted
-from voxtox.models.labeller_real import evaluate_real
+from voxtox.models.labeller_real import evaluate_real, flagged
 from voxtox.models.labeller_training import (
     Forward,
     HeadNet,
@@ -60,10 +68,20 @@ class Variant:
     name: str
     epochs: int = 12
     repeat: dict[str, int] = field(default_factory=lambda: {"functional": 2, "davidson": 2})
-    benign_repeat: int = 1  # real train rows marked benign_identity, seen this many times
+    benign_repeat: int = 1  # train rows marked benign_identity, seen this many times
     class_weight: dict[str, float] = field(default_factory=dict)
     drop_sources: tuple[str, ...] = ("banter",)
     hidden_dim: int = 2048
+    # Sources whose benign_identity rows `benign_repeat` multiplies: the 2026-12-07 variants used
+    # the real sets only; None = every source, as `voxtox labeller train`'s repeat_kinds does
+    # (Davidson "neither" rows naming a group too).
+    benign_sources: tuple[str, ...] | None = REAL
+    pos_weight: str = ""  # "sqrt": each class's positives weighted sqrt(neg/pos), clipped to [1, 10]
+    milestones: tuple[int, ...] = ()  # also keep the best epoch up to each of these (one run, several rows)
+
+
+#: The shipped default's recipe (`voxtox labeller train --data real,builtin,banter`).
+SHIPPED_REPEAT = {"functional": 2, "davidson": 2, "banter": 3}
 
 
 VARIANTS = {
@@ -76,43 +94,81 @@ VARIANTS = {
                 drop_sources=()),
         Variant("B+real2", repeat={"functional": 2, "davidson": 2, **{s: 2 for s in REAL}}),
         Variant("B+nv-weight2", class_weight={"no_violation": 2.0}),
+        # 2026-12-07 (session 10): the shipped recipe and one change each, declared before the runs.
+        Variant("S", epochs=24, repeat=SHIPPED_REPEAT, benign_repeat=3, drop_sources=(), benign_sources=None,
+                milestones=(12, 16, 24)),
+        Variant("S+nv-weight2", epochs=16, repeat=SHIPPED_REPEAT, benign_repeat=3, drop_sources=(),
+                benign_sources=None, class_weight={"no_violation": 2.0}, milestones=(12, 16)),
+        Variant("S+pos-weight", epochs=16, repeat=SHIPPED_REPEAT, benign_repeat=3, drop_sources=(),
+                benign_sources=None, pos_weight="sqrt", milestones=(12, 16)),
+        Variant("S+real2", epochs=16, repeat={**SHIPPED_REPEAT, **{s: 2 for s in REAL}}, benign_repeat=3,
+                drop_sources=(), benign_sources=None, milestones=(12, 16)),
+        Variant("S-banter", epochs=16, repeat={"functional": 2, "davidson": 2}, benign_repeat=3,
+                benign_sources=None, milestones=(12, 16)),
+        Variant("S-benign3", epochs=16, repeat=SHIPPED_REPEAT, drop_sources=(), benign_sources=None,
+                milestones=(12, 16)),
     )
 }
 
 
 class WeightedBCE(nn.Module):
-    """Masked BCE with a weight per class (1 where not given)."""
+    """Masked BCE with a weight per class (1 where not given) and, optionally, per-class weights
+    of the positive term (`pos_weight`, as `binary_cross_entropy_with_logits` takes it)."""
 
-    def __init__(self, weights: dict[str, float]) -> None:
+    def __init__(self, weights: dict[str, float], pos_weight: Tensor | None = None) -> None:
         super().__init__()
         self.weights = torch.tensor([weights.get(c, 1.0) for c in CLASSES])
+        self.pos_weight = pos_weight
 
     def forward(self, out: Forward, targets: Tensor, mask: Tensor) -> Tensor:
-        if not self.weights.ne(1.0).any():
+        if not self.weights.ne(1.0).any() and self.pos_weight is None:
             return masked_bce(out.logits, targets, mask)
-        per_entry = nn.functional.binary_cross_entropy_with_logits(out.logits, targets, reduction="none")
+        per_entry = nn.functional.binary_cross_entropy_with_logits(
+            out.logits, targets, reduction="none", pos_weight=self.pos_weight)
         weight = mask.float() * self.weights[None, :]
         return (per_entry * weight).sum() / (mask.float().sum().clamp_min(1.0))
 
 
 def row_repeats(train: LabelledTexts, variant: Variant) -> np.ndarray:
     times = np.array([0 if s in variant.drop_sources else max(1, variant.repeat.get(s, 1)) for s in train.source])
-    benign = np.array([k == BENIGN_IDENTITY and s in REAL for k, s in zip(train.kind, train.source, strict=True)])
+    benign = np.array([k == BENIGN_IDENTITY and (variant.benign_sources is None or s in variant.benign_sources)
+                       for k, s in zip(train.kind, train.source, strict=True)])
     return np.where(benign & (times > 0), times * variant.benign_repeat, times)
 
 
+def sqrt_pos_weight(rows: LabelledTexts) -> Tensor:
+    """sqrt(negatives / positives) per class over the labelled entries of an epoch's rows, in [1, 10]:
+    rare classes (racism, other) count more without the full inverse ratio's noise."""
+    y, m = rows.targets, rows.mask
+    pos = (y * m).sum(axis=0)
+    neg = m.sum(axis=0) - pos
+    return torch.tensor(np.clip(np.sqrt(neg / np.maximum(pos, 1.0)), 1.0, 10.0), dtype=torch.float32)
+
+
 def train_variant(variant: Variant, train: LabelledTexts, x_train: Tensor, select: tuple[Tensor, LabelledTexts]):
+    """(net at its best epoch, validation mAP per epoch, rows per epoch, {milestone: best state up to it})."""
     index = np.repeat(np.arange(len(train)), row_repeats(train, variant))
+    rows = train.subset(index)
+    pos_weight = sqrt_pos_weight(rows) if variant.pos_weight == "sqrt" else None
+    if pos_weight is not None:
+        print(f"  pos_weight {dict(zip(CLASSES, pos_weight.tolist(), strict=True))}", flush=True)
     torch.manual_seed(0)
     net = HeadNet(UsemHead(512, variant.hidden_dim, 0.3))
     curve: list[float] = []
-    result = train_net(
-        net, WeightedBCE(variant.class_weight), x_train[index], train.subset(index), select,
-        epochs=variant.epochs, learning_rate=1e-3, batch_size=64, seed=0,
-        log=lambda r: (curve.append(round(r.val_map or 0.0, 4)), print(f"  epoch {r.epoch} val mAP "
-                       f"{r.val_map:.4f} ({r.seconds:.0f} s)", flush=True)),
-    )
-    return net, curve, len(index), result
+    best: dict = {"map": -1.0, "state": None}
+    snapshots: dict[int, dict] = {}
+
+    def log(r) -> None:  # train_net keeps the overall best; this keeps the best up to each milestone
+        curve.append(round(r.val_map or 0.0, 4))
+        print(f"  epoch {r.epoch} val mAP {r.val_map:.4f} ({r.seconds:.0f} s)", flush=True)
+        if (r.val_map or 0.0) > best["map"]:
+            best.update(map=r.val_map or 0.0, state=copy.deepcopy(net.state_dict()))
+        if r.epoch in variant.milestones:
+            snapshots[r.epoch] = best["state"]
+
+    train_net(net, WeightedBCE(variant.class_weight, pos_weight), x_train[index], rows, select,
+              epochs=variant.epochs, learning_rate=1e-3, batch_size=64, seed=0, log=log)
+    return net, curve, len(index), snapshots
 
 
 def summarise(data: LabelledTexts, probs: np.ndarray, thresholds: dict[str, dict[str, float]]) -> dict:
@@ -139,10 +195,43 @@ def decision_tables(select: LabelledTexts, p_select: np.ndarray, val: LabelledTe
         "per-lang": {x: shifted(f1, per_lang[x]) for x in LANGS},
     }
     out = {rule: summarise(val, p_val, t) for rule, t in rules.items()}
+    out["per-lang-2fold"] = crossfit(select, p_select, val, p_val, out["f1"])
     out["offsets"] = {"balanced": global_offset, **{f"per-lang/{x}": v for x, v in per_lang.items()}}
     out["f1_thresholds"] = f1
     out["calibration"] = calibration(select, p_select, val, p_val)
     return out
+
+
+def folds(texts: list[str]) -> np.ndarray:
+    """0 or 1 per text, by a SHA-256 of the text: copies of a text share a fold."""
+    return np.array([hashlib.sha256(t.encode("utf-8")).digest()[0] & 1 for t in texts])
+
+
+def crossfit(select: LabelledTexts, p_select: np.ndarray, val: LabelledTexts, p_val: np.ndarray,
+             f1_table: dict) -> dict:
+    """The per-lang rule with honest rates: the validation rows are split in two folds by text;
+    each fold is flagged with the F1 thresholds and offsets chosen on the *other* fold's selection
+    rows, and the rates are taken over both folds. AP and AUC do not depend on thresholds (copied)."""
+    fold_select, fold_val, langs = folds(select.texts), folds(val.texts), np.asarray(val.lang)
+    flags = np.zeros(len(val), dtype=bool)
+    for k in (0, 1):
+        rows = np.flatnonzero(fold_select != k)
+        chooser, p = select.subset(rows), p_select[rows]
+        f1 = choose_thresholds(chooser, p, "f1")
+        overall, own = balanced_offsets(p, chooser.kind, chooser.lang, f1)
+        for lang in LANGS:
+            target = (fold_val == k) & (langs == lang)
+            flags[target] = flagged(p_val[target], shifted(f1, own.get(lang, overall)))
+    kind, table = np.asarray(val.kind), {}
+    for lang in LANGS:
+        here = langs == lang
+        table[lang] = {"mAP": f1_table[lang]["mAP"], "auc": f1_table[lang]["auc"],
+                       "benign_flagged": float(flags[here & (kind == BENIGN_IDENTITY)].mean()),
+                       "hate_flagged": float(flags[here & (kind == HATE)].mean())}
+    table["score"] = f1_table["score"]
+    table["shortfall"] = float(np.mean([max(table[x]["benign_flagged"] - 0.2, 0.8 - table[x]["hate_flagged"])
+                                        for x in LANGS]))
+    return table
 
 
 def ece(data: LabelledTexts, probs: np.ndarray, bins: int = 10) -> float:
@@ -191,11 +280,46 @@ def embed(cache: EmbeddingCache, data: LabelledTexts, max_chars: int) -> Tensor:
     return torch.from_numpy(cache.encode([clean_text(t)[:max_chars] for t in data.texts]))
 
 
+RULES = ("f1", "balanced", "per-lang", "per-lang-2fold")
+
+
+def score_net(name: str, net: HeadNet, inputs: tuple[Tensor, LabelledTexts, Tensor, LabelledTexts]) -> dict:
+    """Every threshold rule's table for one head, printed as rows."""
+    x_select, select, x_val, val = inputs
+    p_sel = predict_probs(net, x_select, len(select))
+    out = decision_tables(select, p_sel, val, predict_probs(net, x_val, len(val)))
+    out["davidson_val_map"] = validation_map(*_davidson(select, p_sel))
+    for rule in RULES:
+        print_row(f"{name} / {rule}", out[rule])
+    print(f"  offsets {out['offsets']}; Davidson val mAP {out['davidson_val_map']:.3f}; "
+          f"calibration {out['calibration']}", flush=True)
+    return out
+
+
+def run_variant(variant: Variant, train: LabelledTexts, x_train: Tensor, inputs: tuple, out: Path) -> dict:
+    """Train one variant; score its best epoch and its best up to each milestone; save the heads."""
+    started = time.perf_counter()
+    x_select, select = inputs[0], inputs[1]
+    net, curve, n_rows, snapshots = train_variant(variant, train, x_train, (x_select, select))
+    results = {variant.name: score_net(variant.name, net, inputs)}
+    torch.save(net.head.state_dict(), out.with_name(f"{out.stem}-{variant.name}.pt"))
+    for epoch, state in snapshots.items():
+        if epoch == variant.epochs:
+            continue  # the same as the best over all epochs
+        net.load_state_dict(state)
+        results[f"{variant.name}@{epoch}"] = score_net(f"{variant.name}@{epoch}", net, inputs)
+        torch.save(net.head.state_dict(), out.with_name(f"{out.stem}-{variant.name}@{epoch}.pt"))
+    for row in results.values():
+        row |= {"curve": curve, "rows_per_epoch": n_rows, "seconds": time.perf_counter() - started}
+    print(f"  {variant.name}: validation mAP per epoch {curve}", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", required=True)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--baseline", type=Path, default=Path("voxtox/shipped_models/voxtox-labeller"))
+    parser.add_argument("--baseline", type=Path, default=Path("core/shipped_models/voxtox-labeller"))
     parser.add_argument("--labellers", type=Path, nargs="*", default=[], help="more labeller dirs to score")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -204,39 +328,19 @@ def main() -> None:
     val_all = LabelledTexts.concat([splits["val"], nc["val"]])
     val = val_all.subset([i for i, s in enumerate(val_all.source) if s not in ("seed", "functional", "davidson")])
     select = splits["val"]  # what `voxtox labeller train` selects on (real commercial val + Davidson val)
+    assert not set(select.source) & set(NONCOMMERCIAL_SETS)
     cache = EmbeddingCache(UsemEncoder(), args.cache)
     names = [n for n in args.variants.split(",") if n]
-    x_train = embed(cache, train, CHARS_PER_TOKEN * 64) if names else None
-    x_select = embed(cache, select, CHARS_PER_TOKEN * 64)
-    x_val = embed(cache, val, CHARS_PER_TOKEN * 128)
-    assert not set(select.source) & set(NONCOMMERCIAL_SETS)
+    x_train = embed(cache, train, CHARS_PER_TOKEN * 64) if names else torch.zeros(0)
+    inputs = (embed(cache, select, CHARS_PER_TOKEN * 64), select, embed(cache, val, CHARS_PER_TOKEN * 128), val)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     header = "| variant / rule | " + " | ".join(f"{x} mAP / AUC / benign% / hate%" for x in LANGS)
     print(header + " | score | shortfall |\n|---|" + "---|" * (len(LANGS) + 2), flush=True)
     for path in [args.baseline, *args.labellers]:
-        head = HeadNet(UsemHead.load(path))
-        p_sel = predict_probs(head, x_select, len(select))
-        key = str(path)
-        results[key] = decision_tables(select, p_sel, val, predict_probs(head, x_val, len(val)))
-        results[key]["davidson_val_map"] = validation_map(*_davidson(select, p_sel))
-        for rule in ("f1", "balanced", "per-lang"):
-            print_row(f"{path.name} / {rule}", results[key][rule])
-        print(f"  offsets {results[key]['offsets']}; Davidson val mAP {results[key]['davidson_val_map']:.3f}; "
-              f"calibration {results[key]['calibration']}", flush=True)
+        results[str(path)] = score_net(path.name, HeadNet(UsemHead.load(path)), inputs)
     for name in names:
-        started = time.perf_counter()
-        net, curve, n_rows, result = train_variant(VARIANTS[name], train, x_train, (x_select, select))
-        p_sel = predict_probs(net, x_select, len(select))
-        out = decision_tables(select, p_sel, val, predict_probs(net, x_val, len(val)))
-        out |= {"curve": curve, "rows_per_epoch": n_rows, "seconds": time.perf_counter() - started,
-                "davidson_val_map": validation_map(*_davidson(select, p_sel))}
-        results[name] = out
-        for rule in ("f1", "balanced", "per-lang"):
-            print_row(f"{name} / {rule}", out[rule])
-        print(f"  offsets {out['offsets']}; Davidson val mAP {out['davidson_val_map']:.3f}; "
-              f"calibration {out['calibration']}; best epoch of {out['curve']}", flush=True)
+        results |= run_variant(VARIANTS[name], train, x_train, inputs, args.out)
         args.out.write_text(json.dumps(results, indent=1))
-        torch.save(net.head.state_dict(), args.out.with_name(f"{args.out.stem}-{name}.pt"))
     args.out.write_text(json.dumps(results, indent=1))
 
 
