@@ -138,8 +138,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="corpus, selection and training seed")
     parser.add_argument("--work", type=Path, required=True, help="corpus, data dir and runs go here")
     parser.add_argument("--control", action="store_true", help="also train runs/a with another seed, before any review")
+    parser.add_argument("--alpha", type=float, default=0.1, help="text injection's α for A and B (1: no text injection)")
     args = parser.parse_args()
-    settings = with_overrides(experiment_settings(args.work), train={"seed": args.seed})
+    settings = with_overrides(experiment_settings(args.work), train={"seed": args.seed, "alpha": args.alpha})
     clock, runs = Clock(), args.work / "runs"
     clock.run("synth", make_corpus, args.work / "corpus", args.hours, args.seed)
     clock.run("label + import truth", label_and_import, args.work / "corpus", settings)
