@@ -411,6 +411,14 @@ class ReviewSettings(BaseModel):
         None, description="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT as voxtox sees it; audio URLs are "
         "relative to it; None: the data dir",
     )
+    audio_url: str | None = Field(
+        None, description="with the data on S3 ([storage] data_url = s3://...): where each review clip's FLAC is "
+        "uploaded, s3://bucket/prefix, outside the lake's data path; None: <data_url>-review",
+    )
+    presign_expiry_s: int = Field(
+        7 * 24 * 3600, ge=60, le=7 * 24 * 3600,
+        description="with the data on S3: how long a task's pre-signed audio URL plays (SigV4 allows 7 days at most)",
+    )
 
     @field_validator("label_studio_url", mode="before")
     @classmethod

@@ -138,6 +138,18 @@ def forget(
         raise typer.Exit(1)
 
 
+def _forget_review_copies(settings: Settings, clip_ids: frozenset[str]) -> None:
+    from voxtox.storage.review_export import erase_review_copies
+    from voxtox.storage.review_s3 import delete_review_audio
+
+    if not clip_ids:
+        return
+    on_s3 = delete_review_audio(settings, clip_ids)
+    local = erase_review_copies(settings.data_dir, clip_ids)
+    if on_s3 or local:
+        console.print(f"review copies erased: {on_s3} audio object(s) on S3, {len(local)} file(s) under review/")
+
+
 def _forget_in_lake(settings: Settings, request: ForgetRequest, dry_run: bool) -> None:
     """`voxtox forget` with a lake (docs/storage.md): find the recordings by hash or URI, erase
     their rows and bytes (lake.erase) and tombstone them in the lake, where every host sees it."""
@@ -151,6 +163,8 @@ def _forget_in_lake(settings: Settings, request: ForgetRequest, dry_run: bool) -
         by_uri = lake.recordings_of(con, request.uris)
         wanted = set(request.sha256s).union(*by_uri.values())
         present = lake.held(con, wanted)
+        if not dry_run:  # first their review copies: a failure there leaves the rows, so a rerun finds them
+            _forget_review_copies(settings, lake.clip_ids_of(con, present))
         rows = 0 if dry_run or not wanted else lake.erase(con, target, wanted)
     unmatched = sorted(request.uris - by_uri.keys()) + sorted(request.sha256s - present)
     verb = "would be erased" if dry_run else "erased"

@@ -83,7 +83,7 @@ def export(
     with review_errors():
         written = export_batch(settings, batch, out)
         console.print(f"{written.n_tasks} tasks: {written.tasks}\nlabelling config: {written.config}\n"
-                      f"audio: {written.audio_dir}")
+                      f"audio: {written.audio_at}")
         if push:
             project = push_export(settings, push, written, title)
             console.print(f"pushed to Label Studio: {project.url}\n"

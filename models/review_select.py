@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -163,7 +164,7 @@ def clip_embeddings(settings: Settings, candidates: Candidates, encoder_name: st
     """(n, d) the frozen starting encoder's embeddings of the candidates, read in chunks."""
     from voxtox.models.cross_fit import FrozenEmbedder
     from voxtox.models.whisper_encoder import load_speech_encoder
-    from voxtox.models.scoring import CLIPS_PER_SCORING_BATCH, read_segment_audio
+    from voxtox.models.scoring import CLIPS_PER_SCORING_BATCH
 
     try:
         encoder = load_speech_encoder(resolve_model(encoder_name, settings.model_cache_dir, allow_hub=False))
@@ -175,14 +176,30 @@ def clip_embeddings(settings: Settings, candidates: Candidates, encoder_name: st
 
         torch.set_num_threads(settings.train.threads)
     ids = [str(r["clip_id"]) for r in candidates.rows]
+    read = _audio_reader(settings, ids)
+    embedder = FrozenEmbedder(encoder, settings.evaluate.window_s, settings.evaluate.batch_size)
+    chunks = [embedder.embed(read(ids[start:start + CLIPS_PER_SCORING_BATCH]))
+              for start in range(0, len(ids), CLIPS_PER_SCORING_BATCH)]
+    return np.concatenate(chunks)
+
+
+def _audio_reader(settings: Settings, ids: list[str]) -> Callable[[list[str]], list[np.ndarray]]:
+    """Decoded audio of a chunk of the clips `ids`: from the shards, or from a lake's clips table."""
+    from voxtox.models.scoring import decode_clip_audio, read_segment_audio
+
+    if settings.storage.lake:
+        from voxtox.storage.review_export import lake_audio
+
+        def from_lake(chunk: list[str]) -> list[np.ndarray]:
+            data = lake_audio(settings, chunk)
+            return [decode_clip_audio(data[c], f"clip {c}") for c in chunk]
+
+        return from_lake
     located = locate_clips(Catalog.from_settings(settings), clips_files(settings.shards_dir),
                            "SELECT clip_id FROM clips WHERE list_contains(" + json.dumps(ids).replace('"', "'") + ", clip_id)")
     where = {c: (f, r) for c, f, r in zip(located["clip_id"].to_pylist(), located["filename"].to_pylist(),
                                           located["file_row_number"].to_pylist(), strict=True)}
-    embedder = FrozenEmbedder(encoder, settings.evaluate.window_s, settings.evaluate.batch_size)
-    chunks = [embedder.embed([read_segment_audio(*where[c], c) for c in ids[start:start + CLIPS_PER_SCORING_BATCH]])
-              for start in range(0, len(ids), CLIPS_PER_SCORING_BATCH)]
-    return np.concatenate(chunks)
+    return lambda chunk: [read_segment_audio(*where[c], c) for c in chunk]
 
 
 def audio_model_scores(settings: Settings, candidates: Candidates, run: Path | None, seed: int) -> np.ndarray:

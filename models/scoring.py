@@ -125,10 +125,14 @@ def read_eval_set(
 
 
 def read_segment_audio(file: str, row: int, clip_id: str) -> np.ndarray:
-    data = read_audio_bytes(file, row, clip_id)
+    return decode_clip_audio(read_audio_bytes(file, row, clip_id), f"{file} row {row}")
+
+
+def decode_clip_audio(data: bytes, where: str) -> np.ndarray:
+    """A clip's stored FLAC as 16 kHz mono float32 samples."""
     samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
     if rate != SAMPLE_RATE or samples.ndim != 1:
-        raise ValueError(f"{file} row {row}: expected 16 kHz mono audio, got {rate} Hz {samples.shape}")
+        raise ValueError(f"{where}: expected 16 kHz mono audio, got {rate} Hz {samples.shape}")
     return samples
 
 

@@ -387,6 +387,15 @@ def recordings_of(con: duckdb.DuckDBPyConnection, uris: Collection[str]) -> dict
     return found
 
 
+def clip_ids_of(con: duckdb.DuckDBPyConnection, sha256s: Collection[str]) -> frozenset[str]:
+    """The clips of these recordings in the lake (what `voxtox forget` must also erase copies of)."""
+    if "clips" not in tables(con) or not sha256s:
+        return frozenset()
+    rows = con.execute(f"SELECT clip_id FROM {ALIAS}.clips WHERE source_sha256 IN (SELECT unnest(?))",
+                       [sorted(sha256s)]).fetchall()
+    return frozenset(str(clip) for (clip,) in rows)
+
+
 def held(con: duckdb.DuckDBPyConnection, sha256s: Collection[str]) -> set[str]:
     """Which of `sha256s` have rows in any table."""
     found: set[str] = set()

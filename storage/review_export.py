@@ -26,6 +26,8 @@ from voxtox.storage.catalog import Catalog
 from voxtox.storage.clips import clips_files, locate_clips, read_audio_bytes
 from voxtox.storage.shards import shards_lock
 from voxtox.storage.reviews import REVIEW_DIR, batch_path
+from voxtox.storage.review_s3 import audio_location, on_s3, upload_and_presign
+from voxtox.storage.schema import HAS_AUDIO
 
 #: Control names: not named like a data field (JSON_MIN would let a control overwrite the field).
 AUDIO = "audio"
@@ -87,34 +89,73 @@ def make_task(row: dict[str, object], audio: str) -> dict[str, object]:
     }
 
 
+def _missing(directory: Path, clip_ids: list[str]) -> list[str]:
+    return [c for c in clip_ids if not (directory / f"{c}.flac").exists()]
+
+
+def _in_list(clip_ids: list[str]) -> str:
+    return "[" + ", ".join(f"'{c}'" for c in clip_ids) + "]"
+
+
+def _check_none_gone(clip_ids: list[str], found: list[str]) -> None:
+    gone = sorted(set(clip_ids) - set(found))
+    if gone:
+        raise ValueError(f"clip {gone[0]} of the batch is no longer in the clips table (forgotten?): select again")
+
+
 def write_audio(settings: Settings, clip_ids: list[str]) -> Path:
     """Each clip's FLAC from the shards to `<data_dir>/review/audio/<clip>.flac` (kept when there)."""
     directory = review_audio_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
-    missing = [c for c in clip_ids if not (directory / f"{c}.flac").exists()]
+    missing = _missing(directory, clip_ids)
     if not missing:
         return directory
-    listed = "[" + ", ".join(f"'{c}'" for c in missing) + "]"
+    if settings.storage.lake:  # a lake with local data files: the bytes come from the lake's clips
+        for clip, data in lake_audio(settings, missing).items():
+            _write_atomically(directory / f"{clip}.flac", data)
+        return directory
     with shards_lock(settings.shards_dir):  # the located rows stay where they are while read
         located = locate_clips(Catalog.from_settings(settings), clips_files(settings.shards_dir),
-                               f"SELECT clip_id FROM clips WHERE list_contains({listed}, clip_id)")
+                               f"SELECT clip_id FROM clips WHERE list_contains({_in_list(missing)}, clip_id)")
         for clip, file, row in zip(located["clip_id"].to_pylist(), located["filename"].to_pylist(),
                                    located["file_row_number"].to_pylist(), strict=True):
-            temporary = directory / f".{clip}.flac.tmp"
-            temporary.write_bytes(read_audio_bytes(file, row, clip))
-            temporary.replace(directory / f"{clip}.flac")
-    gone = sorted(set(missing) - set(located["clip_id"].to_pylist()))
-    if gone:
-        raise ValueError(f"clip {gone[0]} of the batch is no longer in the clips table (forgotten?): select again")
+            _write_atomically(directory / f"{clip}.flac", read_audio_bytes(file, row, clip))
+    _check_none_gone(missing, located["clip_id"].to_pylist())
     return directory
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(data)
+    temporary.replace(path)
+
+
+def lake_audio(settings: Settings, clip_ids: list[str]) -> dict[str, bytes]:
+    """The clips' encoded audio from the lake's clips table (one snapshot), clip id -> bytes."""
+    table = Catalog.from_settings(settings).query(
+        f"SELECT clip_id, audio.bytes AS data FROM clips WHERE list_contains({_in_list(clip_ids)}, clip_id) "
+        f"AND {HAS_AUDIO}")
+    _check_none_gone(clip_ids, table["clip_id"].to_pylist())
+    return dict(zip(table["clip_id"].to_pylist(), table["data"].to_pylist(), strict=True))
+
+
+def audio_urls(settings: Settings, clip_ids: list[str]) -> tuple[dict[str, str], str]:
+    """Each clip's audio URL for its task, and where the audio went: pre-signed S3 URLs when the
+    data is on S3 (storage/review_s3.py), else local-files URLs of the files under the data dir."""
+    if on_s3(settings):
+        bucket, prefix = audio_location(settings)
+        return upload_and_presign(settings, lake_audio(settings, clip_ids)), f"s3://{bucket}/{prefix}/"
+    directory = write_audio(settings, clip_ids)
+    return {c: audio_url(settings, c) for c in clip_ids}, str(directory)
 
 
 @dataclass
 class Export:
     config: Path
     tasks: Path
-    audio_dir: Path
+    audio_dir: Path | None  # the folder Label Studio's local-files storage serves; None: audio on S3
     n_tasks: int
+    audio_at: str = ""  # where the audio went, in words (the folder, or the s3:// prefix)
 
 
 def read_batch(path: Path) -> list[dict[str, object]]:
@@ -131,12 +172,12 @@ def export_batch(settings: Settings, batch: Path | None = None, out: Path | None
     rows = read_batch(batch or batch_path(settings))
     out = out or settings.data_dir / REVIEW_DIR / "export"
     out.mkdir(parents=True, exist_ok=True)
-    audio_dir = write_audio(settings, [str(r["clip_id"]) for r in rows])
+    urls, audio_at = audio_urls(settings, [str(r["clip_id"]) for r in rows])
     config = out / CONFIG_FILE
     config.write_text(labelling_config())
     tasks = out / TASKS_FILE
-    tasks.write_text(json.dumps([make_task(r, audio_url(settings, str(r["clip_id"]))) for r in rows], indent=1, ensure_ascii=False) + "\n")
-    return Export(config, tasks, audio_dir, len(rows))
+    tasks.write_text(json.dumps([make_task(r, urls[str(r["clip_id"])]) for r in rows], indent=1, ensure_ascii=False) + "\n")
+    return Export(config, tasks, None if on_s3(settings) else Path(audio_at), len(rows), audio_at)
 
 
 def _without_clips(path: Path, clip_ids: frozenset[str], dry_run: bool) -> bool:

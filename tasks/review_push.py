@@ -33,7 +33,8 @@ def push_export(settings: Settings, base_url: str, export: Export, title: str | 
     title = title or f"voxtox review {datetime.now(UTC):%Y-%m-%d %H:%M}"
     project_id = server.create_project(title, export.config.read_text(),
                                        "Clips voxtox's labeller was least sure of: correct the classes and transcript.")
-    server.add_local_storage(project_id, export.audio_dir)
+    if export.audio_dir is not None:  # audio on S3: the tasks carry pre-signed URLs, no storage to add
+        server.add_local_storage(project_id, export.audio_dir)
     tasks = json.loads(export.tasks.read_text())
     n_tasks = server.import_tasks(project_id, tasks)
     url = ProjectRef(server.base, project_id).url
