@@ -187,8 +187,9 @@ def _print_erasure(report: ErasureReport) -> None:
         console.print(f"  {sha}")
     for name in report.unmatched:
         shown = escape(repr(name) if name != name.strip() else name)  # a trailing space is shown, not lost
+        # soft_wrap: a long path stays on one line, whole, to copy (and to grep for)
         console.print(f"[yellow]no data held for[/yellow] {shown}" + (" (tombstoned)" if len(name) == 64 else ""),
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     view = Table("table", "rows", title=f"rows {verb}")
     for table, rows in sorted(report.rows.items()):
         view.add_row(table, str(rows))

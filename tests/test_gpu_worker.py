@@ -33,14 +33,13 @@ from prefect_server import (
 from voxtox.flows.demo import demo_settings
 from voxtox.flows.train_pool import pool_run_dir, train_run_flow
 from voxtox.settings import NightlySettings, Settings
+from test_compose import SECRETS
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[1]
 AUTH_STRING = "voxtox:gpu-worker-login"
-COMPOSE_ENV = {"PREFECT_AUTH_STRING": AUTH_STRING, "POSTGRES_PASSWORD": "Postgres4Tests",
-               # compose reads the review profile's secrets for every profile (docker-compose.yml)
-               "LABEL_STUDIO_PASSWORD": "Studio4Tests", "LABEL_STUDIO_TOKEN": "Token4Tests",
-               "LABEL_STUDIO_DB_PASSWORD": "StudioDb4Tests"}
+#: Compose's required secrets (the object store's among them: docker-compose.yml), this login.
+COMPOSE_ENV = SECRETS | {"PREFECT_AUTH_STRING": AUTH_STRING, "POSTGRES_PASSWORD": "Postgres4Tests"}
 #: As few sessions as give the first candidate an evaluation (test segments with human labels).
 SESSIONS = {"train": 2, "val": 1, "test": 2}
 WORKER = "gpu-host-stand-in"

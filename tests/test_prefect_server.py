@@ -33,6 +33,7 @@ from prefect_server import (
 )
 from voxtox.audio import SAMPLE_RATE
 from voxtox.corpus.speech_synth import Utterance
+from test_compose import SECRETS
 
 pytestmark = pytest.mark.timeout(900)
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,10 +44,8 @@ SCREENSHOT_ENV = "VOXTOX_UI_SCREENSHOT"
 LABEL_CRON = "30 2 * * *"
 #: The UI's and API's login (compose's PREFECT_AUTH_STRING).
 AUTH_STRING = "voxtox:correct-horse-battery-staple"
-COMPOSE_ENV = {"PREFECT_AUTH_STRING": AUTH_STRING, "POSTGRES_PASSWORD": "Postgres4Tests",
-               # compose reads the review profile's secrets for every profile (docker-compose.yml)
-               "LABEL_STUDIO_PASSWORD": "Studio4Tests", "LABEL_STUDIO_TOKEN": "Token4Tests",
-               "LABEL_STUDIO_DB_PASSWORD": "StudioDb4Tests"}
+#: Compose's required secrets (the object store's among them: docker-compose.yml), this login.
+COMPOSE_ENV = SECRETS | {"PREFECT_AUTH_STRING": AUTH_STRING, "POSTGRES_PASSWORD": "Postgres4Tests"}
 
 
 @pytest.fixture(scope="module")
