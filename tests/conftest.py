@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 import os
 import random
 import subprocess
@@ -237,3 +238,23 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from labelstudio_server import stop_early
 
     stop_early()
+
+
+#: The keys tests give the S3 server on 127.0.0.1 (moto accepts any).
+S3_TEST_KEYS = {"AWS_ACCESS_KEY_ID": "voxtox-test", "AWS_SECRET_ACCESS_KEY": "voxtox-test-secret",
+                "AWS_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 server (moto's) on 127.0.0.1 for one test module: its URL."""
+    from moto.server import ThreadedMotoServer
+    from prefect_server import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()

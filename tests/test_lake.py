@@ -23,6 +23,7 @@ import soundfile
 from moto.server import ThreadedMotoServer
 
 from conftest import spoken
+from conftest import S3_TEST_KEYS as KEYS
 from prefect_server import free_port, postgres_cluster
 from voxtox.audio import SAMPLE_RATE
 from voxtox.settings import Settings
@@ -30,20 +31,6 @@ from voxtox.storage import lake
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.lake import LakeError, LakeTarget
 from voxtox.corpus.speech_synth import Utterance
-
-KEYS = {"AWS_ACCESS_KEY_ID": "voxtox-test", "AWS_SECRET_ACCESS_KEY": "voxtox-test-secret", "AWS_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import soundfile
 
 from conftest import spoken
+from test_lake import _count, _rows
 from voxtox.audio import SAMPLE_RATE
 from voxtox.corpus.speech_synth import Utterance
 from voxtox.storage import lake
@@ -25,16 +26,6 @@ from voxtox.storage.schema import SOURCES_SCHEMA
 
 def _target(tmp_path: Path) -> LakeTarget:
     return LakeTarget(str(tmp_path / "lake" / "catalog.sqlite"), str(tmp_path / "lake" / "data"))
-
-
-def _rows(key: str, n: int, writer: str) -> pa.Table:
-    return pa.table({"source_sha256": [key] * n, "i": list(range(n)), "writer": [writer] * n})
-
-
-def _count(target: LakeTarget, sql: str) -> int:
-    with lake.connect(target, read_only=True) as con:
-        lake.define_views(con)
-        return con.execute(sql).fetchone()[0]
 
 
 def _writer(target: LakeTarget, keys: list[str], writer: str, barrier) -> None:  # noqa: ANN001

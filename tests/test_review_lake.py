@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,31 +15,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tests.conftest import synthetic_clips
-from tests.prefect_server import free_port
 from voxtox.settings import Settings
 from voxtox.storage import lake
 from voxtox.storage.lake import LakeError, LakeTarget
 from voxtox.storage.review_export import LOCAL_FILES_URL, export_batch
 from voxtox.models.review_select import select_for_review
+from conftest import S3_TEST_KEYS as KEYS
 
 FIRST = {f"train-{i:04d}" for i in range(6)}  # the clips of `_lake_with_clips`' first recording
-KEYS = {"AWS_ACCESS_KEY_ID": "voxtox-test", "AWS_SECRET_ACCESS_KEY": "voxtox-test-secret", "AWS_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 def _clips_table(n: int = 12, per_recording: int = 6) -> pa.Table:
     """`n` train clips (tones, tests/conftest.py), `per_recording` clips to a recording (a sha256)."""
     table = synthetic_clips(n, "train", 0)
