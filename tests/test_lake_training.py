@@ -34,8 +34,8 @@ from voxtox.tasks.evaluate import evaluate_runs, pin_evaluation_snapshot
 from voxtox.tasks.train import train_model
 
 
-# the real PostgreSQL + S3 lake of tests/test_lake.py, for the one test on the many-machines store
-s3_endpoint, postgres, target = test_lake.s3_endpoint, test_lake.postgres, test_lake.target
+# the real PostgreSQL + S3 lake of tests/test_lake.py, for the tests on the many-machines store
+postgres, target = test_lake.postgres, test_lake.target  # s3_endpoint: tests/conftest.py
 
 
 @pytest.fixture
