@@ -48,6 +48,8 @@ from voxtox.models.labeller_data import LabelledTexts, load_splits
 from voxtox.models.labeller_losses import masked_bce
 from voxtox.models.labeller_decisions import balanced_offsets, shifted
 from voxtox.models.labeller_real import evaluate_real, flagged
+
+from labeller_real import LANGS, print_row  # experiments/labeller_real.py: the same languages and table row
 from voxtox.models.labeller_training import (
     Forward,
     HeadNet,
@@ -58,7 +60,6 @@ from voxtox.models.labeller_training import (
 )
 from voxtox.models.text_encoder import UsemEncoder
 
-LANGS = ("de", "en", "es", "fr", "pt")
 REAL = ("germeval", "toldbr", "mlma", "openai", "toxigen")
 NO_VIOLATION = CLASSES.index("no_violation")
 
@@ -259,15 +260,6 @@ def calibration(select: LabelledTexts, p_select: np.ndarray, val: LabelledTexts,
     t = temperature(select, p_select)
     logits = np.log(np.clip(p_val, 1e-7, 1 - 1e-7) / np.clip(1 - p_val, 1e-7, 1))
     return {"T": t, "ece": ece(val, p_val), "ece_T": ece(val, 1 / (1 + np.exp(-logits / t)))}
-
-
-def print_row(name: str, table: dict) -> None:
-    cells = " | ".join(
-        f"{100 * table[x]['mAP']:.1f} / {table[x]['auc']:.2f} / {100 * table[x]['benign_flagged']:.0f} / "
-        f"{100 * table[x]['hate_flagged']:.0f}"
-        for x in LANGS
-    )
-    print(f"| {name} | {cells} | {table['score']:.3f} | {100 * table['shortfall']:.1f} |", flush=True)
 
 
 def load_banter() -> LabelledTexts:

@@ -99,7 +99,8 @@ def print_row(name: str, table: dict) -> None:
         f"{100 * table[x]['hate_flagged']:.0f}"
         for x in LANGS
     )
-    print(f"| {name} | {cells} | {table['score']:.3f} |", flush=True)
+    shortfall = f" {100 * table['shortfall']:.1f} |" if "shortfall" in table else ""  # labeller_decisions.py's
+    print(f"| {name} | {cells} | {table['score']:.3f} |{shortfall}", flush=True)
 
 
 def main() -> None:

@@ -8,17 +8,12 @@ import json
 import multiprocessing
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pyarrow as pa
-import soundfile
 
-from conftest import spoken
-from test_lake import _count, _rows
-from voxtox.audio import SAMPLE_RATE
-from voxtox.corpus.speech_synth import Utterance
+from test_lake import _count, _rows, _voxtox, _wav
 from voxtox.storage import lake
 from voxtox.storage.lake import LakeTarget
 from voxtox.storage.schema import SOURCES_SCHEMA
@@ -64,16 +59,6 @@ def test_a_sqlite_catalog_is_a_lake_that_two_writer_processes_and_a_reader_share
     assert _count(target, "SELECT count(*) FROM sources") == 17
     assert _count(target, "SELECT count(*) FROM clips") == 17 * 4
     assert _count(target, "SELECT count(DISTINCT writer) FROM clips WHERE source_sha256 = 'shared'") == 1
-
-
-def _wav(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(path, spoken(Utterance(text, "en")), SAMPLE_RATE)
-    return path
-
-
-def _voxtox(*args: str) -> list[str]:
-    return [str(Path(sys.executable).with_name("voxtox")), *args]
 
 
 def test_two_label_runs_and_a_query_at_once_on_an_embedded_lake(tmp_path: Path) -> None:
