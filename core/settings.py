@@ -444,6 +444,12 @@ class StorageSettings(BaseModel):
         "query); None: the latest. For reading commands only: writers always write the latest",
     )
 
+    keep_snapshots_days: float = Field(
+        7, ge=0, description="`voxtox compact` (and the nightly's compact step) expires the lake's snapshots older "
+        "than this and deletes the files no snapshot still references; time travel reaches back this far. "
+        "`voxtox forget` and retention expire every older snapshot at once, whatever this says",
+    )
+
     @field_validator("catalog_url", "data_url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

@@ -12,7 +12,7 @@ from typing import Literal
 import typer
 from rich.console import Console
 
-from voxtox.settings import EvaluateSettings, NightlySettings, Settings, TrainSettings, load_settings
+from voxtox.settings import EvaluateSettings, NightlySettings, TrainSettings, load_settings
 from voxtox.storage.runs import RunDir
 
 console = Console()
@@ -87,15 +87,3 @@ def disk_full_in_one_line(data_dir: Path) -> Iterator[None]:
     finally:
         for handler in handlers:
             handler.removeFilter(quiet)
-
-
-def refuse_lake(settings: Settings, command: str) -> None:
-    """Commands not yet written for the many-machines lake stop in one line rather than act on
-    the empty single-machine shards beside it (a `forget` that erased nothing must not pass)."""
-    if settings.storage.lake:
-        console.print(f"[red]error:[/red] voxtox {command} does not work on a lake yet ([storage] catalog_url is "
-                      "set); with a lake, label, query, forget, compact, import-labels, review import, train, "
-                      "evaluate and nightly do "
-                      "(docs/storage.md, \"Not done yet\")")
-        raise typer.Exit(2)
-

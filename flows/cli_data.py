@@ -24,7 +24,7 @@ from voxtox.labels import CLASSES
 from voxtox.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from voxtox.storage.forget import ErasureReport, ForgetRequest
+    from voxtox.storage.forget import ErasureReport
 
 
 #: What `voxtox query --table NAME` shows: the columns a person reads (SQL gives the rest).
@@ -124,58 +124,12 @@ def forget(
         named = list(recordings or []) + (read_request_file(from_file) if from_file else [])
         if not named:
             raise ValueError("name at least one recording (a sha256, a URI or speaker:<id>), or --from FILE")
-        if settings.storage.lake:
-            if delete_inputs or runs:
-                raise ValueError("--delete-inputs and --runs do not work with a lake yet (docs/storage.md)")
-            _forget_in_lake(settings, parse_request(named), dry_run)
-            return
         with console.status("finding and erasing rows"):
             report = forget_recordings(parse_request(named), settings, runs, delete_inputs, dry_run)
     _print_erasure(report)
     if report.unmatched:  # an erasure request never passes for done when part of it found nothing
         errors.print(f"error: {len(report.unmatched)} of the named recordings matched no data held (listed above); "
                      "check the names (nothing is stripped from them) or erase by sha256", markup=False, highlight=False)
-        raise typer.Exit(1)
-
-
-def _forget_review_copies(settings: Settings, clip_ids: frozenset[str]) -> None:
-    from voxtox.storage.review_export import erase_review_copies
-    from voxtox.storage.review_s3 import delete_review_audio
-
-    if not clip_ids:
-        return
-    on_s3 = delete_review_audio(settings, clip_ids)
-    local = erase_review_copies(settings.data_dir, clip_ids)
-    if on_s3 or local:
-        console.print(f"review copies erased: {on_s3} audio object(s) on S3, {len(local)} file(s) under review/")
-
-
-def _forget_in_lake(settings: Settings, request: ForgetRequest, dry_run: bool) -> None:
-    """`voxtox forget` with a lake (docs/storage.md): find the recordings by hash or URI, erase
-    their rows and bytes (lake.erase) and tombstone them in the lake, where every host sees it."""
-    from voxtox.storage import lake
-
-    if request.speakers:
-        raise ValueError("speaker:<id> names human labels, which a lake does not hold yet: erase by sha256 or URI")
-    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
-    assert target is not None, "called only when [storage] names a lake"
-    with lake.connect(target) as con:
-        by_uri = lake.recordings_of(con, request.uris)
-        wanted = set(request.sha256s).union(*by_uri.values())
-        present = lake.held(con, wanted)
-        if not dry_run:  # first their review copies: a failure there leaves the rows, so a rerun finds them
-            _forget_review_copies(settings, lake.clip_ids_of(con, present))
-        rows = 0 if dry_run or not wanted else lake.erase(con, target, wanted)
-    unmatched = sorted(request.uris - by_uri.keys()) + sorted(request.sha256s - present)
-    verb = "would be erased" if dry_run else "erased"
-    console.print(f"{len(present)} recording(s) {verb} from the lake ({rows} rows; data files rewritten, older "
-                  f"snapshots expired); {len(wanted)} tombstoned" + (" (dry run: none)" if dry_run else ""))
-    for name in unmatched:
-        console.print(f"[yellow]no data held for[/yellow] {escape(repr(name) if name != name.strip() else name)}",
-                      highlight=False)
-    if unmatched:
-        errors.print(f"error: {len(unmatched)} of the named recordings matched no data held (listed above)",
-                     markup=False, highlight=False)
         raise typer.Exit(1)
 
 
@@ -194,8 +148,13 @@ def _print_erasure(report: ErasureReport) -> None:
     for table, rows in sorted(report.rows.items()):
         view.add_row(table, str(rows))
     console.print(view)
+    if report.lake is not None and not report.dry_run:
+        console.print(f"lake {report.lake}: data files that held them rewritten, older snapshots expired, "
+                      "unreferenced files deleted", highlight=False)
     console.print(f"files rewritten: {len(report.files_rewritten)}, deleted: {len(report.files_deleted)}; "
                   f"work directories removed: {len(report.work_dirs_removed)}, in use: {len(report.work_dirs_in_use)}")
+    if report.review_objects_s3:
+        console.print(f"review copies erased: {report.review_objects_s3} audio object(s) on S3")
     if report.review_files:
         console.print(f"review copies {verb} or rewritten: {len(report.review_files)} file(s) under review/")
     for project, what in sorted(report.label_studio.items()):
@@ -283,17 +242,22 @@ def compact(
 
 
 def _compact_lake(settings: Settings) -> None:
-    """`voxtox compact` on a lake (docs/storage.md): DuckLake merges each table's small files."""
+    """`voxtox compact` on a lake (docs/storage.md): DuckLake merges each table's small files, then
+    expires the snapshots older than `[storage] keep_snapshots_days` and deletes what no snapshot reads."""
     from voxtox.storage import lake
 
     target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
     assert target is not None, "called only when [storage] names a lake"
+    keep = settings.storage.keep_snapshots_days
     with user_errors(), lake.connect(target) as con:
         results = lake.compact(con, target)
+        expired, deleted = lake.expire_snapshots(con, target, keep)
     view = Table("table", "files before", "files after", title="voxtox compact (lake)")
     for name, (before, after) in results.items():
         view.add_row(name, str(before), str(after))
     console.print(view)
+    console.print(f"snapshots older than {keep:g} days ([storage] keep_snapshots_days) expired: {expired}; "
+                  f"files no kept snapshot reads deleted: {deleted}", markup=False, highlight=False)
 
 
 def import_labels(

@@ -161,17 +161,6 @@ def _take_in(inbox_dir: Path, settings: Settings, served: Path | None, report: N
             report.compacted_files = sum(result.merged for result in compact_task(settings))
 
 
-def refuse_on_a_lake(settings: Settings) -> None:
-    """The nightly steps not written for a lake yet stop the night in one line, before anything
-    runs, rather than act on the single-machine shards beside the lake."""
-    if lake_of(settings) is None:
-        return
-    for on, what in ((settings.retention.enabled, "[retention]"), (settings.review.nightly, "review.nightly")):
-        if on:
-            raise ValueError(f"{what} does not work on a lake yet ([storage] names one): turn it off for the "
-                             "nightly, or run it on the single-machine shards (docs/storage.md, \"Not done yet\")")
-
-
 def _new_train_clips(train_clips: int, current: Path | None, settings: Settings) -> int:
     """Training clips new since the newest model trained, promoted or not: a candidate that lost
     is not retrained on the same data every night after."""
@@ -189,7 +178,6 @@ def nightly_flow(
     record_and_reap_apis()  # a night killed mid-way must not leave its Prefect API for good
     served = check_served_run(settings)
     settings = settings or Settings()
-    refuse_on_a_lake(settings)
     inbox_dir = Path(inbox) if inbox else settings.inbox_dir
     if served is not None and (outside := outside_reason(str(inbox_dir), served)):
         raise ValueError(f"inbox: {outside}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +32,9 @@ import duckdb
 
 from voxtox.files import sha256_file
 from voxtox.settings import Settings
+from voxtox.storage import lake
 from voxtox.storage.catalog import damaged_tables, uniform_schema
+from voxtox.storage.lake import LakeTarget
 from voxtox.storage.erasure import RecordingRows, Rewritten, erase_rows, matching_rows, shards_lock
 from voxtox.storage.schema import TRAINING_SOURCES_FILE
 from voxtox.storage.shards import DamagedShardError, shard_files
@@ -39,6 +42,7 @@ from voxtox.storage.tombstones import add_tombstones, is_sha256, tombstones_file
 from voxtox.storage.workdir import sweep_stale_work
 from voxtox.storage.review_export import erase_review_copies
 from voxtox.storage.review_projects import delete_pushed_tasks
+from voxtox.storage.review_s3 import delete_review_audio
 
 SHA256_PREFIX = "sha256:"
 URI_PREFIX = "uri:"
@@ -230,6 +234,8 @@ class ErasureReport:
     review_files: list[str] = field(default_factory=list)  # under <data_dir>/review: deleted or rewritten
     label_studio: dict[str, str] = field(default_factory=dict)  # pushed project URL -> its tasks deleted, or why not
     dry_run: bool = False
+    lake: str | None = None  # the lake's catalog, when the tables are a lake's (data files rewritten, snapshots expired)
+    review_objects_s3: int = 0  # review audio deleted from the object store (`review export` with data on S3)
 
 
 def _erase(files: list[Path], rows: RecordingRows, dry_run: bool) -> Rewritten:
@@ -286,15 +292,22 @@ def erase_recordings(
         if settings.work_dir.is_dir():
             report.work_dirs_in_use = sorted(str(p) for p in settings.work_dir.iterdir() if p.is_dir())
     # Tasks pushed to Label Studio: after the lock (network calls), never stopping the erasure.
-    report.label_studio = delete_pushed_tasks(settings, rows.clip_ids, dry_run)
-    report.runs_trained_on, report.runs_without_record = runs_that_saw(runs_dirs, recordings.sha256s)
+    _after_erasure(report, settings, runs_dirs, rows.clip_ids, inputs, delete_inputs)
+    return report
+
+
+def _after_erasure(report: ErasureReport, settings: Settings, runs_dirs: list[Path], clip_ids: frozenset[str],
+                   inputs: dict[Path, str], delete_inputs: bool) -> None:
+    """What follows the tables' erasure: the tasks pushed to Label Studio deleted, the trained runs
+    that learnt from the recordings named, and their input files deleted or named."""
+    report.label_studio = delete_pushed_tasks(settings, clip_ids, report.dry_run)
+    report.runs_trained_on, report.runs_without_record = runs_that_saw(runs_dirs, frozenset(report.recordings))
     for path in sorted(inputs):
-        if delete_inputs and not dry_run:
+        if delete_inputs and not report.dry_run:
             path.unlink()
             report.input_files_deleted.append(str(path))
         else:
             report.input_files.append(str(path))
-    return report
 
 
 def forget(
@@ -305,9 +318,98 @@ def forget(
     dry_run: bool = False,
 ) -> ErasureReport:
     """Forget what `request` names: find it, erase it, tombstone it, list the runs that saw it.
-    Runs are looked for under `settings.runs_dir` and `runs_dirs`."""
+    Runs are looked for under `settings.runs_dir` and `runs_dirs`. With `[storage]` naming a
+    lake, in that lake (`forget_in_lake`)."""
+    if settings.storage.lake:
+        return forget_in_lake(request, settings, runs_dirs, delete_inputs, dry_run)
     damaged = damaged_tables(settings.shards_dir, _table_names(settings.shards_dir))
     if damaged:  # it may hold the recording: erasure must not report done without it
         raise DamagedShardError({path: why for files in damaged.values() for path, why in files.items()})
     recordings = identify(request, settings.shards_dir)
     return erase_recordings(recordings, settings, [settings.runs_dir, *(runs_dirs or [])], delete_inputs, dry_run)
+
+
+# --- on a lake (storage/lake.py) ----------------------------------------------------------------
+
+
+def _lake_target(settings: Settings) -> LakeTarget:
+    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
+    if target is None:
+        raise ValueError("[storage] names no lake")
+    return target
+
+
+def _uri_forms(uri: str) -> set[str]:
+    """The ways a URI may be stored: as given, and a local file's resolved path with and without file://."""
+    local = _local_path(uri)
+    return {uri} if local is None else {uri, str(local), f"file://{local}"}
+
+
+def identify_in_lake(request: ForgetRequest, con: duckdb.DuckDBPyConnection) -> Recordings:
+    """`identify` in a lake: the recordings a request names by hash, URI (and a local file's current
+    content) or speaker (the lake's human labels), the URIs of their rows, and what matched nothing."""
+    sha256s = set(request.sha256s)
+    held = lake.held(con, request.sha256s)
+    unmatched = [sha for sha in sorted(request.sha256s) if sha not in held]
+    without_hash: set[str] = set()
+    for uri in sorted(request.uris):
+        forms = _uri_forms(uri)
+        found = set().union(*lake.recordings_of(con, forms).values())
+        local = _local_path(uri)
+        if local is not None and local.is_file():
+            found.add(sha256_file(local))
+        unhashed = lake.uris_of(con, (), forms)  # rows of an input that could not be read
+        if not found and not unhashed:
+            unmatched.append(uri)
+        sha256s |= found
+        without_hash |= unhashed
+    by_speaker = lake.recordings_of_speakers(con, request.speakers)
+    for speaker in sorted(request.speakers):
+        sha256s |= by_speaker.get(speaker, set())
+        if speaker not in by_speaker:
+            unmatched.append(f"{SPEAKER_PREFIX}{speaker}")
+    uris = lake.uris_of(con, sha256s, without_hash)
+    return Recordings(frozenset(sha256s), frozenset(uris), tuple(unmatched))
+
+
+def _erase_copies(report: ErasureReport, settings: Settings, runs_dirs: list[Path], rows: RecordingRows) -> None:
+    """Erase the copies outside the lake's tables: review audio on S3 and under <data_dir>/review,
+    the runs' cached window scores (by clip id: call it while the lake still has the clips), and
+    dead runs' work directories (decoded audio)."""
+    if not report.dry_run and rows.clip_ids:
+        report.review_objects_s3 = delete_review_audio(settings, rows.clip_ids)
+    report.review_files = erase_review_copies(settings.data_dir, rows.clip_ids, report.dry_run)
+    _record(report, CACHED_SCORES, _erase(cached_score_files(runs_dirs), rows, report.dry_run))
+    if not report.dry_run:
+        report.work_dirs_removed = [str(p) for p in sweep_stale_work(settings.work_dir)]
+    if settings.work_dir.is_dir():
+        report.work_dirs_in_use = sorted(str(p) for p in settings.work_dir.iterdir() if p.is_dir())
+
+
+def erase_in_lake(recordings: Recordings, settings: Settings, runs_dirs: list[Path], delete_inputs: bool = False,
+                  dry_run: bool = False) -> ErasureReport:
+    """`erase_recordings` on a lake: the copies outside it first (a failure there leaves the lake's
+    rows, so a rerun finds the recordings again), then one commit that deletes their rows from
+    every table and tombstones them, then their bytes purged from every snapshot and data file
+    (lake.erase); then what follows any erasure (Label Studio tasks, runs, input files)."""
+    target = _lake_target(settings)
+    report = ErasureReport(sorted(recordings.sha256s), list(recordings.unmatched), dry_run=dry_run,
+                           lake=target.catalog_name())
+    inputs = _input_files(recordings)
+    with closing(lake.connect(target)) as con:
+        rows = RecordingRows(recordings.sha256s, recordings.uris, lake.clip_ids_of(con, recordings.sha256s))
+        report.rows = lake.rows_held(con, recordings.sha256s, recordings.uris)
+        _erase_copies(report, settings, runs_dirs, rows)
+        if not dry_run and (recordings.sha256s or recordings.uris):
+            report.new_tombstones = len(recordings.sha256s - lake.forgotten(con, recordings.sha256s))
+            lake.erase(con, target, recordings.sha256s, recordings.uris)
+    _after_erasure(report, settings, runs_dirs, rows.clip_ids, inputs, delete_inputs)
+    return report
+
+
+def forget_in_lake(request: ForgetRequest, settings: Settings, runs_dirs: list[Path] | None = None,
+                   delete_inputs: bool = False, dry_run: bool = False) -> ErasureReport:
+    """`forget` when `[storage]` names a lake: every host sees the erasure and its tombstones."""
+    with closing(lake.connect(_lake_target(settings), read_only=True)) as con:
+        recordings = identify_in_lake(request, con)
+    return erase_in_lake(recordings, settings, [settings.runs_dir, *(runs_dirs or [])], delete_inputs, dry_run)

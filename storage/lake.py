@@ -34,12 +34,15 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import duckdb
 import pyarrow as pa
+
+from voxtox.storage.schema import HAS_AUDIO
 
 log = logging.getLogger(__name__)
 
@@ -333,34 +336,144 @@ def _committed(con: duckdb.DuckDBPyConnection, target: LakeTarget, attempt: Call
     raise AssertionError("unreachable")
 
 
-def erase(con: duckdb.DuckDBPyConnection, target: LakeTarget, sha256s: Collection[str]) -> int:
+def erase(con: duckdb.DuckDBPyConnection, target: LakeTarget, sha256s: Collection[str],
+          uris: Collection[str] = ()) -> int:
     """Remove every row of the recordings `sha256s` from every table AND their bytes from storage,
     and tombstone them (one commit); then rewrite the data files that held them, expire every
     older snapshot (erasure beats time travel: no snapshot may still reach them) and delete the
-    files no snapshot references. Returns the rows deleted. A reader on an expired snapshot fails."""
-    wanted = sorted(sha256s)
+    files no snapshot references. Rows without a hash (an input that could not be read) go by
+    their `source_uri` in `uris`. Returns the rows deleted. A reader on an expired snapshot fails."""
+    wanted, by_uri = sorted(sha256s), sorted(uris)
     _ensure_table(con, TOMBSTONES, pa.table({"source_sha256": pa.array([], pa.string()),
                                              "forgotten_on": pa.array([], pa.date32())}))
     holding = [name for name in tables(con) if name != TOMBSTONES and _has_column(con, name, "source_sha256")]
     deleted = [0]
 
+    def delete(name: str) -> int:
+        if not _has_column(con, name, "source_uri"):
+            return int(_first(con.execute(f"DELETE FROM {ALIAS}.{name} WHERE source_sha256 IN (SELECT unnest(?))",
+                                          [wanted])))
+        return int(_first(con.execute(f"DELETE FROM {ALIAS}.{name} WHERE source_sha256 IN (SELECT unnest(?)) OR "
+                                      "(source_sha256 IS NULL AND source_uri IN (SELECT unnest(?)))", [wanted, by_uri])))
+
     def attempt() -> None:
         con.execute("BEGIN")
         con.execute(f"UPDATE {ALIAS}.{COMMITS_TABLE} SET n = n + 1")
-        deleted[0] = sum(_first(con.execute(f"DELETE FROM {ALIAS}.{name} WHERE source_sha256 IN (SELECT unnest(?))",
-                                     [wanted])) for name in holding)
+        deleted[0] = sum(delete(name) for name in holding)
         con.execute(f"DELETE FROM {ALIAS}.{TOMBSTONES} WHERE source_sha256 IN (SELECT unnest(?))", [wanted])
         con.execute(f"INSERT INTO {ALIAS}.{TOMBSTONES} ({KEY_COLUMN}, source_sha256, forgotten_on) "
                     "SELECT s, s, current_date FROM (SELECT unnest(?) AS s)", [wanted])
         con.execute("COMMIT")
 
     _committed(con, target, attempt, "erasure")
+    purge_history(con, target, holding)
+    return deleted[0]
+
+
+def purge_history(con: duckdb.DuckDBPyConnection, target: LakeTarget, names: Collection[str]) -> None:
+    """Make rows deleted or changed in tables `names` unreachable and their bytes gone: rewrite the
+    data files that still hold them, expire every snapshot but the latest and delete the files no
+    snapshot references (what erasure and retention need; a reader on an expired snapshot fails)."""
     with lake_errors(target):
-        for name in holding:
+        for name in names:
             con.execute(f"CALL ducklake_rewrite_data_files('{ALIAS}', '{name}', delete_threshold => 0)")
         con.execute(f"CALL ducklake_expire_snapshots('{ALIAS}', older_than => now())")
         con.execute(f"CALL ducklake_cleanup_old_files('{ALIAS}', cleanup_all => true)")
-    return deleted[0]
+
+
+def expire_snapshots(con: duckdb.DuckDBPyConnection, target: LakeTarget, older_than_days: float) -> tuple[int, int]:
+    """Expire the snapshots older than `older_than_days` (never the latest) and delete the files
+    that left the lake longer ago than that (merged away, rewritten, or read only by expired
+    snapshots): `[storage] keep_snapshots_days`, applied by `voxtox compact`. A file a merge
+    replaced is scheduled for deletion at once, yet a kept snapshot may still read it: it goes
+    only once every snapshot before the merge is past the same age, so time travel within it
+    keeps working. Returns (snapshots expired, files deleted). A run pinned to an expired
+    snapshot then fails in one line (SnapshotGoneError)."""
+    cutoff = f"now() - to_seconds({float(older_than_days) * 86400.0})"
+    with lake_errors(target):
+        expired = con.execute(f"CALL ducklake_expire_snapshots('{ALIAS}', older_than => {cutoff})").fetchall()
+        deleted = con.execute(f"CALL ducklake_cleanup_old_files('{ALIAS}', older_than => {cutoff})").fetchall()
+    return len(expired), len(deleted)
+
+
+#: Per table, the column saying when a row was written (retention's clock).
+WRITTEN_AT = {"sources": "labelled_at", "clips": "labelled_at", "rejects": "rejected_at"}
+
+
+def expired_recordings(con: duckdb.DuckDBPyConnection, cutoff: datetime) -> tuple[set[str], set[str]]:
+    """Recordings whose newest row (labelled or rejected) is older than `cutoff`, and the URIs of
+    rejected inputs without a hash (unreadable) rejected before it: `[retention] delete_days`."""
+    parts = [f"SELECT source_sha256 AS sha, source_uri AS uri, {column} AS written FROM {ALIAS}.{name}"
+             for name, column in WRITTEN_AT.items() if name in tables(con)]
+    if not parts:
+        return set(), set()
+    rows = " UNION ALL ".join(parts)
+    shas = con.execute(f"SELECT sha FROM ({rows}) WHERE sha IS NOT NULL GROUP BY sha HAVING max(written) < ?",
+                       [cutoff]).fetchall()
+    uris = con.execute(f"SELECT DISTINCT uri FROM ({rows}) WHERE sha IS NULL AND written < ?", [cutoff]).fetchall()
+    return {sha for (sha,) in shas}, {uri for (uri,) in uris}
+
+
+def drop_audio_before(con: duckdb.DuckDBPyConnection, target: LakeTarget, cutoff: datetime) -> int:
+    """Null the audio of the clips labelled before `cutoff` (one commit; labels, transcripts and
+    embeddings stay), then purge the history that still holds those bytes: `[retention]
+    audio_days`. Returns the clips whose audio went (0 on a rerun)."""
+    if "clips" not in tables(con):
+        return 0
+    dropped = [0]
+
+    def attempt() -> None:
+        con.execute("BEGIN")
+        con.execute(f"UPDATE {ALIAS}.{COMMITS_TABLE} SET n = n + 1")  # serialised with writers and erasure
+        dropped[0] = int(_first(con.execute(f"UPDATE {ALIAS}.clips SET audio = NULL WHERE labelled_at < ? "
+                                            f"AND {HAS_AUDIO}", [cutoff])))
+        con.execute("COMMIT")
+
+    _committed(con, target, attempt, "retention")
+    if dropped[0]:
+        purge_history(con, target, ["clips"])
+    return dropped[0]
+
+
+def recordings_of_speakers(con: duckdb.DuckDBPyConnection, speakers: Collection[str]) -> dict[str, set[str]]:
+    """The recordings each speaker is heard in, as the lake's human labels say (a speaker with
+    none is absent)."""
+    if "human_labels" not in tables(con) or not speakers:
+        return {}
+    found: dict[str, set[str]] = {}
+    for speaker, sha in con.execute(f"SELECT DISTINCT speaker, source_sha256 FROM {ALIAS}.human_labels "
+                                    "WHERE speaker IN (SELECT unnest(?))", [sorted(speakers)]).fetchall():
+        found.setdefault(speaker, set()).add(sha)
+    return found
+
+
+def uris_of(con: duckdb.DuckDBPyConnection, sha256s: Collection[str], without_hash: Collection[str] = ()) -> set[str]:
+    """The URIs the recordings `sha256s` were labelled from, and those of `without_hash` that name
+    rows without a hash (an input that could not be read)."""
+    found: set[str] = set()
+    for name in ("sources", "clips", "rejects"):
+        if name in tables(con) and (sha256s or without_hash):
+            found |= {uri for (uri,) in con.execute(
+                f"SELECT DISTINCT source_uri FROM {ALIAS}.{name} WHERE source_sha256 IN (SELECT unnest(?)) OR "
+                "(source_sha256 IS NULL AND source_uri IN (SELECT unnest(?)))",
+                [sorted(sha256s), sorted(without_hash)]).fetchall()}
+    return found
+
+
+def rows_held(con: duckdb.DuckDBPyConnection, sha256s: Collection[str], uris: Collection[str] = ()) -> dict[str, int]:
+    """Per table, the rows of the recordings `sha256s` (and rows without a hash from `uris`):
+    what `erase` deletes (tables holding none are absent)."""
+    counts: dict[str, int] = {}
+    for name in tables(con):
+        if name == TOMBSTONES or not _has_column(con, name, "source_sha256"):
+            continue
+        no_hash = (" OR (source_sha256 IS NULL AND source_uri IN (SELECT unnest(?)))"
+                   if _has_column(con, name, "source_uri") else "")
+        params = [sorted(sha256s), sorted(uris)] if no_hash else [sorted(sha256s)]
+        if n := int(_first(con.execute(f"SELECT count(*) FROM {ALIAS}.{name} WHERE source_sha256 IN "
+                                       f"(SELECT unnest(?)){no_hash}", params))):
+            counts[name] = n
+    return counts
 
 
 def forgotten(con: duckdb.DuckDBPyConnection, sha256s: Collection[str] | None = None) -> set[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contextlib import closing
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from voxtox.settings import Settings
 from voxtox.storage import lake
@@ -45,9 +45,15 @@ def compact_task(settings: Settings) -> list[CompactionResult]:
 
 @task(name="compact-lake")
 def compact_lake_task(settings: Settings) -> dict[str, tuple[int, int]]:
-    """Compact the lake `[storage]` names (storage/lake.py compact): table -> (files before, after)."""
+    """Compact the lake `[storage]` names (storage/lake.py compact): table -> (files before, after);
+    then expire the snapshots older than `[storage] keep_snapshots_days` and delete the files no
+    snapshot references any more (what the merge replaced, once no kept snapshot reads it)."""
     target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
     if target is None:
         raise ValueError("compact_lake_task needs [storage] to name a lake")
     with closing(lake.connect(target)) as con:
-        return lake.compact(con, target)
+        merged = lake.compact(con, target)
+        expired, deleted = lake.expire_snapshots(con, target, settings.storage.keep_snapshots_days)
+    get_run_logger().info("lake %s: %d snapshot(s) older than %g days expired, %d unreferenced file(s) deleted",
+                          target.catalog_name(), expired, settings.storage.keep_snapshots_days, deleted)
+    return merged

@@ -8,11 +8,15 @@
   file left in the inbox is not labelled again and its clock restarted).
 
 Files are rewritten only where they hold rows that expire, atomically, under the shards'
-exclusive lock (storage/erasure.py).
+exclusive lock (storage/erasure.py). On a lake (`[storage]`), each is one commit (erasure and
+its tombstones together; the audio drop), after which the data files that still hold the
+expired rows are rewritten, every older snapshot expired and the unreferenced files deleted
+(storage/lake.py `purge_history`, as `voxtox forget` does): the bytes leave storage that night.
 """
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,10 +27,11 @@ import pyarrow.compute as pc
 from prefect import task
 
 from voxtox.settings import Settings
+from voxtox.storage import lake
 from voxtox.storage.erasure import Condition, matching_rows, rewrite_parquet, shards_lock
 from voxtox.storage.schema import HAS_AUDIO
 from voxtox.storage.shards import shard_files
-from voxtox.storage.forget import Recordings, erase_recordings
+from voxtox.storage.forget import ErasureReport, Recordings, erase_in_lake, erase_recordings
 
 #: Per table, the column saying when a row was written.
 WRITTEN_AT = {"sources": "labelled_at", "clips": "labelled_at", "rejects": "rejected_at"}
@@ -86,22 +91,47 @@ def drop_audio_before(shards_root: Path, cutoff: datetime) -> tuple[int, int]:
     return clips, files
 
 
+def _erased(report: RetentionReport, erased: ErasureReport) -> None:
+    report.recordings_erased = len(erased.recordings)
+    report.rows_erased = erased.rows
+    report.files_rewritten += len(erased.files_rewritten)
+    report.files_deleted += len(erased.files_deleted)
+    report.runs_trained_on_erased = sorted(erased.runs_trained_on)
+
+
+def _apply_on_lake(settings: Settings, target: lake.LakeTarget, now: datetime, report: RetentionReport) -> None:
+    """Retention on a lake: expired recordings erased as `voxtox forget` erases them (tombstoned,
+    every table, cached scores, review copies, old snapshots), then expired audio dropped."""
+    retention = settings.retention
+    if retention.delete_days is not None:
+        cutoff = now - timedelta(days=retention.delete_days)
+        report.delete_cutoff = cutoff.isoformat(timespec="seconds")
+        with closing(lake.connect(target, read_only=True)) as con:
+            sha256s, uris = lake.expired_recordings(con, cutoff)
+        if sha256s or uris:
+            _erased(report, erase_in_lake(Recordings(frozenset(sha256s), frozenset(uris)), settings, [settings.runs_dir]))
+    if retention.audio_days is not None:
+        cutoff = now - timedelta(days=retention.audio_days)
+        report.audio_cutoff = cutoff.isoformat(timespec="seconds")
+        with closing(lake.connect(target)) as con:
+            report.clips_audio_dropped = lake.drop_audio_before(con, target, cutoff)
+
+
 def apply_retention(settings: Settings, now: datetime | None = None) -> RetentionReport:
-    """Erase expired recordings, then drop expired audio, as `settings.retention` says."""
+    """Erase expired recordings, then drop expired audio, as `settings.retention` says (in the
+    lake `[storage]` names, or in the shards)."""
     now = now or datetime.now(UTC)
     retention = settings.retention
     report = RetentionReport()
+    if (target := lake.target_of(settings.storage.catalog_url, settings.storage.data_url)) is not None:
+        _apply_on_lake(settings, target, now, report)
+        return report
     if retention.delete_days is not None:
         cutoff = now - timedelta(days=retention.delete_days)
         report.delete_cutoff = cutoff.isoformat(timespec="seconds")
         expired = expired_recordings(settings.shards_dir, cutoff)
         if expired.sha256s or expired.uris:
-            erased = erase_recordings(expired, settings, [settings.runs_dir])
-            report.recordings_erased = len(erased.recordings)
-            report.rows_erased = erased.rows
-            report.files_rewritten += len(erased.files_rewritten)
-            report.files_deleted += len(erased.files_deleted)
-            report.runs_trained_on_erased = sorted(erased.runs_trained_on)
+            _erased(report, erase_recordings(expired, settings, [settings.runs_dir]))
     if retention.audio_days is not None:
         cutoff = now - timedelta(days=retention.audio_days)
         report.audio_cutoff = cutoff.isoformat(timespec="seconds")

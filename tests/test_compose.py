@@ -256,7 +256,7 @@ def test_the_label_studio_secrets_are_needed_only_by_the_review_profile(tmp_path
         assert f"({name} is empty)" in refused.stderr and refused.stderr.count("\n") == 1
 
 
-def test_voxtox_services_reach_the_lake_on_postgres_and_minio_when_it_is_switched_on(services: dict[str, Any]) -> None:
+def test_voxtox_services_use_the_lake_on_postgres_and_minio_by_default(services: dict[str, Any]) -> None:
     minio = services["minio"]
     assert minio["image"].startswith("minio/minio:RELEASE.") and "ports" not in minio  # inside compose only
     assert minio["environment"]["MINIO_ROOT_PASSWORD"] == SECRETS["MINIO_ROOT_PASSWORD"]
@@ -267,13 +267,12 @@ def test_voxtox_services_reach_the_lake_on_postgres_and_minio_when_it_is_switche
         assert env["PGPASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
         storage = {k: v for k, v in env.items() if k.startswith("VOXTOX_STORAGE__")}
         with mock.patch.dict(os.environ, storage):
-            assert not Settings().storage.lake  # the default: the single-machine shards
-    on = {"VOXTOX_LAKE_CATALOG_URL": "postgresql://prefect@postgres:5432/voxtox_lake",
-          "VOXTOX_LAKE_DATA_URL": "s3://voxtox/lake"}
-    env = load_compose(ROOT / "docker-compose.yml", SECRETS | on)["services"]["serve"]["environment"]
+            lake = Settings().storage  # the default: the lake on compose's PostgreSQL and MinIO
+        assert (lake.catalog_url, lake.data_url) == ("postgresql://prefect@postgres:5432/voxtox_lake", "s3://voxtox/lake")
+    off = {"VOXTOX_LAKE_CATALOG_URL": "", "VOXTOX_LAKE_DATA_URL": ""}  # both empty in .env: off the lake
+    env = load_compose(ROOT / "docker-compose.yml", SECRETS | off)["services"]["serve"]["environment"]
     with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith("VOXTOX_STORAGE__")}):
-        storage = Settings().storage
-    assert (storage.catalog_url, storage.data_url) == tuple(on.values())
+        assert not Settings().storage.lake
     # what lake-init and lake-db-init make is what those URLs name: the bucket, the user, the database
     bucket_script = services["lake-init"]["command"][0]
     assert "mc mb --ignore-existing store/voxtox\n" in bucket_script and "mc admin user add store voxtox " in bucket_script

@@ -275,21 +275,6 @@ def test_a_label_run_against_a_stopped_object_store_fails_in_one_line(target: La
     assert time.monotonic() - started < 120
 
 
-@pytest.mark.parametrize(("command", "setting"), [(["run", "nightly"], "VOXTOX_RETENTION__AUDIO_DAYS"),
-                                                 (["run", "nightly"], "VOXTOX_REVIEW__NIGHTLY")])
-def test_steps_not_written_for_the_lake_refuse_in_one_line(command: list[str], setting: str, tmp_path: Path) -> None:
-    """Retention that looked only at the empty shards beside a lake would pass for an expiry."""
-    from typer.testing import CliRunner
-
-    from voxtox.flows.cli import app
-
-    env = {"VOXTOX_STORAGE__CATALOG_URL": "postgresql://voxtox@127.0.0.1:1/lake", "VOXTOX_STORAGE__DATA_URL": "s3://b/p",
-           setting: "1"}
-    result = CliRunner().invoke(app, [*command, "--data-dir", str(tmp_path)], env=env)
-    assert result.exit_code == 2, result.output
-    assert "does not work on a lake yet" in result.output
-
-
 def test_an_object_store_that_stops_between_commits_fails_in_one_line_and_a_rerun_completes(
         target: LakeTarget, monkeypatch: pytest.MonkeyPatch) -> None:
     """S3 goes away mid-run: the commit in flight fails in one line naming the endpoint, nothing
