@@ -146,13 +146,15 @@ def calibrate(
     data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
     split: Annotated[EvalSplit, typer.Option(help="split whose evaluation segments choose the thresholds")] = "val",
     filter_sql: Annotated[str | None, typer.Option("--filter", help="SQL condition on clips (default: train.val_filter)")] = None,
+    snapshot: Annotated[str, typer.Option(help="with a lake: the snapshot to read: run (the one the run trained "
+                                               "on), latest, or a number")] = "run",
 ) -> None:
     """Choose per-class decision thresholds (best F1 on validation) and write thresholds.json
     into the model directory, where `voxtox classify` and `voxtox export` find them."""
     from voxtox.tasks.calibrate import calibrate_thresholds
 
     with user_errors():
-        result = calibrate_thresholds(run, load_settings(data_dir), split, filter_sql)
+        result = calibrate_thresholds(run, load_settings(data_dir), split, filter_sql, snapshot=snapshot)
     view = Table("class", "threshold", "F1", "F1 at 0.5", "positives",
                  title=f"thresholds from {result['n_segments']} {split} segments ({result['labels']} labels)")
     for name in result["classes"]:
@@ -162,6 +164,8 @@ def calibrate(
     console.print(view)
     if result["defaulted_to_0.5"]:
         console.print(f"no positives, left at 0.5: {', '.join(result['defaulted_to_0.5'])}")
+    if result.get("lake_snapshot") is not None:
+        console.print(f"read lake snapshot {result['lake_snapshot']}")
     console.print(f"written to {Path(str(result['model_dir'])) / THRESHOLDS_FILE}")
 
 

@@ -32,7 +32,7 @@ from voxtox.storage.model_store import resolve_model
 from voxtox.storage.runs import RunDir
 from voxtox.storage.runs import EVALUATION_DIR
 from voxtox.models.scoring import read_eval_set
-from voxtox.tasks.evaluate import RESULTS_FILE, Evaluation, default_out_dir, evaluate_runs
+from voxtox.tasks.evaluate import RESULTS_FILE, Evaluation, default_out_dir, evaluate_runs, pin_evaluation_snapshot
 from voxtox.models.evaluation_report import Row, Rows, format_ci, markdown_table
 from voxtox.models.features import FEATURES_DIR
 from voxtox.tasks.train import train_model
@@ -145,7 +145,15 @@ def load_grid_file(
     if workers is not None:
         grid = grid.model_copy(update={"workers": workers})
     target = out or grid.out or Path("runs") / path.stem
-    return AblationPlan(grid=grid, settings=settings, out=target, source=str(path))
+    return pin_snapshot(AblationPlan(grid=grid, settings=settings, out=target, source=str(path)))
+
+
+def pin_snapshot(plan: AblationPlan) -> AblationPlan:
+    """On a lake, every cell trains and is evaluated on one snapshot, so the cells compare models
+    on the same data while labelling goes on: the one cells trained before recorded (a rerun of
+    the grid), else the latest (`[storage] snapshot` wins). Without a lake, the plan as it is."""
+    runs = sorted(p for p in plan.out.iterdir() if p.is_dir()) if plan.out.is_dir() else []
+    return plan.model_copy(update={"settings": pin_evaluation_snapshot(plan.settings, runs, "run")})
 
 
 def encoder_layer_count(settings: Settings) -> int:

@@ -24,6 +24,7 @@ from voxtox.storage.schema import human_label_column
 from voxtox.storage.runs import THRESHOLDS_FILE, resolve_model_dir
 from voxtox.models.classify import DEFAULT_THRESHOLD
 from voxtox.models.scoring import read_segment_audio
+from voxtox.tasks.evaluate import pin_evaluation_snapshot
 
 
 
@@ -74,6 +75,7 @@ def calibrate_thresholds(
     condition: str | None = None,
     window_s: float | None = None,
     batch_size: int = 8,
+    snapshot: str = "run",
 ) -> dict[str, object]:
     """Choose per-class thresholds (best F1) on `split`'s evaluation segments and write them to
     `thresholds.json` in the model directory; returns what was written.
@@ -81,9 +83,13 @@ def calibrate_thresholds(
     Segments: the split's `segment_kind = 'evaluation'` clips (1-60 s VAD segments), or all its
     clips if it has none. Labels: human labels from the `segment_truth` view for the clips of
     human-labelled sources, else the pipeline's label_* columns. A class with no positive gets
-    0.5. Scores are computed exactly as `voxtox classify` computes them."""
+    0.5. Scores are computed exactly as `voxtox classify` computes them. On a lake, the segments
+    are read at one snapshot: by default the one the run trained on (`snapshot`: run, latest or a
+    number, as `voxtox evaluate --snapshot` takes it)."""
     started = time.time()
     directory = resolve_model_dir(model_spec)
+    runs = [p for p in (Path(model_spec), directory.parent) if (p / "config.json").is_file()]
+    settings = pin_evaluation_snapshot(settings, runs[:1], snapshot)
     model = load_classifier(directory)
     classes = json.loads((directory / "model.json").read_text())["classes"]
     if list(classes) != list(CLASSES):
@@ -100,7 +106,7 @@ def calibrate_thresholds(
     result = _best_f1_choice(classes, labels, scores) | {
         "labels": source, "labels_detail": LABEL_SOURCES[source], "split": split, "filter": condition,
         "segments": segments, "n_segments": int(len(keep)), "window_s": window_s, "aggregation": "max",
-        "data_dir": str(settings.data_dir), "model_dir": str(directory),
+        "data_dir": str(settings.data_dir), "model_dir": str(directory), "lake_snapshot": settings.storage.snapshot,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 2),
     }

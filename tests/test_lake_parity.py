@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -348,3 +350,90 @@ def test_compact_expires_snapshots_older_than_keep_snapshots_days_and_deletes_wh
     assert _count(target, "SELECT count(DISTINCT clip_id) FROM clips") == 12
     with lake.connect(target, read_only=True) as con:
         assert len(lake.snapshots(con)) == 1
+
+
+# --- calibrate and ablate read one snapshot --------------------------------------------------------
+
+
+def test_calibrate_reads_the_run_s_snapshot_unless_told_the_latest(tmp_path: Path, tiny_whisper: Path) -> None:
+    from tests.test_lake_training import _fill, _settings as _train_settings, _write as _write_one
+    from voxtox.tasks.ablate import AblationPlan, Grid, pin_snapshot
+    from voxtox.tasks.calibrate import calibrate_thresholds
+    from voxtox.tasks.train import train_model
+
+    target = _embedded(tmp_path)
+    _fill(target)  # 12 val clips among others
+    settings = _train_settings(tmp_path, target, tiny_whisper)
+    run = Path(train_model(settings, tmp_path / "runs" / "run").run_dir)
+    late = synthetic_clips(5, "val", 9).drop_columns(["source_sha256", "clip_id", "date"])
+    _write_one(target, "val-late", late.append_column("source_sha256", pa.array(["val-late"] * 5))
+               .append_column("clip_id", pa.array([f"late-val-{i}" for i in range(5)])))
+
+    pinned = calibrate_thresholds(run, settings)
+    latest = calibrate_thresholds(run, settings, snapshot="latest")
+
+    recorded = json.loads((run / "config.json").read_text())["lake"]["snapshot_id"]
+    assert (pinned["n_segments"], pinned["lake_snapshot"]) == (12, recorded)
+    assert latest["n_segments"] == 17 and latest["lake_snapshot"] > recorded
+    # an ablation grid pins one snapshot for all its cells: the one its trained cells recorded
+    plan = pin_snapshot(AblationPlan(grid=Grid(), settings=settings, out=tmp_path / "runs", source="grid.toml"))
+    assert plan.settings.storage.snapshot == recorded
+    fresh = pin_snapshot(AblationPlan(grid=Grid(), settings=settings, out=tmp_path / "new-grid", source="grid.toml"))
+    assert fresh.settings.storage.snapshot == latest["lake_snapshot"]
+
+
+# --- a real `voxtox label` losing its PostgreSQL catalog mid-run ------------------------------------
+
+restartable_postgres = test_lake.restartable_postgres
+
+TEXTS = ["good game everyone, see you tomorrow", "nice shot mate, push mid with me", "thanks for the heal, what a match",
+         "rotate to the bomb site now", "we need one more smoke here", "great round, keep it up team"]
+
+
+def _wait_for_a_commit(target: LakeTarget, run: subprocess.Popen, timeout_s: float = 600) -> int:
+    """Sources committed once the run has committed its first recording (polled while it runs)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and run.poll() is None:
+        try:
+            with lake.connect(target, read_only=True) as con:
+                if (n := lake.row_count(con, "sources")) > 0:
+                    return n
+        except lake.LakeError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"voxtox label ended (exit {run.poll()}) or timed out before its first commit")
+
+
+def test_a_label_process_that_loses_postgresql_fails_in_one_line_and_its_rerun_completes(
+        restartable_postgres, tmp_path: Path) -> None:  # noqa: ANN001 (tests/test_lake.py's fixture)
+    """`voxtox label` on six recordings, one commit each; PostgreSQL is killed after the first
+    commit: the run fails naming the catalog, a reader sees whole recordings only (every sources
+    row with all its clips), and once PostgreSQL is back the rerun labels the rest: 0 duplicates."""
+    target = LakeTarget(f"postgresql://prefect@127.0.0.1:{restartable_postgres.port}/lake", str(tmp_path / "lake"))
+    files = [test_lake._wav(tmp_path / "inbox" / f"r{i}.wav", text) for i, text in enumerate(TEXTS)]
+    env = {**os.environ, **_env(target), "PREFECT_LOGGING_LEVEL": "WARNING", "VOXTOX_PIPELINE__UNIT_SPEECH_S": "0.5"}
+    command = test_lake._voxtox("label", str(tmp_path / "inbox"), "--data-dir", str(tmp_path / "data"))
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_a_commit(target, run)
+        restartable_postgres.kill()
+        output = run.communicate(timeout=600)[0]
+    finally:
+        run.kill()
+    assert run.returncode != 0, output[-3000:]
+    named = [line for line in output.splitlines() if target.catalog_name() in line and "unreachable" in line]
+    assert named, output[-3000:]
+    assert "password" not in output
+    restartable_postgres.start()
+    landed = _count(target, "SELECT count(*) FROM sources")
+    assert 1 <= landed < len(files)
+    assert _count(target, "SELECT count(*) FROM sources s WHERE n_clips <> (SELECT count(*) FROM clips c "
+                          "WHERE c.source_sha256 = s.source_sha256)") == 0  # nothing half-committed
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert _count(target, "SELECT count(DISTINCT source_sha256) FROM sources") == len(files)
+    assert _count(target, "SELECT count(*) FROM sources") == len(files)
+    clips = _count(target, "SELECT count(*) FROM clips")
+    assert clips >= len(files) and clips == _count(target, "SELECT count(DISTINCT clip_id) FROM clips")
