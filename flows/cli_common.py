@@ -55,13 +55,21 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from error
 
 
+def _one_line_error(error: BaseException) -> bool:
+    """A failure whose message says all a user needs: a full disk, or a lake (catalog or object
+    store) that cannot be reached, which its LakeError names."""
+    from voxtox.files import is_disk_full
+    from voxtox.storage.lake import LakeError
+
+    return is_disk_full(error) or isinstance(error, LakeError)
+
+
 class _NoDiskFullTraceback(logging.Filter):
-    """Log a full disk as its one line: the traceback of a task that hit it says nothing more."""
+    """Log a full disk or an unreachable lake as its one line: the traceback of a task that hit
+    it says nothing more."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from voxtox.files import is_disk_full
-
-        if record.exc_info and record.exc_info[1] is not None and is_disk_full(record.exc_info[1]):
+        if record.exc_info and record.exc_info[1] is not None and _one_line_error(record.exc_info[1]):
             record.exc_info = record.exc_text = None
         return True
 
@@ -69,7 +77,8 @@ class _NoDiskFullTraceback(logging.Filter):
 @contextmanager
 def disk_full_in_one_line(data_dir: Path) -> Iterator[None]:
     """A full disk during the block is one line naming where and what to do, exit status 1: not
-    hundreds of lines of Prefect's task tracebacks ending in an errno without a path."""
+    hundreds of lines of Prefect's task tracebacks ending in an errno without a path. So is a lake
+    that stops answering (its catalog or object store, named by the LakeError)."""
     from voxtox.files import DiskFullError, is_disk_full
 
     quiet = _NoDiskFullTraceback()
@@ -79,10 +88,12 @@ def disk_full_in_one_line(data_dir: Path) -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        if not is_disk_full(error):
+        if not _one_line_error(error):
             raise
-        full = error if isinstance(error, DiskFullError) else DiskFullError(getattr(error, "filename", None) or data_dir)
-        errors.print(f"error: {full}", markup=False, highlight=False, soft_wrap=True)
+        shown = error
+        if is_disk_full(error) and not isinstance(error, DiskFullError):
+            shown = DiskFullError(getattr(error, "filename", None) or data_dir)
+        errors.print(f"error: {shown}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from error
     finally:
         for handler in handlers:
