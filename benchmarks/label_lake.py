@@ -239,10 +239,10 @@ def print_write_stage(paths: list[Path], rounds: int, work: Path) -> None:
         for store in STORES if index % 2 == 0 else STORES[::-1]:
             results.append(write_round(store, units, work / f"write-{store}-{index}"))
             print(f"write round {index + 1} {store}: {results[-1].write_s:.2f} s", file=sys.stderr, flush=True)
-    connects = []
+    connects, target = [], lake_target(work / f"write-lake-{rounds - 1}")
     for _ in range(5):
         began = time.perf_counter()
-        lake.connect(lake_target(work / f"write-lake-{rounds - 1}")).close()
+        lake.connect(target).close()
         connects.append(time.perf_counter() - began)
     print("\n| store | write stage s, each round | median | per source ms | the run's reads of the store s (median) |")
     print("| --- | --- | ---: | ---: | ---: |")
@@ -251,7 +251,7 @@ def print_write_stage(paths: list[Path], rounds: int, work: Path) -> None:
         median = statistics.median(r.write_s for r in mine)
         print(f"| {store} | {', '.join(f'{r.write_s:.2f}' for r in mine)} | {median:.2f} | "
               f"{1000 * median / n_sources:.0f} | {statistics.median(r.reads_s for r in mine):.2f} |")
-    print(f"\nconnecting to the lake (4 extensions loaded, the SQLite catalog attached), alone: median "
+    print(f"\nconnecting to the lake ({', '.join(target.extensions())} loaded, the SQLite catalog attached), alone: median "
           f"{1000 * statistics.median(connects):.0f} ms of 5; the write stage connects once per unit.")
 
 
