@@ -80,6 +80,14 @@ class LakeTarget:
             return f"ducklake:sqlite:{sqlite}"
         return f"ducklake:{Path(self.catalog_url).expanduser()}"
 
+    def extensions(self) -> tuple[str, ...]:
+        """The extensions this lake needs: DuckLake, its catalog's scanner, httpfs for S3. Each LOAD
+        costs 50-90 ms per connection and a labelling run connects about ten times
+        (benchmarks/label_lake.py), so the embedded lake loads two, not four."""
+        scanner = {"postgres": ("postgres_scanner",), "sqlite": ("sqlite_scanner",)}.get(
+            self.catalog_attach().split(":")[1], ())
+        return ("ducklake", *scanner, *(("httpfs",) if self.on_s3 else ()))
+
     def catalog_options(self) -> str:
         """Extra ATTACH options of the catalog: a SQLite catalog runs in WAL mode (readers and one
         writer at a time do not block each other) and waits for a busy file rather than fail."""
@@ -164,11 +172,11 @@ def _quote(value: str) -> str:
     return value.replace("'", "''")
 
 
-def load_extensions(con: duckdb.DuckDBPyConnection) -> None:
+def load_extensions(con: duckdb.DuckDBPyConnection, names: Collection[str] = EXTENSIONS) -> None:
     """LOAD each extension from its PyPI package's file (no INSTALL: nothing is fetched or
     written to ~/.duckdb). A missing package or a DuckDB of another version is one line."""
     version = _first(con.execute("PRAGMA version"))
-    for name in EXTENSIONS:
+    for name in names:
         try:
             module = importlib.import_module(f"duckdb_extension_{name}")
         except ImportError as error:
@@ -231,7 +239,7 @@ def connect(target: LakeTarget, read_only: bool = False) -> duckdb.DuckDBPyConne
     so a wrong endpoint or key fails here in one line rather than at the first commit."""
     con = duckdb.connect()
     try:
-        load_extensions(con)
+        load_extensions(con, target.extensions())
         if target.on_s3:
             con.execute(s3_secret_sql())
         options = f"DATA_PATH '{_quote(target.data_path())}'" + (", READ_ONLY" if read_only else "")
@@ -268,21 +276,34 @@ def _attach(con: duckdb.DuckDBPyConnection, target: LakeTarget, options: str) ->
 
 def tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     """The voxtox tables the lake holds (not its own bookkeeping)."""
-    rows = con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND table_name <> ? ORDER BY 1",
-        [ALIAS, COMMITS_TABLE],
-    ).fetchall()
+    return [name for name in _all_tables(con) if name != COMMITS_TABLE]
+
+
+def _all_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    rows = con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY 1", [ALIAS]).fetchall()
     return [name for (name,) in rows]
 
 
 def _ensure_table(con: duckdb.DuckDBPyConnection, name: str, rows: pa.Table) -> None:
-    """Create table `name` with `rows`' columns plus `shard_key` if it is not there yet. Data is
-    never inlined into the catalog database: clips hold audio, which belongs on object storage."""
-    con.execute(f"CREATE TABLE IF NOT EXISTS {ALIAS}.{COMMITS_TABLE} (n BIGINT)")
+    _ensure_tables(con, {name: rows})
+
+
+def _ensure_tables(con: duckdb.DuckDBPyConnection, rows: Mapping[str, pa.Table]) -> None:
+    """Create `voxtox_commits` (with its one row) and each table of `rows` (their columns plus
+    `shard_key`) that is not there yet, after one look at the catalog: a commit used to take three
+    statements per table, a third of its time (benchmarks/label_lake.py). Data is never inlined
+    into the catalog database: clips hold audio, which belongs on object storage."""
+    present = _all_tables(con)
+    if COMMITS_TABLE not in present:
+        con.execute(f"CREATE TABLE IF NOT EXISTS {ALIAS}.{COMMITS_TABLE} (n BIGINT)")
     if _first(con.execute(f"SELECT count(*) FROM {ALIAS}.{COMMITS_TABLE}")) == 0:
         con.execute(f"INSERT INTO {ALIAS}.{COMMITS_TABLE} VALUES (0)")
-    if name in tables(con):
-        return
+    for name, table in rows.items():
+        if name not in present:
+            _create_table(con, name, table)
+
+
+def _create_table(con: duckdb.DuckDBPyConnection, name: str, rows: pa.Table) -> None:
     # DuckLake has no fixed-size array: an embedding is stored as FLOAT[] (views cast it back)
     lists = [f.name for f in rows.schema if pa.types.is_fixed_size_list(f.type)]
     replace = f" REPLACE ({', '.join(f'{c}::FLOAT[] AS {c}' for c in lists)})" if lists else ""
@@ -312,8 +333,7 @@ def replace_key(con: duckdb.DuckDBPyConnection, target: LakeTarget, key: str, ro
     written = [True]
 
     def attempt() -> None:
-        for name, table in rows.items():  # two first writers may race to create a table
-            _ensure_table(con, name, table)
+        _ensure_tables(con, rows)  # two first writers may race to create a table
         written[0] = _replace_once(con, key, rows, unless_forgotten)
 
     attempts = _committed(con, target, attempt, key)
@@ -652,7 +672,7 @@ def connect_at(target: LakeTarget, snapshot: int) -> duckdb.DuckDBPyConnection:
     SnapshotGoneError, one line; never the rows of another snapshot."""
     con = duckdb.connect()
     try:
-        load_extensions(con)
+        load_extensions(con, target.extensions())
         if target.on_s3:
             con.execute(s3_secret_sql())
         options = f"DATA_PATH '{_quote(target.data_path())}', READ_ONLY, SNAPSHOT_VERSION {int(snapshot)}"

@@ -106,3 +106,20 @@ def _sources_row(sha: str) -> pa.Table:
     """A `sources` row as the labelling flow writes it (its schema plus the `date` column)."""
     row = {field.name: None for field in SOURCES_SCHEMA} | {"source_sha256": sha, "source_uri": "earlier.wav"}
     return pa.Table.from_pylist([row], SOURCES_SCHEMA).append_column("date", pa.array(["2026-01-01"]))
+
+
+def test_the_embedded_lake_loads_only_the_extensions_it_needs_and_commits_rerun_to_one_copy(tmp_path: Path) -> None:
+    """Each LOAD costs a `voxtox label` run time at every connection (benchmarks/label_lake.py): the
+    embedded lake loads DuckLake and the SQLite scanner, not PostgreSQL's or S3's."""
+    target = _target(tmp_path)
+    assert target.extensions() == ("ducklake", "sqlite_scanner")
+    assert LakeTarget("postgresql://u@db:5432/l", "s3://b/l").extensions() == ("ducklake", "postgres_scanner", "httpfs")
+    assert LakeTarget(str(tmp_path / "l.ducklake"), str(tmp_path / "d")).extensions() == ("ducklake",)
+    with lake.connect(target) as con:
+        loaded = {name for (name,) in con.execute("SELECT extension_name FROM duckdb_extensions() WHERE loaded").fetchall()}
+        assert {"ducklake", "sqlite_scanner"} <= loaded and not {"postgres_scanner", "httpfs"} & loaded
+        for _ in range(2):  # the tables are made by the first commit; the second replaces its rows
+            lake.replace_key(con, target, "k", {"clips": _rows("k", 3, "w"), "sources": _rows("k", 1, "w")})
+        assert con.execute(f"SELECT n FROM lake.{lake.COMMITS_TABLE}").fetchall() == [(2,)]
+    assert _count(target, "SELECT count(*) FROM clips") == 3
+    assert _count(target, "SELECT count(*) FROM sources") == 1
