@@ -113,6 +113,14 @@ class LabellerTrainSettings(BaseModel):
     max_length: int = Field(64, ge=8, description="tokens per text (HF backbones)")
     hidden_dim: int = Field(2048, ge=8, description="hidden layer of the USE head")
     lora_rank: int = Field(16, ge=0, description="rank of USE's adapters (usem3-lora; 0: biases and norms only)")
+    init_head: Path | None = Field(
+        None,
+        description="start from this USE labeller's trained head (usem3 or usem3-lora backbone) instead of a new "
+        "one: with usem3-lora, the encoder's adapters train under an already trained head",
+    )
+    head_learning_rate: float | None = Field(
+        None, gt=0, description="the head's learning rate when it differs from the encoder's (usem3-lora)"
+    )
     dropout: float = Field(0.3, ge=0, lt=1)
     max_train_rows: int | None = Field(
         None, ge=1, description="subsample the training split (stratified by source) to this many"

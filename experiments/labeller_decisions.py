@@ -49,7 +49,7 @@ from voxtox.models.labeller_losses import masked_bce
 from voxtox.models.labeller_decisions import balanced_offsets, shifted
 from voxtox.models.labeller_real import evaluate_real, flagged
 
-from labeller_real import LANGS, print_row  # experiments/labeller_real.py: the same languages and table row
+from labeller_real import LANGS, labeller_probs, print_row  # experiments/labeller_real.py: the same languages, row, scoring
 from voxtox.models.labeller_training import (
     Forward,
     HeadNet,
@@ -278,8 +278,22 @@ RULES = ("f1", "balanced", "per-lang", "per-lang-2fold")
 def score_net(name: str, net: HeadNet, inputs: tuple[Tensor, LabelledTexts, Tensor, LabelledTexts]) -> dict:
     """Every threshold rule's table for one head, printed as rows."""
     x_select, select, x_val, val = inputs
-    p_sel = predict_probs(net, x_select, len(select))
-    out = decision_tables(select, p_sel, val, predict_probs(net, x_val, len(val)))
+    return score_probs(name, select, predict_probs(net, x_select, len(select)), val,
+                       predict_probs(net, x_val, len(val)))
+
+
+def score_labeller(path: Path, inputs: tuple, cache: EmbeddingCache) -> dict:
+    """`score_net` for a labeller directory of any USE kind (an adapted encoder runs through
+    `TextLabeller`), the texts capped as the cached embeddings are."""
+    _, select, _, val = inputs
+    if not (path / "encoder.safetensors").exists():
+        return score_net(path.name, HeadNet(UsemHead.load(path)), inputs)
+    return score_probs(path.name, select, labeller_probs(path, select.texts, 64, cache), val,
+                       labeller_probs(path, val.texts, 128, cache))
+
+
+def score_probs(name: str, select: LabelledTexts, p_sel: np.ndarray, val: LabelledTexts, p_val: np.ndarray) -> dict:
+    out = decision_tables(select, p_sel, val, p_val)
     out["davidson_val_map"] = validation_map(*_davidson(select, p_sel))
     for rule in RULES:
         print_row(f"{name} / {rule}", out[rule])
@@ -329,7 +343,7 @@ def main() -> None:
     header = "| variant / rule | " + " | ".join(f"{x} mAP / AUC / benign% / hate%" for x in LANGS)
     print(header + " | score | shortfall |\n|---|" + "---|" * (len(LANGS) + 2), flush=True)
     for path in [args.baseline, *args.labellers]:
-        results[str(path)] = score_net(path.name, HeadNet(UsemHead.load(path)), inputs)
+        results[str(path)] = score_labeller(path, inputs, cache)
     for name in names:
         results |= run_variant(VARIANTS[name], train, x_train, inputs, args.out)
         args.out.write_text(json.dumps(results, indent=1))

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
+from labeller_real import labeller_probs  # experiments/labeller_real.py: any USE labeller kind
 from voxtox.corpus.functional import load_functional_cases
 from voxtox.models.embedding_cache import EmbeddingCache
-from voxtox.models.labeller import CHARS_PER_TOKEN, LabelMap, UsemHead, clean_text
+from voxtox.models.labeller import LabelMap
 from voxtox.models.labeller_functional import (
     CaseOutcomes,
     comparison_functional_markdown,
@@ -23,7 +22,6 @@ from voxtox.models.labeller_functional import (
     functional_markdown,
     outcomes,
 )
-from voxtox.models.labeller_training import HeadNet, predict_probs
 from voxtox.models.text_encoder import UsemEncoder
 
 #: Praise and banter with strong words (the lines docs/labeller.md has followed since 2026-12-06).
@@ -36,8 +34,7 @@ PLATFORM_TALK = (
 
 
 def scored(path: Path, cache: EmbeddingCache, texts: list[str], langs: list[str]) -> tuple:
-    x = torch.from_numpy(cache.encode([clean_text(t)[: CHARS_PER_TOKEN * 128] for t in texts]))
-    probs = predict_probs(HeadNet(UsemHead.load(path)), x, len(texts))
+    probs = labeller_probs(path, texts, 128, cache)
     return probs, probs >= LabelMap.load(path).threshold_matrix(langs, len(texts))
 
 

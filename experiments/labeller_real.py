@@ -35,6 +35,19 @@ from voxtox.settings import LabellerTrainSettings
 LANGS = ("de", "en", "es", "fr", "pt")
 
 
+def labeller_probs(path: Path, texts: list[str], max_tokens: int, cache: EmbeddingCache) -> np.ndarray:
+    """A labeller directory's probabilities for `texts`, cleaned and capped at 8 × `max_tokens`
+    characters as `TextLabeller` does: a head on the frozen encoder reads the embedding cache; a
+    `usem3-lora` labeller (adapted encoder) runs through `TextLabeller` itself, i.e. the numpy
+    path with its adapters folded in, the one the labelling flow uses."""
+    from voxtox.models.labeller import USEM_LORA_KIND, LabelMap, TextLabeller
+
+    if LabelMap.load(path).kind == USEM_LORA_KIND:
+        return TextLabeller(str(path), max_length=max_tokens).predict_proba(list(texts), batch_size=256)
+    x = torch.from_numpy(cache.encode([clean_text(t)[: CHARS_PER_TOKEN * max_tokens] for t in texts]))
+    return predict_probs(HeadNet(UsemHead.load(path)), x, len(texts))
+
+
 @dataclass
 class Variant:
     name: str

@@ -14,13 +14,10 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
+from labeller_real import labeller_probs  # experiments/labeller_real.py: any USE labeller kind
 from voxtox.models.embedding_cache import EmbeddingCache
-from voxtox.models.labeller import CHARS_PER_TOKEN, UsemHead, clean_text
 from voxtox.models.labeller_data import load_splits
 from voxtox.models.labeller_real import evaluate_real, real_markdown
-from voxtox.models.labeller_training import HeadNet, predict_probs
 from voxtox.models.text_encoder import UsemEncoder
 
 
@@ -34,9 +31,8 @@ def main() -> None:
     args = parser.parse_args()
     data = load_splits(args.data)[args.split]
     cache = EmbeddingCache(UsemEncoder(), args.cache)
-    x = torch.from_numpy(cache.encode([clean_text(t)[: CHARS_PER_TOKEN * 128] for t in data.texts]))
     for path in args.labellers:
-        probs = predict_probs(HeadNet(UsemHead.load(path)), x, len(data))
+        probs = labeller_probs(path, data.texts, 128, cache)
         config = json.loads((path / "voxtox_labeller.json").read_text())
         print(f"### `{path}` on the real {args.split} splits ({args.data})\n", flush=True)
         results = evaluate_real(data, probs, config["thresholds"], args.resamples,

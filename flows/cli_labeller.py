@@ -76,6 +76,8 @@ def labeller_train(
     batch_size: Annotated[int | None, typer.Option(help="rows per step")] = None,
     max_train_rows: Annotated[int | None, typer.Option(help="subsample training rows (per source)")] = None,
     lora_rank: Annotated[int | None, typer.Option(help="rank of USE's adapters (--backbone usem3-lora)")] = None,
+    init_head: Annotated[Path | None, typer.Option(help="go on from this USE labeller's trained head (with --backbone usem3-lora: adapt the encoder under it)")] = None,
+    head_learning_rate: Annotated[float | None, typer.Option(help="the head's own learning rate (--backbone usem3-lora)")] = None,
     threshold: Annotated[LabellerThreshold | None, typer.Option(help="f1 or precision (see --target-precision)")] = None,
     target_precision: Annotated[float | None, typer.Option(help="precision the thresholds aim for")] = None,
     decision_offset: Annotated[str | None, typer.Option(help="none, global or per-lang: shift the thresholds to balance benign-identity vs hate flagged on validation")] = None,
@@ -86,7 +88,8 @@ def labeller_train(
 
     options = {
         "backbone": backbone, "loss": loss, "epochs": epochs, "learning_rate": learning_rate,
-        "batch_size": batch_size, "max_train_rows": max_train_rows, "lora_rank": lora_rank, "threshold": threshold,
+        "batch_size": batch_size, "max_train_rows": max_train_rows, "lora_rank": lora_rank, "init_head": init_head,
+        "head_learning_rate": head_learning_rate, "threshold": threshold,
         "target_precision": target_precision, "decision_offset": decision_offset,
     }
     settings = load_settings()

