@@ -59,17 +59,16 @@ def label(
     settings = load_settings(data_dir, labeller={"model": labeller}, asr={"model": asr_model})
     if dask:
         settings = settings.model_copy(update={"dask_address": dask})
-    with user_errors():
+    with user_errors(), disk_full_in_one_line(settings.data_dir):
         for spec in inputs:
             discover_inputs(spec)  # a mistyped input fails at once, before a Prefect API is started
-        _say_damaged_shards(settings)
-        _check_lake(settings)
+        _check_lake(settings)  # makes the embedded lake on first use: the disk may be full already
         with api_starting():  # while the pipeline's modules import and its models load
             from voxtox.flows.label import label_flow, preflight, task_runner_for
 
             preflight(list(inputs), settings)  # a missing or corrupt model fails before any source
     flow = label_flow.with_options(task_runner=task_runner_for(settings))
-    with disk_full_in_one_line(settings.data_dir):
+    with user_errors(), disk_full_in_one_line(settings.data_dir):  # e.g. a damaged `sources` data file
         report = flow(inputs=list(inputs), split=split, settings=settings, allow_forgotten=allow_forgotten)
     summary = Table(title="voxtox label", show_header=False)
     for key, value in vars(report).items():
@@ -79,28 +78,12 @@ def label(
 
 
 def _check_lake(settings: Settings) -> None:
-    """With `[storage]` naming a lake: an unreachable catalog or object store fails in one line
-    naming it before a Prefect API is started (storage/lake.py)."""
+    """An unreachable lake catalog or object store fails in one line naming it before a Prefect
+    API is started (storage/lake.py); an old data dir's shards get the line naming `voxtox migrate`."""
     from voxtox.storage import lake
 
-    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
-    if target is not None:
-        lake.connect(target).close()
-        say_unmigrated(settings)
-
-
-def _say_damaged_shards(settings: Settings) -> None:
-    """Before a label run: a damaged `sources` file stops it (it cannot tell which recordings are
-    done); a damaged file of another table is named, left as it is, and the run goes on."""
-    from voxtox.storage.catalog import damaged_tables
-    from voxtox.storage.shards import DamagedShardError
-
-    damaged = damaged_tables(settings.shards_dir)
-    if "sources" in damaged:
-        raise DamagedShardError(damaged["sources"])
-    for name, files in damaged.items():
-        errors.print(f"warning: {DamagedShardError(files)}; labelling goes on, that file is left as it is "
-                     f"(table {name})", markup=False, highlight=False, soft_wrap=True)
+    lake.connect(lake.target_for(settings)).close()
+    say_unmigrated(settings)
 
 
 def forget(
@@ -116,7 +99,6 @@ def forget(
     """Erase recordings from every table, shard and cached score, tombstone them so no later run
     labels them again (unless `voxtox label --allow-forgotten`), and list the trained runs that
     learnt from them."""
-    from voxtox.storage.forget import forget as forget_recordings
     from voxtox.storage.forget import parse_request, read_request_file
 
     settings = load_settings(data_dir)
@@ -124,18 +106,10 @@ def forget(
         named = list(recordings or []) + (read_request_file(from_file) if from_file else [])
         if not named:
             raise ValueError("name at least one recording (a sha256, a URI or speaker:<id>), or --from FILE")
-        if settings.storage.lake:
-            if delete_inputs or runs:
-                raise ValueError("--delete-inputs and --runs do not work with a lake yet (docs/storage.md)")
-            _forget_in_lake(settings, parse_request(named), dry_run)
-            return
-        with console.status("finding and erasing rows"):
-            report = forget_recordings(parse_request(named), settings, runs, delete_inputs, dry_run)
-    _print_erasure(report)
-    if report.unmatched:  # an erasure request never passes for done when part of it found nothing
-        errors.print(f"error: {len(report.unmatched)} of the named recordings matched no data held (listed above); "
-                     "check the names (nothing is stripped from them) or erase by sha256", markup=False, highlight=False)
-        raise typer.Exit(1)
+        if delete_inputs or runs:
+            raise ValueError("--delete-inputs and --runs do not work with a lake yet (docs/storage.md)")
+        say_unmigrated(settings)
+        _forget_in_lake(settings, parse_request(named), dry_run)
 
 
 def _forget_review_copies(settings: Settings, clip_ids: frozenset[str]) -> None:
@@ -150,6 +124,14 @@ def _forget_review_copies(settings: Settings, clip_ids: frozenset[str]) -> None:
         console.print(f"review copies erased: {on_s3} audio object(s) on S3, {len(local)} file(s) under review/")
 
 
+def _local_contents(uris: frozenset[str]) -> dict[str, str]:
+    """The sha256 of each URI that names a local file (as `voxtox label` hashed it)."""
+    from voxtox.files import sha256_file
+    from voxtox.storage.forget import _local_path
+
+    return {uri: sha256_file(path) for uri in sorted(uris) if (path := _local_path(uri)) is not None and path.is_file()}
+
+
 def _forget_in_lake(settings: Settings, request: ForgetRequest, dry_run: bool) -> None:
     """`voxtox forget` with a lake (docs/storage.md): find the recordings by hash or URI, erase
     their rows and bytes (lake.erase) and tombstone them in the lake, where every host sees it."""
@@ -157,10 +139,12 @@ def _forget_in_lake(settings: Settings, request: ForgetRequest, dry_run: bool) -
 
     if request.speakers:
         raise ValueError("speaker:<id> names human labels, which a lake does not hold yet: erase by sha256 or URI")
-    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
-    assert target is not None, "called only when [storage] names a lake"
+    target = lake.target_for(settings)
     with lake.connect(target) as con:
         by_uri = lake.recordings_of(con, request.uris)
+        for uri, sha in _local_contents(request.uris).items():  # a file named by path: its content, if held
+            if lake.held(con, {sha}):
+                by_uri.setdefault(uri, set()).add(sha)
         wanted = set(request.sha256s).union(*by_uri.values())
         present = lake.held(con, wanted)
         if not dry_run:  # first their review copies: a failure there leaves the rows, so a rerun finds them
@@ -259,35 +243,25 @@ def compact(
     table: Annotated[list[str] | None, typer.Option(help="a table to compact (repeat); default: all")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
 ) -> None:
-    """Merge each partition's small shard files into large ones (settings: [compact]). Readers
-    see the data before or after, never half; reruns and re-labelling stay idempotent; the
-    nightly flow runs this after labelling."""
+    """Merge each table's small data files into large ones (DuckLake, one commit) and delete the
+    files of writers killed before their commit. Readers see the data before or after, never
+    half; the nightly flow runs this after labelling. (Every table is merged: --table only
+    checks names, kept for scripts written for the single-machine shards.)"""
     from voxtox.storage.schema import PARTITIONS
-    from voxtox.tasks.compact import compact_shards
 
     unknown = sorted(set(table or ()) - set(PARTITIONS))
     if unknown:
         raise typer.BadParameter(f"unknown table {', '.join(unknown)}: choose from {', '.join(PARTITIONS)}")
     settings = load_settings(data_dir)
-    if settings.storage.lake:
-        say_unmigrated(settings)
-        _compact_lake(settings)
-        return
-    view = Table("table", "files before", "files after", "merged", "left for next time", title="voxtox compact")
-    with user_errors():  # a damaged shard: one line naming it, nothing compacted
-        results = compact_shards(settings, table)
-    for result in results:
-        view.add_row(result.table, str(result.files_before), str(result.files_after), str(result.merged),
-                     str(result.skipped))
-    console.print(view)
+    say_unmigrated(settings)
+    _compact_lake(settings)
 
 
 def _compact_lake(settings: Settings) -> None:
     """`voxtox compact` on a lake (docs/storage.md): DuckLake merges each table's small files."""
     from voxtox.storage import lake
 
-    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
-    assert target is not None, "called only when [storage] names a lake"
+    target = lake.target_for(settings)
     with user_errors(), lake.connect(target) as con:
         results = lake.compact(con, target)
     view = Table("table", "files before", "files after", title="voxtox compact (lake)")
@@ -301,20 +275,15 @@ def import_labels(
     data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
 ) -> None:
     """Import human labels (spans of audio with classes) into the catalog; re-importing replaces."""
-    from voxtox.storage.catalog import Catalog
-    from voxtox.storage.human_labels import import_truth_files, import_truth_files_to_lake
-    from voxtox.storage.lake import target_of
+    from voxtox.storage.human_labels import import_truth_files_to_lake
+    from voxtox.storage.lake import target_for
 
     settings = load_settings(data_dir)
-    target = target_of(settings.storage.catalog_url, settings.storage.data_url)
-    with user_errors():
-        if target is not None:  # the lake's human_labels table: every host sees them
-            report = import_truth_files_to_lake(list(truth), target)
-            where = f"the lake's human_labels ({target.catalog_name()})"
-        else:
-            report = import_truth_files(list(truth), settings.shards_dir)
-            where = str(settings.shards_dir / "human_labels")
-    Catalog.from_settings(settings).refresh_views()
+    target = target_for(settings)
+    say_unmigrated(settings)
+    with user_errors():  # the lake's human_labels table: every host sees them
+        report = import_truth_files_to_lake(list(truth), target)
+        where = f"the lake's human_labels ({target.catalog_name()})"
     console.print(f"imported {report.n_spans} labelled spans of {report.n_sources} recordings from "
                   f"{report.n_files} file(s) into {where}")
     if report.n_forgotten:

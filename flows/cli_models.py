@@ -51,8 +51,6 @@ def train(
                    grad_accum=grad_accum, train_filter=train_filter, val_filter=val_filter)
     with user_errors():
         settings = load_settings(data_dir, config, train=options, storage={"snapshot": snapshot})
-        if settings.storage.snapshot is not None and not settings.storage.lake:
-            raise ValueError("--snapshot reads a lake at one of its snapshots: [storage] names no lake")
     # Under torchrun every rank trains without Prefect (flows/train.py): no API to start.
     starting = nullcontext() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else api_starting()
     with user_errors():

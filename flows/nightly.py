@@ -37,7 +37,7 @@ from voxtox.prefect_env import record_and_reap_apis
 from voxtox.settings import Settings
 from voxtox.storage.runs import RunDir
 from voxtox.tasks.calibrate import calibrate_task
-from voxtox.tasks.compact import compact_lake_task, compact_task
+from voxtox.tasks.compact import compact_lake_task
 from voxtox.confine import outside_reason
 from voxtox.models.scoring import NoHumanLabelsError
 from voxtox.tasks.import_labels import import_labels_task
@@ -154,22 +154,18 @@ def _take_in(inbox_dir: Path, settings: Settings, served: Path | None, report: N
         report.imported_label_spans = import_labels_task([str(p) for p in files], settings, served)
     if settings.review.nightly:
         _review(settings, report)
-    if settings.nightly.compact:
-        if lake_of(settings) is not None:  # DuckLake merges the lake's files (one commit)
-            report.compacted_files = sum(before - after for before, after in compact_lake_task(settings).values())
-        else:
-            report.compacted_files = sum(result.merged for result in compact_task(settings))
+    if settings.nightly.compact:  # DuckLake merges the lake's files (one commit)
+        report.compacted_files = sum(before - after for before, after in compact_lake_task(settings).values())
 
 
 def refuse_on_a_lake(settings: Settings) -> None:
     """The nightly steps not written for a lake yet stop the night in one line, before anything
-    runs, rather than act on the single-machine shards beside the lake."""
-    if lake_of(settings) is None:
-        return
+    runs, rather than act on the single-machine shards beside the lake (every data dir's tables
+    are a lake now: `[storage]`'s or the embedded one)."""
     for on, what in ((settings.retention.enabled, "[retention]"), (settings.review.nightly, "review.nightly")):
         if on:
-            raise ValueError(f"{what} does not work on a lake yet ([storage] names one): turn it off for the "
-                             "nightly, or run it on the single-machine shards (docs/storage.md, \"Not done yet\")")
+            raise ValueError(f"{what} does not work on a lake yet (the tables of {lake_of(settings).catalog_name()}): "
+                             "turn it off for the nightly (docs/storage.md, \"Not done yet\")")
 
 
 def _new_train_clips(train_clips: int, current: Path | None, settings: Settings) -> int:

@@ -140,13 +140,10 @@ class Catalog:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Catalog:
-        """The catalog of `settings.data_dir`: its catalog file over its shards; or, when
-        `[storage]` names a lake, the lake's (LakeCatalog below)."""
+        """The catalog of the lake `settings` name (`lake.target_for`: `[storage]`'s, else the
+        embedded lake under the data dir): LakeCatalog below."""
         local = cls(settings.catalog_path, settings.shards_dir)
-        target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
-        if target is None:
-            return local
-        return LakeCatalog(target, local, settings.storage.snapshot, settings.work_dir)
+        return LakeCatalog(lake.target_for(settings), local, settings.storage.snapshot, settings.work_dir)
 
     @property
     def base(self) -> Path:
@@ -543,13 +540,28 @@ class LakeCatalog(Catalog):
                                    f"lake: {self.target.catalog_name()})") from error
             except (duckdb.ParserException, duckdb.BinderException) as error:
                 raise CatalogError(f"{error}\n(the SQL is DuckDB's dialect)") from error
+            except READ_FAILURES as error:
+                self._name_damaged_files(con, sql, error)
+                raise
+
+    def _name_damaged_files(self, con: duckdb.DuckDBPyConnection, sql: str, error: duckdb.Error) -> None:
+        """After DuckDB failed reading, one line naming the damaged data files of the tables `sql`
+        reads (DuckDB names none for a file damaged mid-way) and the tables that still answer."""
+        present = lake.tables(con)
+        found = lake.damaged_files(con, _tables_of(sql) or set(present))
+        if not found:
+            return
+        broken = {name for name in present if lake.damaged_files(con, [name])} if len(present) > 1 else set(present)
+        named = "; ".join(f"{path} ({why})" for path, why in sorted(found.items()))
+        unaffected = ", ".join(name for name in present if name not in broken) or "none"
+        raise CatalogError(f"damaged data file of the lake, cannot be read: {named}; restore it from a backup "
+                           f"(the other tables can be queried: {unaffected})") from error
 
     def known_sources(self) -> set[str]:
-        with self.connect() as con:
-            if "sources" not in lake.define_views(con):
-                return set()
-            rows = con.execute("SELECT DISTINCT source_sha256 FROM sources").fetchall()
-        return {sha for (sha,) in rows}
+        """The recordings labelled already (a damaged `sources` file: CatalogError naming it)."""
+        if "sources" not in self.present_tables():
+            return set()
+        return set(self.query("SELECT DISTINCT source_sha256 FROM sources")["source_sha256"].to_pylist())
 
     def forgotten(self) -> set[str]:
         """The recordings `voxtox forget` erased from the lake (on any host)."""

@@ -46,8 +46,6 @@ def compact_task(settings: Settings) -> list[CompactionResult]:
 @task(name="compact-lake")
 def compact_lake_task(settings: Settings) -> dict[str, tuple[int, int]]:
     """Compact the lake `[storage]` names (storage/lake.py compact): table -> (files before, after)."""
-    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
-    if target is None:
-        raise ValueError("compact_lake_task needs [storage] to name a lake")
+    target = lake.target_for(settings)
     with closing(lake.connect(target)) as con:
         return lake.compact(con, target)
