@@ -46,13 +46,13 @@ TABLE_COLUMNS = {
 def label(
     inputs: Annotated[list[str], typer.Argument(help="directories, globs, files or CSV/JSONL manifests")],
     split: Annotated[LabelSplit, typer.Option(help="the split of these inputs; auto: by content hash")] = "train",
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
     labeller: Annotated[str | None, typer.Option(help="labeller checkpoint dir or name")] = None,
     asr_model: Annotated[str | None, typer.Option(help="faster-whisper model dir or name")] = None,
     dask: Annotated[str | None, typer.Option(help="Dask scheduler address, e.g. tcp://host:8786")] = None,
     allow_forgotten: Annotated[bool, typer.Option(help="label recordings `voxtox forget` erased, too")] = False,
 ) -> None:
-    """Transcribe, label and embed voice audio into Parquet shards (a Prefect flow)."""
+    """Transcribe, label and embed voice audio into the lake's tables (a Prefect flow)."""
     from voxtox.audio import discover_inputs
     from voxtox.prefect_env import api_starting
 
@@ -94,11 +94,12 @@ def forget(
     runs: Annotated[list[Path] | None, typer.Option(help="run directories to check besides <runs_dir> (repeat)")] = None,
     delete_inputs: Annotated[bool, typer.Option(help="also delete the input files the recordings were labelled from")] = False,
     dry_run: Annotated[bool, typer.Option(help="say what would be erased, change nothing")] = False,
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
 ) -> None:
-    """Erase recordings from every table, shard and cached score, tombstone them so no later run
-    labels them again (unless `voxtox label --allow-forgotten`), and list the trained runs that
-    learnt from them."""
+    """Erase recordings from every table of the lake (their rows, and their bytes from its files
+    and older snapshots) and their review copies, and tombstone them so no later run labels them
+    again (unless `voxtox label --allow-forgotten`). `speaker:<id>`, `--runs` and `--delete-inputs`
+    are not written for the lake yet (docs/storage.md)."""
     from voxtox.storage.forget import parse_request, read_request_file
 
     settings = load_settings(data_dir)
@@ -202,7 +203,7 @@ def query(
     sql: Annotated[str | None, typer.Argument(help="one SQL statement over the views clips, rejects, sources, human_labels, "
                                                    "reviews, evaluations, segment_truth; - reads it from stdin")] = None,
     table: Annotated[View | None, typer.Option(help="show a whole view")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
     output: Annotated[QueryFormat, typer.Option("--format", help="table; csv; json: JSON Lines, one object per row "
                                                                  "with native types")] = "table",
     limit: Annotated[int, typer.Option(help="rows shown in table format")] = 50,
@@ -220,9 +221,6 @@ def query(
     settings = load_settings(data_dir)
     say_unmigrated(settings)
     catalog = Catalog.from_settings(settings)
-    if catalog.repair():  # other DuckDB clients read the catalog file; voxtox's queries do not need it
-        errors.print(f"note: {catalog.database} could not be opened; rebuilt it from the shards "
-                     f"(the damaged file is kept as {catalog.database.name}.damaged)", markup=False, highlight=False)
     statement = sql if table is None else f"SELECT {TABLE_COLUMNS.get(table, '*')} FROM {table}"
     try:
         result = catalog.read_only_query(statement)
@@ -241,7 +239,7 @@ def query(
 
 def compact(
     table: Annotated[list[str] | None, typer.Option(help="a table to compact (repeat); default: all")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
 ) -> None:
     """Merge each table's small data files into large ones (DuckLake, one commit) and delete the
     files of writers killed before their commit. Readers see the data before or after, never
@@ -272,7 +270,7 @@ def _compact_lake(settings: Settings) -> None:
 
 def import_labels(
     truth: Annotated[list[Path], typer.Argument(help="truth files (JSONL, CSV or Parquet), e.g. <corpus>/truth/utterances-val.jsonl")],
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
 ) -> None:
     """Import human labels (spans of audio with classes) into the catalog; re-importing replaces."""
     from voxtox.storage.human_labels import import_truth_files_to_lake

@@ -39,10 +39,10 @@ def migrate(
 
 def export_dataset(
     out: Annotated[Path, typer.Argument(help="a new folder: README.md (the dataset card) and data/<split>-*.parquet")],
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
 ) -> None:
     """Write the clips as a plain Parquet folder with the Hugging Face Audio feature and the train,
-    validation and test splits (`datasets.load_dataset(OUT)`), from the shards or the lake."""
+    validation and test splits (`datasets.load_dataset(OUT)`), from the lake."""
     from voxtox.storage.catalog import Catalog, CatalogError
     from voxtox.storage.export import export_dataset as export
 

@@ -6,14 +6,12 @@ ingest (per batch of inputs) -> transcribe (per unit of sources, batched ASR) ->
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import duckdb
 from prefect import flow, get_run_logger, runtime, unmapped
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -164,7 +162,6 @@ def label_flow(
             written.append(
                 write_rejections_task(rejected, lake_of(settings), run_id)
             )
-    _refresh_views(catalog, logger)
 
     report = LabelReport(
         run_id=run_id,
@@ -245,15 +242,6 @@ class UnitFutures:
             for stage in self.upstream:
                 stage.result()  # raises the first failure's exception
             raise
-
-
-def _refresh_views(catalog: Catalog, logger: logging.Logger | logging.LoggerAdapter) -> None:
-    """Add views for new tables. The shards are written either way, and existing views are
-    globs that already see them, so a catalog held open by another process only costs a warning."""
-    try:
-        catalog.refresh_views()
-    except duckdb.IOException as error:
-        logger.warning("catalog views not refreshed (%s); run `voxtox query` later to add them", error)
 
 
 def _wait_with_progress(units: list[UnitFutures], n_sources: int) -> list[WrittenUnit]:

@@ -146,7 +146,7 @@ def _publish(report: NightlyReport) -> None:
 
 def _take_in(inbox_dir: Path, settings: Settings, served: Path | None, report: NightlyReport) -> None:
     """Retention, then the inbox's new audio labelled and its human labels imported, then the
-    shards compacted (before training reads them: it holds their file names)."""
+    lake compacted (DuckLake merges each table's small files, one commit)."""
     if settings.retention.enabled:
         _apply_retention(settings)
     _label_new_audio(inbox_dir, settings, report)

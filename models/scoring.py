@@ -26,7 +26,7 @@ from voxtox.settings import EvaluateSettings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.clips import as_lake, read_audio_bytes, require_clips
 from voxtox.storage.schema import HAS_AUDIO, human_label_column, label_column
-from voxtox.storage.shards import write_parquet_atomic
+from voxtox.storage.parquet import write_parquet_atomic
 from voxtox.storage.runs import RunDir
 
 ALL_LANGUAGES = "all"

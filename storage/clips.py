@@ -1,5 +1,6 @@
-"""The clip index and shard audio access: which clips a split holds, where each clip's audio lies
-(shard file and row), and reading one clip's encoded audio back, safely against rewrites.
+"""The clip index and clip audio access: which clips a split holds, where each clip's audio lies
+(a local copy of the lake's audio at one snapshot: file and row), and reading one clip's encoded
+audio back, safely against rewrites.
 Training (tasks/train.py), evaluation (tasks/evaluate.py) and calibration read clips through it."""
 
 from __future__ import annotations

@@ -4,16 +4,17 @@ A DuckLake keeps its catalog in a SQL database (PostgreSQL, which every machine 
 its data as Parquet files on object storage (S3 or any S3-compatible store), so labelling
 workers on several hosts write one set of tables: each commit is an ACID transaction of the
 catalog database, and a reader sees a snapshot, i.e. whole commits only. Nothing here takes a
-file lock; the engine does what storage/shards.py does with `fcntl` for one machine.
+file lock: the engine keeps commits whole (on one machine too: the embedded lake, the default).
 
-Settings `[storage] catalog_url` (`postgresql://user@host:port/db`, or a local path for a
-DuckDB-file catalog that one process at a time may open) and `data_url` (`s3://bucket/prefix`
-or a local folder). The S3 endpoint and keys come only from the standard environment
+Settings `[storage] catalog_url` (`postgresql://user@host:port/db`, a `.sqlite` file, or a local
+path for a DuckDB-file catalog that one process at a time may open) and `data_url`
+(`s3://bucket/prefix` or a local folder); unset, the embedded lake under the data dir
+(`target_for`: a SQLite catalog and a folder, no server). The S3 endpoint and keys come only from the standard environment
 variables `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and `AWS_REGION`),
 never from a settings file.
 
-Every row carries `shard_key`, the key the single-machine layout names its files by (a source's
-content-hash prefix, or a rejected input's key): replacing a key's rows is one transaction that
+Every row carries `shard_key`, the key the old single-machine shards named its files by (a
+source's content-hash prefix, or a rejected input's key): replacing a key's rows is one transaction that
 deletes them and inserts the new ones, so a rerun adds nothing. DuckLake lets concurrent
 transactions append to one table without conflict, which would let two workers that labelled the
 same recording both add its rows; so every write also updates the one row of `voxtox_commits`,

@@ -102,7 +102,7 @@ def _check_none_gone(clip_ids: list[str], found: list[str]) -> None:
 
 
 def write_audio(settings: Settings, clip_ids: list[str]) -> Path:
-    """Each clip's FLAC from the shards to `<data_dir>/review/audio/<clip>.flac` (kept when there)."""
+    """Each clip's FLAC from the lake to `<data_dir>/review/audio/<clip>.flac` (kept when there)."""
     directory = review_audio_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
     missing = _missing(directory, clip_ids)

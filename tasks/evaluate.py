@@ -64,7 +64,7 @@ from voxtox.settings import EvaluateSettings, Settings
 from voxtox.storage import lake
 from voxtox.storage.catalog import Catalog, LakeCatalog
 from voxtox.storage.schema import EVALUATIONS_SCHEMA
-from voxtox.storage.shards import write_parquet_atomic
+from voxtox.storage.parquet import write_parquet_atomic
 from voxtox.models.evaluation_plots import plot_ap_bars, plot_reliability
 from voxtox.models.evaluation_report import report_markdown
 
@@ -288,7 +288,6 @@ def evaluate_runs(run_dirs: Sequence[Path], settings: Settings, out_dir: Path | 
     for run_dir in run_dirs:
         RunDir(run_dir).model(options.checkpoint)
     catalog = Catalog.from_settings(settings)
-    catalog.refresh_views()
     eval_set = read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
     classes = reported_classes(eval_set.labels)
     temperatures: list[float | None] = [None] * len(run_dirs)
@@ -321,7 +320,6 @@ def score_run_task(run_dir: str, settings: Settings) -> str:
     """Score one run's model on the evaluation segments (cached), so runs score in parallel."""
     options = settings.evaluate
     catalog = Catalog.from_settings(settings)
-    catalog.refresh_views()
     eval_set = read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
     score_run(Path(run_dir), eval_set, options, settings.train.threads)
     return str(RunDir(Path(run_dir)).scores(options.split, options.checkpoint))

@@ -267,7 +267,7 @@ def test_voxtox_services_reach_the_lake_on_postgres_and_minio_when_it_is_switche
         assert env["PGPASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
         storage = {k: v for k, v in env.items() if k.startswith("VOXTOX_STORAGE__")}
         with mock.patch.dict(os.environ, storage):
-            assert not Settings().storage.lake  # the default: the single-machine shards
+            assert not Settings().storage.lake  # the default: the embedded lake under the data dir
     on = {"VOXTOX_LAKE_CATALOG_URL": "postgresql://prefect@postgres:5432/voxtox_lake",
           "VOXTOX_LAKE_DATA_URL": "s3://voxtox/lake"}
     env = load_compose(ROOT / "docker-compose.yml", SECRETS | on)["services"]["serve"]["environment"]

@@ -22,7 +22,7 @@ from voxtox.storage.schema import TRAINING_SOURCES_FILE
 from voxtox.storage.tombstones import TOMBSTONES_FILE, read_tombstones
 from voxtox.models.scoring import read_eval_set, score_run
 from voxtox.storage.forget import identify, parse_request
-from voxtox.storage.human_labels import import_truth_files, import_truth_files_to_lake
+from voxtox.storage.human_labels import import_truth_files_to_lake
 from voxtox.storage.lake import target_for
 from voxtox.corpus.speech_synth import Utterance
 from voxtox.tasks.train import train_model
@@ -115,7 +115,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_whisper: Path, prefect_
     settings = settings_for(root / "data", tiny_whisper)
     label_flow(inputs=[str(inbox / "train")], split="train", settings=settings)
     label_flow(inputs=[str(inbox / "val")], split="val", settings=settings)
-    import_truth_files([truth], settings.shards_dir)
+    import_truth_files_to_lake([truth], target_for(settings))
     catalog = Catalog.from_settings(settings)
     catalog.refresh_views()
     run = settings.runs_dir / "r1"
@@ -197,7 +197,7 @@ def test_forget_erases_a_recording_everywhere_and_a_rerun_does_not_bring_it_back
 
     again = label_flow(inputs=[str(world["inbox"] / "train"), str(world["inbox"] / "val")], split="val", settings=settings)
     assert (again.n_skipped, again.n_clips) == (2, 0)
-    assert import_truth_files([world["truth"]], settings.shards_dir).n_forgotten == 1
+    assert import_truth_files_to_lake([world["truth"]], target_for(settings)).n_forgotten == 1
     for table in ("clips", "sources", "human_labels"):
         assert rows_of(catalog, table, sha) == 0, table
 

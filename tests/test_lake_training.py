@@ -149,7 +149,7 @@ def test_a_forgotten_recording_is_not_reachable_through_an_old_snapshot(
         with lake.connect_at(local_lake, snapshot) as con:
             assert con.execute("SELECT count(*) FROM lake.clips WHERE source_sha256 = 'train-a'").fetchone()[0] == 0
     with pytest.raises(SnapshotGoneError) as gone:
-        LakeCatalog(local_lake, Catalog.from_settings(settings), first).pinned()
+        LakeCatalog(local_lake, settings.data_dir, first).pinned()
     assert f"no snapshot {first}" in str(gone.value) and "\n" not in str(gone.value)
     with pytest.raises(SnapshotGoneError):
         train_model(_settings(tmp_path, local_lake, tiny_whisper, snapshot=first), tmp_path / "again")

@@ -16,7 +16,7 @@ from voxtox.settings import RetentionSettings, Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.clips import read_clip_index
 from voxtox.storage.schema import SOURCES_SCHEMA
-from voxtox.storage.shards import replace_source
+from old_shards import replace_source
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.tasks.retention import apply_retention
 

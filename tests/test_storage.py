@@ -15,7 +15,7 @@ from conftest import lake_catalog, write_rows
 from voxtox.files import sha256_file
 from voxtox.storage.model_store import ModelNotFoundError, OfflineModel, resolve_model
 from voxtox.storage.schema import SCHEMA_VERSION, SOURCES_SCHEMA
-from voxtox.storage.shards import write_parquet_atomic
+from voxtox.storage.parquet import write_parquet_atomic
 
 
 def sources_row(sha: str, date: str = "2026-11-22") -> pa.Table:
