@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from voxtox.storage.schema import AUDIO_TYPE, HAS_AUDIO
-from voxtox.storage.shards import write_parquet_atomic
+from voxtox.storage.parquet import write_parquet_atomic
 
 CONDITIONS = {"audio IS NOT NULL (the whole struct)": "audio IS NOT NULL", f"{HAS_AUDIO} (voxtox)": HAS_AUDIO}
 

@@ -6,7 +6,7 @@
   plain DuckDB over ONE Parquet file of the same rows (local, and on the S3 server);
 - `commit`: the latency of one small write (one source's 50 clips) as the labelling flow commits
   it, many in a row: DuckLake (PostgreSQL catalog + S3 data, and a local catalog file + folder),
-  today's single-machine shards (storage/shards.py, with its lock), and Delta Lake (`deltalake`,
+  and Delta Lake (`deltalake`,
   local and on S3) when it is installed (`pip install deltalake==1.6.6`; it is not a dependency).
 
 Rows are the clips schema's narrow columns (ids, split, lang, duration, one probability per
@@ -39,7 +39,6 @@ from prefect_server import free_port, postgres_cluster  # noqa: E402
 
 from voxtox.labels import CLASSES  # noqa: E402
 from voxtox.storage import lake  # noqa: E402
-from voxtox.storage.shards import replace_rows, shards_lock  # noqa: E402
 
 COUNT_SQL = "SELECT split, lang, count(*) AS n FROM {table} GROUP BY ALL ORDER BY ALL"
 SPLITS, LANGS = ("train", "val", "test"), ("en", "es", "de", "fr", "pt")
@@ -109,16 +108,6 @@ def lake_commits(target: lake.LakeTarget, k: int) -> float:
     return statistics.median(times)
 
 
-def shard_commits(root: Path, k: int) -> float:
-    times = []
-    for i in range(k):
-        start = time.perf_counter()
-        with shards_lock(root, exclusive=True):
-            replace_rows(root, "clips", f"s{i:06d}", clips(CLIPS_PER_SOURCE, i, "c").append_column("date", pa.array(["2026-01-01"] * CLIPS_PER_SOURCE)))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def delta_commits(uri: str, k: int, storage: dict[str, str] | None) -> float | None:
     try:
         from deltalake import write_deltalake
@@ -184,7 +173,6 @@ def commit_rows(base: Path, pg: str, delta_s3: dict[str, str], args: argparse.Na
     small_local = lake.LakeTarget(str(base / "small.ducklake"), str(base / "small-data"))
     rows = []
     for label, seconds in (
-        ("commit, shards + fcntl lock (today, one machine)", shard_commits(base / "shards", args.commits)),
         ("commit, DuckLake local catalog file", lake_commits(small_local, args.commits)),
         ("commit, DuckLake PostgreSQL + S3", lake_commits(small_pg, args.commits)),
         ("commit, Delta Lake local", delta_commits(str(base / "delta-small"), args.commits, None)),

@@ -35,7 +35,7 @@ def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
 
 #: What a full disk (or a spent quota) says, as an errno and in the words of libraries that drop it.
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
+_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "database or disk is full")  # the last: SQLite
 
 
 class DiskFullError(OSError):

@@ -338,7 +338,8 @@ class StreamSettings(BaseModel):
 
 
 class CompactSettings(BaseModel):
-    """`voxtox compact` and the nightly compaction step: merge each partition's small shard files."""
+    """How the single-machine shards were compacted. Unused since the lake replaced them (DuckLake
+    sizes its merged files itself); kept so settings files that set it still load."""
 
     target_file_mb: int = Field(128, ge=1, description="merged files grow to about this size; files over half of it stay")
     row_group_mb: int = Field(
@@ -435,17 +436,20 @@ class ReviewSettings(BaseModel):
 
 
 class StorageSettings(BaseModel):
-    """Where the labelled tables live. Unset: the single-machine layout under the data dir.
-    Both set: a DuckLake every machine can write at once (docs/storage.md, storage/lake.py).
+    """Where the labelled tables live: a DuckLake (docs/storage.md, storage/lake.py). Unset: the
+    embedded lake under the data dir (<data_dir>/lake/catalog.sqlite and <data_dir>/lake/data,
+    no server). Both set: that lake, e.g. PostgreSQL and S3, which every machine can write at once.
     S3 endpoint and keys come only from AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID /
     AWS_SECRET_ACCESS_KEY, never from here."""
 
     catalog_url: str | None = Field(
-        None, description="the lake's catalog: postgresql://user@host:port/db (many machines), "
-        "or a local file path (one process at a time); None: the single-machine shards",
+        None, description="the lake's catalog: postgresql://user@host:port/db (many machines), a .sqlite "
+        "file (one host's processes), or another local file (one process at a time); None: the embedded "
+        "lake <data_dir>/lake/catalog.sqlite",
     )
     data_url: str | None = Field(
-        None, description="the lake's data files: s3://bucket/prefix (many machines) or a local folder",
+        None, description="the lake's data files: s3://bucket/prefix (many machines) or a local folder; "
+        "None: <data_dir>/lake/data",
     )
     snapshot: int | None = Field(
         None, ge=0, description="read the lake as it was at this snapshot (time travel: `voxtox train --snapshot`, "
@@ -461,7 +465,7 @@ class StorageSettings(BaseModel):
     @field_validator("catalog_url", "data_url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
-        """Compose passes an unset variable as an empty string: no lake."""
+        """Compose passes an unset variable as an empty string: the embedded lake."""
         return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
@@ -472,6 +476,7 @@ class StorageSettings(BaseModel):
 
     @property
     def lake(self) -> bool:
+        """Whether `[storage]` names a lake (else every command uses the embedded one: that is a lake too)."""
         return self.catalog_url is not None
 
 

@@ -43,7 +43,8 @@ from voxtox.models.review_select import select_for_review
 from voxtox.settings import Settings, with_overrides
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.clips import read_clip_index
-from voxtox.storage.human_labels import import_truth_files
+from voxtox.storage.human_labels import import_truth_files_to_lake
+from voxtox.storage.lake import target_for
 from voxtox.storage.review_import import import_export_file
 from voxtox.storage.runs import RunDir
 from voxtox.storage.schema import human_label_column
@@ -84,8 +85,7 @@ def make_corpus(corpus: Path, hours: float, seed: int) -> None:
 def label_and_import(corpus: Path, settings: Settings) -> None:
     manifest = load_manifest(corpus)
     label_corpus(manifest, settings, ("train", "val", "test"))  # labelled sources are skipped
-    import_truth_files(manifest.truth_files("utterances", ("train", "val", "test")), settings.shards_dir)
-    Catalog.from_settings(settings).refresh_views()
+    import_truth_files_to_lake(manifest.truth_files("utterances", ("train", "val", "test")), target_for(settings))
 
 
 def train(settings: Settings, out: Path) -> None:

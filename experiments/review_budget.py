@@ -17,6 +17,8 @@ out-of-sample model trained on the pipeline's labels, not the audio encoder's em
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import argparse
 import random
 import shutil
@@ -35,9 +37,8 @@ from voxtox.models.cross_fit import cross_fitted_probs
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.clips import read_clip_index
-from voxtox.storage.reviews import reviews_path
 from voxtox.storage.schema import clips_schema, label_column, prob_column
-from voxtox.storage.shards import write_partitioned
+from voxtox.storage import lake
 from voxtox.storage.review_import import import_answers
 from voxtox.models.review_select import (
     Candidates,
@@ -70,6 +71,14 @@ UNQUOTED = (COMBINED_NO_QUOTAS, UNWEIGHTED, NO_QUOTAS, ORACLE)
 LABELLER = "voxtox-labeller"
 
 
+
+def _clear_reviews(settings: Settings) -> None:
+    """Every review gone, for the next strategy's run."""
+    target = lake.target_for(settings)
+    with closing(lake.connect(target)) as con:
+        if "reviews" in lake.tables(con):
+            con.execute("DELETE FROM lake.reviews")
+
 def corpus(per_lang: int, seed: int) -> list[SeedSentence]:
     pools = sentence_pools(LANGS, seed)["train"]
     rng = random.Random(seed)
@@ -95,8 +104,9 @@ def write_clips(settings: Settings, sentences: list[SeedSentence], probs: np.nda
     } for i, s in enumerate(sentences)]
     table = pa.Table.from_pylist(rows, clips_schema(embeddings.shape[1]))
     table = table.append_column("split", pa.array(["train"] * len(rows))).append_column("date", pa.array(["2026-12-06"] * len(rows)))
-    write_partitioned(settings.shards_dir, "clips", table, "review-experiment")
-    Catalog.from_settings(settings).refresh_views()
+    target = lake.target_for(settings)
+    with closing(lake.connect(target)) as con:
+        lake.replace_key(con, target, "review-experiment", {"clips": table})
 
 
 def out_of_fold(embeddings: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
@@ -181,7 +191,7 @@ def main() -> None:
         for share in BUDGETS:
             maps = []
             for seed in seeds:  # random: the mean over several draws
-                reviews_path(settings.shards_dir).unlink(missing_ok=True)
+                _clear_reviews(settings)
                 if share:
                     review(settings, strategy, round(share * len(sentences)), truth, order, oof, seed)
                 maps.append(training_map(settings, truth, order))

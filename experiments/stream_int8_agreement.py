@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from voxtox.settings import Settings
 from voxtox.labels import CLASSES, TOXIC_CLASSES
 from voxtox.models.export import ExportedClassifier, export_model
 from voxtox.models.inference import WindowScorer
@@ -66,7 +67,7 @@ def main() -> None:
 
     model_dir = resolve_model_dir(args.run or args.data_dir / "runs" / "current")
     thresholds = read_thresholds(model_dir / "thresholds.json", list(CLASSES))
-    catalog = Catalog(args.data_dir / "catalog.duckdb", args.data_dir / "shards")
+    catalog = Catalog.from_settings(Settings(data_dir=args.data_dir))
     eval_set = read_eval_set(catalog, args.data_dir / "shards", args.split, args.labels)
     clips = [read_segment_audio(f, int(r), c) for f, r, c in zip(eval_set.files, eval_set.rows, eval_set.clip_ids,
                                                                    strict=True)]

@@ -45,12 +45,13 @@ def default_model(model: str | None) -> str:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Print problems a user can fix (a missing model or input) as one line, not a traceback."""
+    from voxtox.storage.catalog import CatalogError
     from voxtox.storage.lake import LakeError
     from voxtox.storage.model_store import ModelNotFoundError
 
     try:
         yield
-    except (ModelNotFoundError, FileNotFoundError, ValueError, LakeError) as error:
+    except (ModelNotFoundError, FileNotFoundError, ValueError, LakeError, CatalogError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
 

@@ -88,7 +88,7 @@ def _pair(text: str, name: str) -> tuple[float, float]:
 
 def corpus_report(
     corpus: Annotated[Path, typer.Argument(help="a corpus directory written by voxtox synth")],
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
     out: Annotated[Path | None, typer.Option(help="also write the Markdown report here, e.g. docs/corpus.md")] = None,
     label: Annotated[bool, typer.Option(help="run the label flow on val/test first (known audio is skipped)")] = True,
     label_train: Annotated[bool, typer.Option(help="also label the train split")] = False,

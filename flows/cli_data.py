@@ -46,30 +46,29 @@ TABLE_COLUMNS = {
 def label(
     inputs: Annotated[list[str], typer.Argument(help="directories, globs, files or CSV/JSONL manifests")],
     split: Annotated[LabelSplit, typer.Option(help="the split of these inputs; auto: by content hash")] = "train",
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
     labeller: Annotated[str | None, typer.Option(help="labeller checkpoint dir or name")] = None,
     asr_model: Annotated[str | None, typer.Option(help="faster-whisper model dir or name")] = None,
     dask: Annotated[str | None, typer.Option(help="Dask scheduler address, e.g. tcp://host:8786")] = None,
     allow_forgotten: Annotated[bool, typer.Option(help="label recordings `voxtox forget` erased, too")] = False,
 ) -> None:
-    """Transcribe, label and embed voice audio into Parquet shards (a Prefect flow)."""
+    """Transcribe, label and embed voice audio into the lake's tables (a Prefect flow)."""
     from voxtox.audio import discover_inputs
     from voxtox.prefect_env import api_starting
 
     settings = load_settings(data_dir, labeller={"model": labeller}, asr={"model": asr_model})
     if dask:
         settings = settings.model_copy(update={"dask_address": dask})
-    with user_errors():
+    with user_errors(), disk_full_in_one_line(settings.data_dir):
         for spec in inputs:
             discover_inputs(spec)  # a mistyped input fails at once, before a Prefect API is started
-        _say_damaged_shards(settings)
-        _check_lake(settings)
+        _check_lake(settings)  # makes the embedded lake on first use: the disk may be full already
         with api_starting():  # while the pipeline's modules import and its models load
             from voxtox.flows.label import label_flow, preflight, task_runner_for
 
             preflight(list(inputs), settings)  # a missing or corrupt model fails before any source
     flow = label_flow.with_options(task_runner=task_runner_for(settings))
-    with disk_full_in_one_line(settings.data_dir):
+    with user_errors(), disk_full_in_one_line(settings.data_dir):  # e.g. a damaged `sources` data file
         report = flow(inputs=list(inputs), split=split, settings=settings, allow_forgotten=allow_forgotten)
     summary = Table(title="voxtox label", show_header=False)
     for key, value in vars(report).items():
@@ -79,28 +78,12 @@ def label(
 
 
 def _check_lake(settings: Settings) -> None:
-    """With `[storage]` naming a lake: an unreachable catalog or object store fails in one line
-    naming it before a Prefect API is started (storage/lake.py)."""
+    """An unreachable lake catalog or object store fails in one line naming it before a Prefect
+    API is started (storage/lake.py); an old data dir's shards get the line naming `voxtox migrate`."""
     from voxtox.storage import lake
 
-    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
-    if target is not None:
-        lake.connect(target).close()
-        say_unmigrated(settings)
-
-
-def _say_damaged_shards(settings: Settings) -> None:
-    """Before a label run: a damaged `sources` file stops it (it cannot tell which recordings are
-    done); a damaged file of another table is named, left as it is, and the run goes on."""
-    from voxtox.storage.catalog import damaged_tables
-    from voxtox.storage.shards import DamagedShardError
-
-    damaged = damaged_tables(settings.shards_dir)
-    if "sources" in damaged:
-        raise DamagedShardError(damaged["sources"])
-    for name, files in damaged.items():
-        errors.print(f"warning: {DamagedShardError(files)}; labelling goes on, that file is left as it is "
-                     f"(table {name})", markup=False, highlight=False, soft_wrap=True)
+    lake.connect(lake.target_for(settings)).close()
+    say_unmigrated(settings)
 
 
 def forget(
@@ -111,12 +94,12 @@ def forget(
     runs: Annotated[list[Path] | None, typer.Option(help="run directories to check besides <runs_dir> (repeat)")] = None,
     delete_inputs: Annotated[bool, typer.Option(help="also delete the input files the recordings were labelled from")] = False,
     dry_run: Annotated[bool, typer.Option(help="say what would be erased, change nothing")] = False,
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
 ) -> None:
-    """Erase recordings from every table, shard and cached score, tombstone them so no later run
-    labels them again (unless `voxtox label --allow-forgotten`), and list the trained runs that
-    learnt from them."""
-    from voxtox.storage.forget import forget as forget_recordings
+    """Erase recordings from every table of the lake (their rows, and their bytes from its files
+    and older snapshots) and their review copies, and tombstone them so no later run labels them
+    again (unless `voxtox label --allow-forgotten`). `speaker:<id>`, `--runs` and `--delete-inputs`
+    are not written for the lake yet (docs/storage.md)."""
     from voxtox.storage.forget import parse_request, read_request_file
 
     settings = load_settings(data_dir)
@@ -177,7 +160,7 @@ def query(
     sql: Annotated[str | None, typer.Argument(help="one SQL statement over the views clips, rejects, sources, human_labels, "
                                                    "reviews, evaluations, segment_truth; - reads it from stdin")] = None,
     table: Annotated[View | None, typer.Option(help="show a whole view")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
     output: Annotated[QueryFormat, typer.Option("--format", help="table; csv; json: JSON Lines, one object per row "
                                                                  "with native types")] = "table",
     limit: Annotated[int, typer.Option(help="rows shown in table format")] = 50,
@@ -195,9 +178,6 @@ def query(
     settings = load_settings(data_dir)
     say_unmigrated(settings)
     catalog = Catalog.from_settings(settings)
-    if catalog.repair():  # other DuckDB clients read the catalog file; voxtox's queries do not need it
-        errors.print(f"note: {catalog.database} could not be opened; rebuilt it from the shards "
-                     f"(the damaged file is kept as {catalog.database.name}.damaged)", markup=False, highlight=False)
     statement = sql if table is None else f"SELECT {TABLE_COLUMNS.get(table, '*')} FROM {table}"
     try:
         result = catalog.read_only_query(statement)
@@ -216,29 +196,20 @@ def query(
 
 def compact(
     table: Annotated[list[str] | None, typer.Option(help="a table to compact (repeat); default: all")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
 ) -> None:
-    """Merge each partition's small shard files into large ones (settings: [compact]). Readers
-    see the data before or after, never half; reruns and re-labelling stay idempotent; the
-    nightly flow runs this after labelling."""
+    """Merge each table's small data files into large ones (DuckLake, one commit) and delete the
+    files of writers killed before their commit. Readers see the data before or after, never
+    half; the nightly flow runs this after labelling. (Every table is merged: --table only
+    checks names, kept for scripts written for the single-machine shards.)"""
     from voxtox.storage.schema import PARTITIONS
-    from voxtox.tasks.compact import compact_shards
 
     unknown = sorted(set(table or ()) - set(PARTITIONS))
     if unknown:
         raise typer.BadParameter(f"unknown table {', '.join(unknown)}: choose from {', '.join(PARTITIONS)}")
     settings = load_settings(data_dir)
-    if settings.storage.lake:
-        say_unmigrated(settings)
-        _compact_lake(settings)
-        return
-    view = Table("table", "files before", "files after", "merged", "left for next time", title="voxtox compact")
-    with user_errors():  # a damaged shard: one line naming it, nothing compacted
-        results = compact_shards(settings, table)
-    for result in results:
-        view.add_row(result.table, str(result.files_before), str(result.files_after), str(result.merged),
-                     str(result.skipped))
-    console.print(view)
+    say_unmigrated(settings)
+    _compact_lake(settings)
 
 
 def _compact_lake(settings: Settings) -> None:
@@ -246,7 +217,7 @@ def _compact_lake(settings: Settings) -> None:
     expires the snapshots older than `[storage] keep_snapshots_days` and deletes what no snapshot reads."""
     from voxtox.storage import lake
 
-    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
+    target = lake.target_for(settings)
     assert target is not None, "called only when [storage] names a lake"
     keep = settings.storage.keep_snapshots_days
     with user_errors(), lake.connect(target) as con:
@@ -262,23 +233,18 @@ def _compact_lake(settings: Settings) -> None:
 
 def import_labels(
     truth: Annotated[list[Path], typer.Argument(help="truth files (JSONL, CSV or Parquet), e.g. <corpus>/truth/utterances-val.jsonl")],
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
 ) -> None:
     """Import human labels (spans of audio with classes) into the catalog; re-importing replaces."""
-    from voxtox.storage.catalog import Catalog
-    from voxtox.storage.human_labels import import_truth_files, import_truth_files_to_lake
-    from voxtox.storage.lake import target_of
+    from voxtox.storage.human_labels import import_truth_files_to_lake
+    from voxtox.storage.lake import target_for
 
     settings = load_settings(data_dir)
-    target = target_of(settings.storage.catalog_url, settings.storage.data_url)
-    with user_errors():
-        if target is not None:  # the lake's human_labels table: every host sees them
-            report = import_truth_files_to_lake(list(truth), target)
-            where = f"the lake's human_labels ({target.catalog_name()})"
-        else:
-            report = import_truth_files(list(truth), settings.shards_dir)
-            where = str(settings.shards_dir / "human_labels")
-    Catalog.from_settings(settings).refresh_views()
+    target = target_for(settings)
+    say_unmigrated(settings)
+    with user_errors():  # the lake's human_labels table: every host sees them
+        report = import_truth_files_to_lake(list(truth), target)
+        where = f"the lake's human_labels ({target.catalog_name()})"
     console.print(f"imported {report.n_spans} labelled spans of {report.n_sources} recordings from "
                   f"{report.n_files} file(s) into {where}")
     if report.n_forgotten:

@@ -19,16 +19,15 @@ if TYPE_CHECKING:
 def migrate(
     data_dir: Annotated[Path | None, typer.Option(help="the data dir whose shards move into the lake")] = None,
 ) -> None:
-    """Move a data dir's single-machine shards into the lake `[storage]` names (without it: the
-    embedded lake under the data dir, <data_dir>/lake). Rows of a recording the lake already
-    holds stay as they are: a rerun adds nothing. The shards are left in place."""
+    """Move an old data dir's single-machine shards into the lake every command uses (the one
+    `[storage]` names; without it, the embedded lake under the data dir, <data_dir>/lake). Rows
+    of a recording the lake already holds stay as they are: a rerun adds nothing. The shards are
+    left in place."""
     from voxtox.storage import lake
-    from voxtox.storage.migrate import embedded_target, migrate as migrate_shards
+    from voxtox.storage.migrate import migrate as migrate_shards
 
     settings = load_settings(data_dir)
-    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
-    embedded = target is None
-    target = target or embedded_target(settings.data_dir)
+    target = lake.target_for(settings)
     with user_errors():
         results = migrate_shards(settings.shards_dir, target)
     view = Table("table", "rows in the shards", "rows added", "recordings or keys", "already in the lake",
@@ -36,18 +35,14 @@ def migrate(
     for result in results:
         view.add_row(result.table, str(result.shard_rows), str(result.added), str(result.keys), str(result.keys_kept))
     console.print(view)
-    if embedded:
-        console.print("Use the lake (every command reads it then, not the shards):\n"
-                      f"  export VOXTOX_STORAGE__CATALOG_URL={target.catalog_url}\n"
-                      f"  export VOXTOX_STORAGE__DATA_URL={target.data_url}", highlight=False, soft_wrap=True)
 
 
 def export_dataset(
     out: Annotated[Path, typer.Argument(help="a new folder: README.md (the dataset card) and data/<split>-*.parquet")],
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
 ) -> None:
     """Write the clips as a plain Parquet folder with the Hugging Face Audio feature and the train,
-    validation and test splits (`datasets.load_dataset(OUT)`), from the shards or the lake."""
+    validation and test splits (`datasets.load_dataset(OUT)`), from the lake."""
     from voxtox.storage.catalog import Catalog, CatalogError
     from voxtox.storage.export import export_dataset as export
 
@@ -65,20 +60,22 @@ def export_dataset(
 
 
 def say_unmigrated(settings: Settings) -> None:
-    """With `[storage]` naming a lake that holds no recording while the data dir's shards do (an
-    old data dir): one line naming `voxtox migrate`. The check itself never stops a command."""
+    """An old data dir (its shards hold recordings, the lake none, e.g. the embedded lake not made
+    yet): one line naming `voxtox migrate`. The check itself never stops a command."""
     import duckdb
 
     from voxtox.storage import lake
     from voxtox.storage.migrate import migrate_hint, unmigrated
-    from voxtox.storage.shards import first_shard
 
-    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
-    if target is None or first_shard(settings.shards_dir, "sources") is None:
-        return  # the usual cases, without opening the lake
+    target = lake.target_for(settings)
+    if not (settings.shards_dir / "sources").is_dir():
+        return  # the usual case, without opening the lake
+    sqlite = lake.sqlite_catalog_path(target.catalog_url)
     try:
-        with lake.connect(target, read_only=True) as con:
-            pending = unmigrated(settings.shards_dir, con)
+        pending = sqlite is not None and not sqlite.exists()
+        if not pending:
+            with lake.connect(target, read_only=True) as con:
+                pending = unmigrated(settings.shards_dir, con)
     except (lake.LakeError, duckdb.Error, OSError):
         pending = False  # the command itself says what is wrong with the lake
     if pending:

@@ -38,7 +38,7 @@ def train(
     grad_accum: Annotated[int | None, typer.Option(help="micro-batches per optimizer step")] = None,
     train_filter: Annotated[str | None, typer.Option(help="SQL condition on clips for training")] = None,
     val_filter: Annotated[str | None, typer.Option(help="SQL condition on clips for validation")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the run's last checkpoint")] = False,
     snapshot: Annotated[int | None, typer.Option(help="with a lake: train on it as it was at this snapshot "
                                                       "(default: the latest; the run records the one it read)")] = None,
@@ -51,8 +51,6 @@ def train(
                    grad_accum=grad_accum, train_filter=train_filter, val_filter=val_filter)
     with user_errors():
         settings = load_settings(data_dir, config, train=options, storage={"snapshot": snapshot})
-        if settings.storage.snapshot is not None and not settings.storage.lake:
-            raise ValueError("--snapshot reads a lake at one of its snapshots: [storage] names no lake")
     # Under torchrun every rank trains without Prefect (flows/train.py): no API to start.
     starting = nullcontext() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else api_starting()
     with user_errors():
@@ -143,7 +141,7 @@ def _print_classified(records: list[dict], classes: tuple[str, ...] | list[str],
 
 def calibrate(
     run: Annotated[Path, typer.Argument(help="run dir (calibrates best/, else final/) or model dir")],
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
     split: Annotated[EvalSplit, typer.Option(help="split whose evaluation segments choose the thresholds")] = "val",
     filter_sql: Annotated[str | None, typer.Option("--filter", help="SQL condition on clips (default: train.val_filter)")] = None,
     snapshot: Annotated[str, typer.Option(help="with a lake: the snapshot to read: run (the one the run trained "
@@ -197,7 +195,7 @@ def evaluate(
     segment_filter: Annotated[str | None, typer.Option("--filter", help="SQL condition on clips, e.g. lang = 'en'")] = None,
     out: Annotated[Path | None, typer.Option(help="results dir (default: under the last run's evaluation/)")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file (its evaluate section and more)")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
     snapshot: Annotated[str, typer.Option(help="with a lake: the snapshot to read: run (the one the runs trained "
                                                "on, the newest if they differ), latest, or a number")] = "run",
 ) -> None:
@@ -219,7 +217,6 @@ def evaluate(
             RunDir(run).model(chosen.checkpoint)
         settings = pin_evaluation_snapshot(settings, [str(r) for r in runs], snapshot)
         catalog = Catalog.from_settings(settings)
-        catalog.refresh_views()
         read_eval_set(catalog, settings.shards_dir, chosen.split, chosen.labels, chosen.filter)
         evaluation = evaluate_flow(runs=[str(r) for r in runs], settings=settings, out=str(out) if out else None,
                                    snapshot=snapshot)
@@ -234,7 +231,7 @@ def ablate(
     grid: Annotated[Path, typer.Argument(help="TOML file: grid (losses, alphas, layers), train and evaluate sections")],
     out: Annotated[Path | None, typer.Option(help="where the cells' runs and the tables go (default: runs/<file stem>)")] = None,
     workers: Annotated[int | None, typer.Option(help="cells trained at once")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
     dry_run: Annotated[bool, typer.Option(help="list the cells and whether each is done, then stop")] = False,
 ) -> None:
     """Train and evaluate an ablation grid (paper Tables 2 and 3) as one Prefect flow, one task

@@ -20,7 +20,7 @@ review_app = typer.Typer(
 
 Strategy = ReviewSettings.model_fields["strategy"].annotation
 ReviewSplit = Literal["train", "val", "test"]
-DataDir = Annotated[Path | None, typer.Option(help="where shards and the catalog live")]
+DataDir = Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")]
 
 
 @contextmanager

@@ -20,7 +20,7 @@ def serve(
     cron: Annotated[str | None, typer.Option(help="the nightly schedule, e.g. '0 2 * * *'")] = None,
     timezone: Annotated[str | None, typer.Option(help="IANA zone of the schedules (default: this machine's)")] = None,
     inbox: Annotated[Path | None, typer.Option(help="where new audio arrives (default: <data-dir>/inbox)")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="where shards and the catalog live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake (lake/catalog.sqlite, lake/data/) and work files")] = None,
     dry_run: Annotated[bool, typer.Option(help="list the deployments and their next runs, serve nothing")] = False,
 ) -> None:
     """Register voxtox's deployments with the Prefect API (PREFECT_API_URL) and run them on their
@@ -53,7 +53,7 @@ def run_nightly(
     force_train: Annotated[bool, typer.Option(help="train a candidate even without enough new clips")] = False,
     min_new_clips: Annotated[int | None, typer.Option(help="train when at least this many new training clips")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="where shards, the catalog and runs/ live")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the data dir: its lake, work files and runs/")] = None,
 ) -> None:
     """Label the inbox, import its human labels, train a candidate when enough new data arrived,
     evaluate it against the current model and promote it only when it is better with a

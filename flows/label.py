@@ -6,14 +6,12 @@ ingest (per batch of inputs) -> transcribe (per unit of sources, batched ASR) ->
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import duckdb
 from prefect import flow, get_run_logger, runtime, unmapped
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -32,11 +30,9 @@ from voxtox.labels import CLASSES
 from voxtox.prefect_env import deprioritise_ephemeral_api, reap_orphaned_apis, record_ephemeral_api
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog, CatalogError
-from voxtox.storage.lake import LakeTarget, target_of
+from voxtox.storage.lake import LakeTarget, target_for
 from voxtox.storage.model_store import resolve_model
 from voxtox.storage.schema import label_column
-from voxtox.storage.shards import sweep_part_temporaries
-from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.storage.workdir import run_work_dir
 from voxtox.tasks.embed import embed_task, resolve_text_encoder
 from voxtox.confine import SourceRejection, confine, reject_unreadable_names
@@ -100,9 +96,9 @@ def _latest_catalog(settings: Settings) -> Catalog:
         update={"storage": settings.storage.model_copy(update={"snapshot": None})}))
 
 
-def lake_of(settings: Settings) -> LakeTarget | None:
-    """The lake the writes go to when `[storage]` names one (docs/storage.md); None: the shards."""
-    return target_of(settings.storage.catalog_url, settings.storage.data_url)
+def lake_of(settings: Settings) -> LakeTarget:
+    """The lake the writes go to (docs/storage.md): `[storage]`'s, else the embedded one."""
+    return target_for(settings)
 
 
 def _run_id() -> str:
@@ -150,7 +146,7 @@ def label_flow(
     logger = get_run_logger()
     run_id = _run_id()
     catalog = _latest_catalog(settings)
-    _clear_up_after_killed_runs(settings.shards_dir, logger)
+    _clear_up_after_killed_runs()
     inputs, outside = confine(inputs, inbox)  # a served run reads only below its inbox
     uris, models = preflight(inputs, settings)
     uris, outside_found = confine(uris, inbox)
@@ -164,9 +160,8 @@ def label_flow(
         written = _label_prepared(prepared, models, settings, run_id, work, allow_forgotten)
         if rejected:
             written.append(
-                write_rejections_task(rejected, settings.shards_dir, run_id, allow_forgotten, lake_of(settings))
+                write_rejections_task(rejected, lake_of(settings), run_id)
             )
-    _refresh_views(catalog, logger)
 
     report = LabelReport(
         run_id=run_id,
@@ -191,7 +186,7 @@ def _known_sources(catalog: Catalog, settings: Settings, allow_forgotten: bool) 
     known = frozenset(catalog.known_sources())
     if allow_forgotten:
         return known
-    return known | forgotten_sha256s(tombstones_file(settings.shards_dir)) | catalog.forgotten()
+    return known | catalog.forgotten()
 
 
 def _ingest(
@@ -203,14 +198,12 @@ def _ingest(
     return [result for f in futures for result in f.result()]
 
 
-def _clear_up_after_killed_runs(shards_dir: Path, logger: logging.Logger | logging.LoggerAdapter) -> None:
-    """Stop the local Prefect APIs of voxtox runs killed with SIGKILL and remove their temporary
-    shard files; record this run's API, so that the next run stops it if this one is killed."""
+def _clear_up_after_killed_runs() -> None:
+    """Stop the local Prefect APIs of voxtox runs killed with SIGKILL; record this run's API, so
+    that the next run stops it if this one is killed. (A killed run's uncommitted data files are
+    the lake's orphans: `voxtox compact` deletes them.)"""
     record_ephemeral_api()
     reap_orphaned_apis()
-    swept = sweep_part_temporaries(shards_dir)
-    if swept:
-        logger.info("removed %d temporary shard file(s) left by killed runs", len(swept))
 
 
 def _label_prepared(
@@ -228,9 +221,7 @@ def _label_prepared(
         labelled = label_task.submit(transcribed, models.labeller, settings)
         embedded = embed_task.submit(labelled, models.text_encoder, settings)
         write = write_task.submit(
-            unit, embedded, transcribed, settings.shards_dir, settings.asr.model, run_id, allow_forgotten,
-            lake_of(settings),
-        )
+            unit, embedded, transcribed, lake_of(settings), settings.asr.model, run_id, allow_forgotten)
         writes.append(UnitFutures(write, (transcribed, labelled, embedded)))
     return _wait_with_progress(writes, len(prepared))
 
@@ -251,15 +242,6 @@ class UnitFutures:
             for stage in self.upstream:
                 stage.result()  # raises the first failure's exception
             raise
-
-
-def _refresh_views(catalog: Catalog, logger: logging.Logger | logging.LoggerAdapter) -> None:
-    """Add views for new tables. The shards are written either way, and existing views are
-    globs that already see them, so a catalog held open by another process only costs a warning."""
-    try:
-        catalog.refresh_views()
-    except duckdb.IOException as error:
-        logger.warning("catalog views not refreshed (%s); run `voxtox query` later to add them", error)
 
 
 def _wait_with_progress(units: list[UnitFutures], n_sources: int) -> list[WrittenUnit]:

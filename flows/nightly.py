@@ -37,7 +37,7 @@ from voxtox.prefect_env import record_and_reap_apis
 from voxtox.settings import Settings
 from voxtox.storage.runs import RunDir
 from voxtox.tasks.calibrate import calibrate_task
-from voxtox.tasks.compact import compact_lake_task, compact_task
+from voxtox.tasks.compact import compact_lake_task
 from voxtox.confine import outside_reason
 from voxtox.models.scoring import NoHumanLabelsError
 from voxtox.tasks.import_labels import import_labels_task
@@ -146,7 +146,7 @@ def _publish(report: NightlyReport) -> None:
 
 def _take_in(inbox_dir: Path, settings: Settings, served: Path | None, report: NightlyReport) -> None:
     """Retention, then the inbox's new audio labelled and its human labels imported, then the
-    shards compacted (before training reads them: it holds their file names)."""
+    lake compacted (DuckLake merges each table's small files, one commit)."""
     if settings.retention.enabled:
         _apply_retention(settings)
     _label_new_audio(inbox_dir, settings, report)
@@ -154,11 +154,8 @@ def _take_in(inbox_dir: Path, settings: Settings, served: Path | None, report: N
         report.imported_label_spans = import_labels_task([str(p) for p in files], settings, served)
     if settings.review.nightly:
         _review(settings, report)
-    if settings.nightly.compact:
-        if lake_of(settings) is not None:  # DuckLake merges the lake's files (one commit)
-            report.compacted_files = sum(before - after for before, after in compact_lake_task(settings).values())
-        else:
-            report.compacted_files = sum(result.merged for result in compact_task(settings))
+    if settings.nightly.compact:  # DuckLake merges the lake's files (one commit)
+        report.compacted_files = sum(before - after for before, after in compact_lake_task(settings).values())
 
 
 def _new_train_clips(train_clips: int, current: Path | None, settings: Settings) -> int:

@@ -31,7 +31,8 @@ from voxtox.storage.catalog import Catalog
 from voxtox.storage.model_store import resolve_model
 from voxtox.storage.schema import human_label_column, label_column, prob_column
 from voxtox.chunk import detect_speech
-from voxtox.storage.human_labels import ImportReport, import_truth_files
+from voxtox.storage.human_labels import ImportReport, import_truth_files_to_lake
+from voxtox.storage.lake import target_for
 
 #: Classes whose pipeline labels are scored against the truth (humans do not label `other`).
 REPORT_CLASSES: tuple[str, ...] = (*TOXIC_CLASSES, "no_violation")
@@ -401,9 +402,8 @@ def measure_corpus(
     the report's Markdown. `started` (a `time.perf_counter()`) is when the whole report began."""
     started = time.perf_counter() if started is None else started
     eval_splits = evaluation_splits(manifest)
-    imported = import_truth_files(manifest.truth_files("utterances", eval_splits), settings.shards_dir)
+    imported = import_truth_files_to_lake(manifest.truth_files("utterances", eval_splits), target_for(settings))
     catalog = Catalog.from_settings(settings)
-    catalog.refresh_views()
     rows = evaluation_rows(catalog, manifest, eval_splits)
     parts = _report_header(manifest, settings, imported, command)
     parts += _evaluation_sections(manifest, settings, rows, eval_splits, n_resamples)

@@ -28,7 +28,7 @@ import pyarrow.dataset as ds
 import torch
 from torch import Tensor
 
-from voxtox.storage.shards import write_parquet_atomic
+from voxtox.storage.parquet import write_parquet_atomic
 
 FEATURES_DIR = "features"
 #: Clips computed between two part files: an interrupted computation keeps what it wrote.

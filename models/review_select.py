@@ -41,9 +41,8 @@ import numpy as np
 from voxtox.labels import CLASSES, TOXIC_CLASSES
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
-from voxtox.storage.clips import clips_files, locate_clips
 from voxtox.storage.model_store import ModelNotFoundError, resolve_model
-from voxtox.storage.reviews import batch_path, reviewed_clip_ids
+from voxtox.storage.reviews import batch_path
 from voxtox.storage.schema import HAS_AUDIO, label_column, prob_column
 
 Strategy = Literal["random", "uncertainty", "disagreement", "combined"]
@@ -77,7 +76,8 @@ def candidate_condition(split: str, settings: Settings) -> str:
 
 def read_candidates(settings: Settings, split: str, exclude: set[str] | frozenset[str] = frozenset()) -> Candidates:
     catalog = Catalog.from_settings(settings)
-    if "clips" not in catalog.present_tables():
+    present = catalog.present_tables()
+    if "clips" not in present:
         raise ValueError(f"no clips in {settings.data_dir}: label audio first (`voxtox label`)")
     columns = ", ".join([*(prob_column(c) for c in CLASSES), *(label_column(c) for c in CLASSES)])
     table = catalog.query(
@@ -86,7 +86,8 @@ def read_candidates(settings: Settings, split: str, exclude: set[str] | frozense
     )
     if not table.num_rows:
         raise ValueError(f"no {split} clips with audio to review: label {split} audio first (`voxtox label --split {split}`)")
-    done = reviewed_clip_ids(settings.shards_dir) | set(exclude)
+    reviewed = catalog.query("SELECT clip_id FROM reviews")["clip_id"].to_pylist() if "reviews" in present else []
+    done = set(reviewed) | set(exclude)
     keep = np.array([clip not in done for clip in table["clip_id"].to_pylist()])
     table = table.filter(keep)
     probs = np.stack([table[prob_column(c)].to_numpy(zero_copy_only=False) for c in CLASSES], axis=1).astype(np.float64)
@@ -184,22 +185,15 @@ def clip_embeddings(settings: Settings, candidates: Candidates, encoder_name: st
 
 
 def _audio_reader(settings: Settings, ids: list[str]) -> Callable[[list[str]], list[np.ndarray]]:
-    """Decoded audio of a chunk of the clips `ids`: from the shards, or from a lake's clips table."""
-    from voxtox.models.scoring import decode_clip_audio, read_segment_audio
+    """Decoded audio of a chunk of the clips `ids`, from the lake's clips table."""
+    from voxtox.models.scoring import decode_clip_audio
+    from voxtox.storage.review_export import lake_audio
 
-    if settings.storage.lake:
-        from voxtox.storage.review_export import lake_audio
+    def from_lake(chunk: list[str]) -> list[np.ndarray]:
+        data = lake_audio(settings, chunk)
+        return [decode_clip_audio(data[c], f"clip {c}") for c in chunk]
 
-        def from_lake(chunk: list[str]) -> list[np.ndarray]:
-            data = lake_audio(settings, chunk)
-            return [decode_clip_audio(data[c], f"clip {c}") for c in chunk]
-
-        return from_lake
-    located = locate_clips(Catalog.from_settings(settings), clips_files(settings.shards_dir),
-                           "SELECT clip_id FROM clips WHERE list_contains(" + json.dumps(ids).replace('"', "'") + ", clip_id)")
-    where = {c: (f, r) for c, f, r in zip(located["clip_id"].to_pylist(), located["filename"].to_pylist(),
-                                          located["file_row_number"].to_pylist(), strict=True)}
-    return lambda chunk: [read_segment_audio(*where[c], c) for c in chunk]
+    return from_lake
 
 
 def audio_model_scores(settings: Settings, candidates: Candidates, run: Path | None, seed: int) -> np.ndarray:

@@ -24,9 +24,9 @@ from voxtox.models.inference import WindowScorer, aggregate
 from voxtox.models.trainer import load_classifier
 from voxtox.settings import EvaluateSettings
 from voxtox.storage.catalog import Catalog
-from voxtox.storage.clips import locate, read_audio_bytes, require_clips
+from voxtox.storage.clips import as_lake, read_audio_bytes, require_clips
 from voxtox.storage.schema import HAS_AUDIO, human_label_column, label_column
-from voxtox.storage.shards import write_parquet_atomic
+from voxtox.storage.parquet import write_parquet_atomic
 from voxtox.storage.runs import RunDir
 
 ALL_LANGUAGES = "all"
@@ -80,7 +80,7 @@ def read_eval_set(
     catalog: Catalog, shards_root: Path, split: str, labels: str = "human", condition: str = "TRUE"
 ) -> EvalSet:
     """Evaluation segments of `split` (matching the SQL `condition` on `clips`) with their truth."""
-    require_clips(catalog, shards_root)
+    require_clips(as_lake(catalog))
     low, high = SEGMENT_BOUNDS_S
     segments = (
         f"SELECT * FROM clips WHERE split = '{split}' AND segment_kind = 'evaluation' "
@@ -104,7 +104,7 @@ def read_eval_set(
         chosen = f"SELECT clip_id, source_sha256, lang, duration_s, {truth} FROM ({segments})"
     else:
         raise ValueError(f"labels must be 'human' or 'pipeline', not {labels!r}")
-    table = locate(catalog, shards_root, chosen)
+    table = as_lake(catalog).locate_clips(chosen)
     if not table.num_rows:
         raise NoHumanLabelsError(
             f"none of the {n_segments} evaluation segments of split {split!r} has human labels: import them, "

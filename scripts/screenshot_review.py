@@ -10,6 +10,8 @@ the page has fetched its audio, and captures it.
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import io
 import os
 import sys
@@ -31,9 +33,8 @@ from voxtox.audio import SAMPLE_RATE
 from voxtox.flows.cli import app
 from voxtox.labels import CLASSES
 from voxtox.settings import Settings
-from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import label_column, prob_column
-from voxtox.storage.shards import write_partitioned
+from voxtox.storage import lake
 from voxtox.storage.review_projects import pushed_projects
 from voxtox.corpus.speech_synth import Utterance, lay_out
 
@@ -56,8 +57,9 @@ def write_clips(data_dir: Path) -> None:
                    duration_s=duration, **{prob_column(c): (score if c == label else 0.03) for c in CLASSES},
                    **{label_column(c): c == label for c in CLASSES})
     table = pa.Table.from_pylist(rows, synthetic_clips(1, "train", 0).schema)
-    write_partitioned(data_dir / "shards", "clips", table, "screenshot")
-    Catalog(data_dir / "catalog.duckdb", data_dir / "shards").refresh_views()
+    target = lake.embedded_target(data_dir)
+    with closing(lake.connect(target)) as con:
+        lake.replace_key(con, target, "screenshot", {"clips": table})
 
 
 def main() -> None:

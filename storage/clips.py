@@ -1,5 +1,6 @@
-"""The clip index and shard audio access: which clips a split holds, where each clip's audio lies
-(shard file and row), and reading one clip's encoded audio back, safely against rewrites.
+"""The clip index and clip audio access: which clips a split holds, where each clip's audio lies
+(a local copy of the lake's audio at one snapshot: file and row), and reading one clip's encoded
+audio back, safely against rewrites.
 Training (tasks/train.py), evaluation (tasks/evaluate.py) and calibration read clips through it."""
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import pyarrow.parquet as pq
 from voxtox.labels import CLASSES
 from voxtox.storage.catalog import Catalog, LakeCatalog
 from voxtox.storage.schema import HAS_AUDIO, label_column
-from voxtox.storage.shards import first_shard, shard_files
 
 
 @dataclass
@@ -36,38 +36,10 @@ class ClipIndex:
         return len(self.clip_ids)
 
 
-def clips_files(shards_root: Path) -> list[str]:
-    files = [str(path.resolve()) for path in shard_files(shards_root, "clips")]
-    if not files:
-        raise FileNotFoundError(f"no clips shards under {shards_root}: run `voxtox label` first")
-    return files
-
-
-def locate_clips(catalog: Catalog, files: list[str], chosen: str) -> pa.Table:
-    """The rows of the SQL `chosen` (it selects `clip_id`) with the shard file and row that hold
-    each clip's audio (`filename`, `file_row_number`), ordered by clip id."""
-    file_list = "[" + ", ".join(f"'{f}'" for f in files) + "]"
-    return catalog.query(
-        f"WITH chosen AS ({chosen}), located AS (SELECT clip_id, filename, file_row_number FROM "
-        f"read_parquet({file_list}, filename = true, file_row_number = true, union_by_name = true)) "
-        f"SELECT * FROM chosen JOIN located USING (clip_id) ORDER BY clip_id"
-    )
-
-
-def require_clips(catalog: Catalog, shards_root: Path) -> None:
-    """FileNotFoundError naming the store when it holds no clips yet."""
-    if not isinstance(catalog, LakeCatalog):
-        clips_files(shards_root)
-    elif not catalog.has_table("clips"):
+def require_clips(catalog: LakeCatalog) -> None:
+    """FileNotFoundError naming the lake when it holds no clips yet."""
+    if not catalog.has_table("clips"):
         raise FileNotFoundError(f"no clips in the lake {catalog.target.catalog_name()}: run `voxtox label` first")
-
-
-def locate(catalog: Catalog, shards_root: Path, chosen: str) -> pa.Table:
-    """`locate_clips` over the store `catalog` reads: the shards under `shards_root`, or a lake
-    (whose audio is copied locally at the catalog's snapshot: LakeCatalog.locate_clips)."""
-    if isinstance(catalog, LakeCatalog):
-        return catalog.locate_clips(chosen)
-    return locate_clips(catalog, clips_files(shards_root), chosen)
 
 
 def labelled_clips_sql(split: str, condition: str, reviewed: bool) -> str:
@@ -84,13 +56,21 @@ def labelled_clips_sql(split: str, condition: str, reviewed: bool) -> str:
     )
 
 
+def as_lake(catalog: Catalog) -> LakeCatalog:
+    """Every catalog is a lake's now (Catalog.from_settings)."""
+    if not isinstance(catalog, LakeCatalog):
+        raise TypeError(f"expected the catalog of a lake, got {type(catalog).__name__}")
+    return catalog
+
+
 def read_clip_index(catalog: Catalog, shards_root: Path, split: str, condition: str) -> ClipIndex:
     """Rows of `split` matching the SQL `condition` on the clips view, ordered by clip id, with
-    their labels: people's where they reviewed the clip, else the pipeline's."""
-    require_clips(catalog, shards_root)
-    reviewed = catalog.has_table("reviews") if isinstance(catalog, LakeCatalog) else \
-        first_shard(shards_root, "reviews") is not None
-    table = locate(catalog, shards_root, labelled_clips_sql(split, condition, reviewed))
+    their labels: people's where they reviewed the clip, else the pipeline's. The audio is copied
+    locally at the catalog's snapshot (LakeCatalog.locate_clips). (`shards_root` is unused: the
+    callers' signature from the single-machine shards.)"""
+    lake = as_lake(catalog)
+    require_clips(lake)
+    table = lake.locate_clips(labelled_clips_sql(split, condition, lake.has_table("reviews")))
     if not table.num_rows:
         raise ValueError(f"no {split} clips match the filter {condition!r}")
     return ClipIndex(

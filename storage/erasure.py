@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from voxtox.storage.shards import metadata_without_rows, shards_lock, write_parquet_atomic
+from voxtox.storage.parquet import write_parquet_atomic
+from voxtox.storage.shards import metadata_without_rows, shards_lock
 
 __all__ = ["shards_lock"]  # where forget, retention and the writers take it from
 

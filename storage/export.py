@@ -5,12 +5,10 @@ pandas, Polars or anything else reads without voxtox, DuckDB or the lake's catal
     DIR/data/train-00000.parquet    one split per file name (`validation` is voxtox's `val`)
     DIR/data/validation-00000.parquet ...
 
-The files hold the columns of the shards' clips files (storage/schema.py: audio as Hugging Face's
-Audio feature, 16 kHz FLAC, `lang`, the embedding as a fixed-size list), declared in each file's
-`huggingface` metadata as the shards declare them; the split is the file name, as `datasets`
-expects, not a column. The export reads the single-machine shards or the lake, whichever the
-settings name (storage/catalog.py), at one moment: under the shards' shared lock, or in one
-transaction of the lake (one snapshot). It is written beside DIR and renamed into place, so DIR
+The files hold the clips' columns (storage/schema.py: audio as Hugging Face's Audio feature,
+16 kHz FLAC, `lang`, the embedding as a fixed-size list), declared in each file's `huggingface`
+metadata; the split is the file name, as `datasets` expects, not a column. The export reads the
+lake (storage/catalog.py) in one transaction (one snapshot). It is written beside DIR and renamed into place, so DIR
 holds a whole export or none.
 """
 
@@ -30,7 +28,7 @@ from voxtox.storage.catalog import Catalog
 from voxtox.storage.dataset_card import CARD, HF_SPLITS, dataset_card
 from voxtox.storage.schema import HF_FEATURES, HF_METADATA_KEY
 
-#: Columns of the clips view that are folders in the shards, not columns of their files.
+#: Columns of the clips view that the files leave out: the split is the file name, the date bookkeeping.
 NOT_EXPORTED = ("split", "date")
 #: A file holds at most about this many bytes of rows (audio dominates) before the next begins.
 FILE_BYTES = 256 << 20

@@ -333,7 +333,7 @@ def forget(
 
 
 def _lake_target(settings: Settings) -> LakeTarget:
-    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
+    target = lake.target_for(settings)
     if target is None:
         raise ValueError("[storage] names no lake")
     return target

@@ -11,8 +11,9 @@ A truth file lists labelled spans of audio files, one row per span, as JSONL, CS
 - optional `speaker`, `lang`, `text`, `origin`.
 `voxtox synth` writes such files (`truth/utterances-<split>.jsonl`).
 
-Rows are grouped per audio content and written with `replace_human_labels`: importing a file
-again replaces that audio's labels, it never duplicates them.
+Rows are grouped per audio content and written into the lake's `human_labels` table, one commit
+per recording keyed by its hash: importing a file again replaces that audio's labels, it never
+duplicates them.
 """
 
 from __future__ import annotations
@@ -25,17 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from voxtox.audio import SAMPLE_RATE, RejectedInput, open_audio
 from voxtox.files import jsonl_objects, sha256_file
 from voxtox.labels import CLASSES
 from voxtox.storage import lake
-from voxtox.storage.erasure import shards_lock
 from voxtox.storage.lake import LakeTarget
 from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, label_column
-from voxtox.storage.shards import replace_human_labels, shard_files
-from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.confine import outside_reason
 
 AUDIO_KEYS = ("audio", "path", "audio_path", "source_uri")
@@ -158,15 +155,6 @@ def _check_within(start: float, end: float, duration: float | None, where: str, 
         )
 
 
-def source_durations(shards_root: Path) -> dict[str, float]:
-    """Durations of the sources labelled so far, by content hash (for spans given by hash only)."""
-    files = shard_files(shards_root, "sources")
-    if not files:
-        return {}
-    table = pq.ParquetDataset([str(f) for f in files]).read(columns=["source_sha256", "duration_s"])
-    return dict(zip(table["source_sha256"].to_pylist(), table["duration_s"].to_pylist(), strict=True))
-
-
 def _check_confined(path: Path, confine_to: Path | None, where: str) -> None:
     reason = outside_reason(str(path), confine_to) if confine_to is not None else None
     if reason is not None:
@@ -256,28 +244,6 @@ def _rows_by_source(paths: list[Path], durations: dict[str, float],
 def _labels_table(rows: list[dict[str, object]], now: datetime) -> pa.Table:
     records = [{**r, "imported_at": now} for r in sorted(rows, key=lambda r: (r["start_s"], r["end_s"]))]
     return pa.Table.from_pylist(records, HUMAN_LABELS_SCHEMA)
-
-
-def import_truth_files(
-    paths: list[Path], shards_root: Path, now: datetime | None = None, confine_to: Path | None = None
-) -> ImportReport:
-    """Validate every file first, then replace each source's human labels (all or nothing per
-    call when a file is bad). A source named in several files gets the union of their rows.
-    Labels of a recording `voxtox forget` erased are not imported (counted in `n_forgotten`)."""
-    now = now or datetime.now(UTC)
-    by_source = _rows_by_source(paths, source_durations(shards_root), confine_to)
-    written: list[str] = []
-    skipped: set[str] = set()
-    for sha, rows in sorted(by_source.items()):
-        table = _labels_table(rows, now)
-        table = table.append_column("date", pa.array([now.date().isoformat()] * table.num_rows))
-        with shards_lock(shards_root, exclusive=True):  # forget tombstones and erases under it
-            if sha in forgotten_sha256s(tombstones_file(shards_root)):
-                skipped.add(sha)
-                continue
-            written += [str(p) for p in replace_human_labels(shards_root, sha, table)]
-    imported = [rows for sha, rows in by_source.items() if sha not in skipped]
-    return ImportReport(len(paths), len(imported), sum(map(len, imported)), written, len(skipped))
 
 
 def import_truth_files_to_lake(

@@ -4,16 +4,17 @@ A DuckLake keeps its catalog in a SQL database (PostgreSQL, which every machine 
 its data as Parquet files on object storage (S3 or any S3-compatible store), so labelling
 workers on several hosts write one set of tables: each commit is an ACID transaction of the
 catalog database, and a reader sees a snapshot, i.e. whole commits only. Nothing here takes a
-file lock; the engine does what storage/shards.py does with `fcntl` for one machine.
+file lock: the engine keeps commits whole (on one machine too: the embedded lake, the default).
 
-Settings `[storage] catalog_url` (`postgresql://user@host:port/db`, or a local path for a
-DuckDB-file catalog that one process at a time may open) and `data_url` (`s3://bucket/prefix`
-or a local folder). The S3 endpoint and keys come only from the standard environment
+Settings `[storage] catalog_url` (`postgresql://user@host:port/db`, a `.sqlite` file, or a local
+path for a DuckDB-file catalog that one process at a time may open) and `data_url`
+(`s3://bucket/prefix` or a local folder); unset, the embedded lake under the data dir
+(`target_for`: a SQLite catalog and a folder, no server). The S3 endpoint and keys come only from the standard environment
 variables `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and `AWS_REGION`),
 never from a settings file.
 
-Every row carries `shard_key`, the key the single-machine layout names its files by (a source's
-content-hash prefix, or a rejected input's key): replacing a key's rows is one transaction that
+Every row carries `shard_key`, the key the old single-machine shards named its files by (a
+source's content-hash prefix, or a rejected input's key): replacing a key's rows is one transaction that
 deletes them and inserts the new ones, so a rerun adds nothing. DuckLake lets concurrent
 transactions append to one table without conflict, which would let two workers that labelled the
 same recording both add its rows; so every write also updates the one row of `voxtox_commits`,
@@ -36,13 +37,16 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import duckdb
 import pyarrow as pa
 
 from voxtox.storage.schema import HAS_AUDIO
+
+if TYPE_CHECKING:
+    from voxtox.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +94,17 @@ class LakeTarget:
 
     def catalog_options(self) -> str:
         """Extra ATTACH options of the catalog: a SQLite catalog runs in WAL mode (readers and one
-        writer at a time do not block each other) and waits for a busy file rather than fail."""
+        writer at a time do not block each other), waits for a busy file rather than fail, and
+        reads the data folder it is given (the embedded lake moves with its data dir)."""
         if (sqlite := sqlite_catalog_path(self.catalog_url)) is None:
             return ""
         if not sqlite.exists():  # an empty database in WAL mode (kept by the file), which DuckLake fills
             sqlite.parent.mkdir(parents=True, exist_ok=True)
             with closing(sqlite3.connect(sqlite)) as database:
                 database.execute("PRAGMA journal_mode=WAL")
-        return f", META_JOURNAL_MODE 'WAL', META_BUSY_TIMEOUT {SQLITE_BUSY_TIMEOUT_MS}"
+        # OVERRIDE_DATA_PATH: a data dir copied or moved elsewhere reads its own data folder, which
+        # DuckLake would otherwise refuse for not being the path the catalog was made with
+        return f", META_JOURNAL_MODE 'WAL', META_BUSY_TIMEOUT {SQLITE_BUSY_TIMEOUT_MS}, OVERRIDE_DATA_PATH true"
 
     def catalog_name(self) -> str:
         """The catalog as a user can name it in an error: host:port/db, no password."""
@@ -399,6 +406,8 @@ def purge_history(con: duckdb.DuckDBPyConnection, target: LakeTarget, names: Col
             con.execute(f"CALL ducklake_rewrite_data_files('{ALIAS}', '{name}', delete_threshold => 0)")
         con.execute(f"CALL ducklake_expire_snapshots('{ALIAS}', older_than => now())")
         con.execute(f"CALL ducklake_cleanup_old_files('{ALIAS}', cleanup_all => true)")
+        _forget_table_stats(con)
+    _scrub_sqlite_catalog(target)
 
 
 def expire_snapshots(con: duckdb.DuckDBPyConnection, target: LakeTarget, older_than_days: float) -> tuple[int, int]:
@@ -494,6 +503,36 @@ def rows_held(con: duckdb.DuckDBPyConnection, sha256s: Collection[str], uris: Co
                                        f"(SELECT unnest(?)){no_hash}", params))):
             counts[name] = n
     return counts
+
+
+#: The database DuckLake attaches its catalog as, beside the lake itself.
+METADATA = f"__ducklake_metadata_{ALIAS}"
+
+
+def _forget_table_stats(con: duckdb.DuckDBPyConnection) -> None:
+    """A table's column statistics (min and max per column, in the catalog) keep the values of
+    rows deleted since: an erased recording's path or words would stay in the catalog database.
+    Each bound no live data file still has is cleared (DuckLake reads a NULL bound as unknown,
+    and sets it again from the next insert's files)."""
+    for side in ("min_value", "max_value"):
+        con.execute(f"UPDATE {METADATA}.ducklake_table_column_stats AS t SET {side} = NULL "
+                    f"WHERE {side} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {METADATA}.ducklake_file_column_stats f "
+                    f"JOIN {METADATA}.ducklake_data_file d ON d.data_file_id = f.data_file_id "
+                    f"WHERE d.end_snapshot IS NULL AND f.table_id = t.table_id AND f.column_id = t.column_id "
+                    f"AND f.{side} = t.{side})")
+
+
+def _scrub_sqlite_catalog(target: LakeTarget) -> None:
+    """A SQLite catalog keeps deleted rows' bytes in its free pages and write-ahead log until they
+    are reused: rebuild the file (VACUUM) and empty the log, so erased values leave the disk. (A
+    PostgreSQL catalog's dead rows go with its VACUUM: docs/storage.md.)"""
+    path = sqlite_catalog_path(target.catalog_url)
+    if path is None:
+        return
+    with closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None)) as database:
+        database.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        database.execute("VACUUM")
+        database.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def forgotten(con: duckdb.DuckDBPyConnection, sha256s: Collection[str] | None = None) -> set[str]:
@@ -618,9 +657,35 @@ def define_views(con: duckdb.DuckDBPyConnection) -> list[str]:
     without the bookkeeping column, so voxtox's SQL and a user's read either store alike."""
     present = tables(con)
     for name in present:
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * EXCLUDE ({KEY_COLUMN}){_array_casts(con, name)} "
-                    f"FROM {ALIAS}.{name}")
+        try:
+            casts = _array_casts(con, name)
+        except duckdb.Error:  # a damaged data file: the view stays, and a query of it names the file
+            casts = ""
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * EXCLUDE ({KEY_COLUMN}){casts} FROM {ALIAS}.{name}")
     return present
+
+
+#: What reading a damaged Parquet file raises (pyarrow's own, or the OS's for a bad read).
+READ_ERRORS = (pa.ArrowException, OSError, ValueError)
+
+
+def damaged_files(con: duckdb.DuckDBPyConnection, names: Collection[str]) -> dict[str, str]:
+    """The local data files of tables `names` that cannot be read (truncated, overwritten), and
+    why: what names the file after DuckDB failed on one ("Invalid data" names none)."""
+    import pyarrow.parquet as pq
+
+    found: dict[str, str] = {}
+    for name in sorted(set(names) & set(tables(con))):
+        for (path,) in con.execute(f"SELECT data_file FROM ducklake_list_files('{ALIAS}', '{name}')").fetchall():
+            if str(path).startswith("s3://"):
+                continue
+            try:
+                with pq.ParquetFile(path) as handle:
+                    for _ in handle.iter_batches():
+                        pass
+            except READ_ERRORS as error:
+                found[str(path)] = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return found
 
 
 def _array_casts(con: duckdb.DuckDBPyConnection, name: str) -> str:
@@ -644,10 +709,27 @@ def snapshot_id(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def target_of(catalog_url: str | None, data_url: str | None) -> LakeTarget | None:
-    """The lake the `[storage]` settings name, or None for the single-machine layout."""
+    """The lake `[storage]` names explicitly, or None when it names none (then: `target_for`)."""
     if catalog_url is None or data_url is None:
         return None
     return LakeTarget(catalog_url, data_url)
+
+
+#: The embedded lake every command uses when `[storage]` names none (relative to the data dir): a
+#: SQLite catalog that the host's processes share, and a folder of Parquet data files; no server.
+EMBEDDED_CATALOG = Path("lake") / "catalog.sqlite"
+EMBEDDED_DATA = Path("lake") / "data"
+
+
+def embedded_target(data_dir: Path) -> LakeTarget:
+    """The lake under a data dir: a SQLite catalog that several local processes share, and a folder."""
+    return LakeTarget(str(data_dir / EMBEDDED_CATALOG), str(data_dir / EMBEDDED_DATA))
+
+
+def target_for(settings: Settings) -> LakeTarget:
+    """The one place that decides where the tables live: the lake `[storage]` names, else the
+    embedded lake under the data dir (the default: nothing to set up)."""
+    return target_of(settings.storage.catalog_url, settings.storage.data_url) or embedded_target(settings.data_dir)
 
 
 def _first(result: duckdb.DuckDBPyConnection) -> Any:
@@ -675,7 +757,8 @@ def connect_at(target: LakeTarget, snapshot: int) -> duckdb.DuckDBPyConnection:
         load_extensions(con, target.extensions())
         if target.on_s3:
             con.execute(s3_secret_sql())
-        options = f"DATA_PATH '{_quote(target.data_path())}', READ_ONLY, SNAPSHOT_VERSION {int(snapshot)}"
+        options = (f"DATA_PATH '{_quote(target.data_path())}', READ_ONLY, SNAPSHOT_VERSION {int(snapshot)}"
+                   f"{target.catalog_options()}")
         with lake_errors(target):
             try:
                 con.execute(f"ATTACH '{_quote(target.catalog_attach())}' AS {ALIAS} ({options})")

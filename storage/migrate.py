@@ -31,18 +31,10 @@ from voxtox.storage.schema import PARTITIONS
 from voxtox.storage.shards import READ_ERRORS, damaged, first_shard, key_rows, shard_files, shards_lock
 from voxtox.storage.tombstones import read_tombstones, tombstones_file
 
-#: Where `voxtox migrate` puts the lake when `[storage]` names none (relative to the data dir).
-EMBEDDED_CATALOG = Path("lake") / "catalog.sqlite"
-EMBEDDED_DATA = Path("lake") / "data"
 #: About this many bytes of Parquet per commit (a key's rows are never split across commits).
 BATCH_BYTES = 64 << 20
 #: The order tables go in: `sources` last (its row means a recording is done).
 ORDER = ("clips", "rejects", "human_labels", "evaluations", "reviews", "sources")
-
-
-def embedded_target(data_dir: Path) -> LakeTarget:
-    """The lake under a data dir: a SQLite catalog that several local processes share, and a folder."""
-    return LakeTarget(str(data_dir / EMBEDDED_CATALOG), str(data_dir / EMBEDDED_DATA))
 
 
 @dataclass(frozen=True)
@@ -217,6 +209,6 @@ def unmigrated(root: Path, con: duckdb.DuckDBPyConnection) -> bool:
 
 
 def migrate_hint(root: Path, target: LakeTarget) -> str:
-    """The one line an old data dir gets when a lake command opens it."""
-    return (f"note: {root} holds recordings labelled before the lake {target.catalog_name()} was set up, and the "
-            "lake holds none: move them in with `voxtox migrate` (docs/storage.md)")
+    """The one line an old data dir gets from a command that reads or writes tables."""
+    return (f"note: {root} holds recordings in the single-machine shards, which voxtox no longer reads, and the "
+            f"lake {target.catalog_name()} holds none: move them in with `voxtox migrate` (docs/storage.md)")

@@ -23,8 +23,6 @@ from voxtox.files import jsonl_objects
 from voxtox.labels import CLASSES
 from voxtox.settings import Settings
 from voxtox.storage.catalog import Catalog
-from voxtox.storage.clips import clips_files, locate_clips, read_audio_bytes
-from voxtox.storage.shards import shards_lock
 from voxtox.storage.reviews import REVIEW_DIR, batch_path
 from voxtox.storage.review_s3 import audio_location, on_s3, upload_and_presign
 from voxtox.storage.schema import HAS_AUDIO
@@ -104,23 +102,16 @@ def _check_none_gone(clip_ids: list[str], found: list[str]) -> None:
 
 
 def write_audio(settings: Settings, clip_ids: list[str]) -> Path:
-    """Each clip's FLAC from the shards to `<data_dir>/review/audio/<clip>.flac` (kept when there)."""
+    """Each clip's FLAC from the lake to `<data_dir>/review/audio/<clip>.flac` (kept when there)."""
     directory = review_audio_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
     missing = _missing(directory, clip_ids)
     if not missing:
         return directory
-    if settings.storage.lake:  # a lake with local data files: the bytes come from the lake's clips
-        for clip, data in lake_audio(settings, missing).items():
-            _write_atomically(directory / f"{clip}.flac", data)
-        return directory
-    with shards_lock(settings.shards_dir):  # the located rows stay where they are while read
-        located = locate_clips(Catalog.from_settings(settings), clips_files(settings.shards_dir),
-                               f"SELECT clip_id FROM clips WHERE list_contains({_in_list(missing)}, clip_id)")
-        for clip, file, row in zip(located["clip_id"].to_pylist(), located["filename"].to_pylist(),
-                                   located["file_row_number"].to_pylist(), strict=True):
-            _write_atomically(directory / f"{clip}.flac", read_audio_bytes(file, row, clip))
-    _check_none_gone(missing, located["clip_id"].to_pylist())
+    found = lake_audio(settings, missing)  # the bytes come from the lake's clips (local data files)
+    for clip, data in found.items():
+        _write_atomically(directory / f"{clip}.flac", data)
+    _check_none_gone(missing, list(found))
     return directory
 
 

@@ -242,8 +242,6 @@ def import_answers(settings: Settings, items: object, source: str, users: dict[i
     answers, n_tasks, skipped = parse_export(items, source, users)
     rows, ties = review_rows(answers, settings, source, now or datetime.now(UTC))
     written = write_reviews_in(settings, rows) if rows else ReviewsWritten(0, 0, 0)
-    if written.new or written.changed:
-        Catalog.from_settings(settings).refresh_views()
     return ImportReport(n_tasks, len(answers), skipped, len(rows), ties, written)
 
 

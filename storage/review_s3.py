@@ -29,7 +29,7 @@ AUDIO_PREFIX = "audio"
 
 def on_s3(settings: Settings) -> bool:
     """Whether the clips' audio lives on S3 (a lake whose data path is an s3:// URL)."""
-    return settings.storage.lake and str(settings.storage.data_url).startswith("s3://")
+    return str(settings.storage.data_url or "").startswith("s3://")
 
 
 def _split_s3(url: str, what: str) -> tuple[str, str]:

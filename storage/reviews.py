@@ -1,12 +1,9 @@
 """The `reviews` table: clips people reviewed (Label Studio, `voxtox review import`).
 
-With `[storage]` naming a lake, the table is the lake's (`write_reviews_in`): one commit per
-import, keyed by clip, which every host's training and evaluation read.
-
-One row per clip, in one Parquet file (`<data_dir>/shards/reviews/reviews.parquet`) rewritten
-whole under the shards' exclusive lock: an import lands entirely or not at all, and a clip
-reviewed again replaces its row. Reviews are made by people, so the table stays small (100 000
-reviews are a few MB). `voxtox forget` erases rows like any table's (by `source_sha256`).
+The lake's table (`write_reviews_in`): one row per clip, one commit per import, keyed by clip,
+which every host's training and evaluation read; an import lands entirely or not at all, and a
+clip reviewed again replaces its row. Reviews are made by people, so the table stays small.
+`voxtox forget` erases rows like any table's (by `source_sha256`).
 """
 
 from __future__ import annotations
@@ -16,20 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from voxtox.settings import Settings
 from voxtox.storage import lake
 from voxtox.storage.lake import LakeTarget
 from voxtox.storage.schema import REVIEWS_SCHEMA
-from voxtox.storage.shards import shards_lock, write_parquet_atomic
-from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 
 REVIEWS_TABLE = "reviews"
 #: Where `select` writes its batch and `export` reads it, under the data dir.
 REVIEW_DIR = "review"
 BATCH_FILE = "selected.jsonl"
-REVIEWS_FILE = "part-reviews.parquet"
 #: Columns that say when a row was written, not what it says: an identical re-import keeps the old row.
 _STAMP_COLUMNS = ("imported_at",)
 
@@ -45,65 +38,29 @@ class ReviewsWritten:
     unchanged: int  # clips whose review was already exactly this
 
 
-def reviews_path(shards_root: Path) -> Path:
-    return shards_root / REVIEWS_TABLE / REVIEWS_FILE
-
-
-def read_reviews(shards_root: Path) -> pa.Table:
-    """Every review (an empty table when there is none)."""
-    path = reviews_path(shards_root)
-    with shards_lock(shards_root):
-        if not path.exists():
+def read_reviews(settings: Settings) -> pa.Table:
+    """Every review in the lake `settings` name, ordered by clip (an empty table when there is none)."""
+    with closing(lake.connect(lake.target_for(settings), read_only=True)) as con:
+        if REVIEWS_TABLE not in lake.tables(con):
             return REVIEWS_SCHEMA.empty_table()
-        return pq.read_table(path, schema=REVIEWS_SCHEMA)
-
-
-def reviewed_clip_ids(shards_root: Path) -> set[str]:
-    return set(read_reviews(shards_root)["clip_id"].to_pylist())
+        columns = ", ".join(f'"{name}"' for name in REVIEWS_SCHEMA.names)
+        found = con.execute(f"SELECT {columns} FROM {lake.ALIAS}.{REVIEWS_TABLE} ORDER BY clip_id").to_arrow_table()
+    return found.cast(REVIEWS_SCHEMA)
 
 
 def _same(old: dict[str, object], new: dict[str, object]) -> bool:
     return all(old[k] == new[k] for k in new if k not in _STAMP_COLUMNS)
 
 
-def write_reviews(shards_root: Path, rows: list[dict[str, object]]) -> ReviewsWritten:
-    """Add or replace the reviews of `rows`' clips (rows in REVIEWS_SCHEMA). All or nothing: a
-    row of a recording forgotten meanwhile fails the whole write, naming its clip."""
-    with shards_lock(shards_root, exclusive=True):
-        forgotten = forgotten_sha256s(tombstones_file(shards_root))
-        for row in rows:
-            if row["source_sha256"] in forgotten:
-                raise ForgottenClipError(f"clip {row['clip_id']}: its recording was forgotten (`voxtox forget`)")
-        existing = {row["clip_id"]: row for row in read_reviews(shards_root).to_pylist()}
-        new = changed = unchanged = 0
-        for row in rows:
-            old = existing.get(row["clip_id"])
-            if old is None:
-                new += 1
-            elif _same(old, row):
-                unchanged += 1
-                continue
-            else:
-                changed += 1
-            existing[row["clip_id"]] = row
-        if new or changed:
-            table = pa.Table.from_pylist(sorted(existing.values(), key=lambda r: r["clip_id"]), REVIEWS_SCHEMA)
-            write_parquet_atomic(table, reviews_path(shards_root))
-    return ReviewsWritten(new, changed, unchanged)
-
-
 def write_reviews_in(settings: Settings, rows: list[dict[str, object]]) -> ReviewsWritten:
-    """`write_reviews` into the store `settings` name: the data dir's shards, or the lake."""
-    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
-    if target is None:
-        return write_reviews(settings.shards_dir, rows)
-    return write_reviews_to_lake(target, rows)
+    """The reviews of `rows` into the lake `settings` name (`write_reviews_to_lake`)."""
+    return write_reviews_to_lake(lake.target_for(settings), rows)
 
 
 def write_reviews_to_lake(target: LakeTarget, rows: list[dict[str, object]]) -> ReviewsWritten:
-    """Add or replace the reviews of `rows`' clips in the lake's `reviews` table, as
-    `write_reviews` does for the shards: one commit, all or nothing, none when a recording was
-    forgotten (checked inside the commit: ForgottenClipError names its clip)."""
+    """Add or replace the reviews of `rows`' clips (rows in REVIEWS_SCHEMA) in the lake's
+    `reviews` table: one commit, all or nothing, none when a recording was forgotten (checked
+    inside the commit: ForgottenClipError names its clip); an identical review writes nothing."""
     with closing(lake.connect(target)) as con:
         existing: dict[object, dict[str, object]] = {}
         if REVIEWS_TABLE in lake.tables(con):

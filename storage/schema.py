@@ -1,6 +1,6 @@
 """The data contract (../shared/DESIGN.md §5): Parquet schemas of the tables voxtox writes.
 
-Tables, each a directory of hive-partitioned shards under `<data_dir>/shards/`:
+Tables, each a table of the lake (storage/lake.py; earlier versions: hive folders under `<data_dir>/shards/`):
 - `clips`   one row per labelled segment (split=/lang=/date=): audio, transcript, labels, embedding
 - `rejects` inputs or segments that could not be used, with the reason (date=)
 - `sources` one row per source that finished labelling; its presence means "done" (date=)
@@ -37,7 +37,8 @@ AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 #: schema, so this stays valid for every `datasets` version that has the Audio feature.
 HF_FEATURES = {"info": {"features": {"audio": {"_type": "Audio", "sampling_rate": SAMPLE_RATE}}}}
 
-#: Partition columns live in the directory names, not inside the files.
+#: The columns the old shards kept in their directory names, not inside the files (storage/migrate.py
+#: reads them back as columns).
 PARTITIONS: dict[str, tuple[str, ...]] = {
     "clips": ("split", "lang", "date"),
     "rejects": ("date",),

@@ -1,5 +1,5 @@
-"""Compaction stage: merge each partition's small shard files into large ones (storage/shards.py),
-after dropping duplicate rows by id (storage/heal.py)."""
+"""Compaction stage: DuckLake merges each table's small data files (one per labelled recording)
+into large ones, in one commit, and deletes killed writers' orphaned files (storage/lake.py)."""
 
 from __future__ import annotations
 
@@ -9,38 +9,6 @@ from prefect import get_run_logger, task
 
 from voxtox.settings import Settings
 from voxtox.storage import lake
-from voxtox.storage.catalog import Catalog, damaged_tables
-from voxtox.storage.heal import heal_duplicates
-from voxtox.storage.shards import CompactionResult, DamagedShardError, compact
-
-MIB = 1 << 20
-
-
-def refuse_damaged(settings: Settings, tables: list[str] | None = None) -> None:
-    """Raise DamagedShardError naming every damaged file of `tables` (default: all): compaction
-    refuses rather than leave a damaged file out of a merge or rewrite around it."""
-    found = {path: why for files in damaged_tables(settings.shards_dir, tables).values() for path, why in files.items()}
-    if found:
-        raise DamagedShardError(found)
-
-
-def compact_shards(settings: Settings, tables: list[str] | None = None) -> list[CompactionResult]:
-    """Compact the data dir's shards (every table, or `tables`), then refresh the catalog."""
-    refuse_damaged(settings, tables)
-    heal_duplicates(settings.shards_dir, tables)
-    results = compact(
-        settings.shards_dir,
-        tables,
-        target_bytes=settings.compact.target_file_mb * MIB,
-        row_group_bytes=settings.compact.row_group_mb * MIB,
-    )
-    Catalog.from_settings(settings).refresh_views()
-    return results
-
-
-@task(name="compact")
-def compact_task(settings: Settings) -> list[CompactionResult]:
-    return compact_shards(settings)
 
 
 @task(name="compact-lake")
@@ -48,9 +16,7 @@ def compact_lake_task(settings: Settings) -> dict[str, tuple[int, int]]:
     """Compact the lake `[storage]` names (storage/lake.py compact): table -> (files before, after);
     then expire the snapshots older than `[storage] keep_snapshots_days` and delete the files no
     snapshot references any more (what the merge replaced, once no kept snapshot reads it)."""
-    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
-    if target is None:
-        raise ValueError("compact_lake_task needs [storage] to name a lake")
+    target = lake.target_for(settings)
     with closing(lake.connect(target)) as con:
         merged = lake.compact(con, target)
         expired, deleted = lake.expire_snapshots(con, target, settings.storage.keep_snapshots_days)

@@ -12,7 +12,7 @@ from prefect import task
 from voxtox.models.text_encoder import USEM3, load_text_encoder
 from voxtox.settings import Settings
 from voxtox.storage.model_store import ModelNotFoundError, resolve_model
-from voxtox.storage.shards import write_parquet_atomic
+from voxtox.storage.parquet import write_parquet_atomic
 
 
 def resolve_text_encoder(settings: Settings) -> str:

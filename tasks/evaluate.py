@@ -64,7 +64,7 @@ from voxtox.settings import EvaluateSettings, Settings
 from voxtox.storage import lake
 from voxtox.storage.catalog import Catalog, LakeCatalog
 from voxtox.storage.schema import EVALUATIONS_SCHEMA
-from voxtox.storage.shards import replace_rows, write_parquet_atomic
+from voxtox.storage.parquet import write_parquet_atomic
 from voxtox.models.evaluation_plots import plot_ap_bars, plot_reliability
 from voxtox.models.evaluation_report import report_markdown
 
@@ -231,17 +231,10 @@ def results_table(rows: Sequence[MetricRow], evaluation: str, eval_set: EvalSet,
 
 
 def save_to_catalog(table: pa.Table, settings: Settings, evaluation: str) -> None:
-    """Replace this evaluation's rows in the `evaluations` shards and refresh the catalog views;
-    with a lake, in the lake's `evaluations` table (one commit keyed by the evaluation)."""
-    target = lake.target_of(settings.storage.catalog_url, settings.storage.data_url)
-    if target is not None:
-        with closing(lake.connect(target)) as con:
-            lake.replace_key(con, target, evaluation, {"evaluations": table})
-        return
-    root = settings.shards_dir
-    date = table["evaluated_at"][0].as_py().date().isoformat()
-    replace_rows(root, "evaluations", evaluation, table.append_column("date", pa.array([date] * table.num_rows)))
-    Catalog.from_settings(settings).refresh_views()
+    """Replace this evaluation's rows in the lake's `evaluations` table (one commit keyed by the evaluation)."""
+    target = lake.target_for(settings)
+    with closing(lake.connect(target)) as con:
+        lake.replace_key(con, target, evaluation, {"evaluations": table})
 
 
 def fit_temperatures(run_dirs: Sequence[Path], settings: Settings, classes: Sequence[str]) -> list[float]:
@@ -295,7 +288,6 @@ def evaluate_runs(run_dirs: Sequence[Path], settings: Settings, out_dir: Path | 
     for run_dir in run_dirs:
         RunDir(run_dir).model(options.checkpoint)
     catalog = Catalog.from_settings(settings)
-    catalog.refresh_views()
     eval_set = read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
     classes = reported_classes(eval_set.labels)
     temperatures: list[float | None] = [None] * len(run_dirs)
@@ -328,7 +320,6 @@ def score_run_task(run_dir: str, settings: Settings) -> str:
     """Score one run's model on the evaluation segments (cached), so runs score in parallel."""
     options = settings.evaluate
     catalog = Catalog.from_settings(settings)
-    catalog.refresh_views()
     eval_set = read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
     score_run(Path(run_dir), eval_set, options, settings.train.threads)
     return str(RunDir(Path(run_dir)).scores(options.split, options.checkpoint))

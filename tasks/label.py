@@ -14,7 +14,7 @@ from voxtox.labels import CLASSES
 from voxtox.models.labeller import TextLabeller
 from voxtox.settings import Settings
 from voxtox.storage.schema import label_column, prob_column
-from voxtox.storage.shards import write_parquet_atomic
+from voxtox.storage.parquet import write_parquet_atomic
 from voxtox.tasks.transcribe import TranscribedUnit
 
 

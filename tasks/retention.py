@@ -123,7 +123,7 @@ def apply_retention(settings: Settings, now: datetime | None = None) -> Retentio
     now = now or datetime.now(UTC)
     retention = settings.retention
     report = RetentionReport()
-    if (target := lake.target_of(settings.storage.catalog_url, settings.storage.data_url)) is not None:
+    if (target := lake.target_for(settings)) is not None:
         _apply_on_lake(settings, target, now, report)
         return report
     if retention.delete_days is not None:

@@ -55,7 +55,7 @@ from voxtox.settings import Settings, TrainSettings
 from voxtox.storage.catalog import Catalog, LakeCatalog
 from voxtox.storage.clips import ClipIndex, read_audio_bytes, read_clip_index
 from voxtox.storage.schema import TRAINING_SOURCES_SCHEMA
-from voxtox.storage.shards import write_parquet_atomic
+from voxtox.storage.parquet import write_parquet_atomic
 from voxtox.storage.runs import RunDir
 from voxtox.models.scoring import read_eval_set
 from voxtox.models.features import FEATURES_DIR, ComputeFeatures, FeatureCache

@@ -47,7 +47,7 @@ from voxtox.audio import SAMPLE_RATE
 from voxtox.settings import AsrSettings, SentenceSettings, Settings
 from voxtox.storage.model_store import ModelNotFoundError
 from voxtox.storage.schema import REJECTS_SCHEMA, clips_schema
-from voxtox.storage.shards import write_parquet_atomic
+from voxtox.storage.parquet import write_parquet_atomic
 from voxtox.chunk import SpeechChunk, energy_db, split_at_quiet_points
 from voxtox.tasks.ingest import PreparedSource
 

@@ -18,11 +18,8 @@ from prefect import task
 
 from voxtox.audio import SAMPLE_RATE
 from voxtox.storage import lake as lakes
-from voxtox.storage.erasure import shards_lock
 from voxtox.storage.lake import LakeTarget
 from voxtox.storage.schema import REJECTS_SCHEMA, SOURCES_SCHEMA, clips_schema
-from voxtox.storage.shards import replace_rows, replace_source
-from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.confine import SourceRejection
 from voxtox.tasks.ingest import PreparedSource
 from voxtox.tasks.transcribe import TranscribedUnit
@@ -33,7 +30,6 @@ class WrittenUnit:
     n_sources: int
     n_clips: int
     n_rejects: int
-    shards: list[str]
 
 
 def clip_id(source_sha256: str, kind: str, start_s: float, end_s: float) -> str:
@@ -113,59 +109,18 @@ def _source_table(source: PreparedSource, n_clips: int, n_rejected: int, run_id:
     return table.append_column("date", pa.array([_partition_date(now)], pa.string()))
 
 
-def _is_forgotten(shards_root: Path, source_sha256: str | None, allow_forgotten: bool) -> bool:
-    """Asked under the shards' lock: a recording `voxtox forget` erased while this run was working
-    on it is not written back (forget holds the lock exclusively while it tombstones and erases)."""
-    return not allow_forgotten and source_sha256 in forgotten_sha256s(tombstones_file(shards_root))
-
-
 def write_sources(
-    sources: list[PreparedSource],
-    embedded: Path,
-    dropped: Path,
-    shards_root: Path,
-    asr_model: str,
-    run_id: str,
-    allow_forgotten: bool = False,
-    lake: LakeTarget | None = None,
-) -> WrittenUnit:
-    """Replace each source's shards with this run's rows (idempotent per source). A source
-    forgotten while this run was working on it is not written (unless `allow_forgotten`).
-    With `lake`, each source's rows are one commit to that lake instead (storage/lake.py)."""
-    if lake is not None:
-        return _write_sources_to_lake(sources, embedded, dropped, lake, asr_model, run_id, allow_forgotten)
-    clips_all = pq.read_table(embedded)
-    dropped_all = pq.read_table(dropped).to_pylist()
-    now = datetime.now(UTC)
-    shards: list[str] = []
-    n_clips = n_rejects = 0
-    for source in sources:
-        with shards_lock(shards_root, exclusive=True):
-            if _is_forgotten(shards_root, source.source_sha256, allow_forgotten):
-                continue
-            rows = clips_all.filter(pc.field("source_sha256") == source.source_sha256)
-            clips = build_clips(source, rows, asr_model, run_id, now)
-            rejected = [r for r in dropped_all if r["source_sha256"] == source.source_sha256]
-            rejects = _rejects_table(rejected, run_id, now)
-            marker = _source_table(source, clips.num_rows, rejects.num_rows, run_id, now)
-            shards += [str(p) for p in replace_source(shards_root, source.key, clips, rejects, marker)]
-        n_clips += clips.num_rows
-        n_rejects += rejects.num_rows
-    return WrittenUnit(len(sources), n_clips, n_rejects, shards)
-
-
-def _write_sources_to_lake(
     sources: list[PreparedSource],
     embedded: Path,
     dropped: Path,
     lake: LakeTarget,
     asr_model: str,
     run_id: str,
-    allow_forgotten: bool,
+    allow_forgotten: bool = False,
 ) -> WrittenUnit:
     """Each source's clips, rejects and `sources` row as one lake commit keyed by the source:
     a rerun, or another worker that labelled the same audio, replaces them (storage/lake.py).
-    A recording forgotten meanwhile (on any host) is not written back."""
+    A recording forgotten meanwhile (on any host) is not written back (unless `allow_forgotten`)."""
     clips_all = pq.read_table(embedded)
     dropped_all = pq.read_table(dropped).to_pylist()
     now = datetime.now(UTC)
@@ -182,45 +137,25 @@ def _write_sources_to_lake(
                 continue
             n_clips += clips.num_rows
             n_rejects += rejects.num_rows
-    return WrittenUnit(len(sources), n_clips, n_rejects, [])
-
-
-def _write_rejections_to_lake(rejections: list[SourceRejection], lake: LakeTarget, run_id: str) -> WrittenUnit:
-    now = datetime.now(UTC)
-    with closing(lakes.connect(lake)) as con:
-        for rejection in rejections:
-            lakes.replace_key(con, lake, rejection_key(rejection), {"rejects": _rejects_table([_rejection_record(rejection)], run_id, now)})
-    return WrittenUnit(0, 0, len(rejections), [])
+    return WrittenUnit(len(sources), n_clips, n_rejects)
 
 
 def rejection_key(rejection: SourceRejection) -> str:
-    """Shard key of an input's rejection: its content hash, so a rerun replaces the row. A
-    duplicate copy's content is labelled under that hash by another path, so it is keyed by
-    its own path instead (its row must not replace, or be replaced by, the source's shards)."""
+    """Key of an input's rejection: its content hash, so a rerun replaces the row. A duplicate
+    copy's content is labelled under that hash by another path, so it is keyed by its own path
+    instead (its row must not replace, or be replaced by, the source's rows)."""
     if rejection.source_sha256 and rejection.reason != "duplicate":
         return rejection.source_sha256[:24]
     return hashlib.sha256(rejection.uri.encode()).hexdigest()[:24]
 
 
-def write_rejections(
-    rejections: list[SourceRejection],
-    shards_root: Path,
-    run_id: str,
-    allow_forgotten: bool = False,
-    lake: LakeTarget | None = None,
-) -> WrittenUnit:
-    """Record inputs that could not be used; a rerun replaces their rows instead of adding."""
-    if lake is not None:
-        return _write_rejections_to_lake(rejections, lake, run_id)
+def write_rejections(rejections: list[SourceRejection], lake: LakeTarget, run_id: str) -> WrittenUnit:
+    """Record inputs that could not be used, one commit each; a rerun replaces their rows instead of adding."""
     now = datetime.now(UTC)
-    shards = []
-    for rejection in rejections:
-        record = _rejection_record(rejection)
-        with shards_lock(shards_root, exclusive=True):
-            if _is_forgotten(shards_root, rejection.source_sha256, allow_forgotten):
-                continue
-            shards += replace_rows(shards_root, "rejects", rejection_key(rejection), _rejects_table([record], run_id, now))
-    return WrittenUnit(0, 0, len(rejections), [str(p) for p in shards])
+    with closing(lakes.connect(lake)) as con:
+        for rejection in rejections:
+            lakes.replace_key(con, lake, rejection_key(rejection), {"rejects": _rejects_table([_rejection_record(rejection)], run_id, now)})
+    return WrittenUnit(0, 0, len(rejections))
 
 
 def _rejection_record(rejection: SourceRejection) -> dict:
@@ -241,23 +176,14 @@ def write_task(
     sources: list[PreparedSource],
     embedded: str,
     unit: TranscribedUnit,
-    shards_root: Path,
+    lake: LakeTarget,
     asr_model: str,
     run_id: str,
     allow_forgotten: bool = False,
-    lake: LakeTarget | None = None,
 ) -> WrittenUnit:
-    return write_sources(
-        sources, Path(embedded), Path(unit.dropped), shards_root, asr_model, run_id, allow_forgotten, lake
-    )
+    return write_sources(sources, Path(embedded), Path(unit.dropped), lake, asr_model, run_id, allow_forgotten)
 
 
 @task(name="write-rejects")
-def write_rejections_task(
-    rejections: list[SourceRejection],
-    shards_root: Path,
-    run_id: str,
-    allow_forgotten: bool = False,
-    lake: LakeTarget | None = None,
-) -> WrittenUnit:
-    return write_rejections(rejections, shards_root, run_id, allow_forgotten, lake)
+def write_rejections_task(rejections: list[SourceRejection], lake: LakeTarget, run_id: str) -> WrittenUnit:
+    return write_rejections(rejections, lake, run_id)

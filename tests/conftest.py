@@ -28,6 +28,7 @@ from transformers import WhisperConfig, WhisperModel  # noqa: E402
 from voxtox.audio import SAMPLE_RATE  # noqa: E402
 from voxtox.labels import CLASSES  # noqa: E402
 from voxtox.settings import Settings  # noqa: E402
+from voxtox.storage.catalog import Catalog, LakeCatalog  # noqa: E402
 from voxtox.storage.model_store import resolve_model  # noqa: E402
 from voxtox.storage.schema import clips_schema, label_column, prob_column  # noqa: E402
 from voxtox.corpus.speech_synth import VARIANTS, Utterance, lay_out  # noqa: E402
@@ -166,6 +167,31 @@ def write_nightly_inbox(root: Path, sessions: dict[str, int], seed: int = 3) -> 
 # --- a small trainable world: clips whose class is audible, a Whisper-shaped random encoder ---
 
 TEXT_DIM = 16
+
+
+def write_rows(data_dir: Path, name: str, table: pa.Table, key: str) -> None:
+    """Rows of table `name` into the embedded lake under `data_dir` (what every command reads
+    when `[storage]` names none), replacing `key`'s rows, in one commit."""
+    write_keys(data_dir, name, {key: table})
+
+
+def write_keys(data_dir: Path, name: str, tables: dict[str, pa.Table]) -> None:
+    """`write_rows` of several keys (key -> rows), a commit each, on one connection."""
+    from contextlib import closing
+
+    from voxtox.storage import lake
+
+    target = lake.embedded_target(data_dir)
+    with closing(lake.connect(target)) as con:
+        for key, table in tables.items():
+            lake.replace_key(con, target, key, {name: table})
+
+
+def lake_catalog(data_dir: Path) -> LakeCatalog:
+    """The catalog every command opens for `data_dir` with no `[storage]`: its embedded lake's."""
+    catalog = Catalog.from_settings(Settings(data_dir=data_dir))
+    assert isinstance(catalog, LakeCatalog)
+    return catalog
 
 
 def synthetic_clips(n: int, split: str, seed: int) -> pa.Table:

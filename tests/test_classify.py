@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile
-from conftest import spoken, synthetic_clips
+from conftest import spoken, synthetic_clips, write_rows
 from typer.testing import CliRunner
 
 from voxtox.audio import load_audio
@@ -22,9 +22,7 @@ from voxtox.flows.cli import app
 from voxtox.labels import CLASSES
 from voxtox.models.inference import WindowScorer, window_bounds
 from voxtox.settings import Settings, TrainSettings, VadSettings
-from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, label_column
-from voxtox.storage.shards import replace_human_labels, write_partitioned
 from voxtox.tasks.calibrate import calibrate_thresholds
 from voxtox.storage.runs import THRESHOLDS_FILE, resolve_model_dir
 from voxtox.models.classify import classify_inputs, load_model
@@ -49,10 +47,8 @@ def _evaluation_segments(table: pa.Table) -> pa.Table:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("classify-data")
-    shards = directory / "shards"
-    write_partitioned(shards, "clips", synthetic_clips(32, "train", 0), "src-train")
-    write_partitioned(shards, "clips", _evaluation_segments(synthetic_clips(N_VAL, "val", 1)), "src-val")
-    Catalog(directory / "catalog.duckdb", shards).refresh_views()
+    write_rows(directory, "clips", synthetic_clips(32, "train", 0), "src-train")
+    write_rows(directory, "clips", _evaluation_segments(synthetic_clips(N_VAL, "val", 1)), "src-val")
     return directory
 
 
@@ -141,7 +137,6 @@ def test_thresholds_use_human_labels_when_the_split_has_them(
 ) -> None:
     copy = tmp_path / "data"
     shutil.copytree(data_dir, copy)
-    (copy / "catalog.duckdb").unlink()
     model_dir = tmp_path / "model"
     shutil.copytree(run_dir / "final", model_dir)
     val = _evaluation_segments(synthetic_clips(N_VAL, "val", 1)).to_pylist()
@@ -152,8 +147,7 @@ def test_thresholds_use_human_labels_when_the_split_has_them(
     records = [{"source_sha256": "src-val", "source_uri": "synthetic://val", "start_s": s, "end_s": e,
                 "speaker": "a", "lang": "en", "text": "t", **{label_column(c): c == cls for c in CLASSES},
                 "label_origin": "test", "imported_at": datetime.now(UTC)} for s, e, cls in spans]
-    table = pa.Table.from_pylist(records, HUMAN_LABELS_SCHEMA).append_column("date", pa.array(["2026-01-01"] * 8))
-    replace_human_labels(copy / "shards", "src-val", table)
+    write_rows(copy, "human_labels", pa.Table.from_pylist(records, HUMAN_LABELS_SCHEMA), "src-val")
     result = CliRunner().invoke(app, ["calibrate", str(model_dir), "--data-dir", str(copy)])
     assert result.exit_code == 0, result.output
     saved = json.loads((model_dir / THRESHOLDS_FILE).read_text())

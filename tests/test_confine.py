@@ -12,13 +12,13 @@ import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
 
-from conftest import spoken, write_audio
+from conftest import lake_catalog, spoken, write_audio
 from voxtox.audio import discover_inputs
 from voxtox.flows.label import label_flow
 from voxtox.flows.nightly import nightly_flow
 from voxtox.flows.serve import check_served_run
 from voxtox.settings import Settings
-from voxtox.storage.catalog import Catalog
+
 from voxtox.confine import OUTSIDE_INBOX, SERVED_INBOX_ENV, confine
 from voxtox.corpus.speech_synth import Utterance
 
@@ -89,7 +89,7 @@ def test_a_served_run_never_opens_what_lies_outside_and_refuses_its_own_settings
     assert OPENED == []
     assert nightly.labelled_clips["val"] >= 1 and not nightly.trained_now  # ok.wav (alias.wav: the same bytes)
     assert (direct.n_rejected_inputs, direct.n_skipped) == (2, 1)
-    catalog = Catalog(data_dir / "catalog.duckdb", data_dir / "shards")
+    catalog = lake_catalog(data_dir)
     rejects = catalog.query("SELECT source_uri, reason FROM rejects WHERE reason = 'outside_inbox'").to_pylist()
     assert sorted(Path(r["source_uri"]).name for r in rejects) == ["leak.wav", "voice.wav", "voice.wav"]
     sources = catalog.query("SELECT source_uri FROM sources")["source_uri"].to_pylist()

@@ -15,7 +15,8 @@ import pytest
 from voxtox.storage.clips import ShardChangedError, read_audio_bytes
 from voxtox.storage.erasure import RecordingRows, erase_rows, shards_lock
 from voxtox.storage.schema import REJECTS_SCHEMA, SCHEMA_VERSION
-from voxtox.storage.shards import shard_files, write_parquet_atomic
+from voxtox.storage.parquet import write_parquet_atomic
+from voxtox.storage.shards import shard_files
 from voxtox.storage.tombstones import add_tombstones, forgotten_sha256s, read_tombstones
 
 SHA_X, SHA_Y = "a" * 64, "b" * 64

@@ -17,16 +17,14 @@ from typer.testing import CliRunner
 from voxtox.labels import CLASSES, TOXIC_CLASSES
 from voxtox.models.metrics import bootstrap_counts, percentile_ci
 from voxtox.settings import EvaluateSettings, Settings, TrainSettings
-from voxtox.storage.catalog import Catalog
 from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, label_column
-from voxtox.storage.shards import replace_human_labels, write_partitioned
 from voxtox.storage.runs import RunDir
 from voxtox.models.scoring import EvalSet, NoHumanLabelsError, System, read_eval_set, reported_classes
 from voxtox.tasks.evaluate import evaluate_runs, measure
 from voxtox.tasks.train import train_model
 from voxtox.tasks.write import encode_flac
 
-from conftest import synthetic_clips
+from conftest import lake_catalog, synthetic_clips, write_keys, write_rows
 
 RATE = 16_000
 LONG_CLIP_S = 32.0  # three 15 s windows, the last 2 s long
@@ -63,23 +61,19 @@ def human_labels_for(table: pa.Table, flip_every: int) -> dict[str, pa.Table]:
             {"source_sha256": row["source_sha256"], "source_uri": row["source_uri"], "start_s": row["start_s"],
              "end_s": row["end_s"], "speaker": "a", "lang": row["lang"], "text": row["transcript"], **labels,
              "label_origin": "test", "imported_at": datetime(2026, 1, 1, tzinfo=UTC)})
-    return {source: pa.Table.from_pylist(records, HUMAN_LABELS_SCHEMA).append_column(
-        "date", pa.array(["2026-01-01"] * len(records))) for source, records in per_source.items()}
+    return {source: pa.Table.from_pylist(records, HUMAN_LABELS_SCHEMA) for source, records in per_source.items()}
 
 
 def build_data_dir(directory: Path, with_human_labels: bool = True) -> Path:
-    shards = directory / "shards"
-    write_partitioned(shards, "clips", synthetic_clips(32, "train", 0), "train")
+    write_rows(directory, "clips", synthetic_clips(32, "train", 0), "train")
     val = as_evaluation_segments(synthetic_clips(18, "val", 1), "val", 3, ("en",))
     test = as_evaluation_segments(synthetic_clips(36, "test", 2), "test", 5, ("en", "es"))
-    write_partitioned(shards, "clips", val, "val")
-    write_partitioned(shards, "clips", test, "test")
+    write_rows(directory, "clips", val, "val")
+    write_rows(directory, "clips", test, "test")
     if with_human_labels:
-        for table in (val, test):
-            for source, labels in human_labels_for(table, flip_every=5).items():
-                if source != "test-src-4":  # one test source nobody labelled
-                    replace_human_labels(shards, source, labels)
-    Catalog(directory / "catalog.duckdb", shards).refresh_views()
+        write_keys(directory, "human_labels", {
+            source: labels for table in (val, test) for source, labels in human_labels_for(table, flip_every=5).items()
+            if source != "test-src-4"})  # one test source nobody labelled
     return directory
 
 
@@ -104,7 +98,7 @@ def runs(data_dir: Path, tiny_whisper: Path) -> list[Path]:
 
 
 def test_the_evaluation_set_is_the_human_labelled_evaluation_segments(data_dir: Path) -> None:
-    catalog = Catalog(data_dir / "catalog.duckdb", data_dir / "shards")
+    catalog = lake_catalog(data_dir)
     human = read_eval_set(catalog, data_dir / "shards", "test")
     assert len(human) == 29 and human.n_without_truth == 7  # source 4's seven segments have no labels
     assert "test-src-4" not in set(human.sources) and set(human.langs) == {"en", "es"}
@@ -121,7 +115,7 @@ def test_the_evaluation_set_is_the_human_labelled_evaluation_segments(data_dir: 
 
 def test_without_human_labels_evaluation_refuses_unless_told_to_use_pipeline_labels(tmp_path: Path) -> None:
     directory = build_data_dir(tmp_path / "unlabelled", with_human_labels=False)
-    catalog = Catalog(directory / "catalog.duckdb", directory / "shards")
+    catalog = lake_catalog(directory)
     with pytest.raises(NoHumanLabelsError, match="--labels pipeline"):
         read_eval_set(catalog, directory / "shards", "test")
     assert len(read_eval_set(catalog, directory / "shards", "test", labels="pipeline")) == 36
@@ -199,7 +193,7 @@ def test_two_runs_evaluated_paired_to_parquet_catalog_report_and_plots(data_dir:
         assert ("ci-0", "all", metric, "racism") in rows
     assert rows[("ci-0", "all", "temperature", "all")]["point"] > 0
 
-    catalog = Catalog(data_dir / "catalog.duckdb", data_dir / "shards")
+    catalog = lake_catalog(data_dir)
     found = catalog.query("SELECT system, point FROM evaluations WHERE metric = 'ap' AND class_name = 'mAP' "
                           f"AND lang = 'all' AND evaluation_id = '{evaluation.evaluation_id}' ORDER BY system")
     assert found["system"].to_pylist() == ["baseline", "ci-0"]

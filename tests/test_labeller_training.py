@@ -31,7 +31,7 @@ from voxtox.models.labeller_training import (
 )
 from voxtox.models.labeller_losses import masked_bce
 from voxtox.models.metrics import f1_at_threshold
-from voxtox.settings import LabellerTrainSettings
+from voxtox.settings import LabellerTrainSettings, Settings
 from voxtox.storage.model_store import resolve_model
 
 PROFANITY, NO_VIOLATION = CLASSES.index("profanity"), CLASSES.index("no_violation")
@@ -321,7 +321,7 @@ def test_distilbert_backbone_trains_from_the_cli_and_labels_through_voxtox_label
     write_audio(inbox / "chat.wav", spoken(Utterance("what the fuck man, this lag is killing me", "en")))
     labelled = runner.invoke(app, ["label", str(inbox), "--labeller", str(out), "--data-dir", str(tmp_path / "data")])
     assert labelled.exit_code == 0, labelled.output
-    clips = Catalog(tmp_path / "data" / "catalog.duckdb", tmp_path / "data" / "shards").query(
+    clips = Catalog.from_settings(Settings(data_dir=tmp_path / "data")).query(
         "SELECT transcript, labeller_model, " + ", ".join(f"prob_{c}" for c in CLASSES) + " FROM clips"
     ).to_pylist()
     assert clips and all(clip["labeller_model"] == str(out) for clip in clips)

@@ -61,7 +61,7 @@ def _fill(target: LakeTarget) -> int:
     test = as_evaluation_segments(synthetic_clips(18, "test", 2), "test", 3, ("en",))
     _write(target, "test", test)
     for source, labels in human_labels_for(test, flip_every=5).items():
-        last = _write(target, source, labels.drop_columns(["date"]), "human_labels")
+        last = _write(target, source, labels, "human_labels")
     return last
 
 
@@ -82,7 +82,7 @@ def _more_data(target: LakeTarget) -> int:
         "source_sha256", pa.array(["test-late"] * 6)).append_column("clip_id", pa.array([f"late-{i}" for i in range(6)]))
     _write(target, "test-late", test)
     labels = human_labels_for(test, flip_every=5)["test-late"]
-    return _write(target, "test-late", labels.drop_columns(["date"]), "human_labels")
+    return _write(target, "test-late", labels, "human_labels")
 
 
 def _said(output: str) -> str:
@@ -149,7 +149,7 @@ def test_a_forgotten_recording_is_not_reachable_through_an_old_snapshot(
         with lake.connect_at(local_lake, snapshot) as con:
             assert con.execute("SELECT count(*) FROM lake.clips WHERE source_sha256 = 'train-a'").fetchone()[0] == 0
     with pytest.raises(SnapshotGoneError) as gone:
-        LakeCatalog(local_lake, Catalog.from_settings(settings), first).pinned()
+        LakeCatalog(local_lake, settings.data_dir, first).pinned()
     assert f"no snapshot {first}" in str(gone.value) and "\n" not in str(gone.value)
     with pytest.raises(SnapshotGoneError):
         train_model(_settings(tmp_path, local_lake, tiny_whisper, snapshot=first), tmp_path / "again")
@@ -286,10 +286,11 @@ def test_the_nightly_runs_on_a_lake_and_its_rerun_redoes_nothing(target: LakeTar
     assert not again.trained_now and "already the current" in again.reason
 
 
-def test_a_snapshot_without_a_lake_is_one_line(tmp_path: Path) -> None:
+def test_a_snapshot_the_default_lake_does_not_have_is_one_line(tmp_path: Path) -> None:
+    """No `[storage]`: the embedded lake under the data dir, here not made yet, so no snapshot 3."""
     from voxtox.flows.cli import app
 
     result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--snapshot", "3",
                                       "--data-dir", str(tmp_path / "d")], env={"VOXTOX_STORAGE__CATALOG_URL": ""})
-    assert result.exit_code == 2 and "names no lake" in _said(result.output), result.output
+    assert result.exit_code == 2 and "has no snapshot 3" in _said(result.output), result.output
     assert not (tmp_path / "run").exists()

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+import old_shards
 from conftest import synthetic_clips
 from voxtox.flows.cli import app
 from voxtox.settings import Settings
@@ -20,9 +21,10 @@ from voxtox.storage import lake
 from voxtox.storage import migrate as migration
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.lake import LakeTarget
-from voxtox.storage.migrate import embedded_target, migrate
+from voxtox.storage.lake import embedded_target
+from voxtox.storage.migrate import migrate
 from voxtox.storage.schema import HUMAN_LABELS_SCHEMA, REJECTS_SCHEMA, SOURCES_SCHEMA
-from voxtox.storage.shards import compact, replace_human_labels, replace_source
+from old_shards import compact, replace_human_labels, replace_source
 from voxtox.storage.tombstones import add_tombstones, tombstones_file
 
 SPLITS = ("train", "val", "test")
@@ -76,33 +78,38 @@ def audio_hashes(con_query) -> dict[str, str]:  # noqa: ANN001
 COUNTS = "SELECT '{table}' AS t, count(*) AS n FROM {table}"
 
 
-def table_counts(catalog: Catalog) -> dict[str, int]:
+def table_counts(query) -> dict[str, int]:  # noqa: ANN001
     sql = " UNION ALL ".join(COUNTS.format(table=t) for t in ("clips", "rejects", "sources", "human_labels"))
-    return {row["t"]: row["n"] for row in catalog.query(sql).to_pylist()}
+    return {row["t"]: row["n"] for row in query(sql).to_pylist()}
+
+
+def shards_of(data_dir: Path):  # noqa: ANN201
+    """A query over the old shards of `data_dir` (what a migration reads)."""
+    return lambda sql: old_shards.query(data_dir / "shards", sql)
 
 
 def test_migrate_moves_every_row_and_audio_byte_and_a_rerun_adds_nothing(tmp_path: Path) -> None:
     data_dir = data_dir_of_every_kind(tmp_path / "data")
-    shards = Catalog.from_settings(Settings(data_dir=data_dir))
+    shards = shards_of(data_dir)
     target = embedded_target(data_dir)
     results = {r.table: r for r in migrate(data_dir / "shards", target)}
-    in_lake = Catalog.from_settings(Settings(data_dir=data_dir, storage={"catalog_url": target.catalog_url,
-                                                                         "data_url": target.data_url}))
-    assert table_counts(in_lake) == table_counts(shards) == {"clips": 30, "rejects": 6, "sources": 6, "human_labels": 1}
+    in_lake = Catalog.from_settings(Settings(data_dir=data_dir))  # the default: the embedded lake
+    assert table_counts(in_lake.query) == table_counts(shards) == {"clips": 30, "rejects": 6, "sources": 6,
+                                                                   "human_labels": 1}
     assert results["clips"].added == 30 and results["clips"].keys == 6
-    before = audio_hashes(shards.query)
+    before = audio_hashes(shards)
     assert len(before) == 30 and audio_hashes(in_lake.query) == before
     # the folders' values are columns, as a label run writes them to a lake
     assert in_lake.query("SELECT DISTINCT split, lang FROM clips ORDER BY ALL").to_pylist() == \
-        shards.query("SELECT DISTINCT split, lang FROM clips ORDER BY ALL").to_pylist()
+        shards("SELECT DISTINCT split, lang FROM clips ORDER BY ALL").to_pylist()
     assert in_lake.forgotten() == {_sha(99)}
-    assert in_lake.known_sources() == shards.known_sources()
+    assert in_lake.known_sources() == set(shards("SELECT source_sha256 FROM sources")["source_sha256"].to_pylist())
     # the embedding is FLOAT[n] again in the lake's views
     assert in_lake.query("SELECT DISTINCT typeof(text_embedding) AS t FROM clips")["t"].to_pylist() == ["FLOAT[16]"]
 
     again = migrate(data_dir / "shards", target)
     assert sum(r.added for r in again) == 0 and all(r.keys_kept == r.keys for r in again)
-    assert table_counts(in_lake) == table_counts(shards)
+    assert table_counts(in_lake.query) == table_counts(shards)
 
 
 def test_a_lake_that_already_holds_a_recording_keeps_its_rows(tmp_path: Path,
@@ -154,9 +161,15 @@ def test_migrate_on_the_command_line_and_the_hint_an_old_data_dir_gets(tmp_path:
                                   "--format", "json"], env=env)
     assert counted.exit_code == 0 and '{"n": 30}' in counted.output and "voxtox migrate" not in counted.output
 
-    embedded = runner.invoke(app, ["migrate", "--data-dir", str(tmp_path / "other")], env={})
+    # Without [storage]: the embedded lake, which every command then reads; before, one line says so
+    other = data_dir_of_every_kind(tmp_path / "other")
+    before = runner.invoke(app, ["query", "SELECT 1 AS one", "--data-dir", str(other)], env={})
+    assert before.exit_code == 0 and len([line for line in before.output.splitlines() if "voxtox migrate" in line]) == 1
+    embedded = runner.invoke(app, ["migrate", "--data-dir", str(other)], env={})
     assert embedded.exit_code == 0, embedded.output
-    assert "VOXTOX_STORAGE__CATALOG_URL=" in embedded.output
+    after = runner.invoke(app, ["query", "SELECT count(*) AS n FROM clips", "--data-dir", str(other),
+                                "--format", "json"], env={})
+    assert after.exit_code == 0 and '{"n": 30}' in after.output and "voxtox migrate" not in after.output
 
 
 def test_a_damaged_shard_stops_the_migration_before_anything_is_written(tmp_path: Path) -> None:
@@ -178,16 +191,12 @@ def _load(out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: 
     return datasets, datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))
 
 
-@pytest.mark.parametrize("store", ["shards", "lake"])
 def test_export_dataset_writes_a_folder_datasets_loads_with_splits_and_audio(
-        store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data_dir = data_dir_of_every_kind(tmp_path / "data")
-    env = {}
-    if store == "lake":
-        target = embedded_target(data_dir)
-        migrate(data_dir / "shards", target)
-        env = {"VOXTOX_STORAGE__CATALOG_URL": target.catalog_url, "VOXTOX_STORAGE__DATA_URL": target.data_url}
-        (data_dir / "shards").rename(data_dir / "shards-gone")  # the export reads the lake, nothing else
+    env: dict[str, str] = {}
+    migrate(data_dir / "shards", embedded_target(data_dir))
+    (data_dir / "shards").rename(data_dir / "shards-gone")  # the export reads the lake, nothing else
     out = tmp_path / "export"
     result = CliRunner().invoke(app, ["export-dataset", str(out), "--data-dir", str(data_dir)], env=env)
     assert result.exit_code == 0, result.output
@@ -203,8 +212,7 @@ def test_export_dataset_writes_a_folder_datasets_loads_with_splits_and_audio(
     assert "split" not in loaded["train"].column_names and set(loaded["test"]["lang"]) == set(LANGS)
     raw = loaded["validation"].cast_column("audio", datasets.Audio(decode=False))
     exported = {row["clip_id"]: hashlib.sha256(row["audio"]["bytes"]).hexdigest() for row in raw}
-    reference = Catalog.from_settings(Settings(data_dir=data_dir_of_every_kind(tmp_path / "reference")))
-    expected = audio_hashes(reference.query)
+    expected = audio_hashes(shards_of(data_dir_of_every_kind(tmp_path / "reference")))
     assert len(exported) == 10 and all(expected[clip] == digest for clip, digest in exported.items())
 
     again = CliRunner().invoke(app, ["export-dataset", str(out), "--data-dir", str(data_dir)], env=env)
@@ -226,7 +234,9 @@ def _review(clip_id: str, sha: str, status: str) -> dict[str, object]:
 def test_a_review_imported_after_the_migration_replaces_the_migrated_one(tmp_path: Path) -> None:
     """The shards hold every review in one file, the lake keys each by its clip: a migrated
     review must be replaced, not joined, by a later import of the same clip's review."""
-    from voxtox.storage.reviews import write_reviews, write_reviews_to_lake
+    from old_shards import write_reviews
+
+    from voxtox.storage.reviews import write_reviews_to_lake
 
     data_dir = data_dir_of_every_kind(tmp_path / "data", sources=3)
     clip = f"{_sha(0)[:8]}-0"

@@ -4,11 +4,13 @@ promoted."""
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import write_nightly_inbox
+from voxtox.storage import lake
 from voxtox.flows.nightly import nightly_flow
 from voxtox.settings import Settings
 from voxtox.models.nightly import candidate_run, current_run, decide, inbox_inputs, latest_candidate, promote, truth_files
@@ -77,10 +79,11 @@ def test_nightly_labels_trains_evaluates_promotes_and_reruns_idempotently(
     first = nightly_flow(inbox=str(inbox), settings=settings, night="2026-11-21")
     assert set(first.labelled_clips) == {"train", "val", "test"} and first.labelled_clips["train"] > 0
     assert first.imported_label_spans == 3 * (SESSIONS["val"] + SESSIONS["test"])
-    # Compacted after labelling: the night's `sources` rows share one file; the rerun below still
-    # finds every source there and skips it.
+    # Compacted after labelling: the night's `sources` rows share one data file of the lake; the
+    # rerun below still finds every source there and skips it.
     assert first.compacted_files > 0
-    assert [p.name[:8] for p in (settings.shards_dir / "sources").glob("**/*.parquet")] == ["compact-"]
+    with closing(lake.connect(lake.target_for(settings), read_only=True)) as con:
+        assert lake.data_files(con, "sources") == 1
     assert first.trained_now and first.promoted, first.reason
     current = settings.runs_dir / "current"
     assert current.is_symlink() and current.resolve() == Path(first.candidate).resolve()

@@ -102,7 +102,7 @@ def label_one_clip(
     rows = json.loads(counts) if isinstance(counts, str) else counts
     assert [row["lang"] for row in rows] == ["en"] and rows[0]["clips"] >= 1
     assert any(a.type == "progress" for a in artifacts)
-    assert list((data_dir / "shards" / "clips").rglob("*.parquet"))
+    assert list((data_dir / "lake" / "data" / "main" / "clips").rglob("*.parquet"))  # the embedded lake
     return flow_run
 
 

@@ -67,7 +67,7 @@ def test_corrupt_cached_model_fails_before_any_source_is_touched(
     message = "".join(result.output.split())  # the terminal wraps the one line
     assert str(model_dir / "model.bin") in message and "delete" in message
     assert "Traceback" not in result.output
-    assert not (tmp_path / "data" / "shards").exists()  # no source marked done
+    assert not (tmp_path / "data" / "lake" / "data" / "main" / "sources").exists()  # no source marked done
     # Deleting the cache entry, as the message says, rebuilds it.
     import shutil
 
@@ -102,7 +102,7 @@ def test_a_model_dir_that_does_not_load_is_one_line(tmp_path: Path, speech_file:
     result = _label_cli(speech_file, tmp_path / "data", tmp_path / "cache", "--asr-model", str(own))
     assert result.exit_code == 2 and "cannot be loaded" in " ".join(result.output.split()), result.output
     assert "Traceback" not in result.output
-    assert not (tmp_path / "data" / "shards").exists()
+    assert not (tmp_path / "data" / "lake" / "data" / "main" / "sources").exists()
 
 
 def test_a_bad_manifest_line_names_the_file_and_line(tmp_path: Path, speech_file: Path) -> None:

@@ -16,7 +16,7 @@ from voxtox.settings import RetentionSettings, Settings
 from voxtox.storage.catalog import Catalog
 from voxtox.storage.clips import read_clip_index
 from voxtox.storage.schema import SOURCES_SCHEMA
-from voxtox.storage.shards import replace_source
+from old_shards import replace_source
 from voxtox.storage.tombstones import forgotten_sha256s, tombstones_file
 from voxtox.tasks.retention import apply_retention
 
@@ -37,6 +37,7 @@ def add_recording(shards: Path, sha: str, when: datetime, n_clips: int = 6) -> N
     replace_source(shards, sha[:24], clips, clips.slice(0, 0).select(["date"]), sources)
 
 
+@pytest.mark.skip(reason="issue 28: lake version in tests/test_lake_parity.py (branch lakeparity)")
 def test_expired_audio_goes_and_its_labels_and_embeddings_stay(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, retention=RetentionSettings(audio_days=30))
     old, new = "a" * 64, "b" * 64
@@ -56,6 +57,7 @@ def test_expired_audio_goes_and_its_labels_and_embeddings_stay(tmp_path: Path) -
     assert apply_retention(settings, NOW).clips_audio_dropped == 0  # nothing left to drop
 
 
+@pytest.mark.skip(reason="issue 28: lake version in tests/test_lake_parity.py (branch lakeparity)")
 def test_nightly_applies_retention_and_says_what_it_removed(tmp_path: Path, prefect_harness: None) -> None:
     settings = Settings(data_dir=tmp_path / "data", retention=RetentionSettings(audio_days=30, delete_days=60))
     erased, audio_dropped = "c" * 64, "d" * 64

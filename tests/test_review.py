@@ -14,16 +14,15 @@ import pytest
 import soundfile
 from typer.testing import CliRunner
 
-from tests.conftest import synthetic_clips
+from tests.conftest import lake_catalog, synthetic_clips, write_keys
 from voxtox.flows.cli import app
 from voxtox.labels import CLASSES
 from voxtox.settings import Settings
-from voxtox.storage.catalog import Catalog
 from voxtox.storage.clips import read_clip_index
 from voxtox.storage.reviews import read_reviews
 from voxtox.storage.schema import label_column, prob_column
-from voxtox.storage.shards import write_partitioned
-from voxtox.storage.forget import Recordings, erase_recordings
+from voxtox.flows.cli_data import _forget_in_lake
+from voxtox.storage.forget import ForgetRequest
 from voxtox.storage.review_export import CHOICES, TEXT, export_batch
 from voxtox.storage.review_import import ExportError, import_answers, import_export_file
 from voxtox.models.review_select import select_for_review
@@ -48,13 +47,10 @@ def _clips(n: int, split: str, seed: int) -> pa.Table:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    shards = tmp_path / "shards"
     train, val = _clips(N_TRAIN, "train", 0), _clips(12, "val", 1)
     val = val.set_column(val.schema.get_field_index("segment_kind"), "segment_kind", pa.array(["evaluation"] * 12))
-    for name, table in (("train", train), ("val", val)):
-        for sha in sorted(set(table["source_sha256"].to_pylist())):
-            write_partitioned(shards, "clips", table.filter(pa.compute.equal(table["source_sha256"], sha)), sha)
-    Catalog(tmp_path / "catalog.duckdb", shards).refresh_views()
+    write_keys(tmp_path, "clips", {sha: table.filter(pa.compute.equal(table["source_sha256"], sha))
+                                   for table in (train, val) for sha in sorted(set(table["source_sha256"].to_pylist()))})
     return Settings(data_dir=tmp_path)
 
 
@@ -156,9 +152,8 @@ def test_disagreement_ranks_a_clip_whose_audio_says_another_class_first(tmp_path
     for c in CLASSES:
         wrong[label_column(c)] = c == CLASSES[4]
     table = pa.Table.from_pylist(rows, table.schema)
-    for sha in sorted(set(table["source_sha256"].to_pylist())):
-        write_partitioned(tmp_path / "shards", "clips", table.filter(pa.compute.equal(table["source_sha256"], sha)), sha)
-    Catalog(tmp_path / "catalog.duckdb", tmp_path / "shards").refresh_views()
+    write_keys(tmp_path, "clips", {sha: table.filter(pa.compute.equal(table["source_sha256"], sha))
+                                   for sha in sorted(set(table["source_sha256"].to_pylist()))})
     settings = Settings(data_dir=tmp_path, train=TrainSettings(encoder="whisper-tiny.en", threads=1))
     candidates = read_candidates(settings, "train")
     doubt = doubt_scores("disagreement", candidates, settings, 0, None)  # no trained run: the settings' encoder
@@ -234,7 +229,7 @@ def test_answers_resolve_by_majority_and_ties_are_flagged(settings: Settings, tm
     ]
     report = import_export_file(settings, _write(tmp_path / "export.json", export))
     assert (report.n_tasks, report.n_answers, report.n_skipped, report.n_clips, report.n_ties) == (4, 5, 2, 2, 1)
-    rows = {r["clip_id"]: r for r in read_reviews(settings.shards_dir).to_pylist()}
+    rows = {r["clip_id"]: r for r in read_reviews(settings).to_pylist()}
     assert set(rows) == {"train-0000", "train-0001"}
     first = rows["train-0000"]
     assert first["status"] == "majority" and first["n_annotations"] == 3 and first["task_id"] == 1
@@ -258,15 +253,15 @@ def test_json_min_imports_as_json_does_and_twice_changes_nothing(settings: Setti
     path = _write(tmp_path / "min.json", json_min)
     report = import_export_file(settings, path)
     assert (report.n_clips, report.n_skipped, report.written.new) == (2, 1, 2)
-    before = read_reviews(settings.shards_dir)
+    before = read_reviews(settings)
     row = {r["clip_id"]: r for r in before.to_pylist()}["train-0000"]
     assert [c for c in CLASSES if row[label_column(c)]] == ["bullying", "racism"]
     assert row["reviewers"] == "ann@example.com" and row["transcript"] == "a better transcript"
-    file = settings.shards_dir / "reviews" / "part-reviews.parquet"
-    stamp = file.stat().st_mtime_ns
+    snapshot = lake_catalog(settings.data_dir).current_snapshot()
     again = import_export_file(settings, path)
     assert (again.written.new, again.written.changed, again.written.unchanged) == (0, 0, 2)
-    assert file.stat().st_mtime_ns == stamp and read_reviews(settings.shards_dir).equals(before)
+    assert lake_catalog(settings.data_dir).current_snapshot() == snapshot  # nothing committed
+    assert read_reviews(settings).equals(before)
 
 
 @pytest.mark.parametrize(("items", "expected"), [
@@ -283,7 +278,7 @@ def test_bad_input_names_the_task_and_imports_nothing(settings: Settings, tmp_pa
     with pytest.raises(ExportError) as error:
         import_export_file(settings, path)
     assert expected in str(error.value) and str(path) in str(error.value)
-    assert read_reviews(settings.shards_dir).num_rows == 0
+    assert read_reviews(settings).num_rows == 0
     result = runner.invoke(app, ["review", "import", str(path), "--data-dir", str(settings.data_dir)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) <= 3  # one line, wrapped by the terminal at most
@@ -297,7 +292,7 @@ def test_reviews_replace_pipeline_labels_in_training_and_count_as_truth(settings
                _task(2, "train-0001", (["racism"], None, False), (["no_violation"], None, False)),  # tie: unused
                _task(3, "val-0002", (["no_violation"], None, False))]  # pipeline said dating_sexting
     import_answers(settings, answers, "test")
-    catalog = Catalog.from_settings(settings)
+    catalog = lake_catalog(settings.data_dir)
     train = read_clip_index(catalog, settings.shards_dir, "train", "TRUE")
     assert train.n_reviewed == 1
     labels = dict(zip(train.clip_ids, train.labels, strict=True))
@@ -336,16 +331,15 @@ def test_forget_erases_reviews_and_their_copies(settings: Settings, tmp_path: Pa
                               _task(2, "train-0012", (["racism"], None, False))], "test")
     audio = settings.data_dir / "review" / "audio"
     assert (audio / "train-0000.flac").exists()
-    report = erase_recordings(Recordings(frozenset({"src-train-0"}), frozenset()), settings, [])
-    assert report.rows["reviews"] == 1
-    assert read_reviews(settings.shards_dir)["clip_id"].to_pylist() == ["train-0012"]
+    _forget_in_lake(settings, ForgetRequest(sha256s=frozenset({"src-train-0"})), dry_run=False)  # `voxtox forget`
+    assert read_reviews(settings)["clip_id"].to_pylist() == ["train-0012"]
     assert not any((audio / f"train-{i:04d}.flac").exists() for i in range(12))  # src-train-0's clips
     batch = (settings.data_dir / "review" / "selected.jsonl").read_text()
     tasks = (settings.data_dir / "review" / "export" / "tasks.json").read_text()
-    assert "train-0000" not in batch and "train-0000" not in tasks and len(report.review_files) > 2
+    assert "train-0000" not in batch and "train-0000" not in tasks
     with pytest.raises(ExportError, match=r"task 1 \(clip train-0000\): no such clip"):  # a forgotten clip's answers
         import_answers(settings, [_task(1, "train-0000", (["racism"], None, False))], "test")
-    assert read_reviews(settings.shards_dir)["clip_id"].to_pylist() == ["train-0012"]
+    assert read_reviews(settings)["clip_id"].to_pylist() == ["train-0012"]
 
 
 def test_query_table_shows_the_reviews(settings: Settings) -> None:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
 import pytest
 
-from tests.conftest import synthetic_clips
+from tests.conftest import synthetic_clips, write_keys
 from voxtox.settings import Settings
 from voxtox.storage import lake
 from voxtox.storage.lake import LakeError, LakeTarget
@@ -144,20 +144,17 @@ def test_forget_on_the_lake_deletes_the_review_audio_objects_too(
 
 
 
-def test_disagreement_embeds_a_lake_s_clips_as_it_does_the_shards(tmp_path: Path, tiny_whisper: Path) -> None:
-    """The cross-fitted audio opinion reads the clips' audio from the lake: the same clips give the
-    same doubts as from the single-machine shards."""
+def test_disagreement_embeds_a_lake_s_clips_as_it_does_the_default_store_s(tmp_path: Path, tiny_whisper: Path) -> None:
+    """The cross-fitted audio opinion reads the clips' audio from the lake `[storage]` names: the
+    same clips give the same doubts as from the default store (the embedded lake under the data dir)."""
     from voxtox.models.review_select import doubt_scores, read_candidates
-    from voxtox.storage.catalog import Catalog
-    from voxtox.storage.shards import write_partitioned
 
     lake_settings = Settings(data_dir=tmp_path / "lake-side", train={"encoder": str(tiny_whisper), "threads": 1},
                              storage={"catalog_url": str(tmp_path / "lake.ducklake"), "data_url": str(tmp_path / "lake-data")})
     table = _clips_table(30, 5)  # 6 recordings: 5 folds by recording
     _lake_with_clips(lake.target_of(lake_settings.storage.catalog_url, lake_settings.storage.data_url), table)
-    shards_settings = Settings(data_dir=tmp_path / "shards-side", train={"encoder": str(tiny_whisper), "threads": 1})
-    for sha in sorted(set(table["source_sha256"].to_pylist())):
-        write_partitioned(shards_settings.shards_dir, "clips", table.filter(pa.compute.equal(table["source_sha256"], sha)), sha)
-    Catalog.from_settings(shards_settings).refresh_views()
-    doubts = [doubt_scores("disagreement", read_candidates(s, "train"), s, 0, None) for s in (lake_settings, shards_settings)]
+    default_settings = Settings(data_dir=tmp_path / "default-side", train={"encoder": str(tiny_whisper), "threads": 1})
+    write_keys(default_settings.data_dir, "clips", {sha: table.filter(pa.compute.equal(table["source_sha256"], sha))
+                                                    for sha in sorted(set(table["source_sha256"].to_pylist()))})
+    doubts = [doubt_scores("disagreement", read_candidates(s, "train"), s, 0, None) for s in (lake_settings, default_settings)]
     assert doubts[0].shape == (30,) and np.allclose(doubts[0], doubts[1], atol=1e-5)

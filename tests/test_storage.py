@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from voxtox.storage import model_store
-from voxtox.storage.catalog import Catalog
+from conftest import lake_catalog, write_rows
 from voxtox.files import sha256_file
 from voxtox.storage.model_store import ModelNotFoundError, OfflineModel, resolve_model
 from voxtox.storage.schema import SCHEMA_VERSION, SOURCES_SCHEMA
-from voxtox.storage.shards import replace_source, shard_files, write_parquet_atomic
+from voxtox.storage.parquet import write_parquet_atomic
 
 
 def sources_row(sha: str, date: str = "2026-11-22") -> pa.Table:
@@ -49,16 +49,14 @@ def test_shards_are_zstd_with_schema_version(tmp_path: Path) -> None:
 
 
 def test_replacing_a_source_never_duplicates_rows(tmp_path: Path) -> None:
-    empty = pa.table({"date": pa.array([], pa.string())})
-    for date in ("2026-11-21", "2026-11-22"):  # a rerun on another day lands in another partition
-        replace_source(tmp_path, "abc", empty, empty, sources_row("abc", date))
-    replace_source(tmp_path, "def", empty, empty, sources_row("def"))
-    catalog = Catalog(tmp_path / "catalog.duckdb", tmp_path)
-    catalog.refresh_views()
+    for date in ("2026-11-21", "2026-11-22"):  # a rerun on another day
+        write_rows(tmp_path, "sources", sources_row("abc", date), "abc")
+    write_rows(tmp_path, "sources", sources_row("def"), "def")
+    catalog = lake_catalog(tmp_path)
     assert catalog.known_sources() == {"abc", "def"}
-    counts = catalog.query("SELECT source_sha256, count(*) AS n FROM sources GROUP BY 1 ORDER BY 1").to_pylist()
-    assert counts == [{"source_sha256": "abc", "n": 1}, {"source_sha256": "def", "n": 1}]
-    assert len(shard_files(tmp_path, "sources")) == 2
+    counts = catalog.query("SELECT source_sha256, date, count(*) AS n FROM sources GROUP BY ALL ORDER BY 1").to_pylist()
+    assert counts == [{"source_sha256": "abc", "date": "2026-11-22", "n": 1},
+                      {"source_sha256": "def", "date": "2026-11-22", "n": 1}]
 
 
 def test_offline_whisper_is_assembled_and_checked(whisper_dir: str) -> None:
@@ -132,20 +130,16 @@ def _human_rows(sha: str, spans: list[tuple[float, float, str]]) -> pa.Table:
          "imported_at": datetime.now(UTC)}
         for s, e, cls in spans
     ]
-    table = pa.Table.from_pylist(records, HUMAN_LABELS_SCHEMA)
-    return table.append_column("date", pa.array(["2026-11-22"] * len(records)))
+    return pa.Table.from_pylist(records, HUMAN_LABELS_SCHEMA)
 
 
 def test_segment_truth_takes_labels_of_spans_that_overlap_enough(tmp_path: Path) -> None:
-    from voxtox.storage.shards import replace_human_labels, write_partitioned
-
-    write_partitioned(tmp_path, "clips", _clip_rows("abc", [(0.0, 10.0), (10.0, 20.0), (30.0, 40.0)]), "abc")
-    write_partitioned(tmp_path, "clips", _clip_rows("zzz", [(0.0, 5.0)]), "zzz")  # no human labels
+    write_rows(tmp_path, "clips", _clip_rows("abc", [(0.0, 10.0), (10.0, 20.0), (30.0, 40.0)]), "abc")
+    write_rows(tmp_path, "clips", _clip_rows("zzz", [(0.0, 5.0)]), "zzz")  # no human labels
     spans = [(1.0, 3.0, "profanity"), (9.0, 14.0, "racism"), (19.5, 21.0, "bullying"), (22.0, 25.0, "racism")]
     for _ in range(2):  # importing twice replaces, never duplicates
-        replace_human_labels(tmp_path, "abc", _human_rows("abc", spans))
-    catalog = Catalog(tmp_path / "catalog.duckdb", tmp_path)
-    assert "segment_truth" in catalog.refresh_views()
+        write_rows(tmp_path, "human_labels", _human_rows("abc", spans), "abc")
+    catalog = lake_catalog(tmp_path)
     rows = catalog.query(
         "SELECT clip_id, human_label_profanity AS p, human_label_racism AS r, human_label_bullying AS b, "
         "n_human_spans AS n FROM segment_truth ORDER BY clip_id"

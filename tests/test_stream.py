@@ -1,5 +1,5 @@
 """The streaming classification service for real: `voxtox stream serve` started on 127.0.0.1 with a
-tiny classifier trained here (one epoch on synthetic shards), real WebSocket clients, espeak-ng
+tiny classifier trained here (one epoch on synthetic clips), real WebSocket clients, espeak-ng
 speech. Refused tokens, window events and their scores, batching across concurrent streams, bad
 input, a model promoted mid-stream, and memory over connect/disconnect cycles."""
 
@@ -22,7 +22,7 @@ import psutil
 import pytest
 import soundfile
 import torch
-from conftest import spoken, synthetic_clips
+from conftest import spoken, synthetic_clips, write_rows
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -31,8 +31,6 @@ from voxtox.flows.cli import app
 from voxtox.labels import CLASSES
 from voxtox.models.stream_client import replay, to_pcm16
 from voxtox.settings import Settings, TrainSettings
-from voxtox.storage.catalog import Catalog
-from voxtox.storage.shards import write_partitioned
 from voxtox.models.classify import load_model
 from voxtox.corpus.speech_synth import Utterance
 from voxtox.tasks.train import train_model
@@ -59,9 +57,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_whisper: Path) -> Path:
     """runs/run-a and runs/run-b (another seed: other weights), runs/current -> run-a."""
     root = tmp_path_factory.mktemp("stream")
     data = root / "data"
-    write_partitioned(data / "shards", "clips", synthetic_clips(24, "train", 0), "src-train")
-    write_partitioned(data / "shards", "clips", synthetic_clips(12, "val", 1), "src-val")
-    Catalog(data / "catalog.duckdb", data / "shards").refresh_views()
+    write_rows(data, "clips", synthetic_clips(24, "train", 0), "src-train")
+    write_rows(data, "clips", synthetic_clips(12, "val", 1), "src-val")
     runs = root / "runs"
     _train(data, tiny_whisper, runs / "run-a", seed=0)
     _train(data, tiny_whisper, runs / "run-b", seed=1)

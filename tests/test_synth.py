@@ -26,9 +26,10 @@ from voxtox.audio import decode_audio, load_audio
 from voxtox.files import sha256_file
 from voxtox.labels import CLASSES
 from voxtox.settings import VadSettings
-from voxtox.storage.catalog import Catalog
+from conftest import lake_catalog
 from voxtox.chunk import detect_speech
-from voxtox.storage.human_labels import TruthFileError, import_truth_files
+from voxtox.storage.human_labels import TruthFileError, import_truth_files_to_lake
+from voxtox.storage.lake import embedded_target
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 
@@ -162,22 +163,20 @@ def test_evaluation_segments_join_close_utterances() -> None:
 
 
 def test_import_labels_replaces_and_joins_segment_truth(corpus: Path, tmp_path: Path) -> None:
-    from voxtox.storage.shards import write_partitioned
+    from conftest import write_rows
 
     from tests.test_storage import _clip_rows
 
     manifest = load_manifest(corpus)
     val = [s for s in manifest.sessions if s.split == "val"][0]
     truth = corpus / "truth" / "utterances-val.jsonl"
-    shards = tmp_path / "shards"
     for _ in range(2):  # re-import replaces
-        report = import_truth_files([truth], shards)
+        report = import_truth_files_to_lake([truth], embedded_target(tmp_path))
     n_val = sum(u.split == "val" for u in manifest.utterances)
     assert (report.n_sources, report.n_spans) == (1, n_val)
     first = [u for u in manifest.utterances if u.split == "val"][0]
-    write_partitioned(shards, "clips", _clip_rows(val.sha256, [(first.start_s, first.end_s)]), val.sha256[:24])
-    catalog = Catalog(tmp_path / "catalog.duckdb", shards)
-    assert "segment_truth" in catalog.refresh_views()
+    write_rows(tmp_path, "clips", _clip_rows(val.sha256, [(first.start_s, first.end_s)]), val.sha256[:24])
+    catalog = lake_catalog(tmp_path)
     assert catalog.query("SELECT count(*) AS n FROM human_labels").to_pylist() == [{"n": n_val}]
     (row,) = catalog.query("SELECT * FROM segment_truth").to_pylist()
     assert row["n_human_spans"] >= 1
@@ -203,14 +202,14 @@ def test_import_labels_names_the_file_and_problem(corpus: Path, tmp_path: Path) 
     for name, (row, message) in cases.items():
         path = _write_jsonl(tmp_path / name, [good, row])
         with pytest.raises(TruthFileError, match=message) as raised:
-            import_truth_files([path], tmp_path / "shards")
+            import_truth_files_to_lake([path], embedded_target(tmp_path))
         assert f"{path}:2" in str(raised.value)
-    assert not (tmp_path / "shards").exists()  # nothing half-imported
+    assert not lake_catalog(tmp_path).has_table("human_labels")  # nothing half-imported
     # CSV with label_<class> columns works, and the CLI says what is wrong in one line
     csv_path = tmp_path / "truth.csv"
     csv_path.write_text("audio,start_s,end_s," + ",".join(f"label_{c}" for c in CLASSES) + "\n"
                         f"{audio},1.0,2.0,1,0,0,0,0,0\n")
-    assert import_truth_files([csv_path], tmp_path / "shards").n_spans == 1
+    assert import_truth_files_to_lake([csv_path], embedded_target(tmp_path)).n_spans == 1
     from voxtox.flows.cli import app
 
     bad = _write_jsonl(tmp_path / "bad.jsonl", [{**good, "end_s": "soon"}])
@@ -263,7 +262,7 @@ def test_wer_compares_each_segment_with_the_utterances_inside_it(corpus: Path) -
 def test_training_rows_take_truth_from_overlapping_utterances(corpus: Path, tmp_path: Path) -> None:
     from conftest import synthetic_clips
     from voxtox.models.corpus_report import training_rows
-    from voxtox.storage.shards import write_partitioned
+    from conftest import write_rows
 
     manifest = load_manifest(corpus)
     train = next(s for s in manifest.sessions if s.split == "train")
@@ -274,9 +273,8 @@ def test_training_rows_take_truth_from_overlapping_utterances(corpus: Path, tmp_
              "end_s": [first.end_s, first.end_s + 31.0]}
     for name, values in spans.items():
         clips = clips.set_column(clips.schema.get_field_index(name), name, pa.array(values))
-    write_partitioned(tmp_path, "clips", clips, train.sha256[:24])
-    catalog = Catalog(tmp_path / "catalog.duckdb", tmp_path)
-    catalog.refresh_views()
+    write_rows(tmp_path, "clips", clips, train.sha256[:24])
+    catalog = lake_catalog(tmp_path)
     rows = training_rows(catalog, manifest)
     assert len(rows.lang) == 2 and rows.lang[0] == train.lang
     from voxtox.models.corpus_report import REPORT_CLASSES

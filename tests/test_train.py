@@ -1,4 +1,4 @@
-"""Training end to end on small shards written in the clips schema, with a tiny Whisper-shaped
+"""Training end to end on small lake tables written in the clips schema, with a tiny Whisper-shaped
 encoder (2 layers, random init): run directory, torchrun/gloo equals one process, kill and resume,
 the CLI through the Prefect flow, and (slow) the real offline base encoder."""
 
@@ -19,12 +19,10 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from tests.conftest import TEXT_DIM, synthetic_clips
+from tests.conftest import TEXT_DIM, lake_catalog, synthetic_clips, write_rows
 from voxtox.models.trainer import Trainer, load_classifier
 from voxtox.settings import Settings, TrainSettings
-from voxtox.storage.catalog import Catalog
-from voxtox.storage.clips import read_clip_index
-from voxtox.storage.shards import write_partitioned
+from voxtox.storage.clips import read_audio_bytes, read_clip_index
 from voxtox.tasks.train import bucketed_batches, rank_micro_batches, train_model
 
 RATE = 16_000
@@ -34,11 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("train-data")
-    shards = directory / "shards"
-    write_partitioned(shards, "clips", synthetic_clips(32, "train", 0).slice(0, 20), "src-train-a")
-    write_partitioned(shards, "clips", synthetic_clips(32, "train", 0).slice(20), "src-train-b")
-    write_partitioned(shards, "clips", synthetic_clips(12, "val", 1), "src-val")
-    Catalog(directory / "catalog.duckdb", shards).refresh_views()
+    write_rows(directory, "clips", synthetic_clips(32, "train", 0).slice(0, 20), "src-train-a")
+    write_rows(directory, "clips", synthetic_clips(32, "train", 0).slice(20), "src-train-b")
+    write_rows(directory, "clips", synthetic_clips(12, "val", 1), "src-val")
     return directory
 
 
@@ -51,11 +47,13 @@ def settings_for(data_dir: Path, encoder: Path | str, **train: object) -> Settin
 
 
 def test_the_index_holds_the_filtered_rows_and_where_their_audio_is(data_dir: Path) -> None:
-    catalog = Catalog(data_dir / "catalog.duckdb", data_dir / "shards")
+    catalog = lake_catalog(data_dir)
     clips = read_clip_index(catalog, data_dir / "shards", "train", "label_no_violation = false")
     assert len(clips) == 27  # 32 less the 5 no_violation clips (every 6th)
     assert clips.text.shape == (len(clips), TEXT_DIM) and clips.labels[:, -1].sum() == 0
-    assert {Path(f).name for f in clips.files} == {"part-src-train-a.parquet", "part-src-train-b.parquet"}
+    # the audio is a local copy of the lake's at one snapshot, read by row (storage/catalog.py locate_clips)
+    assert len(set(clips.files)) == 1 and Path(clips.files[0]).name.startswith("clips-")
+    assert read_audio_bytes(clips.files[3], int(clips.rows[3]), clips.clip_ids[3])[:4] == b"fLaC"
     with pytest.raises(ValueError, match="no val clips"):
         read_clip_index(catalog, data_dir / "shards", "val", "duration_s > 100")
 
@@ -219,7 +217,7 @@ def test_a_text_step_of_one_micro_batch_equals_the_cached_gradient_path(data_dir
     from voxtox.tasks.train import ClipFeatures, collate_clips
 
     settings = settings_for(data_dir, tiny_whisper, loss="contrastive", alpha=0.3, batch_size=8, grad_accum=1)
-    catalog = Catalog(data_dir / "catalog.duckdb", data_dir / "shards")
+    catalog = lake_catalog(data_dir)
     clips = read_clip_index(catalog, data_dir / "shards", "train", "TRUE")
     dataset = ClipFeatures(clips, 80, max_frames=None)
     batch = [dataset[i] for i in range(8)]
@@ -243,13 +241,13 @@ def test_best_is_chosen_on_human_labels_where_the_catalog_has_them(tmp_path: Pat
     from voxtox.tasks.train import read_val_index
 
     labelled = build_data_dir(tmp_path / "labelled")
-    catalog = Catalog(labelled / "catalog.duckdb", labelled / "shards")
+    catalog = lake_catalog(labelled)
     human, kind = read_val_index(catalog, labelled / "shards", TrainSettings())
     pipeline, pipeline_kind = read_val_index(catalog, labelled / "shards", TrainSettings(val_labels="pipeline"))
     assert (kind, pipeline_kind) == ("human", "pipeline") and len(human) == len(pipeline) == 18
     assert human.clip_ids == pipeline.clip_ids and not np.array_equal(human.labels, pipeline.labels)  # flipped
     unlabelled = build_data_dir(tmp_path / "unlabelled", with_human_labels=False)
-    catalog = Catalog(unlabelled / "catalog.duckdb", unlabelled / "shards")
+    catalog = lake_catalog(unlabelled)
     assert read_val_index(catalog, unlabelled / "shards", TrainSettings())[1] == "pipeline"
     with pytest.raises(NoHumanLabelsError):
         read_val_index(catalog, unlabelled / "shards", TrainSettings(val_labels="human"))
