@@ -98,11 +98,13 @@ def forget(
 ) -> None:
     """Erase recordings from every table of the lake (their rows, and their bytes from its files
     and older snapshots) and their review copies, and tombstone them so no later run labels them
-    again (unless `voxtox label --allow-forgotten`). `speaker:<id>`, `--runs` and `--delete-inputs`
-    are not written for the lake yet (docs/storage.md)."""
+    again (unless `voxtox label --allow-forgotten`); name the trained runs that learnt from them
+    and, with `--delete-inputs`, delete their input files."""
+    from voxtox.storage.forget import forget as forget_recordings
     from voxtox.storage.forget import parse_request, read_request_file
 
     settings = load_settings(data_dir)
+    say_unmigrated(settings)
     with user_errors():
         named = list(recordings or []) + (read_request_file(from_file) if from_file else [])
         if not named:

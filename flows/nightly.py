@@ -29,7 +29,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from voxtox.audio import discover_inputs
 from voxtox.flows.evaluate import evaluate_flow
-from voxtox.flows.label import label_flow, lake_of
+from voxtox.flows.label import label_flow
 from voxtox.flows.serve import check_served_run
 from voxtox.flows.train import train_flow
 from voxtox.flows.train_pool import TrainingNotDone, train_on_pool

@@ -4,40 +4,27 @@ lake's, for voxtox and for `voxtox query`.
 Every query runs on a private in-memory DuckDB connection with the lake attached read-only, at
 the latest snapshot or one pinned (time travel), so it sees whole commits while workers write.
 Without `[storage]` the lake is the embedded one under the data dir (`lake.target_for`).
-
-Below the catalog, the readers of the old single-machine shards that `voxtox forget`'s shard half
-(storage/forget.py) still calls until its lake version lands: `damaged_tables`, `uniform_schema`.
 """
 
 from __future__ import annotations
 
 import atexit
 import hashlib
-import json
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from voxtox.labels import CLASSES
 from voxtox.storage import lake
 from voxtox.storage.lake import LakeError, LakeTarget
-from voxtox.storage.schema import PARTITIONS, human_label_column, label_column
-from voxtox.storage.shards import (
-    READ_ERRORS,
-    SUFFIX,
-    DamagedShardError,
-    damaged,
-    shards_lock,
-)
+from voxtox.storage.schema import human_label_column, label_column
 from voxtox.storage.workdir import run_work_dir
 
 if TYPE_CHECKING:
@@ -61,9 +48,6 @@ READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAI
 #: would do both. Catalog file work is short, so it goes one at a time per process.
 _CATALOG_LOCK = threading.RLock()
 
-#: Beside each table's shards: every file's schema fingerprint, keyed by name and stamped with its
-#: inode, size and mtime, so that a reader re-reads only the footers of files new or changed since.
-SCHEMA_CACHE = ".voxtox-schemas.json"
 
 
 def imported_truth_sql() -> str:
@@ -305,79 +289,3 @@ def _close_extracts(pid: int) -> None:
     if os.getpid() == pid:
         _EXTRACTS_CLOSE.close()
         _EXTRACTS.clear()
-
-
-# --- the old single-machine shards, for storage/forget.py's shard half (issue 28) ---------------
-
-
-def damaged_tables(shards_root: Path, tables: Iterable[str] | None = None) -> dict[str, dict[Path, str]]:
-    """Per table (default: all) that has any, its shard files whose footer cannot be read (under
-    the shared lock: no writer swaps files meanwhile)."""
-    with shards_lock(shards_root):
-        found = {name: scan_schemas(shards_root / name).damaged for name in tables or PARTITIONS}
-    return {name: files for name, files in found.items() if files}
-
-
-def uniform_schema(table_dir: Path) -> bool:
-    """Whether every shard under `table_dir` has the same columns of the same types (in any order:
-    DuckDB matches columns by name)."""
-    return scan_schemas(table_dir).uniform
-
-
-@dataclass(frozen=True)
-class SchemaScan:
-    """The schemas of one table's shards: whether they are all alike, and the files whose footer
-    cannot be read (path -> why)."""
-
-    uniform: bool
-    damaged: dict[Path, str]
-
-
-def scan_schemas(table_dir: Path) -> SchemaScan:
-    """Read the footers of `table_dir`'s shards: only those of files not in the directory's
-    schema cache under the same stamp; the cache is rewritten when it changed (best effort: a
-    read-only data dir just reads the footers each time). A damaged file is not cached."""
-    cache_path = table_dir / SCHEMA_CACHE
-    try:
-        cached = json.loads(cache_path.read_text())
-    except (OSError, ValueError):
-        cached = {}
-    current: dict[str, list] = {}
-    unreadable: dict[Path, str] = {}
-    for directory, _, names in os.walk(table_dir):  # os.walk: a third of pathlib's glob time here
-        for name in names:
-            if not name.endswith(SUFFIX):
-                continue
-            path = os.path.join(directory, name)
-            stat = os.stat(path)
-            stamp = [stat.st_ino, stat.st_size, stat.st_mtime_ns]
-            key = os.path.relpath(path, table_dir)
-            entry = cached.get(key)
-            if entry and entry[0] == stamp:
-                current[key] = entry
-                continue
-            try:
-                current[key] = [stamp, _schema_fingerprint(path)]
-            except DamagedShardError as error:
-                unreadable |= error.damaged
-    if current != cached:
-        _write_schema_cache(cache_path, current)
-    return SchemaScan(len({fingerprint for _, fingerprint in current.values()}) <= 1, unreadable)
-
-
-def _schema_fingerprint(path: str) -> str:
-    try:
-        schema = pq.read_schema(path)
-    except READ_ERRORS as error:
-        raise damaged(Path(path), error) from error
-    columns = sorted(f"{field.name}:{field.type}" for field in schema)
-    return hashlib.sha256("\n".join(columns).encode()).hexdigest()[:16]
-
-
-def _write_schema_cache(path: Path, entries: dict[str, list]) -> None:
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        temporary.write_text(json.dumps(entries, separators=(",", ":")))
-        os.replace(temporary, path)
-    except OSError:
-        temporary.unlink(missing_ok=True)

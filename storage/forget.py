@@ -4,14 +4,13 @@ A recording is named by the sha256 of its bytes, by its URI (path), by a speaker
 labels name (every recording the speaker is heard in), or by a file listing such names. voxtox
 has no session id apart from the recording itself: one recording is one session.
 
-Erasing recordings, under the shards' exclusive lock (storage/erasure.py):
-1. tombstone their hashes first (storage/tombstones.py), so a label run that decoded one before
-   does not write it back, and later runs skip it unless told to (`--allow-forgotten`);
-2. rewrite, without the recordings' rows, every file that holds any: the tables' shards
-   (`clips`, `rejects`, `sources`, `human_labels`, and any table with `source_sha256`,
-   `source_uri` or `clip_id`) and, under the run directories, the cached window scores;
-3. delete the work directories no running label run holds (storage/workdir.py: scratch of runs
-   that died, with decoded audio in them);
+Erasing recordings (`erase_in_lake`):
+1. the copies outside the lake's tables: review audio (S3 and under <data_dir>/review), the cached
+   window scores under the run directories, and the work directories no running label run holds
+   (storage/workdir.py: scratch of runs that died, with decoded audio in them);
+2. one lake commit that deletes their rows from every table and tombstones their hashes, so later
+   label runs skip them unless told to (`--allow-forgotten`); then the data files that held them
+   are rewritten, every older snapshot expired and the unreferenced files deleted (lake.erase);
 then say which trained runs learnt from them (`training_sources.parquet` in each run: a model
 cannot be un-trained) and whether their input files are still where they were labelled from.
 
@@ -22,10 +21,8 @@ which would then hold the very names a deletion request asks to erase.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -33,12 +30,9 @@ import duckdb
 from voxtox.files import sha256_file
 from voxtox.settings import Settings
 from voxtox.storage import lake
-from voxtox.storage.catalog import damaged_tables, uniform_schema
-from voxtox.storage.lake import LakeTarget
-from voxtox.storage.erasure import RecordingRows, Rewritten, erase_rows, matching_rows, shards_lock
+from voxtox.storage.erasure import RecordingRows, Rewritten, erase_rows, matching_rows
 from voxtox.storage.schema import TRAINING_SOURCES_FILE
-from voxtox.storage.shards import DamagedShardError, shard_files
-from voxtox.storage.tombstones import add_tombstones, is_sha256, tombstones_file
+from voxtox.storage.tombstones import is_sha256
 from voxtox.storage.workdir import sweep_stale_work
 from voxtox.storage.review_export import erase_review_copies
 from voxtox.storage.review_projects import delete_pushed_tasks
@@ -96,13 +90,6 @@ def _local_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("file://")).expanduser().resolve()
 
 
-def _same_uri(stored: str, given: str) -> bool:
-    if stored == given:
-        return True
-    local_stored, local_given = _local_path(stored), _local_path(given)
-    return local_stored is not None and local_stored == local_given
-
-
 # --- reading the tables -------------------------------------------------------------------------
 
 
@@ -120,34 +107,6 @@ def _select(files: list[Path], needed: set[str], sql: str, params: list[object] 
         return con.execute(f"WITH t AS (SELECT * FROM {source}) {sql}", [paths, *(params or [])]).fetchall()
 
 
-def _table_names(shards_root: Path) -> list[str]:
-    return sorted(p.name for p in shards_root.iterdir() if p.is_dir()) if shards_root.is_dir() else []
-
-
-def _uri_pairs(shards_root: Path) -> set[tuple[str, str | None]]:
-    """Every (source_uri, source_sha256) any table holds."""
-    pairs: set[tuple[str, str | None]] = set()
-    for name in _table_names(shards_root):
-        pairs |= set(_select(shard_files(shards_root, name), {"source_uri", "source_sha256"},
-                             "SELECT DISTINCT source_uri, source_sha256 FROM t WHERE source_uri IS NOT NULL"))
-    return pairs
-
-
-def _speakers_recordings(shards_root: Path, speakers: frozenset[str]) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = defaultdict(set)
-    rows = _select(shard_files(shards_root, "human_labels"), {"speaker", "source_sha256"},
-                   "SELECT DISTINCT speaker, source_sha256 FROM t WHERE list_contains(?, speaker)", [sorted(speakers)])
-    for speaker, sha in rows:
-        found[speaker].add(sha)
-    return found
-
-
-def _clip_ids(shards_root: Path, sha256s: frozenset[str]) -> frozenset[str]:
-    rows = _select(shard_files(shards_root, "clips"), {"clip_id", "source_sha256"},
-                   "SELECT DISTINCT clip_id FROM t WHERE list_contains(?, source_sha256)", [sorted(sha256s)])
-    return frozenset(row[0] for row in rows)
-
-
 @dataclass(frozen=True)
 class Recordings:
     """What a request names, as found in the data: the hashes to erase and tombstone, the URIs
@@ -156,32 +115,6 @@ class Recordings:
     sha256s: frozenset[str]
     uris: frozenset[str]
     unmatched: tuple[str, ...] = ()
-
-
-def identify(request: ForgetRequest, shards_root: Path) -> Recordings:
-    """The recordings a request names. A URI names every recording labelled from it, and the
-    file's current content when it exists here; a hash is forgotten even if nothing holds it yet
-    (it is tombstoned, so it is never labelled)."""
-    pairs = _uri_pairs(shards_root)
-    known = {sha for _, sha in pairs if sha}
-    sha256s = set(request.sha256s)
-    unmatched = [sha for sha in sorted(request.sha256s) if sha not in known]
-    for uri in sorted(request.uris):
-        found = {sha for stored, sha in pairs if sha and _same_uri(stored, uri)}
-        local = _local_path(uri)
-        if local is not None and local.is_file():
-            found.add(sha256_file(local))
-        if not found and not any(_same_uri(stored, uri) for stored, _ in pairs):
-            unmatched.append(uri)
-        sha256s |= found
-    by_speaker = _speakers_recordings(shards_root, request.speakers) if request.speakers else {}
-    for speaker in sorted(request.speakers):
-        sha256s |= by_speaker.get(speaker, set())
-        if speaker not in by_speaker:
-            unmatched.append(f"{SPEAKER_PREFIX}{speaker}")
-    uris = {stored for stored, sha in pairs if sha in sha256s}
-    uris |= {stored for stored, sha in pairs if sha is None and any(_same_uri(stored, u) for u in request.uris)}
-    return Recordings(frozenset(sha256s), frozenset(uris), tuple(unmatched))
 
 
 # --- runs -------------------------------------------------------------------------------------------
@@ -263,39 +196,6 @@ def _input_files(recordings: Recordings) -> dict[Path, str]:
     return found
 
 
-def erase_recordings(
-    recordings: Recordings,
-    settings: Settings,
-    runs_dirs: list[Path],
-    delete_inputs: bool = False,
-    dry_run: bool = False,
-) -> ErasureReport:
-    """Erase the recordings everywhere (see the module's docstring); with `dry_run`, only say
-    what would go."""
-    report = ErasureReport(sorted(recordings.sha256s), list(recordings.unmatched), dry_run=dry_run)
-    shards = settings.shards_dir
-    inputs = _input_files(recordings)
-    with shards_lock(shards, exclusive=True):
-        if not dry_run:
-            report.new_tombstones = add_tombstones(tombstones_file(shards), recordings.sha256s, datetime.now(UTC).date())
-        # Cached scores first: they are found by clip id, which the clips table still holds.
-        rows = RecordingRows(recordings.sha256s, recordings.uris, _clip_ids(shards, recordings.sha256s))
-        _record(report, CACHED_SCORES, _erase(cached_score_files(runs_dirs), rows, dry_run))
-        for name in _table_names(shards):
-            _record(report, name, _erase(shard_files(shards, name), rows, dry_run))
-            if not dry_run:  # the schema cache names files by source key: drop the erased ones
-                uniform_schema(shards / name)
-        # `voxtox review export`'s copies: the clips' audio, batches and Label Studio task files.
-        report.review_files = erase_review_copies(settings.data_dir, rows.clip_ids, dry_run)
-        if not dry_run:  # dead runs' scratch holds decoded audio; a running label run keeps its own
-            report.work_dirs_removed = [str(p) for p in sweep_stale_work(settings.work_dir)]
-        if settings.work_dir.is_dir():
-            report.work_dirs_in_use = sorted(str(p) for p in settings.work_dir.iterdir() if p.is_dir())
-    # Tasks pushed to Label Studio: after the lock (network calls), never stopping the erasure.
-    _after_erasure(report, settings, runs_dirs, rows.clip_ids, inputs, delete_inputs)
-    return report
-
-
 def _after_erasure(report: ErasureReport, settings: Settings, runs_dirs: list[Path], clip_ids: frozenset[str],
                    inputs: dict[Path, str], delete_inputs: bool) -> None:
     """What follows the tables' erasure: the tasks pushed to Label Studio deleted, the trained runs
@@ -318,25 +218,12 @@ def forget(
     dry_run: bool = False,
 ) -> ErasureReport:
     """Forget what `request` names: find it, erase it, tombstone it, list the runs that saw it.
-    Runs are looked for under `settings.runs_dir` and `runs_dirs`. With `[storage]` naming a
-    lake, in that lake (`forget_in_lake`)."""
-    if settings.storage.lake:
-        return forget_in_lake(request, settings, runs_dirs, delete_inputs, dry_run)
-    damaged = damaged_tables(settings.shards_dir, _table_names(settings.shards_dir))
-    if damaged:  # it may hold the recording: erasure must not report done without it
-        raise DamagedShardError({path: why for files in damaged.values() for path, why in files.items()})
-    recordings = identify(request, settings.shards_dir)
-    return erase_recordings(recordings, settings, [settings.runs_dir, *(runs_dirs or [])], delete_inputs, dry_run)
+    Runs are looked for under `settings.runs_dir` and `runs_dirs`; the tables are the lake's
+    (`forget_in_lake`)."""
+    return forget_in_lake(request, settings, runs_dirs, delete_inputs, dry_run)
 
 
 # --- on a lake (storage/lake.py) ----------------------------------------------------------------
-
-
-def _lake_target(settings: Settings) -> LakeTarget:
-    target = lake.target_for(settings)
-    if target is None:
-        raise ValueError("[storage] names no lake")
-    return target
 
 
 def _uri_forms(uri: str) -> set[str]:
@@ -388,11 +275,11 @@ def _erase_copies(report: ErasureReport, settings: Settings, runs_dirs: list[Pat
 
 def erase_in_lake(recordings: Recordings, settings: Settings, runs_dirs: list[Path], delete_inputs: bool = False,
                   dry_run: bool = False) -> ErasureReport:
-    """`erase_recordings` on a lake: the copies outside it first (a failure there leaves the lake's
+    """Erase the recordings everywhere (see the module's docstring): the copies outside it first (a failure there leaves the lake's
     rows, so a rerun finds the recordings again), then one commit that deletes their rows from
     every table and tombstones them, then their bytes purged from every snapshot and data file
     (lake.erase); then what follows any erasure (Label Studio tasks, runs, input files)."""
-    target = _lake_target(settings)
+    target = lake.target_for(settings)
     report = ErasureReport(sorted(recordings.sha256s), list(recordings.unmatched), dry_run=dry_run,
                            lake=target.catalog_name())
     inputs = _input_files(recordings)
@@ -409,7 +296,7 @@ def erase_in_lake(recordings: Recordings, settings: Settings, runs_dirs: list[Pa
 
 def forget_in_lake(request: ForgetRequest, settings: Settings, runs_dirs: list[Path] | None = None,
                    delete_inputs: bool = False, dry_run: bool = False) -> ErasureReport:
-    """`forget` when `[storage]` names a lake: every host sees the erasure and its tombstones."""
-    with closing(lake.connect(_lake_target(settings), read_only=True)) as con:
+    """`forget` in the lake (embedded or `[storage]`'s): every process and host sees the erasure and its tombstones."""
+    with closing(lake.connect(lake.target_for(settings), read_only=True)) as con:
         recordings = identify_in_lake(request, con)
     return erase_in_lake(recordings, settings, [settings.runs_dir, *(runs_dirs or [])], delete_inputs, dry_run)

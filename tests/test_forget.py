@@ -16,16 +16,11 @@ from conftest import spoken, write_audio
 from voxtox.files import sha256_file
 from voxtox.flows.cli import app
 from voxtox.flows.label import label_flow
-from voxtox.settings import EvaluateSettings, Settings, TrainSettings
+from voxtox.settings import Settings, TrainSettings
 from voxtox.storage.catalog import Catalog
-from voxtox.storage.schema import TRAINING_SOURCES_FILE
-from voxtox.storage.tombstones import TOMBSTONES_FILE, read_tombstones
-from voxtox.models.scoring import read_eval_set, score_run
-from voxtox.storage.forget import identify, parse_request
 from voxtox.storage.human_labels import import_truth_files_to_lake
 from voxtox.storage.lake import target_for
 from voxtox.corpus.speech_synth import Utterance
-from voxtox.tasks.train import train_model
 
 KEPT = Utterance("good game everyone, see you tomorrow", "en")
 FORGOTTEN = Utterance("what the fuck man, this lag is killing me", "en", "f3")
@@ -98,33 +93,6 @@ def test_forget_erases_a_recording_s_bytes_from_the_lake_and_a_rerun_does_not_br
     assert told.n_clips >= 1 and rows_of(catalog, "clips", sha) == told.n_clips
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, tiny_whisper: Path, prefect_harness) -> dict:
-    """An inbox (train/kept.wav, val/forgotten.wav, truth/ for both, speakers bob and alice),
-    labelled; a run trained on it; the run's cached window scores of the val split."""
-    root = tmp_path_factory.mktemp("forget")
-    inbox = root / "inbox"
-    kept = write_audio(inbox / "train" / "kept.wav", spoken(KEPT))
-    forgotten = write_audio(inbox / "val" / "forgotten.wav", spoken(FORGOTTEN))
-    truth = inbox / "truth" / "utterances.jsonl"
-    truth.parent.mkdir()
-    truth.write_text("".join(json.dumps(row) + "\n" for row in [
-        {"audio": "../train/kept.wav", "start_s": 0.0, "end_s": 2.0, "labels": ["no_violation"], "speaker": "bob", "text": KEPT.text},
-        {"audio": "../val/forgotten.wav", "start_s": 0.0, "end_s": 3.0, "labels": ["profanity"], "speaker": "alice", "text": FORGOTTEN.text},
-    ]))
-    settings = settings_for(root / "data", tiny_whisper)
-    label_flow(inputs=[str(inbox / "train")], split="train", settings=settings)
-    label_flow(inputs=[str(inbox / "val")], split="val", settings=settings)
-    import_truth_files_to_lake([truth], target_for(settings))
-    catalog = Catalog.from_settings(settings)
-    catalog.refresh_views()
-    run = settings.runs_dir / "r1"
-    train_model(settings, run)
-    score_run(run, read_eval_set(catalog, settings.shards_dir, "val"), EvaluateSettings(split="val"))
-    return {"inbox": inbox, "truth": truth, "kept": kept, "forgotten": forgotten, "settings": settings, "run": run,
-            "catalog": catalog}
-
-
 def rows_of(catalog: Catalog, table: str, sha: str) -> int:
     return catalog.query(f"SELECT count(*) AS n FROM {table} WHERE source_sha256 = '{sha}'")["n"][0].as_py()
 
@@ -153,53 +121,3 @@ def traces_of(directory: Path, needles: list[bytes], spared: set[str]) -> list[s
             if needle in path.name.encode() or needle in raw or any(needle in v for v in values):
                 found.append(f"{path}: {needle[:40]!r}")
     return found
-
-
-@pytest.mark.skip(reason="issue 28: lake version in tests/test_lake_parity.py (branch lakeparity)")
-def test_forget_erases_a_recording_everywhere_and_a_rerun_does_not_bring_it_back(world: dict) -> None:
-    settings, catalog, run = world["settings"], world["catalog"], world["run"]
-    sha, kept_sha = sha256_file(world["forgotten"]), sha256_file(world["kept"])
-    clip = catalog.query(f"SELECT transcript, audio FROM clips WHERE source_sha256 = '{sha}' LIMIT 1").to_pylist()[0]
-    before = {table: rows_of(catalog, table, sha) for table in ("clips", "sources", "human_labels")}
-    assert min(before.values()) >= 1, before
-    kept_clips = rows_of(catalog, "clips", kept_sha)
-    scores = run / "evaluation" / "scores" / "val-best.parquet"
-    assert scores.exists() and (run / TRAINING_SOURCES_FILE).exists()
-    needles = [sha.encode(), sha[:24].encode(), str(world["forgotten"]).encode(), clip["transcript"].encode(),
-               clip["audio"]["bytes"]]
-    spared = {TOMBSTONES_FILE, TRAINING_SOURCES_FILE}
-    assert len(traces_of(settings.data_dir, needles, spared)) > 10  # the search finds them while they are there
-    # The speaker in the human labels names the same recording; a dry run changes nothing.
-    assert identify(parse_request(["speaker:alice"]), settings.shards_dir).sha256s == {sha}
-    request = settings.data_dir.parent / "deletion-request.txt"
-    request.write_text("# a deletion request: one recording per line\nspeaker:alice\n")
-    dry = CliRunner().invoke(app, ["forget", "--from", str(request), "--dry-run", "--data-dir", str(settings.data_dir)],
-                             env={"COLUMNS": "200"})
-    assert dry.exit_code == 0, dry.output
-    assert "would be erased" in dry.output and sha in dry.output and rows_of(catalog, "clips", sha) == before["clips"]
-
-    result = CliRunner().invoke(app, ["forget", str(world["forgotten"]), "--data-dir", str(settings.data_dir)],
-                                env={"COLUMNS": "200"})
-
-    assert result.exit_code == 0, result.output
-    assert traces_of(settings.data_dir, needles, spared) == []  # before any query tidies a cache
-    assert "1 recording(s) erased" in result.output and sha in result.output
-    assert f"{run.resolve()} (val)" in result.output  # the run chose its best checkpoint on it
-    assert f"the input file is still there: {world['forgotten'].resolve()}" in result.output
-    for table in ("clips", "sources", "human_labels"):
-        assert rows_of(catalog, table, sha) == 0, table
-    assert rows_of(catalog, "clips", kept_sha) == kept_clips
-    assert not scores.exists()  # it held only the forgotten recording's segments
-    assert traces_of(settings.data_dir, needles, spared) == []
-    tombstones = settings.shards_dir / TOMBSTONES_FILE
-    assert list(read_tombstones(tombstones)) == [sha]
-    assert not any(needle in tombstones.read_bytes() for needle in needles[2:])  # the hash, no more
-
-    again = label_flow(inputs=[str(world["inbox"] / "train"), str(world["inbox"] / "val")], split="val", settings=settings)
-    assert (again.n_skipped, again.n_clips) == (2, 0)
-    assert import_truth_files_to_lake([world["truth"]], target_for(settings)).n_forgotten == 1
-    for table in ("clips", "sources", "human_labels"):
-        assert rows_of(catalog, table, sha) == 0, table
-
-    told = label_flow(inputs=[str(world["inbox"] / "val")], split="val", settings=settings, allow_forgotten=True)
-    assert told.n_clips >= 1 and rows_of(catalog, "clips", sha) == told.n_clips

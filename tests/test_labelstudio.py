@@ -125,7 +125,6 @@ def test_a_batch_goes_to_label_studio_and_its_answers_come_back(label_studio: tu
     # not yet on a lake (issue 28: storage/forget.py's lake version, branch lakeparity).
 
 
-@pytest.mark.skip(reason="issue 28: lake version in tests/test_lake_parity.py (branch lakeparity)")
 def test_the_nightly_step_brings_answers_back_and_sends_a_new_batch(label_studio: tuple[str, Path],
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     prefect_harness: None) -> None:

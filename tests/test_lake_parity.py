@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from prefect.artifacts import Artifact
 from typer.testing import CliRunner
 
 from tests.conftest import synthetic_clips, write_audio
-from tests import test_lake
+from tests import test_forget, test_lake
 from voxtox.files import sha256_file
 from voxtox.flows.cli import app
 from voxtox.settings import RetentionSettings, Settings
@@ -98,19 +97,6 @@ def _count(target: LakeTarget, sql: str) -> int:
         return con.execute(sql).fetchone()[0]
 
 
-def _cells(value: object) -> Iterator[bytes]:
-    if isinstance(value, bytes):
-        yield value
-    elif isinstance(value, str):
-        yield value.encode()
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _cells(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _cells(item)
-
-
 def _data_files(target: LakeTarget) -> dict[str, bytes]:
     """Every file under the lake's data path (on disk or on S3), by name."""
     if not target.on_s3:
@@ -128,7 +114,8 @@ def _holding(target: LakeTarget, needles: list[bytes]) -> list[str]:
     for name, raw in _data_files(target).items():
         if f"/{lake.TOMBSTONES}/" in name:
             continue
-        values = list(_cells(pq.read_table(io.BytesIO(raw)).to_pylist())) if name.endswith(".parquet") else []
+        rows = pq.read_table(io.BytesIO(raw)).to_pylist() if name.endswith(".parquet") else []
+        values = [v if isinstance(v, bytes) else v.encode() for v in test_forget.cells(rows)]
         if any(needle in raw or any(needle in v for v in values) for needle in needles):
             found.append(name)
     return found

@@ -21,8 +21,7 @@ from voxtox.settings import Settings
 from voxtox.storage.clips import read_clip_index
 from voxtox.storage.reviews import read_reviews
 from voxtox.storage.schema import label_column, prob_column
-from voxtox.flows.cli_data import _forget_in_lake
-from voxtox.storage.forget import ForgetRequest
+from voxtox.storage.forget import ForgetRequest, forget
 from voxtox.storage.review_export import CHOICES, TEXT, export_batch
 from voxtox.storage.review_import import ExportError, import_answers, import_export_file
 from voxtox.models.review_select import select_for_review
@@ -331,7 +330,7 @@ def test_forget_erases_reviews_and_their_copies(settings: Settings, tmp_path: Pa
                               _task(2, "train-0012", (["racism"], None, False))], "test")
     audio = settings.data_dir / "review" / "audio"
     assert (audio / "train-0000.flac").exists()
-    _forget_in_lake(settings, ForgetRequest(sha256s=frozenset({"src-train-0"})), dry_run=False)  # `voxtox forget`
+    forget(ForgetRequest(sha256s=frozenset({"src-train-0"})), settings)  # `voxtox forget`
     assert read_reviews(settings)["clip_id"].to_pylist() == ["train-0012"]
     assert not any((audio / f"train-{i:04d}.flac").exists() for i in range(12))  # src-train-0's clips
     batch = (settings.data_dir / "review" / "selected.jsonl").read_text()
