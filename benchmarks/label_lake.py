@@ -1,5 +1,8 @@
 """`voxtox label` on the embedded lake against today's Parquet shards (issue 28: wall time within 5%).
 
+The shards were deleted after this was run (the embedded lake is the only store since then): it runs
+as written at commit 9c3b714, where both stores exist (docs/benchmarks.md has its results).
+
 The real command, as a subprocess, on the same audio, into a fresh data dir each run: once with no
 `[storage]` (the shards) and once with the embedded lake (`VOXTOX_STORAGE__CATALOG_URL=<dir>/lake/
 catalog.sqlite`, `VOXTOX_STORAGE__DATA_URL=<dir>/lake/data`), in pairs whose order alternates

@@ -39,6 +39,7 @@ from _common import Timer  # noqa: E402
 
 from voxtox.models.text_encoder import USEM3, load_text_encoder  # noqa: E402
 from voxtox.settings import Settings  # noqa: E402
+from voxtox.storage.lake import target_for  # noqa: E402
 from voxtox.storage.model_store import resolve_model  # noqa: E402
 from voxtox.tasks.embed import embed_transcripts, resolve_text_encoder  # noqa: E402
 from voxtox.tasks.ingest import PreparedSource, make_units, prepare_source  # noqa: E402
@@ -142,7 +143,7 @@ def main() -> None:
             embedded = embed_transcripts(labelled, encoder_path, settings, out_dir / "embedded.parquet")
         with timers["write"]:
             written = write_sources(
-                unit, embedded, Path(transcribed.dropped), settings.shards_dir, asr.model, run_id
+                unit, embedded, Path(transcribed.dropped), target_for(settings), asr.model, run_id
             )
         n_clips += written.n_clips
         n_dropped += transcribed.n_dropped

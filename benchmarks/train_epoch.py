@@ -53,7 +53,7 @@ def phases(args: argparse.Namespace) -> dict[str, float]:
     settings = _settings(args)
     torch.set_num_threads(args.threads)
     catalog = Catalog.from_settings(settings)
-    clips = read_clip_index(catalog, settings.shards_dir, "train", args.filter)
+    clips = read_clip_index(catalog, "train", args.filter)
     model = build_model(settings.train, clips.text.shape[1], settings.model_cache_dir)
     optimizer = make_optimizer(model, settings.train)
     filters = mel_filters(model.encoder.config.num_mel_bins)
@@ -84,7 +84,7 @@ def phases(args: argparse.Namespace) -> dict[str, float]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         seconds["train step (fwd+bwd+AdamW)"] += time.perf_counter() - started
-    val, _ = read_val_index(catalog, settings.shards_dir, settings.train)
+    val, _ = read_val_index(catalog, settings.train)
     started = time.perf_counter()
     dataset = ClipFeatures(val, model.encoder.config.num_mel_bins, max_frames=None)
     validate(model, val, dataset, 0, settings.train, start_processes())

@@ -123,7 +123,7 @@ def simulated_review(settings: Settings, model: Path, share: float, seed: int, w
 def training_label_map(settings: Settings) -> float:
     """mAP (4 toxic classes) of what training reads as labels, against the truth."""
     truth = train_truth(settings)
-    index = read_clip_index(Catalog.from_settings(settings), settings.shards_dir, "train", "TRUE")
+    index = read_clip_index(Catalog.from_settings(settings), "train", "TRUE")
     rows = [i for i, c in enumerate(index.clip_ids) if c in truth]
     want = np.array([truth[index.clip_ids[i]] for i in rows])
     aps = [average_precision_score(want[:, CLASSES.index(c)], index.labels[rows, CLASSES.index(c)])

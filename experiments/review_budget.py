@@ -117,7 +117,7 @@ def out_of_fold(embeddings: np.ndarray, labels: np.ndarray, seed: int) -> np.nda
 
 
 def training_map(settings: Settings, truth: np.ndarray, order: dict[str, int]) -> float:
-    index = read_clip_index(Catalog.from_settings(settings), settings.shards_dir, "train", "TRUE")
+    index = read_clip_index(Catalog.from_settings(settings), "train", "TRUE")
     rows = [order[c] for c in index.clip_ids]
     aps = [average_precision_score(truth[rows, CLASSES.index(c)], index.labels[:, CLASSES.index(c)]) for c in TOXIC_CLASSES]
     return float(np.mean(aps))

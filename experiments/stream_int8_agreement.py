@@ -68,7 +68,7 @@ def main() -> None:
     model_dir = resolve_model_dir(args.run or args.data_dir / "runs" / "current")
     thresholds = read_thresholds(model_dir / "thresholds.json", list(CLASSES))
     catalog = Catalog.from_settings(Settings(data_dir=args.data_dir))
-    eval_set = read_eval_set(catalog, args.data_dir / "shards", args.split, args.labels)
+    eval_set = read_eval_set(catalog, args.split, args.labels)
     clips = [read_segment_audio(f, int(r), c) for f, r, c in zip(eval_set.files, eval_set.rows, eval_set.clip_ids,
                                                                    strict=True)]
     model = load_classifier(model_dir)

@@ -217,7 +217,7 @@ def evaluate(
             RunDir(run).model(chosen.checkpoint)
         settings = pin_evaluation_snapshot(settings, [str(r) for r in runs], snapshot)
         catalog = Catalog.from_settings(settings)
-        read_eval_set(catalog, settings.shards_dir, chosen.split, chosen.labels, chosen.filter)
+        read_eval_set(catalog, chosen.split, chosen.labels, chosen.filter)
         evaluation = evaluate_flow(runs=[str(r) for r in runs], settings=settings, out=str(out) if out else None,
                                    snapshot=snapshot)
     console.print(Path(evaluation.report).read_text(), markup=False, highlight=False, soft_wrap=True)

@@ -77,7 +77,7 @@ def _has_view(catalog: Catalog, name: str) -> bool:
 
 
 def read_eval_set(
-    catalog: Catalog, shards_root: Path, split: str, labels: str = "human", condition: str = "TRUE"
+    catalog: Catalog, split: str, labels: str = "human", condition: str = "TRUE"
 ) -> EvalSet:
     """Evaluation segments of `split` (matching the SQL `condition` on `clips`) with their truth."""
     require_clips(as_lake(catalog))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -63,11 +62,10 @@ def as_lake(catalog: Catalog) -> LakeCatalog:
     return catalog
 
 
-def read_clip_index(catalog: Catalog, shards_root: Path, split: str, condition: str) -> ClipIndex:
+def read_clip_index(catalog: Catalog, split: str, condition: str) -> ClipIndex:
     """Rows of `split` matching the SQL `condition` on the clips view, ordered by clip id, with
     their labels: people's where they reviewed the clip, else the pipeline's. The audio is copied
-    locally at the catalog's snapshot (LakeCatalog.locate_clips). (`shards_root` is unused: the
-    callers' signature from the single-machine shards.)"""
+    locally at the catalog's snapshot (LakeCatalog.locate_clips)."""
     lake = as_lake(catalog)
     require_clips(lake)
     table = lake.locate_clips(labelled_clips_sql(split, condition, lake.has_table("reviews")))

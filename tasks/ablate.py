@@ -247,9 +247,9 @@ def preflight(plan: AblationPlan) -> None:
     settings, options = plan.settings, plan.settings.evaluate
     catalog = Catalog.from_settings(settings)
     catalog.refresh_views()
-    read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
+    read_eval_set(catalog, options.split, options.labels, options.filter)
     if settings.train.val_labels == "human":
-        read_eval_set(catalog, settings.shards_dir, "val", "human", settings.train.val_filter)
+        read_eval_set(catalog, "val", "human", settings.train.val_filter)
 
 
 def run_cell(plan: AblationPlan, cell: Cell) -> dict[str, object]:

@@ -120,9 +120,9 @@ def _split_segments(catalog: Catalog, settings: Settings, split: str, condition:
     """The split's evaluation segments, or all its clips when it has none; and which it was."""
     try:
         condition_on_segments = f"segment_kind = 'evaluation' AND ({condition})"
-        return read_clip_index(catalog, settings.shards_dir, split, condition_on_segments), "evaluation"
+        return read_clip_index(catalog, split, condition_on_segments), "evaluation"
     except ValueError:
-        return read_clip_index(catalog, settings.shards_dir, split, condition), "all (the split has no evaluation segments)"
+        return read_clip_index(catalog, split, condition), "all (the split has no evaluation segments)"
 
 
 def _best_f1_choice(classes: list[str], labels: np.ndarray, scores: np.ndarray) -> dict[str, object]:

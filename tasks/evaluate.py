@@ -241,7 +241,7 @@ def fit_temperatures(run_dirs: Sequence[Path], settings: Settings, classes: Sequ
     """Per run, the temperature minimising the BCE of its validation segment scores."""
     options = settings.evaluate
     catalog = Catalog.from_settings(settings)
-    val = read_eval_set(catalog, settings.shards_dir, "val", options.labels, options.filter)
+    val = read_eval_set(catalog, "val", options.labels, options.filter)
     columns = [CLASSES.index(c) for c in classes]
     temperatures = []
     for run_dir in run_dirs:
@@ -288,7 +288,7 @@ def evaluate_runs(run_dirs: Sequence[Path], settings: Settings, out_dir: Path | 
     for run_dir in run_dirs:
         RunDir(run_dir).model(options.checkpoint)
     catalog = Catalog.from_settings(settings)
-    eval_set = read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
+    eval_set = read_eval_set(catalog, options.split, options.labels, options.filter)
     classes = reported_classes(eval_set.labels)
     temperatures: list[float | None] = [None] * len(run_dirs)
     if options.calibrate:
@@ -320,7 +320,7 @@ def score_run_task(run_dir: str, settings: Settings) -> str:
     """Score one run's model on the evaluation segments (cached), so runs score in parallel."""
     options = settings.evaluate
     catalog = Catalog.from_settings(settings)
-    eval_set = read_eval_set(catalog, settings.shards_dir, options.split, options.labels, options.filter)
+    eval_set = read_eval_set(catalog, options.split, options.labels, options.filter)
     score_run(Path(run_dir), eval_set, options, settings.train.threads)
     return str(RunDir(Path(run_dir)).scores(options.split, options.checkpoint))
 

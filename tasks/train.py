@@ -66,7 +66,7 @@ from voxtox.models.features import FEATURES_DIR, ComputeFeatures, FeatureCache
 # --- data ------------------------------------------------------------------------------------
 
 
-def read_val_index(catalog: Catalog, shards_root: Path, train: TrainSettings) -> tuple[ClipIndex, str]:
+def read_val_index(catalog: Catalog, train: TrainSettings) -> tuple[ClipIndex, str]:
     """The clips that choose `best/` and the labels they are judged by ("human" or "pipeline").
 
     Human (the paper: "best performing model per experiment based on the validation set", whose
@@ -76,7 +76,7 @@ def read_val_index(catalog: Catalog, shards_root: Path, train: TrainSettings) ->
     """
     if train.val_labels != "pipeline":
         try:
-            found = read_eval_set(catalog, shards_root, "val", "human", train.val_filter)
+            found = read_eval_set(catalog, "val", "human", train.val_filter)
         except ValueError:
             if train.val_labels == "human":
                 raise
@@ -87,7 +87,7 @@ def read_val_index(catalog: Catalog, shards_root: Path, train: TrainSettings) ->
                 files=found.files, rows=found.rows,
             )
             return index, "human"
-    return read_clip_index(catalog, shards_root, "val", train.val_filter), "pipeline"
+    return read_clip_index(catalog, "val", train.val_filter), "pipeline"
 
 
 @dataclass
@@ -309,8 +309,8 @@ def read_training_data(settings: Settings, train: TrainSettings, out: Path, resu
         catalog = catalog.pinned(training_snapshot(catalog, settings, out, resume))
         record = {"snapshot_id": catalog.snapshot, "catalog": catalog.target.catalog_name(),
                   "data_url": catalog.target.data_url}
-    clips = read_clip_index(catalog, settings.shards_dir, "train", train.train_filter)
-    val_clips, val_labels = read_val_index(catalog, settings.shards_dir, train)
+    clips = read_clip_index(catalog, "train", train.train_filter)
+    val_clips, val_labels = read_val_index(catalog, train)
     return TrainingData(clips, val_clips, val_labels, record)
 
 

@@ -99,10 +99,10 @@ def runs(data_dir: Path, tiny_whisper: Path) -> list[Path]:
 
 def test_the_evaluation_set_is_the_human_labelled_evaluation_segments(data_dir: Path) -> None:
     catalog = lake_catalog(data_dir)
-    human = read_eval_set(catalog, data_dir / "shards", "test")
+    human = read_eval_set(catalog, "test")
     assert len(human) == 29 and human.n_without_truth == 7  # source 4's seven segments have no labels
     assert "test-src-4" not in set(human.sources) and set(human.langs) == {"en", "es"}
-    pipeline = read_eval_set(catalog, data_dir / "shards", "test", labels="pipeline")
+    pipeline = read_eval_set(catalog, "test", labels="pipeline")
     assert len(pipeline) == 36 and pipeline.n_without_truth == 0
     rows = {cid: k for k, cid in enumerate(pipeline.clip_ids)}
     differs = [not np.array_equal(human.truth[i], pipeline.truth[rows[cid]]) for i, cid in enumerate(human.clip_ids)]
@@ -110,15 +110,15 @@ def test_the_evaluation_set_is_the_human_labelled_evaluation_segments(data_dir: 
     assert reported_classes("human") == (*TOXIC_CLASSES, "no_violation")
     assert reported_classes("pipeline") == (*TOXIC_CLASSES, "other", "no_violation")
     with pytest.raises(ValueError, match="no evaluation segments"):
-        read_eval_set(catalog, data_dir / "shards", "train")
+        read_eval_set(catalog, "train")
 
 
 def test_without_human_labels_evaluation_refuses_unless_told_to_use_pipeline_labels(tmp_path: Path) -> None:
     directory = build_data_dir(tmp_path / "unlabelled", with_human_labels=False)
     catalog = lake_catalog(directory)
     with pytest.raises(NoHumanLabelsError, match="--labels pipeline"):
-        read_eval_set(catalog, directory / "shards", "test")
-    assert len(read_eval_set(catalog, directory / "shards", "test", labels="pipeline")) == 36
+        read_eval_set(catalog, "test")
+    assert len(read_eval_set(catalog, "test", labels="pipeline")) == 36
 
 
 def _sklearn_reference(y: np.ndarray, scores: list[np.ndarray], counts: np.ndarray) -> np.ndarray:

@@ -108,7 +108,7 @@ def test_a_batch_goes_to_label_studio_and_its_answers_come_back(label_studio: tu
 
     again = runner.invoke(app, ["review", "import", "--pull", project, *common])
     assert "0 new, 0 changed, 2 already imported" in " ".join(again.output.split())
-    index = read_clip_index(lake_catalog(settings.data_dir), settings.shards_dir, "train", "TRUE")
+    index = read_clip_index(lake_catalog(settings.data_dir), "train", "TRUE")
     assert index.n_reviewed == 2
 
     exported = client.get(f"/api/projects/{project_id}/export", params={"exportType": "JSON_MIN"})

@@ -102,7 +102,7 @@ def test_a_run_records_its_snapshot_and_train_at_that_snapshot_sees_only_its_row
     later = _more_data(local_lake)
     assert later > first
     latest = Catalog.from_settings(_settings(tmp_path, local_lake, tiny_whisper))
-    assert len(read_clip_index(latest, tmp_path, "train", "TRUE")) == 48  # the new night is in the lake
+    assert len(read_clip_index(latest, "train", "TRUE")) == 48  # the new night is in the lake
     again = train_model(_settings(tmp_path, local_lake, tiny_whisper, snapshot=first), tmp_path / "run2")
     assert again.lake_snapshot == first
     config2 = json.loads((tmp_path / "run2" / "config.json").read_text())
@@ -242,7 +242,7 @@ def test_reviews_go_into_the_lake_and_training_reads_them(local_lake: LakeTarget
     again = import_answers(settings, answers, "test")  # the same answers: nothing to write
     assert (again.written.new, again.written.changed, again.written.unchanged) == (0, 0, 2)
     assert not (settings.shards_dir / "reviews").exists()  # nothing beside the lake
-    train = read_clip_index(Catalog.from_settings(settings), settings.shards_dir, "train", "TRUE")
+    train = read_clip_index(Catalog.from_settings(settings), "train", "TRUE")
     assert train.n_reviewed == 2
     labels = dict(zip(train.clip_ids, train.labels, strict=True))
     assert [c for c, v in zip(CLASSES, labels["train-0000"], strict=True) if v] == ["bullying", "racism"]

@@ -292,7 +292,7 @@ def test_reviews_replace_pipeline_labels_in_training_and_count_as_truth(settings
                _task(3, "val-0002", (["no_violation"], None, False))]  # pipeline said dating_sexting
     import_answers(settings, answers, "test")
     catalog = lake_catalog(settings.data_dir)
-    train = read_clip_index(catalog, settings.shards_dir, "train", "TRUE")
+    train = read_clip_index(catalog, "train", "TRUE")
     assert train.n_reviewed == 1
     labels = dict(zip(train.clip_ids, train.labels, strict=True))
     assert [c for c, v in zip(CLASSES, labels["train-0000"], strict=True) if v] == ["bullying", "racism"]
@@ -302,7 +302,7 @@ def test_reviews_replace_pipeline_labels_in_training_and_count_as_truth(settings
     assert [c for c in CLASSES if truth[1][f"human_label_{c}"]] == ["no_violation"]
     from voxtox.models.scoring import read_eval_set
 
-    evaluated = read_eval_set(catalog, settings.shards_dir, "val", "human")
+    evaluated = read_eval_set(catalog, "val", "human")
     assert evaluated.clip_ids == ["val-0002"] and evaluated.truth[0].tolist() == [c == "no_violation" for c in CLASSES]
 
 

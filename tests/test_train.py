@@ -48,14 +48,14 @@ def settings_for(data_dir: Path, encoder: Path | str, **train: object) -> Settin
 
 def test_the_index_holds_the_filtered_rows_and_where_their_audio_is(data_dir: Path) -> None:
     catalog = lake_catalog(data_dir)
-    clips = read_clip_index(catalog, data_dir / "shards", "train", "label_no_violation = false")
+    clips = read_clip_index(catalog, "train", "label_no_violation = false")
     assert len(clips) == 27  # 32 less the 5 no_violation clips (every 6th)
     assert clips.text.shape == (len(clips), TEXT_DIM) and clips.labels[:, -1].sum() == 0
     # the audio is a local copy of the lake's at one snapshot, read by row (storage/catalog.py locate_clips)
     assert len(set(clips.files)) == 1 and Path(clips.files[0]).name.startswith("clips-")
     assert read_audio_bytes(clips.files[3], int(clips.rows[3]), clips.clip_ids[3])[:4] == b"fLaC"
     with pytest.raises(ValueError, match="no val clips"):
-        read_clip_index(catalog, data_dir / "shards", "val", "duration_s > 100")
+        read_clip_index(catalog, "val", "duration_s > 100")
 
 
 def test_micro_batches_are_bucketed_and_split_across_ranks_as_one_process_would() -> None:
@@ -218,7 +218,7 @@ def test_a_text_step_of_one_micro_batch_equals_the_cached_gradient_path(data_dir
 
     settings = settings_for(data_dir, tiny_whisper, loss="contrastive", alpha=0.3, batch_size=8, grad_accum=1)
     catalog = lake_catalog(data_dir)
-    clips = read_clip_index(catalog, data_dir / "shards", "train", "TRUE")
+    clips = read_clip_index(catalog, "train", "TRUE")
     dataset = ClipFeatures(clips, 80, max_frames=None)
     batch = [dataset[i] for i in range(8)]
     trained = []
@@ -242,12 +242,12 @@ def test_best_is_chosen_on_human_labels_where_the_catalog_has_them(tmp_path: Pat
 
     labelled = build_data_dir(tmp_path / "labelled")
     catalog = lake_catalog(labelled)
-    human, kind = read_val_index(catalog, labelled / "shards", TrainSettings())
-    pipeline, pipeline_kind = read_val_index(catalog, labelled / "shards", TrainSettings(val_labels="pipeline"))
+    human, kind = read_val_index(catalog, TrainSettings())
+    pipeline, pipeline_kind = read_val_index(catalog, TrainSettings(val_labels="pipeline"))
     assert (kind, pipeline_kind) == ("human", "pipeline") and len(human) == len(pipeline) == 18
     assert human.clip_ids == pipeline.clip_ids and not np.array_equal(human.labels, pipeline.labels)  # flipped
     unlabelled = build_data_dir(tmp_path / "unlabelled", with_human_labels=False)
     catalog = lake_catalog(unlabelled)
-    assert read_val_index(catalog, unlabelled / "shards", TrainSettings())[1] == "pipeline"
+    assert read_val_index(catalog, TrainSettings())[1] == "pipeline"
     with pytest.raises(NoHumanLabelsError):
-        read_val_index(catalog, unlabelled / "shards", TrainSettings(val_labels="human"))
+        read_val_index(catalog, TrainSettings(val_labels="human"))
