@@ -30,7 +30,7 @@ class _App(typer.Typer):
             message = ephemeral_timeout_message(error)
             if message is None:
                 raise
-            console.print(f"[red]error:[/red] {message}")
+            console.print(f"[red]error:[/red] {message}", soft_wrap=True)
             raise SystemExit(1) from error
 
 

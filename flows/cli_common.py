@@ -16,6 +16,8 @@ from voxtox.settings import EvaluateSettings, NightlySettings, TrainSettings, lo
 from voxtox.storage.runs import RunDir
 
 console = Console()
+# Errors print with soft_wrap=True: one line however long the path in them, which the terminal
+# folds for the eye while a log or a pipe keeps it whole (rich would cut it at 80 columns).
 errors = Console(stderr=True)
 
 #: Enumerated options take exactly the values the settings accept (strict choices in --help).
@@ -52,7 +54,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (ModelNotFoundError, FileNotFoundError, ValueError, LakeError, CatalogError) as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
 
 

@@ -114,7 +114,7 @@ def forget(
     _print_erasure(report)
     if report.unmatched:  # an erasure request never passes for done when part of it found nothing
         errors.print(f"error: {len(report.unmatched)} of the named recordings matched no data held (listed above); "
-                     "check the names (nothing is stripped from them) or erase by sha256", markup=False, highlight=False)
+                     "check the names (nothing is stripped from them) or erase by sha256", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

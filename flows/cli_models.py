@@ -251,5 +251,5 @@ def ablate(
     console.print(f"tables: {result.report}; rows: catalog table `evaluations`, evaluation_id '{result.evaluation_id}'")
     if result.failed:
         console.print(f"[red]error:[/red] {len(result.failed)} cell(s) failed: {', '.join(result.failed)}; "
-                      "run the same command again to retry them")
+                      "run the same command again to retry them", soft_wrap=True)
         raise typer.Exit(1)

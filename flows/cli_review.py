@@ -32,7 +32,7 @@ def review_errors() -> Iterator[None]:
         try:
             yield
         except LabelStudioError as error:
-            console.print(f"[red]error:[/red] {error}")
+            console.print(f"[red]error:[/red] {error}", soft_wrap=True)
             raise typer.Exit(2) from error
 
 

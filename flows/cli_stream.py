@@ -114,6 +114,6 @@ def send(
     results = asyncio.run(send_all())
     faults = [r for r in results if r.fault]
     for result in faults:
-        errors.print(f"[red]error:[/red] stream {result.stream_id}: {result.fault}")
+        errors.print(f"[red]error:[/red] stream {result.stream_id}: {result.fault}", soft_wrap=True)
     if faults:
         raise typer.Exit(1)
