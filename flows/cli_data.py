@@ -148,14 +148,14 @@ def _print_erasure(report: ErasureReport) -> None:
         console.print("[bold]trained runs that learnt from these recordings[/bold] (a model cannot be "
                       "un-trained; retrain without them, or retire these):")
         for run, splits in report.runs_trained_on.items():
-            console.print(f"  {run} ({', '.join(splits)})")
+            console.print(f"  {run} ({', '.join(splits)})", soft_wrap=True)
     if report.runs_without_record:
         console.print(f"runs that do not record their training data (may have seen them): "
-                      f"{', '.join(report.runs_without_record)}")
+                      f"{', '.join(report.runs_without_record)}", soft_wrap=True)
     for path in report.input_files:
-        console.print(f"[yellow]the input file is still there:[/yellow] {path} (--delete-inputs deletes it)")
+        console.print(f"[yellow]the input file is still there:[/yellow] {path} (--delete-inputs deletes it)", soft_wrap=True)
     for path in report.input_files_deleted:
-        console.print(f"deleted input file {path}")
+        console.print(f"deleted input file {path}", soft_wrap=True)
 
 
 def query(

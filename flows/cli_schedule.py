@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from voxtox.flows.cli_common import (
     console,
@@ -31,7 +31,8 @@ def serve(
     with user_errors():
         settings = load_settings(data_dir, serve={"flows": flow, "cron": cron, "timezone": timezone, "inbox": inbox})
         deployments = build_deployments(settings)
-    view = Table("deployment", "runs on", "entrypoint", "schedule", "next run", "parameters", title="voxtox serve")
+    view = Table(Column("deployment", no_wrap=True), "runs on", "entrypoint", "schedule", "next run", "parameters",
+                 title="voxtox serve")  # a deployment's name is what one copies: never cut in two
     for deployment in deployments:
         schedules = [s.schedule for s in deployment.schedules or []]
         view.add_row(

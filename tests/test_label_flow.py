@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
@@ -99,6 +100,21 @@ def clips_of(settings: Settings) -> pa.Table:
     )
 
 
+#: The good recordings whose clips do not hinge on the last bit of an int8 kernel.
+FIRM = {name for name, utterance in GOOD if utterance.lang in ("en", "es", "de")}
+
+
+def firm_clips(clips: pa.Table) -> pa.Table:
+    names = pa.array([Path(s).name for s in clips["source_uri"].to_pylist()], pa.string())
+    return clips.filter(pc.is_in(names, value_set=pa.array(sorted(FIRM))))
+
+
+def accounted_for(settings: Settings) -> set[str]:
+    """Names of the recordings that gave clips or were dropped at transcription with a reason."""
+    sql = "SELECT source_uri FROM clips UNION SELECT source_uri FROM rejects WHERE stage = 'transcribe'"
+    return {Path(s).name for s in Catalog.from_settings(settings).query(sql).column("source_uri").to_pylist()}
+
+
 def test_good_files_give_rows_and_broken_files_give_rejects(first_run) -> None:
     report, settings = first_run
     assert (report.n_inputs, report.n_sources, report.n_rejected_inputs) == (22, 10, 12)
@@ -108,11 +124,10 @@ def test_good_files_give_rows_and_broken_files_give_rejects(first_run) -> None:
     # Every good recording gives clips, or its speech is dropped at transcription for a stated
     # reason: espeak-ng's French and Portuguese are weak for whisper-base, and an int8 decode of
     # them can come out as a hallucination on one CPU family and not another (fr-1 does on AMD EPYC).
+    assert accounted_for(settings) >= labelled
     with_clips = {Path(s).name for s in catalog.query("SELECT DISTINCT source_uri FROM clips")
                   .column("source_uri").to_pylist()}
-    dropped = catalog.query("SELECT DISTINCT source_uri FROM rejects WHERE stage = 'transcribe'")
-    assert with_clips | {Path(s).name for s in dropped.column("source_uri").to_pylist()} >= labelled
-    assert {name for name, u in GOOD if u.lang in ("en", "es", "de")} <= with_clips
+    assert FIRM <= with_clips
     rejects = catalog.query(
         "SELECT source_uri, reason, detail FROM rejects WHERE stage IN ('ingest', 'chunk') ORDER BY reason"
     ).to_pylist()
@@ -217,9 +232,15 @@ def test_dask_cluster_gives_the_same_rows(first_run, inbox: Path, tiny_labeller:
     threads = {f"distributed.nanny.pre-spawn-environ.{name}": ASR_THREADS for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     with dask.config.set(threads):
         label_flow.with_options(task_runner=runner)(inputs=[str(inbox)], split="train", settings=dask_settings)
-    local, distributed = clips_of(settings), clips_of(dask_settings)
+    # Compared on the recordings whisper-base recognises firmly: espeak-ng's French and Portuguese
+    # sit on the edge of a hallucination: on a loaded machine fr-1 came out as clips in a Dask
+    # worker and as a hallucination reject in this process (3 of ~10 loaded runs). Those two must
+    # be accounted for in both runs (clips, or a stated transcribe reject), as the test above requires.
+    local, distributed = firm_clips(clips_of(settings)), firm_clips(clips_of(dask_settings))
     only = (sorted(set(local["source_uri"].to_pylist()) ^ set(distributed["source_uri"].to_pylist())),
             local.num_rows, distributed.num_rows)
+    assert {Path(s).name for s in local["source_uri"].to_pylist()} == FIRM, only
+    assert accounted_for(dask_settings) == {name for name, _ in GOOD}
     assert local.column("clip_id").equals(distributed.column("clip_id")), only
     assert local.column("transcript").equals(distributed.column("transcript"))
     np.testing.assert_allclose(

@@ -89,7 +89,7 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
 
 def test_cli_dry_run_lists_what_it_would_serve(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        app, ["serve", "--flow", "label", "--data-dir", str(tmp_path), "--dry-run"], env={"COLUMNS": "200"}
+        app, ["serve", "--flow", "label", "--data-dir", str(tmp_path), "--dry-run"]
     )
     assert result.exit_code == 0, result.output
     assert "label/voxtox" in result.output and "on demand" in result.output
