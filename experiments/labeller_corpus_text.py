@@ -1,6 +1,7 @@
-"""The text half of the training-label question, without audio: how well USE-head labellers
-label the sentences the synthetic corpus' train split speaks (the seed corpus' `labeller_val` and
-`labeller_test` families, `core/corpus/synth.py`), scored against their true labels.
+"""The text half of the training-label question, without audio: how well USE labellers (a head
+on the frozen encoder, or an adapted encoder through `TextLabeller`) label the sentences the
+synthetic corpus' train split speaks (the seed corpus' `labeller_val` and `labeller_test`
+families, `core/corpus/synth.py`), scored against their true labels.
 
     .venv/bin/python experiments/labeller_corpus_text.py NEW OLD --cache DIR
 
@@ -15,13 +16,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from labeller_real import labeller_probs  # experiments/labeller_real.py: any USE labeller kind
 from voxtox.corpus.seed import family_split, generate_seed_corpus
 from voxtox.labels import CLASSES, TOXIC_CLASSES
 from voxtox.models.embedding_cache import EmbeddingCache
-from voxtox.models.labeller import CHARS_PER_TOKEN, UsemHead, clean_text
-from voxtox.models.labeller_training import HeadNet, predict_probs
 from voxtox.models.metrics import average_precision, bootstrap_ap, bootstrap_counts, metric_ci
 from voxtox.models.text_encoder import UsemEncoder
 
@@ -36,13 +35,12 @@ def main() -> None:
     parts = family_split(generate_seed_corpus(seed=0), seed=0)
     sentences = parts["labeller_val"] + parts["labeller_test"]
     cache = EmbeddingCache(UsemEncoder(), args.cache)
-    x = torch.from_numpy(cache.encode([clean_text(s.text)[: CHARS_PER_TOKEN * 128] for s in sentences]))
     cols = [CLASSES.index(c) for c in TOXIC_CLASSES]
     y = np.array([[c in s.labels for c in TOXIC_CLASSES] for s in sentences])
     langs = np.array([s.lang for s in sentences])
     print("| labeller | group | n | " + " | ".join(TOXIC_CLASSES) + " | mAP |\n|---|---|---|" + "---|" * 5)
     for path in args.labellers:
-        probs = predict_probs(HeadNet(UsemHead.load(path)), x, len(sentences))[:, cols]
+        probs = labeller_probs(path, [s.text for s in sentences], 128, cache)[:, cols]
         for group, members in GROUPS.items():
             rows = np.isin(langs, members)
             counts = bootstrap_counts(int(rows.sum()), 1000, 0)

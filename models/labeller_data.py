@@ -226,6 +226,17 @@ def _functional_splits(seed: int) -> dict[str, LabelledTexts]:
     return {split: _fully_labelled(rows, "functional") for split, rows in parts.items()}
 
 
+def functional_offset_rows(seed: int = 0) -> LabelledTexts:
+    """The functional `train` families' held-out templates (the 20% `val` share, which never
+    trains) with hateful cases marked `hate` and benign ones `benign_identity`: extra rows for the
+    decision offsets (models/labeller_decisions.py). The `eval` families are never among them."""
+    rows = _functional_splits(seed)["val"]
+    cases = {c.text: c.kind for c in load_functional_cases(seed=seed) if c.split == "train"}
+    marks = {"hateful": HATE, "benign": BENIGN_IDENTITY}
+    rows.kind = [marks.get(cases[t], "") for t in rows.texts]
+    return rows
+
+
 def _fully_labelled(rows: Sequence[SeedSentence | FunctionalCase], source: str) -> LabelledTexts:
     """Rows whose labels are exact: every class labelled, 1 for the row's labels, else 0."""
     targets = np.array([[float(c in r.labels) for c in CLASSES] for r in rows], np.float32)

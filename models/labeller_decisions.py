@@ -21,6 +21,8 @@ from voxtox.models.labeller_real import flagged
 #: Offsets tried (logit units): thresholds from about e^-3 to e^3 times as strict in odds.
 OFFSETS = np.round(np.arange(-3.0, 3.01, 0.1), 2)
 BENIGN_MAX, HATE_MIN = 0.2, 0.8
+#: More rows for the offset choice: (probabilities, kind, language), e.g. templated check rows.
+Extra = tuple[np.ndarray, Sequence[str] | np.ndarray, Sequence[str] | np.ndarray]
 
 
 def shortfall(flags: np.ndarray, kind: np.ndarray) -> float:
@@ -43,31 +45,49 @@ def shifted(thresholds: Mapping[str, float], offset: float) -> dict[str, float]:
     return out
 
 
-def best_offset(probs: np.ndarray, kind: np.ndarray, lang: np.ndarray, base: Mapping[str, float]) -> float | None:
+def best_offset(
+    probs: np.ndarray, kind: np.ndarray, lang: np.ndarray, base: Mapping[str, float], extra: Extra | None = None
+) -> float | None:
     """The offset with the least mean shortfall over the languages in `lang`; None if no
-    language has both kinds of row. Ties go to the offset nearest 0 (the F1 thresholds)."""
-    langs = [x for x in sorted(set(lang)) if {HATE, BENIGN_IDENTITY} <= set(kind[lang == x])]
+    language has both kinds of row. Ties go to the offset nearest 0 (the F1 thresholds).
+    With `extra` rows (probs, kind, lang), a language's cost is the mean of its shortfall on
+    `probs` and on `extra`, over those of the two that have both kinds of row."""
+    sets = [(probs, kind, lang)] + ([] if extra is None else [tuple(np.asarray(a) for a in extra)])
+    langs = sorted({x for _, k, g in sets for x in set(g) if {HATE, BENIGN_IDENTITY} <= set(k[g == x])})
     if not langs:
         return None
 
     def cost(offset: float) -> tuple[float, float]:
-        flags = flagged(probs, shifted(base, offset))
-        return float(np.mean([shortfall(flags[lang == x], kind[lang == x]) for x in langs])), abs(offset)
+        moved = shifted(base, offset)
+        per_set = [(flagged(p, moved), k, g) for p, k, g in sets]
+        return float(np.mean([_lang_cost(per_set, x) for x in langs])), abs(offset)
 
     return float(min(OFFSETS, key=cost))
 
 
+def _lang_cost(per_set: list[tuple[np.ndarray, np.ndarray, np.ndarray]], lang: str) -> float:
+    """Mean shortfall of `lang` over the row sets that have both kinds of row for it."""
+    values = [shortfall(f[g == lang], k[g == lang]) for f, k, g in per_set]
+    return float(np.mean([v for v in values if not np.isnan(v)]))
+
+
 def balanced_offsets(
-    probs: np.ndarray, kind: Sequence[str], lang: Sequence[str], base: Mapping[str, float]
+    probs: np.ndarray, kind: Sequence[str], lang: Sequence[str], base: Mapping[str, float], extra: Extra | None = None
 ) -> tuple[float, dict[str, float]]:
-    """(global offset, {language: its own offset}) on validation rows; languages without both
-    hate and benign-identity rows get no entry (they use the global offset)."""
+    """(global offset, {language: its own offset}) on validation rows (and `extra` rows, see
+    `best_offset`); languages without both hate and benign-identity rows get no entry (they use
+    the global offset)."""
     kinds, langs = np.asarray(kind), np.asarray(lang)
-    overall = best_offset(probs, kinds, langs, base)
+    overall = best_offset(probs, kinds, langs, base, extra)
     per_lang = {}
-    for x in sorted(set(lang)):
+    extra_langs = set() if extra is None else set(extra[2])
+    for x in sorted(set(lang) | extra_langs):
         rows = langs == x
-        offset = best_offset(probs[rows], kinds[rows], langs[rows], base)
+        own_extra = None
+        if extra is not None:
+            keep = np.asarray(extra[2]) == x
+            own_extra = (np.asarray(extra[0])[keep], np.asarray(extra[1])[keep], np.asarray(extra[2])[keep])
+        offset = best_offset(probs[rows], kinds[rows], langs[rows], base, own_extra)
         if offset is not None:
-            per_lang[x] = offset
+            per_lang[str(x)] = offset
     return (0.0 if overall is None else overall), per_lang

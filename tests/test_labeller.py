@@ -78,10 +78,23 @@ def test_unknown_target_class_is_a_clear_error(tiny_labeller: Path, tmp_path: Pa
         TextLabeller(str(broken))
 
 
-def test_the_default_labeller_and_text_encoder_share_one_use_model() -> None:
-    """Both are the multilingual USE: a run loads it once (a second copy cost ~1.3 s a run)."""
+def test_a_head_only_labeller_and_the_text_encoder_share_one_use_model(tmp_path: Path) -> None:
+    """A frozen-encoder labeller (`usem3-head`) embeds with the pipeline's USE: a run loads it once
+    (a second copy cost ~1.3 s a run). The shipped default is adapted since 2026-12-07 session 12
+    (`usem3-lora`): it folds its adapters into a copy of its own and leaves the shared one as it is."""
+    from voxtox.models.labeller import USEM_HEAD_KIND, USEM_LORA_KIND
     from voxtox.models.text_encoder import USEM3, load_text_encoder
     from voxtox.storage.model_store import SHIPPED_MODELS
 
-    labeller = TextLabeller(str(SHIPPED_MODELS / "voxtox-labeller"), threads=2)
+    head_only = tmp_path / "head-only"
+    shutil.copytree(SHIPPED_MODELS / "voxtox-labeller", head_only)
+    for name in ("encoder.safetensors", "encoder_config.json"):
+        (head_only / name).unlink(missing_ok=True)
+    label_map = LabelMap.load(head_only)
+    label_map.kind = USEM_HEAD_KIND
+    label_map.save(head_only)
+    labeller = TextLabeller(str(head_only), threads=2)
     assert labeller.scorer.encoder is load_text_encoder(USEM3, USEM3)
+    default = TextLabeller(str(SHIPPED_MODELS / "voxtox-labeller"), threads=2)
+    assert default.label_map.kind == USEM_LORA_KIND
+    assert default.scorer.encoder is not load_text_encoder(USEM3, USEM3)

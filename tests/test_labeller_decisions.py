@@ -61,6 +61,35 @@ def test_language_without_both_kinds_gets_no_own_offset() -> None:
     assert own == {} and overall == 0.0
 
 
+def test_extra_rows_join_each_languages_offset_choice() -> None:
+    """Extra (templated) rows: a language they alone cover gets its own offset, and where both
+    sets cover a language its cost is the mean of the two shortfalls."""
+    real, real_kind = _scores([0.3, 0.35, 0.4, 0.45] * 5, [0.05] * 20)  # en: wants a lower threshold
+    es, es_kind = _scores([0.9] * 20, [0.6] * 20)  # es, templated only: wants a higher one
+    en_t, en_t_kind = _scores([0.9] * 20, [0.6] * 20)  # en templated: wants a higher one too
+    extra = (np.concatenate([es, en_t]), np.concatenate([es_kind, en_t_kind]), np.array(["es"] * 40 + ["en"] * 40))
+    _, alone = balanced_offsets(real, real_kind, ["en"] * 40, {"racism": 0.5})
+    _, both = balanced_offsets(real, real_kind, ["en"] * 40, {"racism": 0.5}, extra)
+    assert "es" not in alone and both["es"] > 0
+    assert alone["en"] < both["en"]  # the templated rows pull English's offset up
+
+
+def test_functional_offset_rows_are_held_out_train_templates_marked_by_kind() -> None:
+    from voxtox.corpus.functional import load_functional_cases
+    from voxtox.models.labeller_data import functional_offset_rows
+
+    rows = functional_offset_rows()
+    cases = load_functional_cases(seed=0)
+    eval_texts = {c.text for c in cases if c.split == "eval"}
+    trained = set(load_splits("functional")["train"].texts)
+    assert rows.texts and not set(rows.texts) & trained
+    assert not set(rows.texts) & eval_texts - {c.text for c in cases if c.split == "train"}
+    kinds = {c.text: c.kind for c in cases if c.split == "train"}
+    marks = {"hateful": HATE, "benign": BENIGN_IDENTITY, "other": ""}
+    assert rows.kind == [marks[kinds[t]] for t in rows.texts]
+    assert {HATE, BENIGN_IDENTITY} <= set(rows.kind) and set(rows.lang) == {"de", "en", "es", "fr", "pt"}
+
+
 def test_decide_uses_a_languages_thresholds_and_falls_back(tmp_path: Path) -> None:
     label_map = LabelMap.identity()
     label_map.thresholds = {"racism": 0.5}
