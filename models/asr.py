@@ -57,12 +57,34 @@ class AsrSegment:
     words: tuple[WordTiming, ...] = ()
 
 
+class LoadedWhisper(WhisperModel):
+    """faster-whisper's model, remembering how it was loaded (for `_sampling_replica`)."""
+
+    def __init__(self, model_dir: str, device: str, compute_type: str, cpu_threads: int) -> None:
+        super().__init__(model_dir, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+        self.loaded_from = (model_dir, device, compute_type, cpu_threads)
+
+
 @lru_cache(maxsize=4)
 def load_whisper(model_dir: str, device: str, compute_type: str, cpu_threads: int) -> WhisperModel:
     """One model per process and configuration (loading takes about a second)."""
-    return WhisperModel(
-        model_dir, device=device, compute_type=compute_type, cpu_threads=cpu_threads
-    )
+    return LoadedWhisper(model_dir, device, compute_type, cpu_threads)
+
+
+def _sampling_replica(model: WhisperModel, seed: int) -> ctranslate2.models.Whisper:
+    """A fresh CTranslate2 replica of `model` whose sampling starts from `seed`.
+
+    CTranslate2 seeds each worker thread's random generator once, at that thread's first draw
+    (`random.cc`: a thread_local mt19937), so `set_random_seed` does nothing to a thread that has
+    sampled before: on the shared model, a fallback's draws, and so its transcript, depended on
+    all the sampling that process had done (a Dask worker and the local runner, or a rerun, gave
+    other text). A new replica has new threads. Loading one takes ~0.2 s (whisper-base, CPU), once
+    per fallback round of a batch that has failed inputs."""
+    ctranslate2.set_random_seed(seed)
+    if not isinstance(model, LoadedWhisper):  # not from load_whisper: the shared replica, as before
+        return model.model
+    model_dir, device, compute_type, threads = model.loaded_from
+    return ctranslate2.models.Whisper(model_dir, device=device, compute_type=compute_type, intra_threads=threads)
 
 
 def storage(array: np.ndarray) -> ctranslate2.StorageView:
@@ -146,8 +168,8 @@ def decode(
         failing = [i for i in rows if _failed(model, results[i], languages[i][0], settings)]
         if not failing:
             break
-        ctranslate2.set_random_seed(settings.fallback_seed)
-        retried = _generate(model, encoded, failing, languages, settings, temperature, timestamps)
+        sampler = _sampling_replica(model, settings.fallback_seed)
+        retried = _generate(model, encoded, failing, languages, settings, temperature, timestamps, sampler)
         for index, decoding in zip(failing, retried, strict=True):
             language = languages[index][0]
             if _score(model, decoding, language, settings) > _score(model, results[index], language, settings):
@@ -168,6 +190,7 @@ def _generate(
     settings: AsrSettings,
     temperature: float,
     timestamps: bool,
+    replica: ctranslate2.models.Whisper | None = None,
 ) -> list[_Decoding]:
     tokenizers = {languages[i][0]: _tokenizer(model, languages[i][0]) for i in rows}
     prompts = [
@@ -179,7 +202,7 @@ def _generate(
         if temperature > 0
         else {"beam_size": settings.beam_size}
     )
-    results = model.model.generate(
+    results = (replica or model.model).generate(
         storage(encoded[rows]),
         prompts,
         max_length=model.max_length,

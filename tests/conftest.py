@@ -47,6 +47,23 @@ LABELLER_TRAINING = {
 }
 
 
+def head_only_labeller(directory: Path) -> Path:
+    """The shipped labeller's head as a frozen-encoder labeller (`usem3-head`) in `directory`: the
+    shipped default itself is adapted (`usem3-lora`, its own copy of USE) since 2026-12-07."""
+    import shutil
+
+    from voxtox.models.labeller import USEM_HEAD_KIND, LabelMap
+    from voxtox.storage.model_store import SHIPPED_MODELS
+
+    shutil.copytree(SHIPPED_MODELS / "voxtox-labeller", directory)
+    for name in ("encoder.safetensors", "encoder_config.json"):
+        (directory / name).unlink(missing_ok=True)
+    label_map = LabelMap.load(directory)
+    label_map.kind = USEM_HEAD_KIND
+    label_map.save(directory)
+    return directory
+
+
 def base_settings(data_dir: Path, **overrides: object) -> Settings:
     return Settings(data_dir=data_dir, **overrides)
 

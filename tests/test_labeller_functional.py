@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from tests.conftest import LABELLER_TRAINING
+from tests.conftest import LABELLER_TRAINING, head_only_labeller
 from voxtox.corpus.functional import CATEGORIES, FunctionalCase, load_functional_cases, perturb
 from voxtox.corpus.seed import LANGS, normalise_text
 from voxtox.flows.cli import app
@@ -167,21 +166,6 @@ def _random_adapters(directory: Path, rank: int, seed: int) -> None:
     save_head_checkpoint(model, label_map, directory)
 
 
-def _head_only(directory: Path) -> Path:
-    """The shipped labeller's head as a frozen-encoder labeller (`usem3-head`): the shipped default
-    itself is adapted (`usem3-lora`) since 2026-12-07 session 12."""
-    from voxtox.models.labeller import USEM_HEAD_KIND, LabelMap
-
-    shipped = Path(__file__).resolve().parents[1] / "core" / "shipped_models" / "voxtox-labeller"
-    shutil.copytree(shipped, directory)
-    for name in ("encoder.safetensors", "encoder_config.json"):
-        (directory / name).unlink(missing_ok=True)
-    label_map = LabelMap.load(directory)
-    label_map.kind = USEM_HEAD_KIND
-    label_map.save(directory)
-    return directory
-
-
 TEXTS = ["I don't hate Muslims", "buena partida, eres una bestia", "x", "ich bin schwul und stolz " * 9,
          "t'es un monstre, quel tir", "que jogada insana, mano", "what the fuck man"]
 
@@ -214,7 +198,7 @@ def test_adapters_leave_the_frozen_encoder_and_head_labellers_unchanged(tmp_path
     shared frozen encoder the pipeline embeds with) scores as before."""
     from voxtox.models.text_encoder import shared_usem
 
-    head_only = _head_only(tmp_path / "head-only")
+    head_only = head_only_labeller(tmp_path / "head-only")
     before = TextLabeller(str(head_only)).predict_proba(TEXTS)
     frozen = shared_usem(2).encode(TEXTS)
     _random_adapters(tmp_path / "lora", 4, seed=1)

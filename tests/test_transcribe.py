@@ -235,6 +235,28 @@ def test_batched_decoding_matches_one_at_a_time(multilingual, whisper_dir: str) 
     assert [[s.text for s in w] for w in batched] == [[s.text for s in w] for w in single]
 
 
+def test_the_fallback_samples_the_same_whatever_the_process_sampled_before(whisper_dir: str) -> None:
+    """A failed input's fallback draws from `fallback_seed`, not from the process's history: a
+    rerun, another Dask worker or the local runner transcribe it alike (CTranslate2 seeds a thread's
+    generator only at its first draw, so reseeding the shared model changed nothing)."""
+    from faster_whisper import decode_audio
+
+    from voxtox.models.asr import _generate, _sampling_replica
+
+    model = load_whisper(whisper_dir, "cpu", "int8", 2)
+    encoded = encode(model, [decode_audio(str(SHARED_AUDIO / "jfk.flac"))])
+    settings = AsrSettings()
+
+    def sampled(other_draws: int) -> list[int]:
+        for _ in range(other_draws):  # what the process decoded before, on the shared model
+            _generate(model, encoded, [0], [("en", 1.0)], settings, 1.0, True)
+        replica = _sampling_replica(model, settings.fallback_seed)
+        return _generate(model, encoded, [0], [("en", 1.0)], settings, 1.0, True, replica)[0].tokens
+
+    first = sampled(0)
+    assert sampled(1) == first and sampled(3) == first
+
+
 def words(*spans: tuple[float, float, str]) -> tuple[WordTiming, ...]:
     return tuple(WordTiming(start, end, text, 0.9) for start, end, text in spans)
 
