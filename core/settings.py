@@ -68,6 +68,8 @@ class AsrSettings(BaseModel):
     fallback_temperatures: list[float] = Field(
         [0.2, 0.4, 0.6, 0.8, 1.0], description="re-decode failed windows by sampling at these"
     )
+    # The fallback's sampling draws from this seed on a fresh replica per round (models/asr.py,
+    # `_sampling_replica`): the same input gives the same text in any process, in any order.
     fallback_seed: int = 0
     second_language_below: float | None = Field(
         None,
