@@ -209,17 +209,18 @@ def folds(texts: list[str]) -> np.ndarray:
 
 
 def crossfit(select: LabelledTexts, p_select: np.ndarray, val: LabelledTexts, p_val: np.ndarray,
-             f1_table: dict) -> dict:
+             f1_table: dict, extra: tuple | None = None) -> dict:
     """The per-lang rule with honest rates: the validation rows are split in two folds by text;
     each fold is flagged with the F1 thresholds and offsets chosen on the *other* fold's selection
-    rows, and the rates are taken over both folds. AP and AUC do not depend on thresholds (copied)."""
+    rows (and `extra` rows, see `balanced_offsets`, in both folds' choice), and the rates are taken
+    over both folds. AP and AUC do not depend on thresholds (copied)."""
     fold_select, fold_val, langs = folds(select.texts), folds(val.texts), np.asarray(val.lang)
     flags = np.zeros(len(val), dtype=bool)
     for k in (0, 1):
         rows = np.flatnonzero(fold_select != k)
         chooser, p = select.subset(rows), p_select[rows]
         f1 = choose_thresholds(chooser, p, "f1")
-        overall, own = balanced_offsets(p, chooser.kind, chooser.lang, f1)
+        overall, own = balanced_offsets(p, chooser.kind, chooser.lang, f1, extra)
         for lang in LANGS:
             target = (fold_val == k) & (langs == lang)
             flags[target] = flagged(p_val[target], shifted(f1, own.get(lang, overall)))

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from labeller_decisions import LANGS, folds, summarise
+from labeller_decisions import LANGS, crossfit, summarise
 from labeller_real import labeller_probs, print_row
 from voxtox.corpus.real import BENIGN_IDENTITY, HATE
 from voxtox.models.embedding_cache import EmbeddingCache
 from voxtox.models.labeller_data import LabelledTexts, functional_offset_rows, load_splits
 from voxtox.models.labeller_decisions import balanced_offsets, shifted
-from voxtox.models.labeller_real import flagged
 from voxtox.models.labeller_training import choose_thresholds
 from voxtox.models.text_encoder import UsemEncoder
 
@@ -47,36 +46,12 @@ def extra_of(rows: LabelledTexts, probs: np.ndarray) -> tuple:
     return probs, np.asarray(rows.kind), np.asarray(rows.lang)
 
 
-def rule_table(select, p_sel, val, p_val, extra, base_table) -> tuple[dict, dict]:
+def rule_table(select, p_sel, val, p_val, extra) -> tuple[dict, dict]:
     """`per-lang` thresholds (offsets with `extra` rows if given) scored on val, and the offsets."""
     f1 = choose_thresholds(select, p_sel, "f1")
     overall, own = balanced_offsets(p_sel, select.kind, select.lang, f1, extra)
     table = summarise(val, p_val, {x: shifted(f1, own.get(x, overall)) for x in LANGS})
     return table, {"global": overall, **own}
-
-
-def crossfit(select, p_sel, val, p_val, extra, base_table) -> dict:
-    """The 2-fold honest rates (labeller_decisions.crossfit) with `extra` rows in each fold's choice."""
-    fold_sel, fold_val, langs = folds(select.texts), folds(val.texts), np.asarray(val.lang)
-    flags = np.zeros(len(val), dtype=bool)
-    for k in (0, 1):
-        rows = np.flatnonzero(fold_sel != k)
-        chooser, p = select.subset(rows), p_sel[rows]
-        f1 = choose_thresholds(chooser, p, "f1")
-        overall, own = balanced_offsets(p, chooser.kind, chooser.lang, f1, extra)
-        for lang in LANGS:
-            target = (fold_val == k) & (langs == lang)
-            flags[target] = flagged(p_val[target], shifted(f1, own.get(lang, overall)))
-    kind, table = np.asarray(val.kind), {}
-    for lang in LANGS:
-        here = langs == lang
-        table[lang] = {"mAP": base_table[lang]["mAP"], "auc": base_table[lang]["auc"],
-                       "benign_flagged": float(flags[here & (kind == BENIGN_IDENTITY)].mean()),
-                       "hate_flagged": float(flags[here & (kind == HATE)].mean())}
-    table["score"] = base_table["score"]
-    table["shortfall"] = float(np.mean([max(table[x]["benign_flagged"] - 0.2, 0.8 - table[x]["hate_flagged"])
-                                        for x in LANGS]))
-    return table
 
 
 def main() -> None:
@@ -99,13 +74,13 @@ def main() -> None:
     for path in args.labellers:
         p = probs_for(path, parts, cache, args.probs)
         extra = extra_of(extra_rows, p["extra"])
-        base, offsets = rule_table(select, p["select"], val, p["val"], None, None)
+        base, offsets = rule_table(select, p["select"], val, p["val"], None)
         print_row(f"{path.name} / per language", base)
-        print_row(f"{path.name} / per language, 2-fold", crossfit(select, p["select"], val, p["val"], None, base))
-        with_extra, offsets_extra = rule_table(select, p["select"], val, p["val"], extra, None)
+        print_row(f"{path.name} / per language, 2-fold", crossfit(select, p["select"], val, p["val"], base))
+        with_extra, offsets_extra = rule_table(select, p["select"], val, p["val"], extra)
         print_row(f"{path.name} / per language + templated offset rows", with_extra)
         print_row(f"{path.name} / per language + templated offset rows, 2-fold",
-                  crossfit(select, p["select"], val, p["val"], extra, base))
+                  crossfit(select, p["select"], val, p["val"], base, extra))
         print(f"  offsets real only {offsets}; with templated rows {offsets_extra}", flush=True)
 
 
