@@ -80,9 +80,9 @@ def _sampling_replica(model: WhisperModel, seed: int) -> ctranslate2.models.Whis
     all the sampling that process had done (a Dask worker and the local runner, or a rerun, gave
     other text). A new replica has new threads. Loading one takes ~0.2 s (whisper-base, CPU), once
     per fallback round of a batch that has failed inputs."""
+    if not isinstance(model, LoadedWhisper):
+        raise TypeError("the temperature fallback needs a model from load_whisper (it reloads it to reseed)")
     ctranslate2.set_random_seed(seed)
-    if not isinstance(model, LoadedWhisper):  # not from load_whisper: the shared replica, as before
-        return model.model
     model_dir, device, compute_type, threads = model.loaded_from
     return ctranslate2.models.Whisper(model_dir, device=device, compute_type=compute_type, intra_threads=threads)
 
