@@ -500,11 +500,18 @@ def test_connect_disconnect_cycles_leave_memory_where_it_was(server: dict, speec
                         pass
 
     # Warm up: allocator pools and the arenas of the scoring threads, ten streams' buffers at once
-    # (measured: RSS steps up ~20 MB in the first 300 cycles, then +0.25 MB per 200).
+    # (measured: RSS steps up ~20 MB in the first 300 cycles).
     asyncio.run(cycles(300))
-    before = process.memory_info().rss
-    asyncio.run(cycles(1000))
-    time.sleep(0.5)
-    grown_mb = (process.memory_info().rss - before) / 2**20
-    assert grown_mb < 15, f"server memory grew by {grown_mb:.1f} MB over 1,000 cycles"
+    # Then five rounds of 300. A leak grows the server in every round; the allocator does not: it
+    # steps up once in a while and stays (measured: one round of +16 MB, +25 MB in one CI run, the
+    # other rounds within +-2 MB). So the median round is the leak's measure: under 4 MB per 300
+    # cycles is under 14 KB a cycle, less than half the second of audio (32 KB) each cycle sends.
+    grown_mb = []
+    for _ in range(5):
+        before = process.memory_info().rss
+        asyncio.run(cycles(300))
+        time.sleep(0.5)
+        grown_mb.append((process.memory_info().rss - before) / 2**20)
+    rounds = ", ".join(f"{mb:+.1f}" for mb in grown_mb)
+    assert sorted(grown_mb)[2] < 4, f"server memory grew in most rounds of 300 cycles (MB: {rounds})"
     _eventually(lambda: _metric(server["http"], "voxtox_stream_active_streams") == 0)
