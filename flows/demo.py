@@ -68,7 +68,7 @@ def make_inbox(inbox: Path, console: Console) -> None:
         corpus = synthesize_corpus(inbox, config=DEMO_CORPUS)
     minutes = sum(s.duration_s for s in corpus.sessions) / 60
     console.print(f"voxtox synth: {len(corpus.sessions)} sessions, {minutes:.1f} min, "
-                  f"{len(corpus.utterances)} utterances with known labels → {inbox}")
+                  f"{len(corpus.utterances)} utterances with known labels → {inbox}", soft_wrap=True)
     for name in ("jfk.flac", "multilingual.mp3", "stereo_diarization.wav"):
         if (SHARED_AUDIO / name).exists():
             shutil.copyfile(SHARED_AUDIO / name, inbox / "train" / name)
@@ -109,7 +109,8 @@ def run_demo(settings: Settings, console: Console) -> None:
         f"plots                  {', '.join(evaluation.plots)}\n"
         f"took {time.perf_counter() - started:.0f} s.  Try:\n"
         f"  voxtox query --data-dir {settings.data_dir} \"SELECT lang, count(*) FROM clips GROUP BY lang\"\n"
-        f"  voxtox classify {inbox / 'test'} --model {current}"
+        f"  voxtox classify {inbox / 'test'} --model {current}",
+        soft_wrap=True,  # paths and commands whole, to copy, whatever the width of the terminal or log
     )
 
 
