@@ -9,6 +9,7 @@ user's own setting always wins.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import contextvars
 import json
 import logging
@@ -44,10 +45,12 @@ def ephemeral_timeout_message(error: BaseException) -> str | None:
     """One line saying what to do when `error` is Prefect's ephemeral start-up timeout, else None."""
     if _TIMEOUT_TEXT not in str(error):
         return None
+    log_file = api_log_path()
     return (
         f"the local (ephemeral) Prefect API did not start within {startup_timeout_s()} s; "
         f"a first start on a busy machine can take longer: set {STARTUP_TIMEOUT_VAR}=900, "
         "or run `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api"
+        + (f" (the API's own output: {log_file})" if log_file.exists() else "")
     )
 
 
@@ -177,25 +180,82 @@ def _record(process: subprocess.Popen) -> None:
 
 def _record_on_launch(server: object) -> None:
     """Record the API the moment Prefect launches it, not once it answers: a kill during its
-    seconds of start-up must not leak it either. (Should Prefect rename its launcher, the API is
-    still recorded once started, by `record_ephemeral_api`.)"""
+    seconds of start-up must not leak it either; and send its output to `api_log_path()`.
+    (Should Prefect rename its launcher, the API is still recorded once started, by
+    `record_ephemeral_api`, and writes to the terminal as Prefect has it do.)"""
     launch = getattr(server, "_run_uvicorn_command", None)
     if launch is None:
         return
 
     def launch_and_record() -> subprocess.Popen:
-        process = launch()
+        with _output_to_log(sys.modules[type(server).__module__]):
+            process = launch()
         _record(process)
         return process
 
     server._run_uvicorn_command = launch_and_record  # type: ignore[attr-defined]
 
 
+# --- the API's output ----------------------------------------------------------------------------
+#
+# The API is a child process writing to the command's terminal. What it writes is Prefect's server
+# talking to itself, and it comes late: stopped at exit, mid-way through recording a task run's
+# events, it printed a 60-line traceback of its own cancelled database session after the command's
+# one-line error (a label run that lost its lake catalog, CI 2026-12-07). It writes to a log instead.
+
+#: Days a voxtox process's API log is kept.
+API_LOG_KEEP_DAYS = 7
+
+
+def api_log_path() -> Path:
+    """The file the local API that this process launches writes its output to."""
+    return _api_records_dir() / f"api-{os.getpid()}.log"
+
+
+class _SubprocessToLog:
+    """Stands in for `subprocess` in Prefect's server module while it launches the API: the same,
+    except that the process's output goes to `api_log_path()`."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(subprocess, name)
+
+    def Popen(self, *args: object, **kwargs: object) -> subprocess.Popen:  # noqa: N802 (subprocess's name)
+        path = api_log_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab") as log:  # the child has its own copy of the descriptor
+            return subprocess.Popen(*args, **{"stdout": log, "stderr": subprocess.STDOUT, **kwargs})  # type: ignore[call-overload]
+
+
+@contextmanager
+def _output_to_log(server_module: object) -> Iterator[None]:
+    """While the block runs, `server_module` launches processes whose output goes to the log."""
+    if not hasattr(server_module, "subprocess"):  # Prefect launches differently: leave it as it is
+        yield
+        return
+    _prune_api_logs()
+    launcher = server_module.subprocess  # type: ignore[attr-defined]
+    server_module.subprocess = _SubprocessToLog()  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        server_module.subprocess = launcher  # type: ignore[attr-defined]
+
+
+def _prune_api_logs() -> None:
+    """Delete API logs older than API_LOG_KEEP_DAYS (one per voxtox process that started an API)."""
+    directory = _api_records_dir()
+    cutoff = time.time() - API_LOG_KEEP_DAYS * 86_400
+    for path in directory.glob("api-*.log") if directory.is_dir() else []:
+        with contextlib.suppress(OSError):  # another process pruned it first
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+
+
 def record_and_reap_apis() -> list[int]:
     """What a flow does first: record the API this process started (so that the next run stops it
-    if this one is killed) and stop those of killed runs; the pids stopped. `voxtox label`, `train`
-    and `run nightly` start their API through `api_starting`, which does both already; this covers
-    their flows run any other way (the demo, a deployment, a test harness)."""
+    if this one is killed) and stop those of killed runs; the pids stopped. `voxtox label`,
+    `train`, `run nightly` and `demo` start their API through `api_starting`, which does both
+    already; this covers their flows run any other way (a deployment, a test harness)."""
     record_ephemeral_api()
     return reap_orphaned_apis()
 

@@ -261,6 +261,32 @@ def test_the_local_prefect_api_yields_the_cpu_to_the_pipeline() -> None:
         SubprocessASGIServer._instances.pop(9, None)
 
 
+_START_THE_API = textwrap.dedent(
+    """
+    from voxtox.prefect_env import api_log_path, api_starting, apply_prefect_defaults
+    apply_prefect_defaults()
+    with api_starting():
+        pass
+    print("log:", api_log_path())
+    """
+)
+
+
+def test_the_local_prefect_api_writes_to_its_log_not_to_the_command_s_output(tmp_path: Path) -> None:
+    """The local API that a command starts is a child process; what it prints is Prefect's server
+    talking to itself (here its debug log), and stopped at exit it printed a traceback of its own
+    after a command's one-line error. Its output goes to a file under PREFECT_HOME instead."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_LOGGING_LEVEL": "DEBUG"}
+    done = subprocess.run([sys.executable, "-c", _START_THE_API], env=env, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    log_file = Path(done.stdout.split("log: ", 1)[1].strip())
+    assert log_file.is_relative_to(tmp_path / "prefect-home")
+    assert "prefect.server" in log_file.read_text()  # the API's debug lines: there,
+    assert "prefect.server" not in output  # and not here
+
+
 def test_prefect_start_up_timeout_is_one_line_saying_what_to_set(tmp_path: Path, speech_file: Path) -> None:
     """An ephemeral API that does not come up in time (forced here with a 0 s allowance)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | {
