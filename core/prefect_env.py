@@ -93,6 +93,13 @@ def api_starting() -> Iterator[None]:
         raise failures[0]
 
 
+def start_api() -> None:
+    """Start the local (ephemeral) Prefect API now, the way `api_starting` does (recorded for
+    reaping, its output to its log), for a command with nothing to do while it boots."""
+    with api_starting():
+        pass
+
+
 #: CPU niceness of the local (ephemeral) Prefect API's process during a labelling run.
 EPHEMERAL_API_NICENESS = 10
 

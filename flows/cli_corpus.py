@@ -14,6 +14,7 @@ from voxtox.flows.cli_common import (
     console,
     user_errors,
 )
+from voxtox.prefect_env import start_api
 from voxtox.settings import load_settings
 
 
@@ -68,6 +69,7 @@ def synth(
             telephone_prob=telephone_prob, opus_roundtrip_prob=opus_prob, formats=weights, overlap_prob=overlap_prob,
             session_s=_pair(session_s, "session-s"),
         )
+    start_api()
     summary = synth_flow(out=str(out), config=config)
     table = Table(title="voxtox synth", show_header=False)
     for key, value in summary.items():
@@ -76,7 +78,8 @@ def synth(
     console.print(
         f"Next: voxtox label {out}/train --split train; voxtox label {out}/val --split val; "
         f"voxtox label {out}/test --split test;\n      voxtox import-labels {out}/truth/utterances-val.jsonl "
-        f"{out}/truth/utterances-test.jsonl   (or all at once: voxtox corpus-report {out})"
+        f"{out}/truth/utterances-test.jsonl   (or all at once: voxtox corpus-report {out})",
+        soft_wrap=True,  # commands whole, to copy
     )
 
 
@@ -107,6 +110,7 @@ def corpus_report(
     with user_errors():
         if not (corpus / "corpus.json").exists():
             raise FileNotFoundError(f"{corpus} is not a voxtox synth corpus (no corpus.json)")
+        start_api()
         text = corpus_report_flow(corpus=str(corpus), settings=settings, label=label, label_train=label_train,
                                   n_resamples=resamples, command=command)
     if out is not None:

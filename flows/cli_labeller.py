@@ -18,6 +18,7 @@ from voxtox.flows.cli_common import (
     user_errors,
 )
 from voxtox.labels import CLASSES
+from voxtox.prefect_env import start_api
 from voxtox.settings import Settings, load_settings, with_overrides
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ def labeller_train(
         settings = with_overrides(settings, labeller_train=given)
     target = out or settings.model_cache_dir / "voxtox-labeller"
     with user_errors():
+        start_api()
         path = labeller_train_flow(data=data, out=str(target), settings=settings)
     console.print(f"labeller written to {path}")
 
@@ -133,6 +135,7 @@ def _run_labeller_report(
         for name in names:
             if name is not None:
                 resolve_model(name, settings.model_cache_dir)
+        start_api()
         text = run()
     if report is not None:
         report.write_text(text)

@@ -22,6 +22,7 @@ from voxtox.flows.cli_common import (
     default_model,
     user_errors,
 )
+from voxtox.prefect_env import start_api
 from voxtox.settings import load_settings
 from voxtox.storage.runs import THRESHOLDS_FILE
 
@@ -218,6 +219,7 @@ def evaluate(
         settings = pin_evaluation_snapshot(settings, [str(r) for r in runs], snapshot)
         catalog = Catalog.from_settings(settings)
         read_eval_set(catalog, chosen.split, chosen.labels, chosen.filter)
+        start_api()
         evaluation = evaluate_flow(runs=[str(r) for r in runs], settings=settings, out=str(out) if out else None,
                                    snapshot=snapshot)
     console.print(Path(evaluation.report).read_text(), markup=False, highlight=False, soft_wrap=True)

@@ -62,7 +62,7 @@ def select(
     for stratum, n in sorted(chosen.strata.items()):
         view.add_row(stratum, str(n))
     console.print(view)
-    console.print(f"batch: {chosen.path}\nNext: voxtox review export [--push http://127.0.0.1:8080]")
+    console.print(f"batch: {chosen.path}\nNext: voxtox review export [--push http://127.0.0.1:8080]", soft_wrap=True)
 
 
 @review_app.command("export")
