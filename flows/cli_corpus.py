@@ -75,11 +75,16 @@ def synth(
     for key, value in summary.items():
         table.add_row(key, str(value))
     console.print(table)
+    _print_next_steps(out)
+
+
+def _print_next_steps(out: Path) -> None:
+    """The commands that label a synthetic corpus and import its truth, whole, to copy."""
     console.print(
         f"Next: voxtox label {out}/train --split train; voxtox label {out}/val --split val; "
         f"voxtox label {out}/test --split test;\n      voxtox import-labels {out}/truth/utterances-val.jsonl "
         f"{out}/truth/utterances-test.jsonl   (or all at once: voxtox corpus-report {out})",
-        soft_wrap=True,  # commands whole, to copy
+        soft_wrap=True,
     )
 
 
