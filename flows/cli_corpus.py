@@ -14,7 +14,7 @@ from voxtox.flows.cli_common import (
     console,
     user_errors,
 )
-from voxtox.prefect_env import start_api
+from voxtox.prefect_env import api_starting, start_api
 from voxtox.settings import load_settings
 
 
@@ -22,8 +22,6 @@ def demo(
     data_dir: Annotated[Path, typer.Option(help="where the demo's audio, shards and catalog go")] = Path("voxtox-demo"),
 ) -> None:
     """The quick start: make multilingual voice-chat-like audio, label it, show the results."""
-    from voxtox.prefect_env import api_starting
-
     with user_errors():
         with api_starting():  # while the demo's modules import; the API's output goes to its log, as for `label`
             from voxtox.flows.demo import run_demo
