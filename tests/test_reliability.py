@@ -261,6 +261,13 @@ def test_the_local_prefect_api_yields_the_cpu_to_the_pipeline() -> None:
         SubprocessASGIServer._instances.pop(9, None)
 
 
+def _ephemeral_env(prefect_home: Path, **settings: str) -> dict[str, str]:
+    """This environment without the test harness's Prefect API (so a command starts its own
+    local one), with its own PREFECT_HOME and `settings`."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | {
+        "PREFECT_HOME": str(prefect_home), **settings}
+
+
 _START_THE_API = textwrap.dedent(
     """
     from voxtox.prefect_env import api_log_path, api_starting, apply_prefect_defaults
@@ -276,8 +283,7 @@ def test_the_local_prefect_api_writes_to_its_log_not_to_the_command_s_output(tmp
     """The local API that a command starts is a child process; what it prints is Prefect's server
     talking to itself (here its debug log), and stopped at exit it printed a traceback of its own
     after a command's one-line error. Its output goes to a file under PREFECT_HOME instead."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_LOGGING_LEVEL": "DEBUG"}
+    env = _ephemeral_env(tmp_path / "prefect-home", PREFECT_SERVER_LOGGING_LEVEL="DEBUG")
     done = subprocess.run([sys.executable, "-c", _START_THE_API], env=env, capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
@@ -289,10 +295,7 @@ def test_the_local_prefect_api_writes_to_its_log_not_to_the_command_s_output(tmp
 
 def test_prefect_start_up_timeout_is_one_line_saying_what_to_set(tmp_path: Path, speech_file: Path) -> None:
     """An ephemeral API that does not come up in time (forced here with a 0 s allowance)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | {
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "0",
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-    }
+    env = _ephemeral_env(tmp_path / "prefect-home", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0")
     voxtox = Path(sys.executable).with_name("voxtox")
     done = subprocess.run([str(voxtox), "label", str(speech_file), "--data-dir", str(tmp_path / "data")],
                           env=env, capture_output=True, text=True, timeout=600)
